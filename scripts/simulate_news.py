@@ -38,7 +38,7 @@ DEFAULT_POLICIES = (
 
 
 def context(user: str, time_of_day: str) -> dict:
-    """Build the DSJSON ``c`` object: shared User namespace plus one entry per article."""
+    """Build the DSJSON ``c`` object: shared User namespace plus one per article."""
     return {
         "User": {"user": user, "time_of_day": time_of_day},
         "_multi": [{"Action": {"article": a}} for a in ARTICLES],
@@ -95,7 +95,8 @@ def simulate(policy: str, events: int, seed: int) -> np.ndarray:
 
 def window_ctr(rewards: np.ndarray, window: int) -> list[float]:
     """Mean reward of each consecutive window (the last one may be shorter)."""
-    return [float(rewards[i : i + window].mean()) for i in range(0, len(rewards), window)]
+    starts = range(0, len(rewards), window)
+    return [float(rewards[i : i + window].mean()) for i in starts]
 
 
 def main() -> int:
@@ -113,8 +114,8 @@ def main() -> int:
 
     policies = args.policy or list(DEFAULT_POLICIES)
     seeds = range(args.seed, args.seed + args.seeds)
-    n_windows = -(-args.events // args.window)
-    header = [f"{i * args.window + 1}-{min((i + 1) * args.window, args.events)}" for i in range(n_windows)]
+    starts = range(0, args.events, args.window)
+    header = [f"{i + 1}-{min(i + args.window, args.events)}" for i in starts]
 
     print(f"events={args.events} window={args.window} seeds={list(seeds)}")
     print("  ".join(f"{h:>11}" for h in [*header, "last"]) + "  policy")

@@ -1,0 +1,72 @@
+"""Personalizer's Rank, Reward and Activate operations; mounted under every URL shape the SDKs use."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from .errors import ApiError
+from .schemas import RankRequest, RewardRequest, parse_json, validate
+from .service import Loop, Service
+
+bp = Blueprint("api", __name__)
+
+
+def service() -> Service:
+    return current_app.extensions["ranker"]
+
+
+def api_key() -> str | None:
+    key = request.headers.get("Ocp-Apim-Subscription-Key")
+    if key is None:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+    return key
+
+
+def caller(admin: bool = False) -> Loop:
+    return service().authenticate(api_key(), admin=admin)
+
+
+def json_body() -> Any:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
+    return parse_json(request.get_data(cache=False))
+
+
+def json_response(body: Any, status: int) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+@bp.post("/rank")
+def rank() -> Response:
+    loop = caller()
+    req = validate(RankRequest, json_body(), "InvalidRankRequest")
+    return json_response(service().rank(loop, req), 201)
+
+
+def checked_event_id(event_id: str, code: str) -> str:
+    # <path:> because the SDKs percent-encode '/' in event ids and the server decodes it before routing
+    if len(event_id) > 256 or any(ord(ch) < 32 or ord(ch) == 127 for ch in event_id):
+        raise ApiError(400, code, "an event id has 1-256 characters and no control characters", target="eventId")
+    return event_id
+
+
+@bp.post("/events/<path:event_id>/reward")
+def reward(event_id: str) -> Response:
+    loop = caller()
+    event_id = checked_event_id(event_id, "InvalidRewardRequest")
+    req = validate(RewardRequest, json_body(), "InvalidRewardRequest")
+    service().reward(loop, event_id, req.value)
+    return Response(status=204)
+
+
+@bp.post("/events/<path:event_id>/activate")
+def activate(event_id: str) -> Response:
+    loop = caller()
+    event_id = checked_event_id(event_id, "InvalidEventIdToActivate")
+    service().activate(loop, event_id)
+    return Response(status=204)

@@ -1,0 +1,64 @@
+"""The application factory: ``gunicorn 'ranker.app:create_app()'``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from . import api, meta
+from .errors import ApiError, StoreUnavailable
+from .service import Service
+from .settings import Settings, load_settings
+
+log = logging.getLogger("ranker")
+
+API_PREFIXES = {
+    "api_v1_0": "/personalizer/v1.0",
+    "api_v1_1_preview_3": "/personalizer/v1.1-preview.3",
+    "api": "/personalizer",
+}
+
+
+def create_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
+    """Build the app from ``settings`` (a Settings, or overrides on top of file and environment)."""
+    if not isinstance(settings, Settings):
+        settings = load_settings(overrides=settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["ranker"] = Service(settings)
+    for name, prefix in API_PREFIXES.items():
+        app.register_blueprint(api.bp, url_prefix=prefix, name=name)
+    app.register_blueprint(meta.bp)
+    if settings.null_endpoint:
+        app.add_url_rule("/null", "null", meta.null, methods=["POST"])
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable) -> Response:
+        log.error("decision log unavailable: %s", exc)
+        return error_response(ApiError(503, "StoreUnavailable", str(exc)))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = {413: "PayloadSizeExceeded", 404: "ResourceNotFound"}.get(exc.code or 500, exc.name.replace(" ", ""))
+        return error_response(ApiError(exc.code or 500, code, exc.description or exc.name))
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(ApiError(500, "InternalServerError", "unexpected error; see the server log"))
+
+    return app
+
+
+def error_response(exc: ApiError) -> Response:
+    response = Response(json.dumps(exc.body()), status=exc.status, mimetype="application/json")
+    response.headers["x-ms-error-code"] = exc.code
+    return response

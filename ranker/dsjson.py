@@ -1,0 +1,82 @@
+"""The decision record: one DSJSON line per decision, built once at Rank time.
+
+The same text is what VW parses to predict, what the log keeps, what the trainer learns from (with the
+label added) and what ``ranker export`` writes, so there is exactly one feature mapping. Field names are
+VW's DSJSON (VowpalWabbit wiki "DSJSON"): ``c`` holds the shared namespaces and ``_multi`` (one object
+per eligible action, in request order), ``a`` the 1-based action indices with the chosen one first,
+``p`` their probabilities, ``_label_*`` the learned label.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import ApiError
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def merge(objects: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    """Merge a Personalizer feature list into one object; a repeated top-level name is an error."""
+    if len(objects) == 1:
+        return objects[0]
+    merged: dict[str, Any] = {}
+    for i, obj in enumerate(objects):
+        for key, value in obj.items():
+            if key in merged:
+                raise ApiError(
+                    400, "InvalidRankRequest", f"{where}[{i}] repeats the feature name {key!r}", target=where
+                )
+            merged[key] = value
+    return merged
+
+
+def context_json(context: dict[str, Any], actions: list[tuple[str, dict[str, Any]]], id_feature: bool) -> str:
+    """The ``c`` object as JSON text: shared features plus ``_multi`` for the given actions.
+
+    Each action carries its id under ``_id`` (VW skips keys starting with '_') and, when
+    ``id_feature`` is on and the action has no ``id`` feature of its own, as the feature ``id``.
+    """
+    multi = []
+    for action_id, features in actions:
+        entry = {"_id": action_id}
+        if id_feature and "id" not in features:
+            entry["id"] = action_id
+        entry.update(features)
+        multi.append(entry)
+    return _dumps({**context, "_multi": multi})
+
+
+def predict_line(c_json: str, n_actions: int) -> str:
+    """What VW parses to predict. Its DSJSON parser needs a non-empty ``a``; the order does not matter."""
+    return '{"a":' + _dumps(list(range(1, n_actions + 1))) + ',"c":' + c_json + "}"
+
+
+def decision_line(event_id: str, timestamp: str, c_json: str, order: list[int], pmf: list[float], **extra: Any) -> str:
+    """The logged record: ``order`` holds 0-based indices into ``_multi``, the chosen action first."""
+    head = {
+        "Version": "1",
+        "EventId": event_id,
+        "Timestamp": timestamp,
+        "a": [i + 1 for i in order],
+        "p": [pmf[i] for i in order],
+        **extra,
+    }
+    return _dumps(head)[:-1] + ',"c":' + c_json + "}"
+
+
+def labeled(line: str, reward: float, *, skip_learn: bool = False) -> dict[str, Any]:
+    """The record with VW's CB label added: cost = -reward on the chosen (first) action."""
+    record = json.loads(line)
+    record.update(
+        {
+            "_label_cost": -reward,
+            "_label_probability": record["p"][0],
+            "_label_Action": record["a"][0],
+            "_labelIndex": record["a"][0] - 1,
+        }
+    )
+    if skip_learn:
+        record["_skipLearn"] = True
+    return record

@@ -1,0 +1,106 @@
+"""VW prediction for one loop: PMF over the eligible actions, priority factors, seeded sampling.
+
+Serving workers only predict (``-t``); learning happens in the trainer. The served action is drawn
+from the final PMF with a uniform number derived from the event id, so a decision can be reproduced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shlex
+import threading
+
+import vowpalwabbit
+
+from .dsjson import predict_line
+
+# Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
+_OTHER_EXPLORATION = {
+    "--first",
+    "--bag",
+    "--cover",
+    "--softmax",
+    "--squarecb",
+    "--regcb",
+    "--regcbopt",
+    "--rnd",
+}
+_SERVING_ONLY = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
+
+
+def vw_arguments(policy_arguments: str, exploration: float) -> str:
+    """The policy's VW arguments with ``--epsilon`` set from the loop's explorationPercentage."""
+    words = shlex.split(policy_arguments)
+    out: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word == "--epsilon":
+            skip = True
+            continue
+        if word in _SERVING_ONLY:
+            continue
+        out.append(word)
+    if not _OTHER_EXPLORATION.intersection(words):
+        out += ["--epsilon", repr(exploration)]
+    return " ".join(out)
+
+
+def uniform(event_id: str) -> float:
+    """A number in [0, 1) determined by the event id."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def sample(pmf: list[float], event_id: str) -> int:
+    """Index drawn from ``pmf`` with the event id's uniform number."""
+    u = uniform(event_id)
+    total = 0.0
+    for i, p in enumerate(pmf):
+        total += p
+        if u < total:
+            return i
+    return max(i for i, p in enumerate(pmf) if p > 0)
+
+
+def reweight(pmf: list[float], factors: list[float]) -> list[float]:
+    """Multiply by priority factors and renormalise; a model PMF that is not a distribution is uniform."""
+    if not all(math.isfinite(p) and p >= 0 for p in pmf) or sum(pmf) <= 0:
+        pmf = [1.0] * len(pmf)
+    weighted = [p * f for p, f in zip(pmf, factors, strict=True)]
+    total = sum(weighted)
+    if total <= 0 or not math.isfinite(total):
+        weighted, total = list(factors), sum(factors)
+    return [w / total for w in weighted]
+
+
+class Engine:
+    """A predict-only VW workspace for one loop and model version; safe to share between threads."""
+
+    def __init__(self, arguments: str, model_path: str | None = None, version: str = "0"):
+        self.arguments = arguments
+        self.version = version
+        options = f"{arguments} --dsjson --quiet -t"
+        if model_path is not None:
+            options += f" -i {shlex.quote(model_path)}"
+        self._vw = vowpalwabbit.Workspace(options)
+        self._lock = threading.Lock()
+
+    def predict(self, c_json: str, n_actions: int) -> list[float]:
+        """VW's PMF over the ``_multi`` actions, in their order."""
+        line = predict_line(c_json, n_actions)
+        with self._lock:
+            examples = self._vw.parse(line)
+            try:
+                pmf = self._vw.predict(examples)
+            finally:
+                self._vw.finish_example(examples)
+        if len(pmf) != n_actions:
+            raise ValueError(f"VW read {len(pmf)} actions where {n_actions} were given")
+        return list(pmf)
+
+    def close(self) -> None:
+        self._vw.finish()

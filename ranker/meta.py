@@ -1,0 +1,35 @@
+"""Health, the OpenAPI description, and the null endpoint the Rank benchmark compares against."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, request
+
+from .errors import StoreUnavailable
+from .openapi import openapi
+from .schemas import parse_json
+
+bp = Blueprint("meta", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    service = current_app.extensions["ranker"]
+    try:
+        service.store.read("SELECT 1")
+    except StoreUnavailable as exc:
+        return Response(json.dumps({"status": "unavailable", "reason": str(exc)}), 503, mimetype="application/json")
+    body = {"status": "ok", "loops": sorted(service.loops), "auth": service.settings.auth}
+    return Response(json.dumps(body), 200, mimetype="application/json")
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return Response(json.dumps(openapi()), 200, mimetype="application/json")
+
+
+def null() -> Response:
+    """Parse the JSON body and answer 201 with a small JSON object: the floor a Rank is measured against."""
+    parse_json(request.get_data(cache=False))
+    return Response('{"eventId":"null"}', 201, mimetype="application/json")

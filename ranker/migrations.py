@@ -1,0 +1,41 @@
+"""Schema of the decision log, as sqlite-utils migrations applied at start-up and by ``ranker migrate``."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("ranker")
+
+
+@migrations()
+def create_decisions_and_rewards(db: Database) -> None:
+    db["decisions"].create(
+        {
+            "id": int,  # rowid: the order decisions were committed in, which the trainer follows
+            "loop": str,
+            "event_id": str,
+            "created_at": str,  # ISO 8601, UTC
+            "record": str,  # the DSJSON line; null when no action was eligible
+            "action_ids": str,  # JSON list of every requested action id, in request order
+            "reward_action_id": str,
+            "probability": float,
+            "explanation": str,  # JSON: {"excluded": {id: [reasons]}, "reweighted": {id: [...]}}
+            "model_version": str,
+            "policy": str,
+            "learning_mode": str,
+            "deferred": int,
+            "activated_at": str,
+        },
+        pk="id",
+        not_null={"loop", "event_id", "created_at", "action_ids", "explanation", "learning_mode", "deferred"},
+    )
+    db["decisions"].create_index(["loop", "event_id"], unique=True)
+    db["decisions"].create_index(["loop", "created_at"])
+    db["rewards"].create(
+        {"id": int, "decision_id": int, "value": float, "received_at": str},
+        pk="id",
+        foreign_keys=[("decision_id", "decisions", "id")],
+        not_null={"decision_id", "value", "received_at"},
+    )
+    db["rewards"].create_index(["decision_id"])

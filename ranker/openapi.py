@@ -1,0 +1,130 @@
+"""OpenAPI 3.1 description of the HTTP API, with request schemas taken from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from . import __version__
+from .schemas import RankRequest, RankResponse, RewardRequest
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "target": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+                "innerError": {"type": "object"},
+            },
+        }
+    },
+}
+
+PREFIXES = ["/personalizer/v1.0", "/personalizer/v1.1-preview.3", "/personalizer"]
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request; the body says what and where.",
+        401: "Missing or unknown key.",
+        403: "The key's role does not allow this operation.",
+        404: "No such event in the key's loop.",
+        409: "The event id was already ranked in this loop.",
+        413: "The body is larger than max_body_bytes.",
+        415: "The body is not application/json.",
+        503: "The decision log could not commit; nothing was acknowledged.",
+    }
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    return {str(s): {"description": text[s], **ref} for s in statuses}
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+    }
+
+
+def _operations(prefix: str) -> dict[str, Any]:
+    event = {
+        "name": "eventId",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 256},
+    }
+    version = (
+        []
+        if prefix.endswith(("v1.0", "preview.3"))
+        else [{"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"}}]
+    )
+    tag = prefix.rsplit("/", 1)[-1]
+    return {
+        f"{prefix}/rank": {
+            "post": {
+                "operationId": f"rank[{tag}]",
+                "summary": "Rank actions for a context; log the decision.",
+                "parameters": version,
+                "requestBody": _body("RankRequest"),
+                "responses": {
+                    "201": {
+                        "description": "The decision, committed to the log.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankResponse"}}},
+                    },
+                    **_errors(400, 401, 409, 413, 415, 503),
+                },
+            }
+        },
+        f"{prefix}/events/{{eventId}}/reward": {
+            "post": {
+                "operationId": f"reward[{tag}]",
+                "summary": "Report a reward for an event; every reward is kept.",
+                "parameters": [event, *version],
+                "requestBody": _body("RewardRequest"),
+                "responses": {
+                    "204": {"description": "Reward committed."},
+                    **_errors(400, 401, 404, 413, 415, 503),
+                },
+            }
+        },
+        f"{prefix}/events/{{eventId}}/activate": {
+            "post": {
+                "operationId": f"activate[{tag}]",
+                "summary": "Activate an event ranked with deferActivation.",
+                "parameters": [event, *version],
+                "responses": {"204": {"description": "Activation committed."}, **_errors(401, 404, 503)},
+            }
+        },
+    }
+
+
+@cache
+def openapi() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"ErrorResponse": ERROR}
+    for model in (RankRequest, RankResponse, RewardRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    paths: dict[str, Any] = {}
+    for prefix in PREFIXES:
+        paths.update(_operations(prefix))
+    paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {"200": {"description": "Serving."}}}}
+    security = [{"key": []}, {"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ranker", "version": __version__},
+        "security": security,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "key": {"type": "apiKey", "in": "header", "name": "Ocp-Apim-Subscription-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "paths": paths,
+    }

@@ -1,0 +1,173 @@
+"""Business rules applied before the model: entitlements, availability, strategic priority.
+
+Rules are data in a loop's configuration. An entitlement or availability rule that acts on an action
+removes it from the candidates (it gets probability 0 and can never be chosen); a priority rule multiplies
+its probability by a factor after the model, and the distribution is renormalised. Each decision keeps
+the reasons, so a person can ask why an action was or was not offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_MISSING = object()
+
+
+def lookup(features: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path (``account.plan``) of a feature object, or a sentinel when absent."""
+    value: Any = features
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+class Condition(BaseModel):
+    """A test on the value at ``path``: exactly one of equals, in, not_in, gte, lte, exists."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    path: str = Field(min_length=1)
+    equals: Any = None
+    in_: list[Any] | None = Field(None, alias="in")
+    not_in: list[Any] | None = None
+    gte: float | None = None
+    lte: float | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = [
+            name for name in ("equals", "in_", "not_in", "gte", "lte", "exists") if getattr(self, name) is not None
+        ]
+        if len(tests) != 1:
+            raise ValueError(f"condition on {self.path!r} needs exactly one of equals, in, not_in, gte, lte, exists")
+        return self
+
+    def holds(self, features: dict[str, Any]) -> bool:
+        value = lookup(features, self.path)
+        if self.exists is not None:
+            return (value is not _MISSING) == self.exists
+        if value is _MISSING:
+            return self.not_in is not None
+        if self.equals is not None:
+            return value == self.equals
+        if self.in_ is not None:
+            return value in self.in_
+        if self.not_in is not None:
+            return value not in self.not_in
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return value >= self.gte if self.gte is not None else value <= self.lte
+
+
+class ActionMatch(BaseModel):
+    """Which actions a rule is about: listed ids, and/or actions whose features meet conditions."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] | None = None
+    features: list[Condition] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ActionMatch:
+        if self.ids is None and self.features is None:
+            raise ValueError("a rule's actions need ids or features")
+        return self
+
+    def matches(self, action_id: str, features: dict[str, Any]) -> bool:
+        if self.ids is not None and action_id not in self.ids:
+            return False
+        return all(c.holds(features) for c in self.features or ())
+
+
+class Entitlement(BaseModel):
+    """The matched actions are offered only when every condition holds on the context."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    actions: ActionMatch
+    requires: list[Condition] = Field(min_length=1)
+
+
+class Availability(BaseModel):
+    """The matched actions are withdrawn when disabled or outside [start, end)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    actions: ActionMatch
+    disabled: bool = False
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def withdraws(self, now: datetime) -> bool:
+        if self.disabled:
+            return True
+        if self.start is not None and now < _aware(self.start, now):
+            return True
+        return self.end is not None and now >= _aware(self.end, now)
+
+
+class Priority(BaseModel):
+    """Multiply the matched actions' probabilities by ``factor`` (>1 boosts, <1 buries), when ``when`` holds."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    actions: ActionMatch
+    factor: float = Field(gt=0, le=1e6)
+    when: list[Condition] = Field(default_factory=list)
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entitlements: list[Entitlement] = Field(default_factory=list)
+    availability: list[Availability] = Field(default_factory=list)
+    priority: list[Priority] = Field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the rules did to one Rank call."""
+
+    eligible: list[int]  # indices into the request's actions, in request order
+    factors: list[float]  # one per eligible action
+    excluded: dict[str, list[str]]  # action id -> reasons
+    reweighted: dict[str, list[dict[str, Any]]]  # action id -> [{"rule", "factor"}]
+
+
+def apply(
+    rules: Rules,
+    context: dict[str, Any],
+    actions: list[tuple[str, dict[str, Any]]],
+    excluded_ids: set[str],
+    now: datetime,
+) -> Verdict:
+    """Decide which actions may be offered for this context and with which priority factors."""
+    withdrawn_all = [r for r in rules.availability if r.withdraws(now)]
+    failed_entitlements = [r for r in rules.entitlements if not all(c.holds(context) for c in r.requires)]
+    active_priority = [r for r in rules.priority if all(c.holds(context) for c in r.when)]
+    eligible, factors = [], []
+    excluded: dict[str, list[str]] = {}
+    reweighted: dict[str, list[dict[str, Any]]] = {}
+    for index, (action_id, features) in enumerate(actions):
+        reasons = ["excludedActions"] if action_id in excluded_ids else []
+        reasons += [f"entitlement:{r.name}" for r in failed_entitlements if r.actions.matches(action_id, features)]
+        reasons += [f"availability:{r.name}" for r in withdrawn_all if r.actions.matches(action_id, features)]
+        if reasons:
+            excluded[action_id] = reasons
+            continue
+        factor = 1.0
+        for rule in active_priority:
+            if rule.actions.matches(action_id, features):
+                factor *= rule.factor
+                reweighted.setdefault(action_id, []).append({"rule": rule.name, "factor": rule.factor})
+        eligible.append(index)
+        factors.append(factor)
+    return Verdict(eligible=eligible, factors=factors, excluded=excluded, reweighted=reweighted)
+
+
+def _aware(moment: datetime, now: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)

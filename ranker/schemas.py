@@ -1,0 +1,131 @@
+"""Request and response bodies of the Personalizer API, strictly validated at the edge.
+
+Features are what VW's JSON parser reads: an object's keys are namespaces or features; strings are
+categorical, numbers numeric, booleans present or absent, arrays hold numbers or objects. Anything VW
+would misread (arrays of strings, keys starting with ``_``, which VW reserves) is refused here with a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .errors import ApiError
+
+MAX_NUMBER = 1e15  # VW computes in float32; larger values overflow under quadratic interactions
+MAX_DEPTH = 8
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise ValueError(f"{where}: numbers must be finite and within ±1e15")
+        return
+    if isinstance(value, dict):
+        _check_object(value, where, depth + 1)
+        return
+    if isinstance(value, list):
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            for i, v in enumerate(value):
+                _check_value(v, f"{where}[{i}]", depth)
+            return
+        if all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                _check_object(v, f"{where}[{i}]", depth + 1)
+            return
+        raise ValueError(f"{where}: an array holds only numbers or only objects")
+    raise ValueError(f"{where}: unsupported value")
+
+
+def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: features nest deeper than {MAX_DEPTH} levels")
+    for key, value in obj.items():
+        if not key or key.startswith("_"):
+            raise ValueError(f"{where}: feature name {key!r} is empty or starts with '_' (reserved)")
+        _check_value(value, f"{where}.{key}", depth)
+
+
+def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i, obj in enumerate(items):
+        _check_object(obj, f"[{i}]", 0)
+    return items
+
+
+Features = Annotated[list[dict[str, Any]], AfterValidator(_features)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class RankableAction(Strict):
+    id: Id = Field(description="Action id, 1-256 characters, no control characters.")
+    features: Features = Field(default_factory=list, description="Feature objects of the action.")
+
+
+class RankRequest(Strict):
+    contextFeatures: Features = Field(default_factory=list, description="Feature objects of the context.")
+    actions: list[RankableAction] = Field(min_length=1, description="Candidate actions.")
+    excludedActions: list[Id] = Field(default_factory=list, description="Action ids not to choose this time.")
+    eventId: Id | None = Field(None, description="Unique id of this decision; generated when absent.")
+    deferActivation: bool = Field(False, description="Learn from this event only after Activate.")
+
+
+class RankedAction(BaseModel):
+    id: str
+    probability: float
+
+
+class RankResponse(BaseModel):
+    eventId: str
+    rewardActionId: str | None = Field(description="The action to show; null when no action was eligible.")
+    ranking: list[RankedAction] = Field(
+        description="Every action: the chosen one first, then eligible ones by probability, "
+        "then excluded ones with probability 0."
+    )
+
+
+class RewardRequest(Strict):
+    value: float = Field(ge=-1, le=1, description="Reward for the event's rewardActionId, -1 to 1.")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a JSON body, refusing non-UTF-8 bytes and NaN/Infinity literals."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "BadRequest", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "BadRequest", "the body nests too deeply") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def validate(model: type[BaseModel], data: Any, code: str) -> Any:
+    """Validate ``data`` against ``model``, turning every failure into one 400 with details."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {
+                "code": code,
+                "message": err["msg"],
+                "target": ".".join(str(p) for p in err["loc"]) or None,
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        first = details[0]
+        message = f"{first['target']}: {first['message']}" if first["target"] else first["message"]
+        raise ApiError(400, code, message, target=first["target"], details=details) from exc

@@ -1,0 +1,152 @@
+"""Rank, Reward and Activate as library calls: rules, record, model, sampling, log.
+
+The HTTP blueprint and the scripts are thin shells over ``Service``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from . import dsjson, rules
+from .engine import Engine, reweight, sample, vw_arguments
+from .errors import ApiError
+from .schemas import RankRequest
+from .settings import LoopSettings, Policy, Settings, hash_key
+from .store import Store
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Loop:
+    name: str
+    settings: LoopSettings
+    policy: Policy
+    engine: Engine
+
+
+class Service:
+    """One per process: the loops with their engines, the key ring and the store."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout)
+        self.loops: dict[str, Loop] = {}
+        for name, loop_settings in settings.loops.items():
+            policy = settings.policy(name)
+            arguments = vw_arguments(policy.arguments, loop_settings.exploration_percentage)
+            self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments))
+        self._keys = [
+            (bytes.fromhex(key.sha256), name, key.role) for name, loop in settings.loops.items() for key in loop.keys
+        ]
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def authenticate(self, key: str | None, admin: bool = False) -> Loop:
+        """The loop a key belongs to; 401 for a missing or unknown key, 403 for a rank key on admin calls."""
+        if not self.settings.auth:
+            return self.loops[self.settings.default_loop]
+        if not key:
+            raise ApiError(401, "Unauthorized", "send the loop's key in Ocp-Apim-Subscription-Key")
+        digest = bytes.fromhex(hash_key(key))
+        found = None
+        for stored, loop, role in self._keys:  # compare with every key: time does not depend on which matched
+            if hmac.compare_digest(stored, digest):
+                found = (loop, role)
+        if found is None:
+            raise ApiError(401, "Unauthorized", "the key is not valid for any loop")
+        loop, role = found
+        if admin and role != "admin":
+            raise ApiError(403, "OperationNotAllowed", "this operation needs the loop's admin key")
+        return self.loops[loop]
+
+    # -- Rank ---------------------------------------------------------------------------------
+
+    def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
+        """Choose an action, log the decision durably, and return Personalizer's RankResponse."""
+        settings = loop.settings
+        if len(request.actions) > settings.max_actions:
+            raise ApiError(
+                400,
+                "InvalidRankRequest",
+                f"{len(request.actions)} actions exceed this loop's maximum of {settings.max_actions}",
+                target="actions",
+            )
+        ids = [a.id for a in request.actions]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise ApiError(400, "InvalidRankRequest", f"action id {duplicate!r} appears twice", target="actions")
+        now = now or utcnow()
+        event_id = request.eventId or uuid.uuid4().hex
+        context = dsjson.merge(request.contextFeatures, "contextFeatures")
+        actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
+        verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
+
+        probabilities = dict.fromkeys(ids, 0.0)
+        record = chosen_id = chosen_p = None
+        order: list[int] = []
+        if verdict.eligible:
+            eligible = [actions[i] for i in verdict.eligible]
+            c_json = dsjson.context_json(context, eligible, settings.action_id_feature)
+            try:
+                model_pmf = loop.engine.predict(c_json, len(eligible))
+            except (RuntimeError, ValueError) as exc:  # VW refused the features
+                raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
+            if settings.learning_mode == "Apprentice":
+                pmf = [1.0] + [0.0] * (len(eligible) - 1)  # the baseline: first eligible action
+                chosen = 0
+            else:
+                pmf = reweight(model_pmf, verdict.factors)
+                chosen = sample(pmf, event_id)
+            order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])
+            for i, (action_id, _) in enumerate(eligible):
+                probabilities[action_id] = pmf[i]
+            chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
+            record = dsjson.decision_line(event_id, timestamp(now), c_json, order, pmf)
+
+        row = {
+            "loop": loop.name,
+            "event_id": event_id,
+            "created_at": timestamp(now),
+            "record": record,
+            "action_ids": json.dumps(ids),
+            "reward_action_id": chosen_id,
+            "probability": chosen_p,
+            "explanation": json.dumps({"excluded": verdict.excluded, "reweighted": verdict.reweighted}),
+            "model_version": loop.engine.version,
+            "policy": loop.policy.name,
+            "learning_mode": settings.learning_mode,
+            "deferred": int(request.deferActivation),
+            "activated_at": None,
+        }
+        if not self.store.record_decision(row):
+            raise ApiError(409, "EventIdAlreadyExists", f"event id {event_id!r} was already ranked", target="eventId")
+
+        ranked = [ids[verdict.eligible[i]] for i in order]
+        ranked += [i for i in ids if i in verdict.excluded]
+        return {
+            "eventId": event_id,
+            "rewardActionId": chosen_id,
+            "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
+        }
+
+    # -- Reward and Activate ------------------------------------------------------------------
+
+    def reward(self, loop: Loop, event_id: str, value: float) -> None:
+        if not self.store.add_reward(loop.name, event_id, value, timestamp(utcnow())):
+            raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop")
+
+    def activate(self, loop: Loop, event_id: str) -> None:
+        if not self.store.activate(loop.name, event_id, timestamp(utcnow())):
+            raise ApiError(404, "InvalidEventIdToActivate", f"no decision with event id {event_id!r} in this loop")

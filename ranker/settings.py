@@ -1,0 +1,250 @@
+"""The one registry of settings.
+
+Server settings come, lowest precedence first, from their defaults, a TOML file (``--config`` or
+``RANKER_CONFIG``), ``RANKER_<NAME>`` environment variables, and overrides passed to ``create_app``.
+Each loop (decision point) has its own table ``[loops.<name>]`` with Personalizer's service
+configuration names, its policy, rules and hashed keys. ``ranker settings`` prints them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .rules import Rules
+
+PACKAGE_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+_DURATION = re.compile(
+    r"^P(?!$)(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?=\d)(?:(?P<h>\d+(?:\.\d+)?)H)?"
+    r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse an ISO 8601 duration of days, hours, minutes and seconds (``PT10M``, ``P1DT2H``)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT10M or PT1S")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v}
+    return timedelta(
+        days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
+    )
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key: its SHA-256 in hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Policy(BaseModel):
+    """A learning policy, as Personalizer's policy object: a name and VW arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("arguments")
+    @classmethod
+    def _contextual_bandit(cls, value: str) -> str:
+        if "--cb_explore_adf" not in value.split():
+            raise ValueError("policy arguments must use --cb_explore_adf")
+        return value
+
+
+class Key(BaseModel):
+    """An API key of a loop, stored as its SHA-256 (``ranker hash-key`` prints it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["rank", "admin"] = Field(
+        description="rank: Rank, Reward and Activate; admin: also configuration, model and log operations"
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, lowercase hex")
+
+
+class LoopSettings(BaseModel):
+    """One decision point: its policy, Personalizer service configuration, rules and keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    policy: str | Policy = Field(
+        "default",
+        description="Name of a policy file in policies_dir (without .json), or an inline "
+        '{name, arguments} table. "default" learns fast; "personalizer" is Personalizer\'s own default.',
+    )
+    reward_wait_time: str = Field(
+        "PT10M",
+        alias="rewardWaitTime",
+        description="ISO 8601 duration (at least 1 s) a decision waits for rewards before it is learned.",
+    )
+    default_reward: float = Field(
+        0.0, alias="defaultReward", ge=-1, le=1, description="Reward learned when none arrives in time."
+    )
+    reward_aggregation: Literal["earliest", "sum", "average", "min", "max", "median"] = Field(
+        "earliest", alias="rewardAggregation", description="How several rewards for one event combine."
+    )
+    exploration_percentage: float = Field(
+        0.2,
+        alias="explorationPercentage",
+        ge=0,
+        le=1,
+        description="Share of exploration, 0 to 1; sets --epsilon of epsilon-greedy policies.",
+    )
+    model_export_frequency: str = Field(
+        "PT1M", alias="modelExportFrequency", description="ISO 8601 duration between model publications."
+    )
+    log_retention_days: int = Field(
+        -1, alias="logRetentionDays", ge=-1, description="Days decisions are kept; -1 keeps them forever."
+    )
+    learning_mode: Literal["Online", "Apprentice", "LoggingOnly"] = Field(
+        "Online", alias="learningMode", description="Personalizer's learning mode."
+    )
+    max_actions: int = Field(500, alias="maxActions", ge=1, le=5000, description="Most actions in one Rank.")
+    action_id_feature: bool = Field(
+        True,
+        alias="actionIdFeature",
+        description='Add each action\'s id as a feature (top-level key "id") unless its features have one.',
+    )
+    rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
+    keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
+
+    @field_validator("reward_wait_time")
+    @classmethod
+    def _wait_time(cls, value: str) -> str:
+        if parse_duration(value) < timedelta(seconds=1):
+            raise ValueError("rewardWaitTime must be at least 1 second")
+        return value
+
+    @field_validator("model_export_frequency")
+    @classmethod
+    def _export_frequency(cls, value: str) -> str:
+        if parse_duration(value) < timedelta(seconds=1):
+            raise ValueError("modelExportFrequency must be at least 1 second")
+        return value
+
+
+class Settings(BaseModel):
+    """Server settings; loops live in ``loops``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(Path("logs"), description="Folder of the decision log database and models.")
+    policies_dir: Path = Field(PACKAGE_POLICIES, description="Folder of policy files (name.json).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8080, ge=1, le=65535, description="Port to bind.")
+    workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes (one per core is right).")
+    threads: int = Field(8, ge=1, le=256, description="Threads per worker; they share group commits.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413.")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite synchronous mode. FULL survives power loss; NORMAL survives process kills only.",
+    )
+    commit_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request waits for its commit before answering 503."
+    )
+    null_endpoint: bool = Field(
+        False, description="Serve POST /null (parses JSON, writes nothing); for the Rank benchmark."
+    )
+    default_loop: str = Field("default", description="Loop that serves requests when no loop has keys.")
+    loops: dict[str, LoopSettings] = Field(
+        default_factory=lambda: {"default": LoopSettings()}, description="The decision points."
+    )
+
+    @field_validator("loops")
+    @classmethod
+    def _loop_names(cls, loops: dict[str, LoopSettings]) -> dict[str, LoopSettings]:
+        if not loops:
+            raise ValueError("at least one loop is needed")
+        for name in loops:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+                raise ValueError(f"loop name {name!r}: letters, digits, '.', '_' and '-' only")
+        return loops
+
+    @model_validator(mode="after")
+    def _default_loop_exists(self) -> Settings:
+        if not self.auth and self.default_loop not in self.loops:
+            raise ValueError(f"default_loop {self.default_loop!r} is not a loop")
+        return self
+
+    @property
+    def auth(self) -> bool:
+        """Keys are required as soon as any loop has one."""
+        return any(loop.keys for loop in self.loops.values())
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "ranker.db"
+
+    def policy(self, loop: str) -> Policy:
+        """The loop's policy, read from policies_dir when named."""
+        policy = self.loops[loop].policy
+        if isinstance(policy, Policy):
+            return policy
+        path = self.policies_dir / f"{policy}.json"
+        try:
+            return Policy.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"loop {loop!r}: cannot read policy {path}: {exc}") from exc
+
+
+SCALAR_SETTINGS = [name for name in Settings.model_fields if name != "loops"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used, with a message for the operator."""
+
+
+def load_settings(
+    config: str | os.PathLike | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from a TOML file, ``RANKER_*`` variables and overrides."""
+    environ = os.environ if environ is None else environ
+    config = config or environ.get("RANKER_CONFIG")
+    data: dict[str, Any] = {}
+    if config:
+        try:
+            data = tomllib.loads(Path(config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config {config}: {exc}") from exc
+    for name in SCALAR_SETTINGS:
+        value = environ.get(f"RANKER_{name.upper()}")
+        if value is not None:
+            data[name] = value
+    data.update(overrides or {})
+    try:
+        settings = Settings.model_validate(data)
+        for loop in settings.loops:
+            settings.policy(loop)
+    except (ValidationError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc
+    return settings
+
+
+def documentation() -> list[tuple[str, str, str]]:
+    """(name, default, help) of every setting, server-wide then per loop."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if name != "loops":
+            rows.append((name, _default(field), field.description or ""))
+    for name, field in LoopSettings.model_fields.items():
+        rows.append((f"loops.<name>.{field.alias or name}", _default(field), field.description or ""))
+    return rows
+
+
+def _default(field) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return json.dumps(value.model_dump() if isinstance(value, BaseModel) else value)
+    value = field.default
+    return str(value) if isinstance(value, Path) else json.dumps(value)
