@@ -19,6 +19,7 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 accesslog = None
+control_socket_disable = True  # several servers may run side by side on one host
 errorlog = "-"
 loglevel = "info"
 
