@@ -66,17 +66,18 @@ def decision_line(event_id: str, timestamp: str, c_json: str, order: list[int], 
     return _dumps(head)[:-1] + ',"c":' + c_json + "}"
 
 
-def labeled(line: str, reward: float, *, skip_learn: bool = False) -> dict[str, Any]:
-    """The record with VW's CB label added: cost = -reward on the chosen (first) action."""
-    record = json.loads(line)
-    record.update(
-        {
-            "_label_cost": -reward,
-            "_label_probability": record["p"][0],
-            "_label_Action": record["a"][0],
-            "_labelIndex": record["a"][0] - 1,
-        }
-    )
+def labeled(line: str, reward: float, *, skip_learn: bool = False) -> str:
+    """The record with VW's CB label added: cost = -reward on the chosen (first) action.
+
+    VW's DSJSON parser reads the label only when it comes before ``c``, so it is put first.
+    """
+    head = json.loads(line[: line.index(',"c":')] + "}")
+    label = {
+        "_label_cost": -reward,
+        "_label_probability": head["p"][0],
+        "_label_Action": head["a"][0],
+        "_labelIndex": head["a"][0] - 1,
+    }
     if skip_learn:
-        record["_skipLearn"] = True
-    return record
+        label["_skipLearn"] = True
+    return _dumps(label)[:-1] + "," + line[1:]
