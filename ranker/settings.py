@@ -154,7 +154,9 @@ class Settings(BaseModel):
     null_endpoint: bool = Field(
         False, description="Serve POST /null (parses JSON, writes nothing); for the Rank benchmark."
     )
-    default_loop: str = Field("default", description="Loop that serves requests when no loop has keys.")
+    default_loop: str | None = Field(
+        None, description="Loop that serves requests when no loop has keys; unset: 'default', else the first loop."
+    )
     loops: dict[str, LoopSettings] = Field(
         default_factory=lambda: {"default": LoopSettings()}, description="The decision points."
     )
@@ -171,7 +173,9 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _default_loop_exists(self) -> Settings:
-        if not self.auth and self.default_loop not in self.loops:
+        if self.default_loop is None:
+            self.default_loop = "default" if "default" in self.loops else next(iter(self.loops))
+        elif self.default_loop not in self.loops:
             raise ValueError(f"default_loop {self.default_loop!r} is not a loop")
         return self
 
@@ -247,4 +251,6 @@ def _default(field) -> str:
         value = field.default_factory()
         return json.dumps(value.model_dump() if isinstance(value, BaseModel) else value)
     value = field.default
+    if value == PACKAGE_POLICIES:
+        return "policies (the project's)"
     return str(value) if isinstance(value, Path) else json.dumps(value)

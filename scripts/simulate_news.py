@@ -5,7 +5,7 @@ contextual bandits": two users (Tom, Anna) visit in the morning or afternoon
 and are shown one of seven articles. Tom clicks politics in the morning and
 music in the afternoon; Anna clicks sports in the morning and politics in the
 afternoon. A click costs -1, anything else 0. Every event is sent to VW as a
-DSJSON line (the format Personalizer logs), parsed with ``--dsjson``.
+DSJSON record built by ``ranker.dsjson``, exactly as the service logs it.
 
 For each policy the script prints the click-through rate (mean reward) per
 window of events and over the last window, averaged over ``--seeds`` runs.
@@ -17,10 +17,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import vowpalwabbit
+
+from ranker import dsjson
 
 USERS = ("Tom", "Anna")
 TIMES = ("morning", "afternoon")
@@ -37,33 +38,16 @@ DEFAULT_POLICIES = (
 )
 
 
-def context(user: str, time_of_day: str) -> dict:
-    """Build the DSJSON ``c`` object: shared User namespace plus one per article."""
-    return {
-        "User": {"user": user, "time_of_day": time_of_day},
-        "_multi": [{"Action": {"article": a}} for a in ARTICLES],
-    }
+def context(user: str, time_of_day: str) -> str:
+    """The record's ``c`` object, built by the service's own record builder."""
+    articles = [(a, {"Action": {"article": a}}) for a in ARTICLES]
+    return dsjson.context_json({"User": {"user": user, "time_of_day": time_of_day}}, articles, id_feature=False)
 
 
-def predict_line(ctx: dict) -> str:
-    """DSJSON line for ranking; VW needs a non-empty ``a`` array to emit the example."""
-    return json.dumps({"a": list(range(1, len(ARTICLES) + 1)), "c": ctx})
-
-
-def learn_line(ctx: dict, pmf: list[float], chosen: int, reward: float) -> str:
-    """DSJSON line carrying the CB label for the chosen (0-based) action."""
+def learn_line(ctx: str, pmf: list[float], chosen: int, reward: float) -> str:
+    """The decision record as the service logs it, with the CB label the trainer adds."""
     order = [chosen] + [i for i in range(len(ARTICLES)) if i != chosen]
-    return json.dumps(
-        {
-            "_label_cost": -reward,
-            "_label_probability": pmf[chosen],
-            "_label_Action": chosen + 1,
-            "_labelIndex": chosen,
-            "a": [i + 1 for i in order],
-            "p": [pmf[i] for i in order],
-            "c": ctx,
-        }
-    )
+    return dsjson.labeled(dsjson.decision_line("sim", "", ctx, order, pmf), reward)
 
 
 def simulate(policy: str, events: int, seed: int) -> np.ndarray:
@@ -77,7 +61,7 @@ def simulate(policy: str, events: int, seed: int) -> np.ndarray:
             time_of_day = TIMES[rng.integers(len(TIMES))]
             ctx = context(user, time_of_day)
 
-            ex = ws.parse(predict_line(ctx))
+            ex = ws.parse(dsjson.predict_line(ctx, len(ARTICLES)))
             pmf = np.asarray(ws.predict(ex), dtype=float)
             ws.finish_example(ex)
 

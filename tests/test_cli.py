@@ -1,0 +1,60 @@
+"""The command line, through click's runner and as a real process."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+from ranker.cli import cli
+from ranker.settings import hash_key
+
+
+def test_new_key_prints_a_key_and_its_hash(runner):
+    result = runner.invoke(cli, ["new-key", "--role", "admin"])
+    assert result.exit_code == 0
+    key = result.output.split("key: ")[1].split()[0]
+    assert f'role = "admin", sha256 = "{hash_key(key)}"' in result.output
+
+
+def test_hash_key(runner):
+    result = runner.invoke(cli, ["hash-key", "secret"])
+    assert result.output.strip() == hash_key("secret")
+
+
+def test_migrate_creates_the_log(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 0 and "create_decisions_and_rewards" in result.output
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "ranker.db").execute("SELECT name FROM sqlite_master")}
+    assert {"decisions", "rewards"} <= tables
+    assert "up to date" in runner.invoke(cli, ["migrate"]).output
+
+
+def test_settings_validates_a_file(runner, tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[loops.cards]\nrewardWaitTime = "PT5S"\n')
+    result = runner.invoke(cli, ["settings", "--config", str(good)])
+    assert result.exit_code == 0 and "valid; loops cards; auth off" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[loops.cards]\nrewardWaitTime = "PT0.5S"\n')
+    result = runner.invoke(cli, ["settings", "--config", str(bad)])
+    assert result.exit_code == 1 and "rewardWaitTime must be at least 1 second" in result.output
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ranker", "serve", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "RANKER_DATA_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert "without keys" in result.stderr
+
+
+def test_serve_says_loudly_that_auth_is_off(serve):
+    server = serve()
+    server.stop()
+    assert "AUTH IS OFF" in (server.data_dir / "server.log").read_text()
