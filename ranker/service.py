@@ -99,14 +99,14 @@ class Service:
         if verdict.eligible:
             eligible = [actions[i] for i in verdict.eligible]
             c_json = dsjson.context_json(context, eligible, settings.action_id_feature)
-            try:
-                model_pmf = loop.engine.predict(c_json, len(eligible))
-            except (RuntimeError, ValueError) as exc:  # VW refused the features
-                raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
             if settings.learning_mode == "Apprentice":
                 pmf = [1.0] + [0.0] * (len(eligible) - 1)  # the baseline: first eligible action
                 chosen = 0
             else:
+                try:
+                    model_pmf = loop.engine.predict(c_json, len(eligible))
+                except (RuntimeError, ValueError) as exc:  # VW refused the features
+                    raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
                 pmf = reweight(model_pmf, verdict.factors)
                 chosen = sample(pmf, event_id)
             order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import vowpalwabbit
@@ -168,7 +169,7 @@ def test_openapi_matches_the_routes_and_the_models(app, client):
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static", "meta.openapi_json"):
             continue
-        path = rule.rule.replace("<path:event_id>", "{eventId}")
+        path = re.sub(r"<(?:\w+:)?event_id>", "{eventId}", rule.rule)
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
     assert spec["components"]["schemas"]["RankRequest"]["required"] == ["actions"]
