@@ -4,17 +4,25 @@ Rules are data in a loop's configuration. An entitlement or availability rule th
 removes it from the candidates (it gets probability 0 and can never be chosen); a priority rule multiplies
 its probability by a factor after the model, and the distribution is renormalised. Each decision keeps
 the reasons, so a person can ask why an action was or was not offered.
+
+Conditions compare JSON values: a boolean never equals a number, ``gte``/``lte`` hold only for numbers,
+and a condition on a missing path holds only for ``not_in`` and ``exists = false``. Date windows without
+a time zone are read as UTC.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _MISSING = object()
+# Combined priority factors outside this range are rescaled (in log space) so that the largest is 1:
+# products of many factors would otherwise overflow to inf or underflow to 0 and break renormalisation.
+_FACTOR_RANGE = (1e-200, 1e200)
 
 
 def lookup(features: dict[str, Any], path: str) -> Any:
@@ -35,8 +43,8 @@ class Condition(BaseModel):
     equals: Any = None
     in_: list[Any] | None = Field(None, alias="in")
     not_in: list[Any] | None = None
-    gte: float | None = None
-    lte: float | None = None
+    gte: float | None = Field(None, strict=True, allow_inf_nan=False)
+    lte: float | None = Field(None, strict=True, allow_inf_nan=False)
     exists: bool | None = None
 
     @model_validator(mode="after")
@@ -55,11 +63,11 @@ class Condition(BaseModel):
         if value is _MISSING:
             return self.not_in is not None
         if self.equals is not None:
-            return value == self.equals
+            return _same(value, self.equals)
         if self.in_ is not None:
-            return value in self.in_
+            return any(_same(value, item) for item in self.in_)
         if self.not_in is not None:
-            return value not in self.not_in
+            return not any(_same(value, item) for item in self.not_in)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         return value >= self.gte if self.gte is not None else value <= self.lte
@@ -103,12 +111,19 @@ class Availability(BaseModel):
     start: datetime | None = None
     end: datetime | None = None
 
+    @model_validator(mode="after")
+    def _window(self) -> Availability:
+        if self.start is not None and self.end is not None and _utc(self.start) >= _utc(self.end):
+            raise ValueError(f"availability {self.name!r}: start must be before end")
+        return self
+
     def withdraws(self, now: datetime) -> bool:
         if self.disabled:
             return True
-        if self.start is not None and now < _aware(self.start, now):
+        now = _utc(now)
+        if self.start is not None and now < _utc(self.start):
             return True
-        return self.end is not None and now >= _aware(self.end, now)
+        return self.end is not None and now >= _utc(self.end)
 
 
 class Priority(BaseModel):
@@ -159,15 +174,35 @@ def apply(
         if reasons:
             excluded[action_id] = reasons
             continue
-        factor = 1.0
-        for rule in active_priority:
-            if rule.actions.matches(action_id, features):
-                factor *= rule.factor
-                reweighted.setdefault(action_id, []).append({"rule": rule.name, "factor": rule.factor})
+        applied = [rule for rule in active_priority if rule.actions.matches(action_id, features)]
+        if applied:
+            reweighted[action_id] = [{"rule": rule.name, "factor": rule.factor} for rule in applied]
         eligible.append(index)
-        factors.append(factor)
-    return Verdict(eligible=eligible, factors=factors, excluded=excluded, reweighted=reweighted)
+        factors.append([rule.factor for rule in applied])
+    return Verdict(eligible=eligible, factors=_combine(factors), excluded=excluded, reweighted=reweighted)
 
 
-def _aware(moment: datetime, now: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)
+def _combine(factor_lists: list[list[float]]) -> list[float]:
+    """Each action's product of factors; rescaled so the largest is 1 when a product leaves a safe range."""
+    products = [math.prod(fs) for fs in factor_lists]
+    low, high = _FACTOR_RANGE
+    if all(low <= p <= high for p in products):
+        return products
+    logs = [math.fsum(math.log(f) for f in fs) for fs in factor_lists]
+    top = max(logs)
+    return [math.exp(x - top) for x in logs]
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """JSON equality: booleans are not numbers (Python's ``True == 1`` does not carry over)."""
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return type(value) is type(expected) and value == expected
+    if isinstance(value, dict) and isinstance(expected, dict):
+        return value.keys() == expected.keys() and all(_same(value[k], expected[k]) for k in value)
+    if isinstance(value, list) and isinstance(expected, list):
+        return len(value) == len(expected) and all(_same(a, b) for a, b in zip(value, expected, strict=True))
+    return value == expected
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
