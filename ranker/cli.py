@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
+import subprocess
 import sys
 
 import click
 
+from . import trainer
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
 from .store import migrate
 
@@ -31,7 +35,9 @@ def cli() -> None:
 @click.option("--workers", type=int, help="gunicorn worker processes (default 2).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def serve(host: str | None, port: int | None, workers: int | None, config: str | None) -> None:
-    """Serve the API with gunicorn on the embedded SQLite decision log.
+    """Serve the API with gunicorn on the embedded SQLite decision log, and run the trainer beside it.
+
+    The trainer is started again if it dies; stopping this command (SIGTERM, Ctrl-C) stops both.
 
     Example: ranker serve --port 8080 --config ranker.toml
     """
@@ -44,8 +50,32 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             env[f"RANKER_{name}"] = str(value)
-    argv = [sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"]
-    os.execve(sys.executable, argv, env)
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
+    supervisor = trainer.Supervisor(env=env).start()
+
+    def forward(signum: int, _frame: object) -> None:
+        server.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = server.wait()
+    supervisor.stop()
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+@click.option("--once", is_flag=True, help="Learn what is due now, print the counts and exit.")
+def train(config: str | None, once: bool) -> None:
+    """Run the trainer alone: join rewards, learn, publish models, until interrupted.
+
+    A second trainer on the same data folder waits, and takes over when the first one stops.
+
+    Example: ranker train --config ranker.toml
+    """
+    report = trainer.run(_settings(config), once=once)
+    if report is not None:
+        click.echo(json.dumps(report))
 
 
 @cli.command("migrate")

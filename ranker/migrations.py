@@ -39,3 +39,28 @@ def create_decisions_and_rewards(db: Database) -> None:
         not_null={"decision_id", "value", "received_at"},
     )
     db["rewards"].create_index(["decision_id"])
+
+
+@migrations()
+def create_trainer_state(db: Database) -> None:
+    # One row per loop: the trainer's checkpoint. The model and the last decision it learned are
+    # committed together, which is what makes learning exactly once across crashes.
+    db["trainer_state"].create(
+        {
+            "loop": str,
+            "settings": str,  # JSON of the learning settings the model was trained with
+            "last_decision_id": int,  # every decision of the loop up to this id is learned or skipped
+            "model": bytes,  # VW model (with its optimiser state); null before anything was learned
+            "learned": int,
+            "skipped": int,
+            "updated_at": str,
+            "published_version": str,
+            "published_learned": int,  # the learned count of the published model
+            "published_at": str,
+        },
+        pk="loop",
+        not_null={"settings", "last_decision_id", "learned", "skipped", "updated_at", "published_learned"},
+        defaults={"last_decision_id": 0, "learned": 0, "skipped": 0, "published_learned": 0},
+    )
+    # The trainer reads each loop's decisions in id order.
+    db["decisions"].create_index(["loop", "id"])

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import dsjson, rules
+from . import dsjson, models, rules
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError
 from .schemas import RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
 from .store import Store
+
+log = logging.getLogger("ranker")
+
+MODEL_CHECK_SECONDS = 0.1  # how often a loop looks for a newly published model (one stat)
 
 
 def utcnow() -> datetime:
@@ -33,7 +40,11 @@ class Loop:
     name: str
     settings: LoopSettings
     policy: Policy
-    engine: Engine
+    engine: Engine  # replaced, never changed, when a new model is published
+    arguments: str = ""
+    model_stamp: tuple[int, int] | None = None
+    checked_at: float = 0.0
+    loading: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Service:
@@ -46,7 +57,9 @@ class Service:
         for name, loop_settings in settings.loops.items():
             policy = settings.policy(name)
             arguments = vw_arguments(policy.arguments, loop_settings.exploration_percentage)
-            self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments))
+            loop = self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments), arguments)
+            loop.loading.acquire()
+            self._load_published(loop, models.stamp(settings.data_dir, name))
         self._keys = [
             (bytes.fromhex(key.sha256), name, key.role) for name, loop in settings.loops.items() for key in loop.keys
         ]
@@ -71,6 +84,37 @@ class Service:
             raise ApiError(403, "OperationNotAllowed", "this operation needs the loop's admin key")
         return self.loops[loop]
 
+    # -- published models ---------------------------------------------------------------------
+
+    def refresh(self, loop: Loop) -> None:
+        """Start loading a newly published model of the loop; requests go on with the current one meanwhile.
+
+        The check is one stat of the model pointer, at most every MODEL_CHECK_SECONDS per loop.
+        """
+        now = time.monotonic()
+        if now - loop.checked_at < MODEL_CHECK_SECONDS:
+            return
+        loop.checked_at = now
+        stamp = models.stamp(self.settings.data_dir, loop.name)
+        if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
+            return
+        threading.Thread(target=self._load_published, args=(loop, stamp), daemon=True).start()
+
+    def _load_published(self, loop: Loop, stamp: tuple[int, int] | None) -> None:
+        """Swap in the published model the pointer names (called holding ``loop.loading``)."""
+        try:
+            current = models.current(self.settings.data_dir, loop.name)
+            if current is not None and current[0] != loop.engine.version:
+                version, path = current
+                # The old engine is finished when the last request using it lets go of it.
+                loop.engine = Engine(loop.arguments, str(path), version)
+                log.info("loop %s: serving model %s", loop.name, version)
+        except (OSError, RuntimeError, ValueError) as exc:  # keep serving the model in hand
+            log.error("loop %s: cannot load the published model: %s", loop.name, exc)
+        finally:
+            loop.model_stamp = stamp
+            loop.loading.release()
+
     # -- Rank ---------------------------------------------------------------------------------
 
     def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
@@ -92,6 +136,8 @@ class Service:
         context = dsjson.merge(request.contextFeatures, "contextFeatures")
         actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
+        self.refresh(loop)
+        engine = loop.engine  # one model serves the whole request, and is the one logged
 
         probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
@@ -104,7 +150,7 @@ class Service:
                 chosen = 0
             else:
                 try:
-                    model_pmf = loop.engine.predict(c_json, len(eligible))
+                    model_pmf = engine.predict(c_json, len(eligible))
                 except (RuntimeError, ValueError) as exc:  # VW refused the features
                     raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
                 pmf = reweight(model_pmf, verdict.factors)
@@ -124,7 +170,7 @@ class Service:
             "reward_action_id": chosen_id,
             "probability": chosen_p,
             "explanation": json.dumps({"excluded": verdict.excluded, "reweighted": verdict.reweighted}),
-            "model_version": loop.engine.version,
+            "model_version": engine.version,
             "policy": loop.policy.name,
             "learning_mode": settings.learning_mode,
             "deferred": int(request.deferActivation),

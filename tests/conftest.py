@@ -97,9 +97,22 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("server did not become ready")
 
+    def children(self, pid: int) -> list[tuple[int, str]]:
+        """(pid, command line) of a process's children."""
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
+        rows = [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
+        return [(int(row[0]), row[1] if len(row) > 1 else "") for row in rows]
+
+    def master_pid(self) -> int | None:
+        """The gunicorn master, a child of ``ranker serve``."""
+        return next((pid for pid, args in self.children(self.process.pid) if "gunicorn" in args), None)
+
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
+        master = self.master_pid()
+        return [] if master is None else [pid for pid, _ in self.children(master)]
+
+    def trainer_pid(self) -> int | None:
+        return next((pid for pid, args in self.children(self.process.pid) if "ranker.trainer" in args), None)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -1,0 +1,68 @@
+"""``ranker serve`` runs the trainer beside the workers, restarts it, and the workers switch to what it publishes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from datetime import datetime
+
+import requests
+
+from ranker import models
+
+ACTIONS = [{"id": f"a{i}", "features": [{"item": {"kind": f"k{i % 3}", "tag": f"t{i}"}}]} for i in range(10)]
+CONFIG = '[loops.default]\nrewardWaitTime = "PT1S"\nmodelExportFrequency = "PT1S"\n'
+
+
+def test_workers_serve_each_published_model_within_a_second(serve):
+    server = serve(CONFIG)
+    assert len(server.worker_pids()) == 2 and server.trainer_pid() is not None
+    url = server.url + "/personalizer/v1.0"
+    stop = threading.Event()
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+    failures = []
+
+    def load() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            with lock:
+                n = next(counter)
+            body = {"contextFeatures": [{"u": {"seg": f"s{n % 3}"}}], "actions": ACTIONS, "eventId": f"e{n}"}
+            response = session.post(url + "/rank", json=body, timeout=10)
+            if response.status_code != 201:
+                failures.append(response.text)
+                continue
+            value = float(response.json()["rewardActionId"] == "a3")
+            session.post(url + f"/events/e{n}/reward", json={"value": value}, timeout=10)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(8)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+    published = {p.stem: p.stat().st_mtime for p in models.loop_dir(server.data_dir, "default").glob("*.vw")}
+    with sqlite3.connect(server.data_dir / "ranker.db") as conn:
+        rows = conn.execute("SELECT created_at, model_version FROM decisions ORDER BY id").fetchall()
+    conn.close()
+    served = [(datetime.fromisoformat(at).timestamp(), version) for at, version in rows]
+    # Several versions were published and served; none was still served a second after the next one.
+    assert len(published) >= 3 and {v for _, v in served} >= set(sorted(published)[:-1])
+    for version, at in published.items():
+        stale = [t - at for t, v in served if v < version and t > at]
+        assert max(stale, default=0) <= 1.0, (version, stale)
+
+    trainer = server.trainer_pid()
+    os.kill(trainer, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server.trainer_pid() in (None, trainer):
+        assert time.monotonic() < deadline, "the trainer was not started again"
+        time.sleep(0.1)
+    assert len(server.worker_pids()) == 2
