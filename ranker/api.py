@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.routing import PathConverter
 
 from .errors import ApiError
 from .schemas import RankRequest, RewardRequest, parse_json, validate
@@ -31,10 +32,20 @@ def caller(admin: bool = False) -> Loop:
     return service().authenticate(api_key(), admin=admin)
 
 
+def request_bytes() -> bytes:
+    """The whole body, or 413 when it is larger than max_body_bytes."""
+    data = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    # werkzeug cuts a body without Content-Length (chunked) at the limit without saying it was longer
+    if request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise ApiError(413, "PayloadSizeExceeded", f"the body is larger than {limit} bytes")
+    return data
+
+
 def json_body() -> Any:
     if request.mimetype != "application/json":
         raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
-    return parse_json(request.get_data(cache=False))
+    return parse_json(request_bytes())
 
 
 def json_response(body: Any, status: int) -> Response:
@@ -48,14 +59,20 @@ def rank() -> Response:
     return json_response(service().rank(loop, req), 201)
 
 
+class EventIdConverter(PathConverter):
+    """``path`` (the SDKs percent-encode '/' in event ids and the server decodes it before routing) that
+    also matches a newline, so an event id holding one gets the 400 below instead of a routing 404."""
+
+    regex = r"[^/](?s:.*?)"
+
+
 def checked_event_id(event_id: str, code: str) -> str:
-    # <path:> because the SDKs percent-encode '/' in event ids and the server decodes it before routing
     if len(event_id) > 256 or any(ord(ch) < 32 or ord(ch) == 127 for ch in event_id):
         raise ApiError(400, code, "an event id has 1-256 characters and no control characters", target="eventId")
     return event_id
 
 
-@bp.post("/events/<path:event_id>/reward")
+@bp.post("/events/<event_id:event_id>/reward")
 def reward(event_id: str) -> Response:
     loop = caller()
     event_id = checked_event_id(event_id, "InvalidRewardRequest")
@@ -64,7 +81,7 @@ def reward(event_id: str) -> Response:
     return Response(status=204)
 
 
-@bp.post("/events/<path:event_id>/activate")
+@bp.post("/events/<event_id:event_id>/activate")
 def activate(event_id: str) -> Response:
     loop = caller()
     event_id = checked_event_id(event_id, "InvalidEventIdToActivate")

@@ -30,6 +30,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["ranker"] = Service(settings)
+    app.url_map.converters["event_id"] = api.EventIdConverter
     for name, prefix in API_PREFIXES.items():
         app.register_blueprint(api.bp, url_prefix=prefix, name=name)
     app.register_blueprint(meta.bp)
@@ -48,7 +49,11 @@ def create_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = {413: "PayloadSizeExceeded", 404: "ResourceNotFound"}.get(exc.code or 500, exc.name.replace(" ", ""))
-        return error_response(ApiError(exc.code or 500, code, exc.description or exc.name))
+        response = error_response(ApiError(exc.code or 500, code, exc.description or exc.name))
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
+from .api import request_bytes
 from .errors import StoreUnavailable
 from .openapi import openapi
 from .schemas import parse_json
@@ -31,5 +32,5 @@ def openapi_json() -> Response:
 
 def null() -> Response:
     """Parse the JSON body and answer 201 with a small JSON object: the floor a Rank is measured against."""
-    parse_json(request.get_data(cache=False))
+    parse_json(request_bytes())
     return Response('{"eventId":"null"}', 201, mimetype="application/json")

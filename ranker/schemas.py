@@ -2,13 +2,15 @@
 
 Features are what VW's JSON parser reads: an object's keys are namespaces or features; strings are
 categorical, numbers numeric, booleans present or absent, arrays hold numbers or objects. Anything VW
-would misread (arrays of strings, keys starting with ``_``, which VW reserves) is refused here with a 400.
+would misread (arrays of strings, keys starting with ``_``, which VW reserves, and object or array names
+starting with a non-ASCII character, which VW cannot index as namespaces) is refused here with a 400.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -50,6 +52,10 @@ def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
     for key, value in obj.items():
         if not key or key.startswith("_"):
             raise ValueError(f"{where}: feature name {key!r} is empty or starts with '_' (reserved)")
+        if not key[0].isascii() and isinstance(value, dict | list):
+            # VW takes a namespace's index from the first byte of its name; with a non-ASCII lead byte
+            # (>= 0x80) vowpalwabbit 9.11 corrupts memory and the worker dies (SIGSEGV/SIGABRT).
+            raise ValueError(f"{where}: the name {key!r} of an object or array must start with an ASCII character")
         _check_value(value, f"{where}.{key}", depth)
 
 
@@ -97,16 +103,32 @@ class RewardRequest(Strict):
     value: float = Field(ge=-1, le=1, description="Reward for the event's rewardActionId, -1 to 1.")
 
 
+# Only a \uD800-\uDFFF escape can put a surrogate into the decoded text; UTF-8 bytes cannot encode one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes) -> Any:
-    """Decode a JSON body, refusing non-UTF-8 bytes and NaN/Infinity literals."""
+    """Decode a JSON body, refusing non-UTF-8 bytes, unpaired surrogates and NaN/Infinity literals."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "BadRequest", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", f"the body is not valid JSON: {exc}") from exc
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            _check_unicode(value)
     except RecursionError as exc:
         raise ApiError(400, "BadRequest", "the body nests too deeply") from exc
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, "BadRequest", "the body holds an unpaired surrogate escape (\\uD800-\\uDFFF)") from exc
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"the body is not valid JSON: {exc}") from exc
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    # A lone surrogate cannot be written as UTF-8, so neither SQLite nor VW could take it.
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
 def _no_constant(name: str) -> Any:
