@@ -10,25 +10,27 @@ migrations = Migrations("ranker")
 
 @migrations()
 def create_decisions_and_rewards(db: Database) -> None:
-    db["decisions"].create(
-        {
-            "id": int,  # rowid: the order decisions were committed in, which the trainer follows
-            "loop": str,
-            "event_id": str,
-            "created_at": str,  # ISO 8601, UTC
-            "record": str,  # the DSJSON line; null when no action was eligible
-            "action_ids": str,  # JSON list of every requested action id, in request order
-            "reward_action_id": str,
-            "probability": float,
-            "explanation": str,  # JSON: {"excluded": {id: [reasons]}, "reweighted": {id: [...]}}
-            "model_version": str,
-            "policy": str,
-            "learning_mode": str,
-            "deferred": int,
-            "activated_at": str,
-        },
-        pk="id",
-        not_null={"loop", "event_id", "created_at", "action_ids", "explanation", "learning_mode", "deferred"},
+    # AUTOINCREMENT: an id is never reused after deletions (log retention, DELETE logs), so the
+    # trainer's "every decision up to this id is learned" stays true.
+    db.execute(
+        """
+        CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order decisions were committed in
+            loop TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,              -- ISO 8601, UTC
+            record TEXT,                           -- the DSJSON line; null when no action was eligible
+            action_ids TEXT NOT NULL,              -- JSON list of every requested action id, in request order
+            reward_action_id TEXT,
+            probability FLOAT,
+            explanation TEXT NOT NULL,             -- JSON: {"excluded": {id: [reasons]}, "reweighted": {...}}
+            model_version TEXT,
+            policy TEXT,
+            learning_mode TEXT NOT NULL,
+            deferred INTEGER NOT NULL,
+            activated_at TEXT
+        )
+        """
     )
     db["decisions"].create_index(["loop", "event_id"], unique=True)
     db["decisions"].create_index(["loop", "created_at"])
@@ -57,10 +59,21 @@ def create_trainer_state(db: Database) -> None:
             "published_version": str,
             "published_learned": int,  # the learned count of the published model
             "published_at": str,
+            "generation": int,  # raised by a model import or reset; a trainer holding an older one reloads
         },
         pk="loop",
         not_null={"settings", "last_decision_id", "learned", "skipped", "updated_at", "published_learned"},
-        defaults={"last_decision_id": 0, "learned": 0, "skipped": 0, "published_learned": 0},
+        defaults={"last_decision_id": 0, "learned": 0, "skipped": 0, "published_learned": 0, "generation": 0},
     )
     # The trainer reads each loop's decisions in id order.
     db["decisions"].create_index(["loop", "id"])
+
+
+@migrations()
+def create_loop_config(db: Database) -> None:
+    # Service configuration and policy set through the API; they override the settings file.
+    db["loop_config"].create(
+        {"loop": str, "service": str, "policy": str, "updated_at": str},
+        pk="loop",
+        not_null={"updated_at"},
+    )

@@ -103,6 +103,37 @@ def _operations(prefix: str) -> dict[str, Any]:
     }
 
 
+ADMIN = [
+    ("/configurations/service", "get", "getServiceConfiguration", "The loop's service configuration.", 200),
+    ("/configurations/service", "put", "updateServiceConfiguration", "Change the service configuration.", 200),
+    ("/configurations/policy", "get", "getPolicy", "The loop's learning policy.", 200),
+    ("/configurations/policy", "put", "updatePolicy", "Change the policy; the model retrains from the log.", 200),
+    ("/configurations/policy", "delete", "resetPolicy", "Back to the settings file's policy.", 200),
+    ("/model", "get", "exportModel", "The served VW model (application/octet-stream).", 200),
+    ("/model", "put", "importModel", "Serve and learn on from an uploaded VW model.", 204),
+    ("/model", "delete", "resetModel", "Start again from a fresh model.", 204),
+    ("/model/properties", "get", "getModelProperties", "creationTime and lastModifiedTime.", 200),
+    ("/logs/properties", "get", "getLogProperties", "Date range of the loop's decisions.", 200),
+    ("/logs", "delete", "deleteLogs", "Delete the loop's decisions and rewards.", 204),
+]
+
+
+def _admin_operations(prefix: str) -> dict[str, Any]:
+    tag = prefix.rsplit("/", 1)[-1]
+    paths: dict[str, Any] = {}
+    for path, method, name, summary, status in ADMIN:
+        operation = {
+            "operationId": f"{name}[{tag}]",
+            "summary": summary + " Needs an admin key.",
+            "responses": {str(status): {"description": "Done."}, **_errors(400, 401, 403, 503)},
+        }
+        if method == "put":
+            kind = "application/octet-stream" if path == "/model" else "application/json"
+            operation["requestBody"] = {"required": True, "content": {kind: {"schema": {}}}}
+        paths.setdefault(prefix + path, {})[method] = operation
+    return paths
+
+
 @cache
 def openapi() -> dict[str, Any]:
     schemas: dict[str, Any] = {"ErrorResponse": ERROR}
@@ -113,6 +144,7 @@ def openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for prefix in PREFIXES:
         paths.update(_operations(prefix))
+        paths.update(_admin_operations(prefix))
     paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {"200": {"description": "Serving."}}}}
     security = [{"key": []}, {"bearer": []}]
     return {

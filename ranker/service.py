@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import dsjson, models, rules
+from . import dsjson, loopconfig, models, rules
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError
 from .schemas import RankRequest
@@ -24,7 +24,7 @@ from .store import Store
 
 log = logging.getLogger("ranker")
 
-MODEL_CHECK_SECONDS = 0.1  # how often a loop looks for a newly published model (one stat)
+REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat)
 
 
 def utcnow() -> datetime:
@@ -42,6 +42,7 @@ class Loop:
     policy: Policy
     engine: Engine  # replaced, never changed, when a new model is published
     arguments: str = ""
+    config_stamp: str | None = None  # loop_config.updated_at of the configuration in use
     model_stamp: tuple[int, int] | None = None
     checked_at: float = 0.0
     loading: threading.Lock = field(default_factory=threading.Lock)
@@ -54,10 +55,10 @@ class Service:
         self.settings = settings
         self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout)
         self.loops: dict[str, Loop] = {}
-        for name, loop_settings in settings.loops.items():
-            policy = settings.policy(name)
+        for name in settings.loops:
+            loop_settings, policy, stamp = loopconfig.effective(settings, name, self._stored_config(name))
             arguments = vw_arguments(policy.arguments, loop_settings.exploration_percentage)
-            loop = self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments), arguments)
+            loop = self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments), arguments, stamp)
             loop.loading.acquire()
             self._load_published(loop, models.stamp(settings.data_dir, name))
         self._keys = [
@@ -86,15 +87,27 @@ class Service:
 
     # -- published models ---------------------------------------------------------------------
 
-    def refresh(self, loop: Loop) -> None:
-        """Start loading a newly published model of the loop; requests go on with the current one meanwhile.
+    def _stored_config(self, name: str) -> dict[str, Any] | None:
+        rows = self.store.read(loopconfig.SELECT, (name,))
+        return rows[0] if rows else None
 
-        The check is one stat of the model pointer, at most every MODEL_CHECK_SECONDS per loop.
+    def refresh(self, loop: Loop) -> None:
+        """Apply configuration changed through the API, and start loading a newly published model.
+
+        At most every REFRESH_SECONDS per loop: one query of ``loop_config`` and one stat of the model
+        pointer. Requests go on with the model in hand while a new one loads.
         """
         now = time.monotonic()
-        if now - loop.checked_at < MODEL_CHECK_SECONDS:
+        if now - loop.checked_at < REFRESH_SECONDS:
             return
         loop.checked_at = now
+        row = self._stored_config(loop.name)
+        if (row and row["updated_at"]) != loop.config_stamp:
+            loop.settings, loop.policy, loop.config_stamp = loopconfig.effective(self.settings, loop.name, row)
+            arguments = vw_arguments(loop.policy.arguments, loop.settings.exploration_percentage)
+            if arguments != loop.arguments:  # a new policy starts from a fresh model until one is published
+                loop.arguments, loop.engine, loop.model_stamp = arguments, Engine(arguments), None
+            log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
         stamp = models.stamp(self.settings.data_dir, loop.name)
         if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return
@@ -119,7 +132,9 @@ class Service:
 
     def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
         """Choose an action, log the decision durably, and return Personalizer's RankResponse."""
-        settings = loop.settings
+        self.refresh(loop)
+        # one configuration and one model serve the whole request, and are the ones logged
+        settings, policy, engine = loop.settings, loop.policy, loop.engine
         if len(request.actions) > settings.max_actions:
             raise ApiError(
                 400,
@@ -136,8 +151,6 @@ class Service:
         context = dsjson.merge(request.contextFeatures, "contextFeatures")
         actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
-        self.refresh(loop)
-        engine = loop.engine  # one model serves the whole request, and is the one logged
 
         probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
@@ -171,7 +184,7 @@ class Service:
             "probability": chosen_p,
             "explanation": json.dumps({"excluded": verdict.excluded, "reweighted": verdict.reweighted}),
             "model_version": engine.version,
-            "policy": loop.policy.name,
+            "policy": policy.name,
             "learning_mode": settings.learning_mode,
             "deferred": int(request.deferActivation),
             "activated_at": None,

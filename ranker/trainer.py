@@ -62,9 +62,9 @@ from typing import Any
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
-from . import dsjson, models
+from . import dsjson, loopconfig, models
 from .engine import vw_arguments
-from .settings import LoopSettings, Settings, SettingsError, load_settings, parse_duration
+from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
 from .store import connect, migrate
 
 log = logging.getLogger("ranker.trainer")
@@ -75,6 +75,7 @@ COMMIT_GRACE = 1.0  # seconds a reward stamped inside its window may take to be 
 BATCH = 1000  # decisions read per query
 KEEP_VERSIONS = 5  # published versions kept per loop
 POLL_SECONDS = 0.2  # idle wait of run_forever
+RETENTION_EVERY = timedelta(minutes=1)  # how often logRetentionDays is enforced
 
 AGGREGATIONS = ("earliest", "sum", "average", "min", "max", "median")
 
@@ -128,6 +129,7 @@ class _Loop:
     wait: timedelta
     export: timedelta
     ws: vowpalwabbit.Workspace | None = None
+    generation: int = 0  # of the stored checkpoint; a model import or reset raises it
     last_id: int = 0  # the last decision learned or skipped
     checkpoint_id: int = 0  # the last decision of the stored checkpoint
     learned: int = 0
@@ -135,6 +137,7 @@ class _Loop:
     model: bytes | None = None  # bytes of the last checkpoint
     published_learned: int = 0
     published_at: datetime | None = None
+    retained_at: datetime | None = None  # last enforcement of logRetentionDays
     # progress since the last checkpoint
     pending: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
@@ -209,6 +212,7 @@ class Trainer:
             if version is not None:
                 report[name]["published"] = version
             report[name]["last_decision_id"] = loop.last_id
+            self._retain(loop, now)
         return {
             "learned": sum(r["learned"] for r in report.values()),
             "skipped": sum(r["skipped"] for r in report.values()),
@@ -372,25 +376,16 @@ class Trainer:
             return loop  # mid-run: the checkpoint's compare-and-set settles whether it is still current
         if loop is not None:
             row = self._conn.execute(
-                "SELECT settings, last_decision_id, learned FROM trainer_state WHERE loop = ?", (name,)
+                "SELECT settings, last_decision_id, learned, generation FROM trainer_state WHERE loop = ?", (name,)
             ).fetchone()
-            if row == (loop.fingerprint, loop.last_id, loop.learned):
+            current = (self._learning(name)[2], loop.last_id, loop.learned, loop.generation)
+            if row == current and row[0] == loop.fingerprint:
                 return loop
             self._drop(name)
         return self._restore(name)
 
     def _restore(self, name: str) -> _Loop:
-        settings = self.settings.loops[name]
-        arguments = vw_arguments(self.settings.policy(name).arguments, settings.exploration_percentage)
-        fingerprint = json.dumps(
-            {
-                "arguments": arguments,
-                "rewardWaitTime": parse_duration(settings.reward_wait_time).total_seconds(),
-                "rewardAggregation": settings.reward_aggregation,
-                "defaultReward": settings.default_reward,
-            },
-            sort_keys=True,
-        )
+        settings, arguments, fingerprint = self._learning(name)
         loop = _Loop(
             name=name,
             settings=settings,
@@ -403,9 +398,9 @@ class Trainer:
             "INSERT OR IGNORE INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?)",
             (name, fingerprint, _timestamp(datetime.now(UTC))),
         )
-        stored, last_id, model, learned, skipped, published_learned, published_at = self._conn.execute(
-            "SELECT settings, last_decision_id, model, learned, skipped, published_learned, published_at "
-            "FROM trainer_state WHERE loop = ?",
+        stored, last_id, model, learned, skipped, published_learned, published_at, generation = self._conn.execute(
+            "SELECT settings, last_decision_id, model, learned, skipped, published_learned, published_at, "
+            "generation FROM trainer_state WHERE loop = ?",
             (name,),
         ).fetchone()
         if stored != fingerprint:
@@ -416,6 +411,7 @@ class Trainer:
                 (fingerprint, _timestamp(datetime.now(UTC)), name),
             )
             last_id, model, learned, skipped, published_learned = 0, None, 0, 0, 0
+        loop.generation = generation
         loop.last_id = loop.checkpoint_id = last_id
         loop.learned, loop.skipped, loop.model = learned, skipped, model
         loop.published_learned = published_learned
@@ -423,6 +419,12 @@ class Trainer:
         loop.ws = self._workspace(arguments, model)
         self._loops[name] = loop
         return loop
+
+    def _learning(self, name: str) -> tuple[LoopSettings, str, str]:
+        """The loop's effective settings (file + API), VW arguments and learning-settings fingerprint."""
+        settings, policy, _ = loopconfig.read(self._conn, self.settings, name)
+        arguments, fingerprint = learning_fingerprint(settings, policy)
+        return settings, arguments, fingerprint
 
     def _workspace(self, arguments: str, model: bytes | None) -> vowpalwabbit.Workspace:
         options = f"{arguments} --dsjson --quiet"
@@ -441,7 +443,7 @@ class Trainer:
             model = path.read_bytes()
         cursor = self._conn.execute(
             "UPDATE trainer_state SET last_decision_id = ?, model = ?, learned = ?, skipped = ?, updated_at = ? "
-            "WHERE loop = ? AND settings = ? AND last_decision_id = ?",
+            "WHERE loop = ? AND settings = ? AND last_decision_id = ? AND generation = ?",
             (
                 loop.last_id,
                 model,
@@ -451,6 +453,7 @@ class Trainer:
                 loop.name,
                 loop.fingerprint,
                 loop.checkpoint_id,
+                loop.generation,
             ),
         )
         if cursor.rowcount != 1:
@@ -462,6 +465,8 @@ class Trainer:
     def _maybe_publish(self, loop: _Loop, now: datetime) -> str | None:
         if loop.model is None or loop.learned <= loop.published_learned:
             return None
+        if self._learning(loop.name)[2] != loop.fingerprint:
+            return None  # the learning settings changed: this model is about to be retrained
         # A clock that went back does not hold publications up.
         if loop.published_at is not None and timedelta(0) <= now - loop.published_at < loop.export:
             return None
@@ -474,6 +479,29 @@ class Trainer:
         models.prune(self.data_dir, loop.name, self.keep_versions)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
         return version
+
+    def _retain(self, loop: _Loop, now: datetime) -> None:
+        """Delete decisions older than logRetentionDays (at most once a minute), only checkpointed ones."""
+        days = loop.settings.log_retention_days
+        if days < 0 or (loop.retained_at is not None and timedelta(0) <= now - loop.retained_at < RETENTION_EVERY):
+            return
+        loop.retained_at = now
+        old = (
+            "loop = ? AND created_at < ? AND id <= ?",
+            (loop.name, _timestamp(now - timedelta(days=days)), loop.checkpoint_id),
+        )
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                f"DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE {old[0]})", old[1]
+            )
+            deleted = self._conn.execute(f"DELETE FROM decisions WHERE {old[0]}", old[1]).rowcount
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        if deleted:
+            log.info("loop %s: deleted %d decisions older than %d days", loop.name, deleted, days)
 
     def _drop(self, name: str) -> None:
         loop = self._loops.pop(name, None)
@@ -519,6 +547,31 @@ class Trainer:
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
+
+
+def learning_fingerprint(settings: LoopSettings, policy: Policy) -> tuple[str, str]:
+    """(VW arguments, fingerprint) of what the model learns with; a change resets the model."""
+    arguments = vw_arguments(policy.arguments, settings.exploration_percentage)
+    fingerprint = json.dumps(
+        {
+            "arguments": arguments,
+            "rewardWaitTime": parse_duration(settings.reward_wait_time).total_seconds(),
+            "rewardAggregation": settings.reward_aggregation,
+            "defaultReward": settings.default_reward,
+        },
+        sort_keys=True,
+    )
+    return arguments, fingerprint
+
+
+def fresh_model(arguments: str) -> bytes:
+    """The bytes of an untrained model with these VW arguments."""
+    ws = vowpalwabbit.Workspace(f"{arguments} --quiet")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fresh.vw"
+        ws.save(str(path))
+        ws.finish()
+        return path.read_bytes()
 
 
 def _learn(ws: vowpalwabbit.Workspace, line: str) -> None:

@@ -1,0 +1,228 @@
+"""Personalizer's administration operations: service configuration, policy, model and logs.
+
+They need the loop's admin key. A change to the policy or to the reward settings resets the model: the
+trainer notices the new learning settings and retrains from the decisions still in the log, and a fresh
+model is published at once so the workers stop serving the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response
+
+from . import loopconfig, models, trainer
+from .api import caller, json_body, json_response, request_bytes, service
+from .errors import ApiError
+from .schemas import validate
+from .service import Loop, timestamp
+from .settings import Policy
+
+bp = Blueprint("admin", __name__)
+
+UPSERT = (
+    "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
+    "updated_at = excluded.updated_at"
+)
+
+
+def _stored(loop: Loop) -> tuple[dict, dict | None]:
+    row = service()._stored_config(loop.name)
+    if row is None:
+        return {}, None
+    return json.loads(row["service"] or "{}"), json.loads(row["policy"]) if row["policy"] else None
+
+
+def _effective(loop: Loop):
+    return loopconfig.effective(service().settings, loop.name, service()._stored_config(loop.name))
+
+
+def _store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
+    """Store the loop's API configuration; reset the model when what it learns with changed."""
+    settings, policy, _ = _effective(loop)
+    before = trainer.learning_fingerprint(settings, policy)
+    values = (
+        loop.name,
+        json.dumps(stored_service) if stored_service else None,
+        json.dumps(stored_policy) if stored_policy else None,
+        timestamp(datetime.now(UTC)),
+    )
+    service().store.write(lambda conn: conn.execute(UPSERT, values))
+    settings, policy, _ = _effective(loop)
+    arguments, after = trainer.learning_fingerprint(settings, policy)
+    if after != before:
+        # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
+        models.publish(service().settings.data_dir, loop.name, trainer.fresh_model(arguments))
+    loop.checked_at = 0.0  # this worker applies it now; the others within REFRESH_SECONDS
+    service().refresh(loop)
+
+
+def _replace_model(loop: Loop, model: bytes, fingerprint: str) -> str:
+    """Make ``model`` the loop's model: the trainer continues from it with the decisions logged from now on."""
+    now = timestamp(datetime.now(UTC))
+
+    def reset(conn) -> None:
+        conn.execute(
+            "INSERT INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?) ON CONFLICT(loop) DO NOTHING",
+            (loop.name, fingerprint, now),
+        )
+        conn.execute(
+            "UPDATE trainer_state SET settings = ?, model = ?, learned = 0, skipped = 0, published_learned = 0, "
+            "last_decision_id = (SELECT coalesce(max(id), 0) FROM decisions WHERE loop = ?), "
+            "generation = generation + 1, updated_at = ? WHERE loop = ?",
+            (fingerprint, model, loop.name, now, loop.name),
+        )
+
+    service().store.write(reset)
+    version = models.publish(service().settings.data_dir, loop.name, model)
+    loop.checked_at = 0.0
+    service().refresh(loop)
+    return version
+
+
+# -- configurations ---------------------------------------------------------------------------------
+
+
+@bp.get("/configurations/service")
+def get_service_configuration() -> Response:
+    loop = caller(admin=True)
+    settings, _, stamp = _effective(loop)
+    return json_response(loopconfig.service_body(settings, stamp), 200)
+
+
+@bp.put("/configurations/service")
+def update_service_configuration() -> Response:
+    loop = caller(admin=True)
+    settings, _, _ = _effective(loop)
+    changes = loopconfig.validated_service(settings, json_body())
+    stored_service, stored_policy = _stored(loop)
+    _store_config(loop, {**stored_service, **changes}, stored_policy)
+    settings, _, stamp = _effective(loop)
+    return json_response(loopconfig.service_body(settings, stamp), 200)
+
+
+@bp.get("/configurations/policy")
+def get_policy() -> Response:
+    loop = caller(admin=True)
+    return json_response(_effective(loop)[1].model_dump(), 200)
+
+
+@bp.put("/configurations/policy")
+def update_policy() -> Response:
+    loop = caller(admin=True)
+    policy = validate(Policy, json_body(), "InvalidPolicyConfiguration")
+    stored_service, _ = _stored(loop)
+    _store_config(loop, stored_service, policy.model_dump())
+    return json_response(policy.model_dump(), 200)
+
+
+@bp.delete("/configurations/policy")
+def reset_policy() -> Response:
+    """Back to the policy of the settings file."""
+    loop = caller(admin=True)
+    stored_service, _ = _stored(loop)
+    _store_config(loop, stored_service, None)
+    return json_response(_effective(loop)[1].model_dump(), 200)
+
+
+# -- model ------------------------------------------------------------------------------------------
+
+
+@bp.get("/model")
+def export_model() -> Response:
+    """The model the workers serve: the last published version, or a fresh one before any."""
+    loop = caller(admin=True)
+    current = models.current(service().settings.data_dir, loop.name)
+    data = current[1].read_bytes() if current else trainer.fresh_model(loop.arguments)
+    return Response(data, 200, mimetype="application/octet-stream")
+
+
+@bp.put("/model")
+def import_model() -> Response:
+    """Serve and continue learning from an uploaded VW model (refused unless VW loads it with the policy)."""
+    loop = caller(admin=True)
+    data = request_bytes()
+    if not data:
+        raise ApiError(400, "InvalidModelImportFormat", "the body is empty; send the VW model file")
+    settings, policy, _ = _effective(loop)
+    arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
+    _check_loads(arguments, data)
+    _replace_model(loop, data, fingerprint)
+    return Response(status=204)
+
+
+@bp.delete("/model")
+def reset_model() -> Response:
+    loop = caller(admin=True)
+    settings, policy, _ = _effective(loop)
+    arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
+    _replace_model(loop, trainer.fresh_model(arguments), fingerprint)
+    return Response(status=204)
+
+
+@bp.get("/model/properties")
+def get_model_properties() -> Response:
+    loop = caller(admin=True)
+    data_dir = service().settings.data_dir
+    body = {}
+    versions = models.versions(data_dir, loop.name)
+    if versions:
+        first = models.loop_dir(data_dir, loop.name) / f"{versions[0]}.vw"
+        last = models.loop_dir(data_dir, loop.name) / f"{versions[-1]}.vw"
+        body = {"creationTime": _mtime(first), "lastModifiedTime": _mtime(last)}
+    return json_response(body, 200)
+
+
+def _mtime(path) -> str:
+    return timestamp(datetime.fromtimestamp(os.stat(path).st_mtime, UTC))
+
+
+def _check_loads(arguments: str, data: bytes) -> None:
+    """Load the model in a separate process: VW may abort on a malformed file, which must not take a worker."""
+    with tempfile.NamedTemporaryFile(suffix=".vw", dir=service().settings.data_dir) as file:
+        file.write(data)
+        file.flush()
+        probe = (
+            "import sys, vowpalwabbit; "
+            "vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t -i ' + sys.argv[2]).finish()"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
+        )
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["VW could not load it"])[-1]
+        raise ApiError(400, "InvalidModelImportFormat", f"not a model this loop's policy can load: {reason}")
+
+
+# -- logs -------------------------------------------------------------------------------------------
+
+
+@bp.get("/logs/properties")
+def get_log_properties() -> Response:
+    loop = caller(admin=True)
+    row = service().store.read(
+        "SELECT min(created_at) AS first, max(created_at) AS last FROM decisions WHERE loop = ?", (loop.name,)
+    )[0]
+    date_range = {} if row["first"] is None else {"from": row["first"], "to": row["last"]}
+    return json_response({"dateRange": date_range}, 200)
+
+
+@bp.delete("/logs")
+def delete_logs() -> Response:
+    """Delete the loop's decisions and rewards; the model stays (ids are never reused, so learning goes on)."""
+    loop = caller(admin=True)
+
+    def delete(conn) -> None:
+        conn.execute(
+            "DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE loop = ?)", (loop.name,)
+        )
+        conn.execute("DELETE FROM decisions WHERE loop = ?", (loop.name,))
+
+    service().store.write(delete)
+    return Response(status=204)
