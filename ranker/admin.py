@@ -93,7 +93,12 @@ def _replace_model(loop: Loop, model: bytes, fingerprint: str) -> str:
 def get_service_configuration() -> Response:
     loop = caller(admin=True)
     settings, _, stamp = _effective(loop)
-    return json_response(loopconfig.service_body(settings, stamp), 200)
+    body = loopconfig.service_body(settings, stamp)
+    rows = service().store.read("SELECT apprentice FROM trainer_state WHERE loop = ?", (loop.name,))
+    metrics = trainer.apprentice_metrics(rows[0]["apprentice"] if rows else None)
+    if metrics is not None:
+        body["latestApprenticeModeMetrics"] = metrics
+    return json_response(body, 200)
 
 
 @bp.put("/configurations/service")
@@ -189,8 +194,7 @@ def _check_loads(arguments: str, data: bytes) -> None:
         file.write(data)
         file.flush()
         probe = (
-            "import sys, vowpalwabbit; "
-            "vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t -i ' + sys.argv[2]).finish()"
+            "import sys, vowpalwabbit; vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t -i ' + sys.argv[2]).finish()"
         )
         result = subprocess.run(
             [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
@@ -219,9 +223,7 @@ def delete_logs() -> Response:
     loop = caller(admin=True)
 
     def delete(conn) -> None:
-        conn.execute(
-            "DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE loop = ?)", (loop.name,)
-        )
+        conn.execute("DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE loop = ?)", (loop.name,))
         conn.execute("DELETE FROM decisions WHERE loop = ?", (loop.name,))
 
     service().store.write(delete)

@@ -60,6 +60,7 @@ def create_trainer_state(db: Database) -> None:
             "published_learned": int,  # the learned count of the published model
             "published_at": str,
             "generation": int,  # raised by a model import or reset; a trainer holding an older one reloads
+            "apprentice": str,  # JSON: the latest Apprentice decisions learned, [created_at, matched, reward]
         },
         pk="loop",
         not_null={"settings", "last_decision_id", "learned", "skipped", "updated_at", "published_learned"},

@@ -76,6 +76,7 @@ BATCH = 1000  # decisions read per query
 KEEP_VERSIONS = 5  # published versions kept per loop
 POLL_SECONDS = 0.2  # idle wait of run_forever
 RETENTION_EVERY = timedelta(minutes=1)  # how often logRetentionDays is enforced
+APPRENTICE_WINDOW = 1000  # Apprentice progress is reported over this many most recent decisions
 
 AGGREGATIONS = ("earliest", "sum", "average", "min", "max", "median")
 
@@ -138,6 +139,8 @@ class _Loop:
     published_learned: int = 0
     published_at: datetime | None = None
     retained_at: datetime | None = None  # last enforcement of logRetentionDays
+    # Apprentice decisions learned most recently: (created_at, model matched the baseline, reward)
+    apprentice: list[tuple[str, bool, float]] = field(default_factory=list)
     # progress since the last checkpoint
     pending: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
@@ -245,7 +248,7 @@ class Trainer:
         """The stored checkpoint of a loop, without the model bytes (with their size)."""
         cursor = self._conn.execute(
             "SELECT loop, settings, last_decision_id, length(model) AS model_bytes, learned, skipped, updated_at, "
-            "published_version, published_learned, published_at FROM trainer_state WHERE loop = ?",
+            "published_version, published_learned, published_at, apprentice FROM trainer_state WHERE loop = ?",
             (loop,),
         )
         row = cursor.fetchone()
@@ -321,7 +324,9 @@ class Trainer:
             if label is not None:
                 try:
                     if mode == "Apprentice":
-                        self._imitate(ws, record)
+                        matched = self._imitate(ws, record)
+                        loop.apprentice.append((created_at, matched, label))
+                        del loop.apprentice[:-APPRENTICE_WINDOW]
                     else:
                         _learn(ws, dsjson.labeled(record, label))
                 except RuntimeError as exc:  # VW refused the record: learning it can never succeed
@@ -358,14 +363,18 @@ class Trainer:
         return aggregate(values, loop.settings.reward_aggregation)
 
     @staticmethod
-    def _imitate(ws: vowpalwabbit.Workspace, record: str) -> None:
-        """Apprentice: learn that the served baseline earns 1 and the model's other choice, if any, 0."""
+    def _imitate(ws: vowpalwabbit.Workspace, record: str) -> bool:
+        """Apprentice: learn that the served baseline earns 1 and the model's other choice, if any, 0.
+
+        Returns whether the model already chose the baseline before learning from this decision.
+        """
         head = json.loads(record[: record.index(',"c":')] + "}")
         baseline = head["a"][0] - 1
         greedy = _greedy(ws, record)
         _learn(ws, _with_label(record, baseline, 1.0))
         if greedy != baseline:
             _learn(ws, _with_label(record, greedy, 0.0))
+        return greedy == baseline
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -398,20 +407,23 @@ class Trainer:
             "INSERT OR IGNORE INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?)",
             (name, fingerprint, _timestamp(datetime.now(UTC))),
         )
-        stored, last_id, model, learned, skipped, published_learned, published_at, generation = self._conn.execute(
-            "SELECT settings, last_decision_id, model, learned, skipped, published_learned, published_at, "
-            "generation FROM trainer_state WHERE loop = ?",
-            (name,),
-        ).fetchone()
+        stored, last_id, model, learned, skipped, published_learned, published_at, generation, apprentice = (
+            self._conn.execute(
+                "SELECT settings, last_decision_id, model, learned, skipped, published_learned, published_at, "
+                "generation, apprentice FROM trainer_state WHERE loop = ?",
+                (name,),
+            ).fetchone()
+        )
         if stored != fingerprint:
             log.warning("loop %s: learning settings changed; the model restarts from the retained log", name)
             self._conn.execute(
                 "UPDATE trainer_state SET settings = ?, last_decision_id = 0, model = NULL, learned = 0, "
-                "skipped = 0, published_learned = 0, updated_at = ? WHERE loop = ?",
+                "skipped = 0, published_learned = 0, apprentice = NULL, updated_at = ? WHERE loop = ?",
                 (fingerprint, _timestamp(datetime.now(UTC)), name),
             )
-            last_id, model, learned, skipped, published_learned = 0, None, 0, 0, 0
+            last_id, model, learned, skipped, published_learned, apprentice = 0, None, 0, 0, 0, None
         loop.generation = generation
+        loop.apprentice = [tuple(event) for event in json.loads(apprentice or "[]")]
         loop.last_id = loop.checkpoint_id = last_id
         loop.learned, loop.skipped, loop.model = learned, skipped, model
         loop.published_learned = published_learned
@@ -442,13 +454,14 @@ class Trainer:
             loop.ws.save(str(path))
             model = path.read_bytes()
         cursor = self._conn.execute(
-            "UPDATE trainer_state SET last_decision_id = ?, model = ?, learned = ?, skipped = ?, updated_at = ? "
-            "WHERE loop = ? AND settings = ? AND last_decision_id = ? AND generation = ?",
+            "UPDATE trainer_state SET last_decision_id = ?, model = ?, learned = ?, skipped = ?, apprentice = ?, "
+            "updated_at = ? WHERE loop = ? AND settings = ? AND last_decision_id = ? AND generation = ?",
             (
                 loop.last_id,
                 model,
                 loop.learned,
                 loop.skipped,
+                json.dumps(loop.apprentice),
                 _timestamp(datetime.now(UTC)),
                 loop.name,
                 loop.fingerprint,
@@ -562,6 +575,25 @@ def learning_fingerprint(settings: LoopSettings, policy: Policy) -> tuple[str, s
         sort_keys=True,
     )
     return arguments, fingerprint
+
+
+def apprentice_metrics(stored: str | None) -> dict[str, Any] | None:
+    """Personalizer's ``latestApprenticeModeMetrics`` from a checkpoint's Apprentice window.
+
+    Over the most recent APPRENTICE_WINDOW Apprentice decisions learned: how many, the reward the
+    baseline earned (``sumOfRewards``), how many the model would have chosen the same way
+    (``numberOfImitatedEvents``) and the reward on those (``sumOfImitatedRewards``).
+    """
+    events = json.loads(stored or "[]")
+    if not events:
+        return None
+    window = {
+        "numberOfEvents": len(events),
+        "sumOfRewards": sum(reward for _, _, reward in events),
+        "numberOfImitatedEvents": sum(1 for _, matched, _ in events if matched),
+        "sumOfImitatedRewards": sum(reward for _, matched, reward in events if matched),
+    }
+    return {"startTime": events[0][0], "lastProcessedEventTime": events[-1][0], **window, "lastBatchMetrics": window}
 
 
 def fresh_model(arguments: str) -> bytes:

@@ -76,7 +76,7 @@ def test_admin_operations_need_the_admin_key(keyed, method, path):
 
 
 def test_service_configuration_round_trip_and_validation(keyed):
-    client, service, _ = keyed
+    client, service, settings = keyed
     config = client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()
     assert config["rewardWaitTime"] == "PT1S" and config["explorationPercentage"] == 0.2
     assert config["learningMode"] == "Online" and "lastConfigurationEditDate" not in config
@@ -89,6 +89,11 @@ def test_service_configuration_round_trip_and_validation(keyed):
     assert again["rewardAggregation"] == "sum" and again["lastConfigurationEditDate"]
     assert service.loops["cards"].settings.learning_mode == "Apprentice"
     assert rank(client, "after-change")["ranking"][0]["probability"] == 1.0  # Apprentice serves the baseline
+    client.post(f"{V1}/events/after-change/reward", json={"value": 0.5}, headers=RANK)
+    with Trainer(settings) as trainer:
+        trainer.run_once(now=datetime.now(UTC) + timedelta(seconds=5))
+    progress = client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()["latestApprenticeModeMetrics"]
+    assert progress["numberOfEvents"] == 1 and progress["sumOfRewards"] == 0.5
 
     for bad in [{"rewardWaitTime": "PT0S"}, {"explorationPercentage": 2}, {"rewardAggregation": "mode"}]:
         response = client.put(f"{V1}/configurations/service", json=dict(config, **bad), headers=ADMIN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 import random
 import signal
@@ -24,7 +25,7 @@ from ranker.engine import Engine, vw_arguments
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
 from ranker.settings import Settings, load_settings
-from ranker.trainer import Supervisor, Trainer, aggregate
+from ranker.trainer import APPRENTICE_WINDOW, Supervisor, Trainer, aggregate, apprentice_metrics
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # every decision made at T0 is due by then
@@ -379,6 +380,22 @@ def test_apprentice_learns_to_imitate_the_baseline(make):
             assert ACTION_IDS[max(range(len(pmf)), key=pmf.__getitem__)] == action
     finally:
         engine.close()
+
+    # Progress over the window: every baseline reward counted, and the model matched more as it learned.
+    metrics = apprentice_metrics(trainer.state("default")["apprentice"])
+    assert metrics["numberOfEvents"] == 240 and metrics["sumOfRewards"] == -240
+    early = json.loads(trainer.state("default")["apprentice"])[:30]
+    late = json.loads(trainer.state("default")["apprentice"])[-60:]
+    assert sum(m for _, m, _ in late) / 60 > 0.9 > sum(m for _, m, _ in early) / 30
+    assert metrics["sumOfImitatedRewards"] == -metrics["numberOfImitatedEvents"]
+
+
+def test_apprentice_progress_is_a_window_of_the_latest_decisions():
+    events = [[f"t{i}", i % 2 == 0, 1.0] for i in range(1500)]
+    metrics = apprentice_metrics(json.dumps(events[-APPRENTICE_WINDOW:]))
+    assert metrics["numberOfEvents"] == 1000 and metrics["startTime"] == "t500"
+    assert metrics["numberOfImitatedEvents"] == 500 and metrics["sumOfImitatedRewards"] == 500.0
+    assert apprentice_metrics(None) is None
 
 
 # -- crash safety -------------------------------------------------------------------------------------
