@@ -33,14 +33,14 @@ UPSERT = (
 
 
 def _stored(loop: Loop) -> tuple[dict, dict | None]:
-    row = service()._stored_config(loop.name)
+    row = service().stored_config(loop.name)
     if row is None:
         return {}, None
     return json.loads(row["service"] or "{}"), json.loads(row["policy"]) if row["policy"] else None
 
 
 def _effective(loop: Loop):
-    return loopconfig.effective(service().settings, loop.name, service()._stored_config(loop.name))
+    return loopconfig.effective(service().settings, loop.name, service().stored_config(loop.name))
 
 
 def _store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:

@@ -56,7 +56,7 @@ class Service:
         self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout)
         self.loops: dict[str, Loop] = {}
         for name in settings.loops:
-            loop_settings, policy, stamp = loopconfig.effective(settings, name, self._stored_config(name))
+            loop_settings, policy, stamp = loopconfig.effective(settings, name, self.stored_config(name))
             arguments = vw_arguments(policy.arguments, loop_settings.exploration_percentage)
             loop = self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments), arguments, stamp)
             loop.loading.acquire()
@@ -87,7 +87,7 @@ class Service:
 
     # -- published models ---------------------------------------------------------------------
 
-    def _stored_config(self, name: str) -> dict[str, Any] | None:
+    def stored_config(self, name: str) -> dict[str, Any] | None:
         rows = self.store.read(loopconfig.SELECT, (name,))
         return rows[0] if rows else None
 
@@ -101,7 +101,7 @@ class Service:
         if now - loop.checked_at < REFRESH_SECONDS:
             return
         loop.checked_at = now
-        row = self._stored_config(loop.name)
+        row = self.stored_config(loop.name)
         if (row and row["updated_at"]) != loop.config_stamp:
             loop.settings, loop.policy, loop.config_stamp = loopconfig.effective(self.settings, loop.name, row)
             arguments = vw_arguments(loop.policy.arguments, loop.settings.exploration_percentage)
