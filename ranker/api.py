@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.routing import PathConverter
 
 from .errors import ApiError
@@ -29,7 +29,9 @@ def api_key() -> str | None:
 
 
 def caller(admin: bool = False) -> Loop:
-    return service().authenticate(api_key(), admin=admin)
+    loop = service().authenticate(api_key(), admin=admin)
+    g.loop = loop.name  # the request's loop, for its metrics (ranker.metrics)
+    return loop
 
 
 def request_bytes() -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api, meta
+from . import admin, api, meta, metrics
 from .errors import ApiError, StoreUnavailable
 from .service import Service
 from .settings import Settings, load_settings
@@ -29,7 +29,8 @@ def create_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
         settings = load_settings(overrides=settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["ranker"] = Service(settings)
+    service = app.extensions["ranker"] = Service(settings)
+    metrics.Metrics(service).install(app)  # first: its hooks run first before and last after the others
     app.url_map.converters["event_id"] = api.EventIdConverter
     for name, prefix in API_PREFIXES.items():
         app.register_blueprint(api.bp, url_prefix=prefix, name=name)

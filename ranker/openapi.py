@@ -146,6 +146,19 @@ def openapi() -> dict[str, Any]:
         paths.update(_operations(prefix))
         paths.update(_admin_operations(prefix))
     paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {"200": {"description": "Serving."}}}}
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics of the server and its loops. Needs an admin key when loops have keys.",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format (OpenMetrics when the Accept header asks for it).",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_errors(401, 403),
+            },
+        }
+    }
     security = [{"key": []}, {"bearer": []}]
     return {
         "openapi": "3.1.0",
