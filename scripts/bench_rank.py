@@ -1,0 +1,565 @@
+"""Benchmark Rank against the null endpoint on a real ``ranker serve``, in one run.
+
+The script starts the server exactly as production does (``python -m ranker serve``, so gunicorn with
+``ranker.gunicorn_config``), with ``RANKER_NULL_ENDPOINT=1`` (``POST /null`` parses the JSON body and
+answers a small 201), a temporary data folder and a free 127.0.0.1 port. Durable logging stays at its
+default (SQLite ``synchronous=FULL``): every 201 of a Rank is committed before it is sent.
+
+This process then loads the server with a small asyncio HTTP/1.1 keep-alive client (standard library
+only, far cheaper per request than the server, so on 2 cores it takes little from the server):
+
+1. warm-up of both endpoints;
+2. closed loop, ``--concurrency`` connections each sending its next request as soon as the previous
+   one is answered: the maximum rate of ``/null`` and of Rank with the same body, alternated for
+   ``--rounds`` rounds; the best round of each counts;
+3. open loop for Rank at half its maximum rate (``--fraction``): requests are due at fixed intervals
+   whatever the server does, and a latency runs from the moment a request was due, so a slow answer
+   that delays the next ones is counted against the server (no coordinated omission).
+
+Each phase stops after ``--requests`` requests or ``--duration`` seconds, whichever comes first.
+Every Rank carries a unique eventId; at the end the ``decisions`` table must hold exactly one row per
+201 answered. The body: 10 context features and 10 actions with 5 features each (strings and
+numbers), as a B2B dashboard would send.
+
+Each phase also reports the CPU time the server's processes spent per request, the client's share of
+a CPU, and the CPU that other processes of the machine took meanwhile (from /proc): the throughput
+figures only mean something when that last one is small.
+
+Example:
+    python scripts/bench_rank.py --concurrency 24 --duration 8 --requests 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ranker.settings import Settings
+
+RANK_PATH = "/personalizer/v1.0/rank"
+NULL_PATH = "/null"
+
+CONTEXT = [
+    {
+        "account": {
+            "plan": "enterprise",
+            "industry": "financial-services",
+            "region": "EMEA",
+            "seats": 240,
+            "renewalInDays": 45,
+        },
+        "usage": {
+            "weeklyActiveUsers": 183,
+            "featureAdoption": 0.62,
+            "openTickets": 3,
+            "nps": 41,
+            "role": "admin",
+        },
+    }
+]
+ACTIONS = [
+    {"id": "quarterly-business-review", "kind": "meeting", "team": "customer-success", "effort": 3, "impact": 0.8},
+    {"id": "sso-setup-guide", "kind": "guide", "team": "support", "effort": 1, "impact": 0.4},
+    {"id": "advanced-reporting-webinar", "kind": "training", "team": "education", "effort": 2, "impact": 0.5},
+    {"id": "renewal-discount-offer", "kind": "offer", "team": "sales", "effort": 1, "impact": 0.9},
+    {"id": "api-rate-limit-upgrade", "kind": "upsell", "team": "sales", "effort": 2, "impact": 0.7},
+    {"id": "health-check-call", "kind": "meeting", "team": "customer-success", "effort": 2, "impact": 0.6},
+    {"id": "admin-certification", "kind": "training", "team": "education", "effort": 5, "impact": 0.3},
+    {"id": "usage-dashboard-tour", "kind": "guide", "team": "product", "effort": 1, "impact": 0.35},
+    {"id": "executive-sponsor-intro", "kind": "meeting", "team": "leadership", "effort": 4, "impact": 0.75},
+    {"id": "ticket-escalation-review", "kind": "support", "team": "support", "effort": 2, "impact": 0.55},
+]
+
+
+def rank_body_parts() -> tuple[bytes, bytes]:
+    """The Rank body around its eventId: ``head + event_id + tail``."""
+    actions = [
+        {
+            "id": a["id"],
+            "features": [
+                {"kind": a["kind"], "team": a["team"], "effortDays": a["effort"], "impact": a["impact"], "cost": 120.0}
+            ],
+        }
+        for a in ACTIONS
+    ]
+    body = {"contextFeatures": CONTEXT, "actions": actions, "eventId": "\x00"}
+    head, tail = json.dumps(body, separators=(",", ":")).split('"\\u0000"')
+    return (head + '"').encode(), ('"' + tail).encode()
+
+
+def request_bytes(path: str, port: int, head: bytes, event_id: str, tail: bytes) -> bytes:
+    body = head + event_id.encode() + tail
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# -- the load generator ------------------------------------------------------------------------
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; ``request`` sends a whole request and returns the response's status."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is None:
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        length = 0
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return
+        status = int(self.buffer[9:12])
+        del self.buffer[:total]
+        waiter, self.waiter = self.waiter, None
+        if not waiter.done():
+            waiter.set_result(status)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+    async def request(self, data: bytes) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def connect(port: int) -> Connection:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(Connection, "127.0.0.1", port)
+    return conn
+
+
+@dataclass
+class Phase:
+    name: str
+    sent: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)  # status -> count; 0 = connection error
+    latencies: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)  # open loop: how late the client issued a request
+    elapsed: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    machine_cpu: float = 0.0  # busy CPU seconds of the whole machine, every process included
+
+    @property
+    def done(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed else 0.0
+
+    def count(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+class EventIds:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.next = 0
+
+    def __call__(self) -> str:
+        self.next += 1
+        return f"{self.prefix}-{self.next:09d}"
+
+
+STUCK_SECONDS = 30.0  # a phase still waiting for answers this long after its end gives up on them
+
+
+async def finish(requests, seconds: float, phase: Phase) -> None:
+    """Wait for a phase's requests; the ones not answered within STUCK_SECONDS count as failed."""
+    try:
+        await asyncio.wait_for(requests, seconds + STUCK_SECONDS)
+    except TimeoutError:
+        phase.statuses[0] = phase.statuses.get(0, 0) + phase.sent - phase.done
+        print(f"{phase.name}: {phase.sent - phase.done} requests got no answer; giving up on them", flush=True)
+
+
+async def closed_loop(
+    port: int,
+    conns: list[Connection],
+    path: str,
+    parts: tuple[bytes, bytes],
+    ids: EventIds,
+    phase: Phase,
+    limit: int,
+    seconds: float,
+) -> None:
+    """Each connection sends its next request as soon as the last one is answered."""
+    head, tail = parts
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + seconds
+    last = start
+
+    async def user(i: int) -> None:
+        nonlocal last
+        while phase.sent < limit and loop.time() < deadline:
+            phase.sent += 1
+            data = request_bytes(path, port, head, ids(), tail)
+            sent = loop.time()
+            try:
+                if conns[i].closed:
+                    conns[i] = await connect(port)
+                status = await conns[i].request(data)
+            except OSError:
+                status = 0
+            last = loop.time()
+            phase.count(status)
+            phase.latencies.append(last - sent)
+
+    await finish(asyncio.gather(*(user(i) for i in range(len(conns)))), seconds, phase)
+    phase.elapsed = last - start
+
+
+async def open_loop(
+    port: int,
+    conns: list[Connection],
+    path: str,
+    parts: tuple[bytes, bytes],
+    ids: EventIds,
+    phase: Phase,
+    rate: float,
+    limit: int,
+    seconds: float,
+) -> None:
+    """Requests due every ``1/rate`` s, each on an idle connection; latency runs from when it was due."""
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for conn in conns:
+        idle.put_nowait(conn)
+    head, tail = parts
+    loop = asyncio.get_running_loop()
+    total = min(limit, int(rate * seconds))
+    tasks = set()
+
+    async def one(due: float, data: bytes) -> None:
+        conn = await idle.get()
+        try:
+            if conn.closed:
+                conn = await connect(port)
+            status = await conn.request(data)
+        except OSError:
+            status = 0
+        phase.latencies.append(loop.time() - due)
+        phase.count(status)
+        idle.put_nowait(conn)
+
+    start = loop.time() + 0.05
+    for i in range(total):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        phase.lags.append(loop.time() - due)
+        phase.sent += 1
+        task = asyncio.ensure_future(one(due, request_bytes(path, port, head, ids(), tail)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await finish(asyncio.gather(*tasks), 0, phase)
+    phase.elapsed = loop.time() - start
+    while not idle.empty():
+        idle.get_nowait().close()
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``python -m ranker serve`` on a free loopback port with the null endpoint on."""
+
+    def __init__(self, data_dir: Path, workers: int | None, threads: int | None) -> None:
+        self.data_dir = data_dir
+        self.expected_workers = workers or Settings.model_fields["workers"].default
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+        env.update(RANKER_DATA_DIR=str(data_dir), RANKER_PORT=str(self.port), RANKER_NULL_ENDPOINT="1")
+        if workers is not None:
+            env["RANKER_WORKERS"] = str(workers)
+        if threads is not None:
+            env["RANKER_THREADS"] = str(threads)
+        self.log_path = data_dir / "server.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        argv = [sys.executable, "-m", "ranker", "serve"]
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    ready = response.status == 200
+            except (urllib.error.URLError, OSError):
+                ready = False
+            # Connections made before every worker listens would all go to the first ones.
+            pids = self.workers()
+            if ready and len(pids) == self.expected_workers and all(self.listens(pid) for pid in pids):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit("the server did not become ready")
+
+    def listens(self, pid: int) -> bool:
+        """Whether process ``pid`` holds a socket listening on the server's port (Linux /proc)."""
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if port == self.port and state == "0A" and inode in inodes:
+                    return True
+        return False
+
+    def descendants(self) -> list[int]:
+        """Every process the server runs (Linux /proc): the gunicorn master, its workers, the trainer."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    children = [int(p) for p in (task / "children").read_text().split()]
+                    found += children
+                    todo += children
+            except OSError:
+                continue
+        return found
+
+    def workers(self) -> list[int]:
+        """The gunicorn workers: children of the process running gunicorn whose parent does not."""
+        for pid in [self.process.pid, *self.descendants()]:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gunicorn" in command and b"gunicorn" not in parent_command:
+                return [
+                    int(p)
+                    for task in Path(f"/proc/{pid}/task").iterdir()
+                    for p in (task / "children").read_text().split()
+                ]
+        return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far of every process of the server (Linux /proc)."""
+        total = 0
+        for pid in self.descendants():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the server's own session: gunicorn, trainer
+                self.process.wait()
+        self.log.close()
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine spent busy so far, all processes together (Linux /proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(server: Server, phase: Phase, run) -> Phase:
+    cpu_client, cpu_server, cpu_machine = time.process_time(), server.cpu_seconds(), machine_busy_seconds()
+    await run
+    phase.client_cpu = time.process_time() - cpu_client
+    phase.server_cpu = server.cpu_seconds() - cpu_server
+    phase.machine_cpu = machine_busy_seconds() - cpu_machine
+    return phase
+
+
+def describe(phase: Phase) -> str:
+    lat = sorted(phase.latencies)
+    errors = phase.done - phase.statuses.get(201, 0)
+    per_request = 1e3 * phase.server_cpu / phase.done if phase.done else float("nan")
+    others = max(0.0, phase.machine_cpu - phase.server_cpu - phase.client_cpu) / max(phase.elapsed, 1e-9)
+    return (
+        f"{phase.name:<22} {phase.done:>7} req in {phase.elapsed:5.1f} s = {phase.rate:7.0f} req/s  "
+        f"p50 {1e3 * percentile(lat, 0.5):6.2f} ms  p99 {1e3 * percentile(lat, 0.99):7.2f} ms  "
+        f"server CPU {per_request:.2f} ms/req, client {100 * phase.client_cpu / max(phase.elapsed, 1e-9):3.0f}%, "
+        f"other processes {100 * others:3.0f}% of a CPU" + (f"  NON-201: {errors} {phase.statuses}" if errors else "")
+    )
+
+
+async def benchmark(server: Server, args) -> tuple[list[Phase], int]:
+    parts = rank_body_parts()
+    run_id = os.urandom(4).hex()
+    rank_ids, null_ids = EventIds(f"bench-{run_id}"), EventIds(f"null-{run_id}")
+    port, n, s = server.port, args.requests, args.duration
+    # The closed-loop phases share one set of connections, so null and Rank see the same spread of
+    # connections over the workers (each worker accepts whichever connections it wins).
+    conns = [await connect(port) for _ in range(args.concurrency)]
+    rank_phases: list[Phase] = []
+
+    def rank(name: str) -> Phase:
+        rank_phases.append(Phase(name))
+        return rank_phases[-1]
+
+    for path, ids, phase in ((NULL_PATH, null_ids, Phase("warm-up null")), (RANK_PATH, rank_ids, rank("warm-up"))):
+        await closed_loop(port, conns, path, parts, ids, phase, int(args.warmup * 500), args.warmup)
+    nulls, ranks = [], []
+    for r in range(1, args.rounds + 1):
+        phase = Phase(f"null, closed loop #{r}")
+        nulls.append(await measure(server, phase, closed_loop(port, conns, NULL_PATH, parts, null_ids, phase, n, s)))
+        print(describe(phase), flush=True)
+        phase = rank(f"rank, closed loop #{r}")
+        ranks.append(await measure(server, phase, closed_loop(port, conns, RANK_PATH, parts, rank_ids, phase, n, s)))
+        print(describe(phase), flush=True)
+    for conn in conns:
+        conn.close()
+    best_null = max(nulls, key=lambda p: p.rate)
+    best_rank = max(ranks, key=lambda p: p.rate)
+    rate = args.fraction * best_rank.rate
+    phase = rank(f"rank, open {rate:.0f}/s")
+    paced = [await connect(port) for _ in range(args.open_connections)]
+    await measure(server, phase, open_loop(port, paced, RANK_PATH, parts, rank_ids, phase, rate, n, args.open_duration))
+    print(describe(phase), flush=True)
+    ok = sum(p.statuses.get(201, 0) for p in rank_phases)
+    return [best_null, best_rank, phase], ok
+
+
+def committed_decisions(data_dir: Path) -> int:
+    conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=50_000, help="most requests per phase (default 50000)")
+    parser.add_argument("--concurrency", type=int, default=24, help="closed-loop connections (default 24)")
+    parser.add_argument("--duration", type=float, default=7.0, help="most seconds per closed-loop phase (default 7)")
+    parser.add_argument("--open-duration", type=float, default=12.0, help="seconds of the open loop (default 12)")
+    parser.add_argument(
+        "--open-connections", type=int, default=64, help="connections the open loop may use at once (default 64)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="null/rank closed-loop rounds (default 2)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per endpoint (default 2)")
+    parser.add_argument("--fraction", type=float, default=0.5, help="open-loop rate / max Rank rate (default 0.5)")
+    parser.add_argument("--workers", type=int, help="RANKER_WORKERS for the server (default: the setting's)")
+    parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
+    parser.add_argument("--data-dir", type=Path, help="keep the server's data here (default: a temporary folder)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = Server(data_dir, args.workers, args.threads)
+        try:
+            print(
+                f"ranker serve on {server.url}, {len(server.workers())} workers, data in {data_dir}; "
+                f"{os.cpu_count()} CPUs shared with this client",
+                flush=True,
+            )
+            (null, rank, paced), ok = asyncio.run(benchmark(server, args))
+        finally:
+            server.stop()
+        rows = committed_decisions(data_dir)
+
+    lat = sorted(paced.latencies)
+    ratio = rank.rate / null.rate
+    p50, p99 = 1e3 * percentile(lat, 0.5), 1e3 * percentile(lat, 0.99)
+    lag = 1e3 * percentile(sorted(paced.lags), 0.99)
+    errors = sum(p.done - p.statuses.get(201, 0) for p in (null, rank, paced))
+    others = max(0.0, sum(p.machine_cpu - p.server_cpu - p.client_cpu for p in (null, rank, paced)))
+    others /= sum(p.elapsed for p in (null, rank, paced))
+    print()
+    print(f"null  max throughput   {null.rate:8.0f} req/s   server CPU {1e3 * null.server_cpu / null.done:.2f} ms/req")
+    print(f"rank  max throughput   {rank.rate:8.0f} req/s   server CPU {1e3 * rank.server_cpu / rank.done:.2f} ms/req")
+    print(f"ratio rank/null        {100 * ratio:8.1f} %       (target >= 70 %)")
+    print(f"rank at {paced.rate:.0f} req/s (open loop, {100 * args.fraction:.0f}% of max):")
+    print(f"      p50              {p50:8.2f} ms")
+    print(f"      p99              {p99:8.2f} ms      (target < 20 ms)")
+    print(f"      max              {1e3 * lat[-1]:8.2f} ms      client timer lag p99 {lag:.2f} ms")
+    print(f"rows committed         {rows:8d}          201s answered to Rank: {ok}")
+    print(f"other processes        {100 * others:8.0f} % of a CPU meanwhile (the targets assume an idle machine)")
+    consistent = rows == ok
+    met = ratio >= 0.70 and p99 < 20
+    print(
+        f"durability check       {'OK' if consistent else 'MISMATCH'}; targets {'met' if met else 'missed'}"
+        + (f"; {errors} non-201 answers" if errors else "")
+    )
+    if not consistent:
+        return 2
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
