@@ -161,6 +161,8 @@ def apply(
     now: datetime,
 ) -> Verdict:
     """Decide which actions may be offered for this context and with which priority factors."""
+    if not (rules.entitlements or rules.availability or rules.priority or excluded_ids):
+        return Verdict(list(range(len(actions))), [1.0] * len(actions), {}, {})
     withdrawn_all = [r for r in rules.availability if r.withdraws(now)]
     failed_entitlements = [r for r in rules.entitlements if not all(c.holds(context) for c in r.requires)]
     active_priority = [r for r in rules.priority if all(c.holds(context) for c in r.when)]

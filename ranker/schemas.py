@@ -9,7 +9,6 @@ starting with a non-ASCII character, which VW cannot index as namespaces) is ref
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Annotated, Any
 
@@ -23,40 +22,42 @@ MAX_DEPTH = 8
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-def _check_value(value: Any, where: str, depth: int) -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
-            raise ValueError(f"{where}: numbers must be finite and within ±1e15")
-        return
-    if isinstance(value, dict):
-        _check_object(value, where, depth + 1)
-        return
-    if isinstance(value, list):
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-            for i, v in enumerate(value):
-                _check_value(v, f"{where}[{i}]", depth)
-            return
-        if all(isinstance(v, dict) for v in value):
-            for i, v in enumerate(value):
-                _check_object(v, f"{where}[{i}]", depth + 1)
-            return
-        raise ValueError(f"{where}: an array holds only numbers or only objects")
-    raise ValueError(f"{where}: unsupported value")
-
-
 def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
+    # On every Rank's every feature: plain values are settled with exact type tests before anything else.
     if depth > MAX_DEPTH:
         raise ValueError(f"{where}: features nest deeper than {MAX_DEPTH} levels")
     for key, value in obj.items():
-        if not key or key.startswith("_"):
+        if not key or key[0] == "_":
             raise ValueError(f"{where}: feature name {key!r} is empty or starts with '_' (reserved)")
-        if not key[0].isascii() and isinstance(value, dict | list):
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is int or kind is float:
+            if not -MAX_NUMBER <= value <= MAX_NUMBER:  # exact for integers of any size
+                raise ValueError(f"{where}.{key}: numbers must be finite and within ±1e15")
+            continue
+        if not key[0].isascii():
             # VW takes a namespace's index from the first byte of its name; with a non-ASCII lead byte
             # (>= 0x80) vowpalwabbit 9.11 corrupts memory and the worker dies (SIGSEGV/SIGABRT).
             raise ValueError(f"{where}: the name {key!r} of an object or array must start with an ASCII character")
-        _check_value(value, f"{where}.{key}", depth)
+        if kind is dict:
+            _check_object(value, f"{where}.{key}", depth + 1)
+        elif kind is list:
+            _check_array(value, f"{where}.{key}", depth)
+        else:
+            raise ValueError(f"{where}.{key}: unsupported value")
+
+
+def _check_array(values: list[Any], where: str, depth: int) -> None:
+    if all(type(v) is int or type(v) is float for v in values):
+        for i, v in enumerate(values):
+            if not -MAX_NUMBER <= v <= MAX_NUMBER:
+                raise ValueError(f"{where}[{i}]: numbers must be finite and within ±1e15")
+    elif all(type(v) is dict for v in values):
+        for i, v in enumerate(values):
+            _check_object(v, f"{where}[{i}]", depth + 1)
+    else:
+        raise ValueError(f"{where}: an array holds only numbers or only objects")
 
 
 def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

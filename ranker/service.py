@@ -147,6 +147,7 @@ class Service:
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise ApiError(400, "InvalidRankRequest", f"action id {duplicate!r} appears twice", target="actions")
         now = now or utcnow()
+        stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
         context = dsjson.merge(request.contextFeatures, "contextFeatures")
         actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
@@ -172,12 +173,12 @@ class Service:
             for i, (action_id, _) in enumerate(eligible):
                 probabilities[action_id] = pmf[i]
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
-            record = dsjson.decision_line(event_id, timestamp(now), c_json, order, pmf)
+            record = dsjson.decision_line(event_id, stamp, c_json, order, pmf)
 
         row = {
             "loop": loop.name,
             "event_id": event_id,
-            "created_at": timestamp(now),
+            "created_at": stamp,
             "record": record,
             "action_ids": json.dumps(ids),
             "reward_action_id": chosen_id,
