@@ -124,6 +124,16 @@ CASES = [
     Case("number-above-1e15", *RANK_400, rank_body(contextFeatures=[{"seats": 1e16}])),
     Case("number-below-minus-1e15", *RANK_400, rank_body(contextFeatures=[{"seats": -(10**16)}])),
     Case("number-overflowing-to-infinity", *RANK_400, b'{"contextFeatures": [{"n": 1e400}], "actions": [{"id": "a"}]}'),
+    Case(
+        "integer-beyond-float-range",
+        *RANK_400,
+        b'{"contextFeatures": [{"n": 1' + b"0" * 400 + b'}], "actions": [{"id": "a"}]}',
+    ),
+    Case(
+        "integer-beyond-float-range-in-array",
+        *RANK_400,
+        b'{"contextFeatures": [{"n": [1, 1' + b"0" * 400 + b']}], "actions": [{"id": "a"}]}',
+    ),
     Case("numeric-array-item-above-1e15", *RANK_400, rank_body(contextFeatures=[{"usage": [1, 2e15]}])),
     Case("array-of-strings", *RANK_400, rank_body(contextFeatures=[{"tags": ["crm", "sso"]}])),
     Case("array-of-numbers-and-objects", *RANK_400, rank_body(contextFeatures=[{"mix": [1, {"a": 1}]}])),
