@@ -351,6 +351,28 @@ def test_model_store_versions_pointer_and_prune(tmp_path):
     assert models.current(tmp_path, "other") is None
 
 
+def test_log_retention_deletes_only_old_learned_decisions(make):
+    service, trainer = make(default={"logRetentionDays": 2})
+    for n in range(4):
+        rank(service, f"old{n}", at=T0)
+        reward(service, f"old{n}", 1.0, T0 + timedelta(seconds=0.5))
+    rank(service, "recent", at=T0 + timedelta(days=3))
+    # Three days later the old decisions are learned, then deleted with their rewards; the recent one,
+    # not yet due, stays.
+    report = trainer.run_once(now=T0 + timedelta(days=3, seconds=1))
+    assert report["learned"] == 4
+    remaining = service.store.read("SELECT event_id FROM decisions")
+    assert remaining == [{"event_id": "recent"}]
+    assert service.store.counts() == {"decisions": 1, "rewards": 0}
+
+
+def test_log_retention_keeps_everything_by_default(make):
+    service, trainer = make()
+    rank(service, "old", at=T0)
+    trainer.run_once(now=T0 + timedelta(days=400))
+    assert service.store.counts()["decisions"] == 1
+
+
 # -- Apprentice ---------------------------------------------------------------------------------------
 
 
