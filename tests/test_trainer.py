@@ -571,32 +571,6 @@ def test_sigkill_of_the_trainer_many_times(tmp_path):
 # -- throughput -----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_join_and_learn_keep_up_with_in_process_vw(make):
-    service, trainer = make()
-    events = 4000
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: rank(service, f"e{n}", segment=f"s{n % 7}"), range(events)))
-    service.store.write(
-        lambda conn: conn.executemany(
-            "INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)",
-            [(n, (n % 3) / 2, timestamp(T0 + timedelta(seconds=0.5))) for n in range(1, events + 1, 2)],
-        )
-    )
-    started = time.perf_counter()
-    assert trainer.run_once(now=LATER)["learned"] == events
-    trainer_rate = events / (time.perf_counter() - started)
-
-    rows = service.store.read("SELECT id, record FROM decisions ORDER BY id")
-    lines = [dsjson.labeled(row["record"], (row["id"] % 3) / 2 if row["id"] % 2 else 0.0) for row in rows]
-    started = time.perf_counter()
-    assert vw_model(service, lines) == trainer.model("default")
-    raw_rate = events / (time.perf_counter() - started)
-    print(f"trainer {trainer_rate:.0f} events/s, in-process VW {raw_rate:.0f} events/s")
-    assert trainer_rate >= 2000
-    assert trainer_rate >= 0.5 * raw_rate
-
-
 # -- one trainer at a time, kept running ------------------------------------------------------------
 
 
