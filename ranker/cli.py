@@ -8,10 +8,22 @@ import secrets
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
 from . import trainer
+from .evaluation.replay import (
+    BUILT_INS,
+    DEFAULT_REWARD_MODEL,
+    Candidate,
+    DsjsonFile,
+    LoopLog,
+    policy_candidates,
+    replay,
+    write,
+)
+from .export import export, import_dsjson
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
 from .store import migrate
 
@@ -124,3 +136,100 @@ def settings_command(config: str | None) -> None:
         click.echo(f"{config}: valid; loops {', '.join(settings.loops)}; auth {'on' if settings.auth else 'off'}")
     for name, default, text in documentation():
         click.echo(f"{name} = {default}\n    {text}")
+
+
+def _loop(settings, loop: str | None) -> str:
+    loop = loop or settings.default_loop
+    if loop not in settings.loops:
+        raise click.ClickException(f"no loop {loop!r}; loops: {', '.join(settings.loops)}")
+    return loop
+
+
+@cli.command("export")
+@click.option("--loop", help="Loop to export (default: default_loop).")
+@click.option("--from", "start", help="Only decisions made at or after this ISO 8601 time (UTC if no zone).")
+@click.option("--to", "end", help="Only decisions made before this ISO 8601 time.")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", help="File (default stdout).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def export_command(loop: str | None, start: str | None, end: str | None, output, config: str | None) -> None:
+    """Write a loop's decisions as DSJSON lines, labeled with the rewards the trainer joins to them.
+
+    VW reads the file with --cb_explore_adf --dsjson; deferred decisions never activated carry
+    "_skipLearn": true, and decisions still inside their reward window are left out.
+
+    Example: ranker export --loop cards --from 2030-01-01 --to 2030-02-01 -o cards.json
+    """
+    settings = _settings(config)
+    try:
+        count = export(settings, _loop(settings, loop), output, start, end)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{count} decisions exported", err=True)
+
+
+@cli.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--loop", help="Loop to import into (default: default_loop).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def import_command(file, loop: str | None, config: str | None) -> None:
+    """Load DSJSON decision logs (Personalizer's, VW's, an export) into a loop's log.
+
+    Each line becomes a decision and, when it has a label, its reward (-_label_cost). Bad lines and
+    EventIds already in the loop are reported with their line number and skipped (exit status 1).
+
+    Example: ranker import --loop cards personalizer-logs.json
+    """
+    settings = _settings(config)
+    imported, errors = import_dsjson(settings, _loop(settings, loop), file)
+    for number, message in errors:
+        click.echo(f"{file.name}:{number}: {message}", err=True)
+    click.echo(f"{imported} decisions imported, {len(errors)} lines skipped")
+    if errors:
+        sys.exit(1)
+
+
+@cli.command("evaluate")
+@click.option("--loop", help="Loop whose log to replay (default: default_loop).")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), help="Replay this DSJSON file instead.")
+@click.option("--from", "start", help="Only decisions made at or after this ISO 8601 time (UTC if no zone).")
+@click.option("--to", "end", help="Only decisions made before this ISO 8601 time.")
+@click.option("--policy", "policies", multiple=True, help="Candidate: a policy name or a policy JSON file (repeat).")
+@click.option("--arguments", "arguments", multiple=True, help="Candidate VW arguments, --cb_explore_adf (repeat).")
+@click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
+@click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def evaluate_command(loop, path, start, end, policies, arguments, no_dr, workers, output, config) -> None:
+    """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
+
+    Online (what was logged), Baseline (first eligible action) and Random always run, with the policy
+    files (default: every one in policies_dir) and --arguments. Prints IPS, SNIPS, DR and the 95%
+    Cressie-Read interval, and writes report.json and report.png into --output.
+
+    Example: ranker evaluate --loop cards --from 2030-01-01 --policy default --arguments "--cb_explore_adf --squarecb"
+    """
+    if path and (start or end):
+        raise click.UsageError("--from and --to select from a loop's log, not from --file")
+    settings = _settings(config)
+    try:
+        candidates = [*BUILT_INS, *policy_candidates(settings, policies)]
+        candidates += [Candidate(words, words) for words in arguments]
+        if path:
+            source = DsjsonFile(Path(path))
+        else:
+            source = LoopLog(settings, _loop(settings, loop), start, end)
+        with click.progressbar(length=source.size(), label="replaying", file=sys.stderr) as bar:
+            report = replay(
+                source,
+                candidates,
+                reward_model=None if no_dr else DEFAULT_REWARD_MODEL,
+                workers=workers,
+                progress=bar.update,
+            )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.table())
+    for reason, count in report.skipped.items():
+        click.echo(f"skipped {count}: {reason}", err=True)
+    json_path, png_path = write(report, output)
+    click.echo(f"wrote {json_path}" + (f" and {png_path}" if png_path else " (no plot: matplotlib is not installed)"))

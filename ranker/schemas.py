@@ -60,6 +60,11 @@ def _check_array(values: list[Any], where: str, depth: int) -> None:
         raise ValueError(f"{where}: an array holds only numbers or only objects")
 
 
+def check_features(obj: dict[str, Any], where: str) -> None:
+    """Refuse a feature object VW would misread (a ValueError says where); imports check lines with it."""
+    _check_object(obj, where, 0)
+
+
 def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, obj in enumerate(items):
         _check_object(obj, f"[{i}]", 0)

@@ -6,7 +6,7 @@ committed in. A decision is learnable once its reward window, ``created_at + rew
 (plus ``commit_grace``, so a reward stamped inside the window but still in a writer's queue is committed
 before the join reads it); the trainer stops at the first decision that is not yet due, so none is skipped.
 
-What a due decision becomes:
+What a due decision becomes (:class:`RewardJoin`, which ``ranker export`` and the replay use too):
 
 - no eligible action (``record`` is null), logged in LoggingOnly mode, or deferred and not activated
   within its window: skipped (kept in the log, not learned);
@@ -47,6 +47,7 @@ import logging
 import os
 import shlex
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -57,7 +58,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
@@ -115,6 +116,103 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+class Outcome(NamedTuple):
+    """What one logged decision (with an eligible action) is to learning and evaluation."""
+
+    reward: float  # its rewards within the window, aggregated; defaultReward when none arrived
+    shown: bool  # not deferred, or activated within the window: a real event, its reward observed
+    learn: bool  # the trainer learns it: shown, and not logged in LoggingOnly mode
+
+
+@dataclass(frozen=True)
+class RewardJoin:
+    """How a loop's decisions meet their rewards: the one join of the trainer, ``ranker export`` and the replay.
+
+    A reward counts when it is received within ``wait`` (rewardWaitTime) of the decision; the rewards that
+    count are combined by ``aggregation`` (:func:`aggregate`), and ``default_reward`` stands in when none did.
+    A deferred decision is shown only if it was activated within the same window; one that was not never
+    reached the user, so it is neither learned nor evaluated.
+    """
+
+    wait: timedelta
+    default_reward: float
+    aggregation: str
+
+    @classmethod
+    def of(cls, settings: LoopSettings) -> RewardJoin:
+        return cls(parse_duration(settings.reward_wait_time), settings.default_reward, settings.reward_aggregation)
+
+    def outcome(
+        self,
+        created_at: str,
+        record: str | None,
+        deferred: int,
+        activated_at: str | None,
+        mode: str,
+        rewards: list[tuple[float, str]] | None,
+    ) -> Outcome | None:
+        """The decision's :class:`Outcome` from its log row and its ``(value, received_at)`` rewards in the
+        order received; None when no action was eligible (``record`` is null), which is nothing to learn."""
+        if record is None:
+            return None
+        deadline = _parse_time(created_at) + self.wait
+        shown = not deferred or (activated_at is not None and _parse_time(activated_at) <= deadline)
+        values = [value for value, at in rewards or () if _parse_time(at) <= deadline]
+        reward = aggregate(values, self.aggregation) if values else self.default_reward
+        return Outcome(reward, shown, shown and mode != "LoggingOnly")
+
+
+class Joined(NamedTuple):
+    """A logged decision with its :class:`Outcome` (None when no action was eligible)."""
+
+    id: int
+    created_at: str
+    record: str | None
+    learning_mode: str
+    outcome: Outcome | None
+
+
+def joined(
+    conn: sqlite3.Connection,
+    loop: str,
+    join: RewardJoin,
+    *,
+    after_id: int = 0,
+    through_id: int | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    batch: int = BATCH,
+) -> Iterator[Joined]:
+    """The loop's decisions with ``after_id < id <= through_id`` and ``start <= created_at < end`` (timestamps
+    in the log's format), in id order, each joined with its rewards by ``join``; read ``batch`` at a time."""
+    where, params = ["loop = ?"], [loop]
+    for condition, value in (("id <= ?", through_id), ("created_at >= ?", start), ("created_at < ?", end)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    sql = (
+        "SELECT id, created_at, record, deferred, activated_at, learning_mode FROM decisions "
+        f"WHERE {' AND '.join(where)} AND id > ? ORDER BY id LIMIT ?"
+    )
+    while True:
+        rows = conn.execute(sql, (*params, after_id, batch)).fetchall()
+        if not rows:
+            return
+        rewards: dict[int, list[tuple[float, str]]] = {}
+        for decision_id, value, received_at in conn.execute(
+            "SELECT decision_id, value, received_at FROM rewards WHERE decision_id >= ? AND decision_id <= ? "
+            "ORDER BY decision_id, received_at, id",
+            (rows[0][0], rows[-1][0]),
+        ):
+            rewards.setdefault(decision_id, []).append((value, received_at))
+        for decision_id, created_at, record, deferred, activated_at, mode in rows:
+            outcome = join.outcome(created_at, record, deferred, activated_at, mode, rewards.get(decision_id))
+            yield Joined(decision_id, created_at, record, mode, outcome)
+        if len(rows) < batch:
+            return
+        after_id = rows[-1][0]
+
+
 class CheckpointConflict(RuntimeError):
     """The stored checkpoint moved under this trainer (another trainer, or a reset)."""
 
@@ -127,7 +225,7 @@ class _Loop:
     settings: LoopSettings
     arguments: str
     fingerprint: str
-    wait: timedelta
+    join: RewardJoin
     export: timedelta
     ws: vowpalwabbit.Workspace | None = None
     generation: int = 0  # of the stored checkpoint; a model import or reset raises it
@@ -274,7 +372,7 @@ class Trainer:
 
     def _advance(self, loop: _Loop, now: datetime, clock: Callable[[], datetime], report: dict[str, Any]) -> bool:
         """Handle up to one checkpoint's worth of due decisions; True when more may be due."""
-        cutoff = now - loop.wait - self.commit_grace
+        cutoff = now - loop.join.wait - self.commit_grace
         budget = self.checkpoint_events
         while budget > 0 and not self._stopping():
             limit = min(BATCH, budget)
@@ -306,21 +404,11 @@ class Trainer:
 
     def _learn_range(self, loop: _Loop, last_due: int, report: dict[str, Any]) -> None:
         """Learn or skip the loop's decisions with ids in (loop.last_id, last_due], in id order."""
-        rows = self._conn.execute(
-            "SELECT id, created_at, record, deferred, activated_at, learning_mode FROM decisions "
-            "WHERE loop = ? AND id > ? AND id <= ? ORDER BY id",
-            (loop.name, loop.last_id, last_due),
-        ).fetchall()
-        rewards: dict[int, list[tuple[float, str]]] = {}
-        for decision_id, value, received_at in self._conn.execute(
-            "SELECT decision_id, value, received_at FROM rewards WHERE decision_id > ? AND decision_id <= ? "
-            "ORDER BY decision_id, received_at, id",
-            (loop.last_id, last_due),
-        ):
-            rewards.setdefault(decision_id, []).append((value, received_at))
         ws = loop.ws
-        for decision_id, created_at, record, deferred, activated_at, mode in rows:
-            label = self._label(loop, created_at, record, deferred, activated_at, mode, rewards.get(decision_id))
+        for decision_id, created_at, record, mode, outcome in joined(
+            self._conn, loop.name, loop.join, after_id=loop.last_id, through_id=last_due
+        ):
+            label = outcome.reward if outcome is not None and outcome.learn else None
             if label is not None:
                 try:
                     if mode == "Apprentice":
@@ -340,27 +428,6 @@ class Trainer:
                 report["skipped"] += 1
             loop.last_id = decision_id
             loop.pending += 1
-
-    def _label(
-        self,
-        loop: _Loop,
-        created_at: str,
-        record: str | None,
-        deferred: int,
-        activated_at: str | None,
-        mode: str,
-        rewards: list[tuple[float, str]] | None,
-    ) -> float | None:
-        """The reward to learn for one decision, or None to skip it."""
-        if record is None or mode == "LoggingOnly":
-            return None
-        deadline = _parse_time(created_at) + loop.wait
-        if deferred and (activated_at is None or _parse_time(activated_at) > deadline):
-            return None
-        values = [value for value, at in rewards or () if _parse_time(at) <= deadline]
-        if not values:
-            return loop.settings.default_reward
-        return aggregate(values, loop.settings.reward_aggregation)
 
     @staticmethod
     def _imitate(ws: vowpalwabbit.Workspace, record: str) -> bool:
@@ -400,7 +467,7 @@ class Trainer:
             settings=settings,
             arguments=arguments,
             fingerprint=fingerprint,
-            wait=parse_duration(settings.reward_wait_time),
+            join=RewardJoin.of(settings),
             export=parse_duration(settings.model_export_frequency),
         )
         self._conn.execute(

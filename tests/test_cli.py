@@ -58,3 +58,25 @@ def test_serve_says_loudly_that_auth_is_off(serve):
     server = serve()
     server.stop()
     assert "AUTH IS OFF" in (server.data_dir / "server.log").read_text()
+def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    vw_file = Path(__file__).parent / "data" / "dsjson_cb.json"
+    result = runner.invoke(cli, ["import", str(vw_file)])
+    assert result.exit_code == 0 and "6 decisions imported, 0 lines skipped" in result.output
+    again = runner.invoke(cli, ["import", str(vw_file)])
+    assert again.exit_code == 1 and "dsjson_cb.json:1: not written: EventId" in again.output
+
+    out = tmp_path / "export.json"
+    assert runner.invoke(cli, ["export", "-o", str(out)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == 6
+
+    report = tmp_path / "report"
+    args = ["evaluate", "--file", str(out), "--policy", "default", "--workers", "1", "-o", str(report)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("policy") :].splitlines()
+    assert [line.split()[0] for line in table[1:5]] == ["Online", "Baseline", "Random", "default"]
+    assert (report / "report.json").exists()
+    assert runner.invoke(cli, ["export", "--loop", "nope"]).exit_code == 1

@@ -1,0 +1,480 @@
+"""DSJSON in and out of the decision log: ``ranker export`` and ``ranker import``.
+
+Export writes a loop's decisions as VW's DSJSON lines for contextual bandits, in id order (the order they
+were committed in, which is the trainer's): the logged record exactly, with the CB label the trainer learns
+put in front of it (:func:`ranker.dsjson.labeled`), the reward joined by the trainer's own
+:class:`~ranker.trainer.RewardJoin`. So ``vw --cb_explore_adf --dsjson -d export.json`` with the loop's
+arguments trains the model the trainer trained. What each decision becomes:
+
+- learned by the trainer (Online): the labeled record;
+- deferred and not activated within its reward window: the labeled record with ``"_skipLearn":true``, as
+  Personalizer's own logs marked events that were never activated. VW's DSJSON parser drops such a line
+  (``Workspace.parse`` returns one empty example), so VW learns nothing from it, though its example counter
+  still counts it; the replay ignores them, and ``ranker import`` reads them back as deferred decisions that
+  were never activated;
+- logged in LoggingOnly or Apprentice mode: the labeled record with the real reward. The trainer learns
+  nothing from the first and imitation labels from the second, but the rewards are what happened, which is
+  what offline evaluation and another loop's training need;
+- no eligible action: left out (there is no record, nothing for VW to read);
+- still inside its reward window (plus the trainer's commit grace): left out, its label is not final yet.
+
+Import reads DSJSON decision logs (what a Personalizer resource mirrored to storage, VW's
+``test/train-sets/dsjson_cb.json``, or an export) into a loop's log. Each line is checked as a Rank request
+is (features VW can read) and parsed by VW with the loop's arguments, then becomes one decision row, with
+its record in ranker's shape (``EventId``, ``Timestamp``, ``a``, ``p`` and ``c``; every ``_multi`` entry
+gets an ``_id``: its own, else its ``_tag``, else its index), and one reward row of ``-_label_cost``
+received at the decision's time, when the line has a label. A line is written whole or not at all: its
+decision and reward go in under one savepoint inside a transaction of up to ``IMPORT_BATCH`` lines. Bad
+lines (invalid JSON, missing or malformed ``c``, ``_multi``, ``a``, ``p``, ``EventId`` or ``Timestamp``,
+features VW cannot read, an EventId already in the loop) are reported with their 1-based line number and
+skipped; blank lines are ignored.
+
+For evaluation, :class:`LoopLog` and :class:`DsjsonFile` read a loop's log or a DSJSON file as the events
+:mod:`ranker.evaluation.replay` replays: the labeled line VW learns from, the logged action, its probability,
+the reward; never-activated decisions, unlabeled and invalid lines are :class:`Skipped`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple, TextIO
+
+import vowpalwabbit
+from vowpalwabbit.pyvw import pylibvw
+
+from . import dsjson, loopconfig
+from .schemas import check_features
+from .settings import Settings
+from .store import connect, migrate
+from .trainer import COMMIT_GRACE, Joined, RewardJoin, joined, learning_fingerprint
+
+IMPORT_BATCH = 500  # lines per import transaction
+EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
+_MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
+
+
+def log_time(value: datetime | str) -> str:
+    """A moment in the log's timestamp format (UTC, microseconds); naive ones are taken as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    moment = value
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+
+def decisions(
+    settings: Settings,
+    loop: str,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    now: datetime | None = None,
+) -> Iterator[tuple[Joined, str]]:
+    """The loop's due decisions with a record and ``start <= created_at < end``, in id order, each with its
+    DSJSON line as :func:`export` writes it (the one reader of export and the replay)."""
+    if loop not in settings.loops:
+        raise ValueError(f"unknown loop {loop!r}")
+    migrate(settings.database_path)
+    conn = connect(settings.database_path, settings.synchronous)
+    try:
+        join = RewardJoin.of(loopconfig.read(conn, settings, loop)[0])
+        # due as the trainer has it: made at or before now - rewardWaitTime - commit grace (the log's
+        # timestamps have one fixed width, so they compare as strings)
+        due = log_time((now or datetime.now(UTC)) - join.wait - timedelta(seconds=COMMIT_GRACE))
+        start = log_time(start) if start is not None else None
+        end = log_time(end) if end is not None else None
+        for decision in joined(conn, loop, join, start=start, end=end):
+            outcome = decision.outcome
+            if outcome is not None and decision.created_at <= due:
+                yield decision, dsjson.labeled(decision.record, outcome.reward, skip_learn=not outcome.shown)
+    finally:
+        conn.close()
+
+
+def export(
+    settings: Settings,
+    loop: str,
+    out: TextIO | str | Path,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Write the loop's decisions made in ``[start, end)`` as DSJSON lines to ``out`` (a text stream or a path);
+    return how many lines were written. See the module docstring for what each decision becomes."""
+    if loop not in settings.loops:
+        raise ValueError(f"unknown loop {loop!r}")
+    with contextlib.ExitStack() as stack:
+        stream = out if hasattr(out, "write") else stack.enter_context(open(out, "w", encoding="utf-8"))
+        count = 0
+        for _, line in decisions(settings, loop, start, end, now):
+            stream.write(line + "\n")
+            count += 1
+        return count
+
+
+# -- import -------------------------------------------------------------------------------------------------
+
+
+class Imported(NamedTuple):
+    """One DSJSON decision in ranker's shape."""
+
+    event_id: str
+    created_at: str
+    record: str  # the decision line, unlabeled, as ranker logs it
+    action_ids: list[str]
+    chosen: int  # 0-based index of the chosen action in ``_multi``
+    probability: float
+    reward: float | None  # -_label_cost, None when the line has no label
+    shown: bool  # False for ``"_skipLearn": true``: never activated
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_decision(obj: Any) -> Imported:
+    """A parsed DSJSON line (CB) as an :class:`Imported`; a :class:`ValueError` says what is wrong with it."""
+    if not isinstance(obj, dict):
+        raise ValueError("a DSJSON line must be a JSON object")
+    event_id = obj.get("EventId")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 256 or not event_id.isprintable():
+        raise ValueError("EventId must be a string of 1-256 printable characters")
+    stamp = obj.get("Timestamp")
+    try:
+        created_at = log_time(stamp if isinstance(stamp, str) else "")
+    except ValueError:
+        raise ValueError(f"Timestamp must be an ISO 8601 time, got {stamp!r}") from None
+    c = obj.get("c")
+    if not isinstance(c, dict):
+        raise ValueError('"c" must be an object')
+    multi = c.get("_multi")
+    if not isinstance(multi, list) or not multi or not all(isinstance(entry, dict) for entry in multi):
+        raise ValueError('"c._multi" must be a non-empty array of objects')
+    context = {key: value for key, value in c.items() if key != "_multi"}
+    _check_features(context, "c")
+    actions = []
+    for i, entry in enumerate(multi):
+        features = {key: value for key, value in entry.items() if key not in _MULTI_KEYS}
+        _check_features(features, f"c._multi[{i}]")
+        action_id = entry.get("_id", entry.get("_tag", str(i)))
+        if not isinstance(action_id, str) or not action_id:
+            raise ValueError(f"c._multi[{i}]: _id and _tag must be non-empty strings")
+        actions.append((action_id, {key: value for key, value in entry.items() if key != "_id"}))
+    ids = [action_id for action_id, _ in actions]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the actions' ids (_id, _tag or index) repeat")
+    a, p = obj.get("a"), obj.get("p")
+    if not isinstance(a, list) or not a or not all(isinstance(i, int) and not isinstance(i, bool) for i in a):
+        raise ValueError('"a" must be a non-empty array of 1-based action indices')
+    if len(set(a)) != len(a) or not all(1 <= i <= len(multi) for i in a):
+        raise ValueError(f'"a" must hold distinct indices from 1 to {len(multi)}')
+    if not isinstance(p, list) or len(p) != len(a) or not all(_number(x) and 0 <= x <= 1 for x in p):
+        raise ValueError('"p" must hold a probability in [0, 1] for each entry of "a"')
+    if p[0] <= 0:
+        raise ValueError("the chosen action (first in a) must have a positive probability")
+    reward = None
+    if "_label_cost" in obj:
+        cost = obj["_label_cost"]
+        if not _number(cost) or not -1 <= -cost <= 1:
+            raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
+        if obj.get("_label_Action", a[0]) != a[0] or obj.get("_labelIndex", a[0] - 1) != a[0] - 1:
+            raise ValueError("the label must be on the chosen action (the first in a)")
+        reward = 0.0 - cost  # no -0.0
+    skip = obj.get("_skipLearn", False)
+    if not isinstance(skip, bool):
+        raise ValueError("_skipLearn must be true or false")
+    order = [i - 1 for i in a]
+    pmf = [0.0] * len(multi)
+    for i, probability in zip(order, p, strict=True):
+        pmf[i] = float(probability)
+    c_json = dsjson.context_json(context, actions, id_feature=False)
+    record = dsjson.decision_line(event_id, created_at, c_json, order, pmf)
+    return Imported(event_id, created_at, record, ids, order[0], pmf[order[0]], reward, not skip)
+
+
+def _check_features(features: dict[str, Any], where: str) -> None:
+    """The checks a Rank request's features pass, so VW reads an imported record as it reads a served one."""
+    for key in features:
+        if key.startswith("_"):
+            raise ValueError(f"{where}: {key!r} is not supported (reserved keys other than _multi, _id, _tag)")
+    check_features(features, where)
+
+
+class _Parser:
+    """Checks that VW parses a record with the given arguments, as the trainer will."""
+
+    def __init__(self, arguments: str):
+        self._vw = vowpalwabbit.Workspace(f"{arguments} --dsjson --quiet")
+
+    def check(self, line: str, actions: int) -> None:
+        try:
+            examples = self._vw._parse(line)
+        except RuntimeError as exc:
+            raise ValueError(f"VW cannot parse it: {exc}") from None
+        try:
+            if len(examples) != actions + 1:
+                raise ValueError(f"VW reads {len(examples) - 1} actions where _multi has {actions}")
+        finally:
+            pylibvw.vw._finish_example_multi_ex(self._vw, examples)
+
+    def close(self) -> None:
+        self._vw.finish()
+
+
+def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[int, list[tuple[int, str]]]:
+    """Load DSJSON decision lines into the loop's log; return (lines imported, [(line number, error), ...]).
+
+    See the module docstring for what a line becomes and which lines are refused.
+    """
+    if loop not in settings.loops:
+        raise ValueError(f"unknown loop {loop!r}")
+    migrate(settings.database_path)
+    conn = connect(settings.database_path, settings.synchronous)
+    errors: list[tuple[int, str]] = []
+    imported = 0
+    try:
+        loop_settings, policy, _ = loopconfig.read(conn, settings, loop)
+        parser = _Parser(learning_fingerprint(loop_settings, policy)[0])
+        try:
+            batch: list[tuple[int, Imported]] = []
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    try:
+                        obj = json.loads(line)
+                    except ValueError as exc:
+                        raise ValueError(f"invalid JSON: {exc}") from None
+                    decision = read_decision(obj)
+                    parser.check(dsjson.labeled(decision.record, decision.reward or 0.0), len(decision.action_ids))
+                except ValueError as exc:
+                    errors.append((number, str(exc)))
+                    continue
+                batch.append((number, decision))
+                if len(batch) >= IMPORT_BATCH:
+                    imported += _write(settings, conn, loop, batch, errors)
+                    batch = []
+            if batch:
+                imported += _write(settings, conn, loop, batch, errors)
+        finally:
+            parser.close()
+    finally:
+        conn.close()
+    errors.sort()
+    return imported, errors
+
+
+def _write(
+    settings: Settings,
+    conn: sqlite3.Connection,
+    loop: str,
+    batch: list[tuple[int, Imported]],
+    errors: list[tuple[int, str]],
+) -> int:
+    """One transaction; each line under its own savepoint, so a refused line leaves nothing behind."""
+    written = 0
+    # The service's writers take this lock around each of their transactions (ranker.store): holding it
+    # makes them wait for the import's commit instead of retrying in SQLite's busy handler.
+    with open(settings.database_path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for number, d in batch:
+                conn.execute("SAVEPOINT line")
+                try:
+                    decision_id = conn.execute(
+                        "INSERT INTO decisions (loop, event_id, created_at, record, action_ids, reward_action_id, "
+                        "probability, explanation, model_version, policy, learning_mode, deferred, activated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 'Online', ?, NULL)",
+                        (
+                            loop,
+                            d.event_id,
+                            d.created_at,
+                            d.record,
+                            json.dumps(d.action_ids),
+                            d.action_ids[d.chosen],
+                            d.probability,
+                            EXPLANATION,
+                            int(not d.shown),
+                        ),
+                    ).lastrowid
+                    if d.reward is not None:
+                        conn.execute(
+                            "INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)",
+                            (decision_id, d.reward, d.created_at),
+                        )
+                except sqlite3.IntegrityError as exc:
+                    conn.execute("ROLLBACK TO line")
+                    conn.execute("RELEASE line")
+                    duplicate = "decisions.loop, decisions.event_id" in str(exc)
+                    message = f"EventId {d.event_id!r} is already in loop {loop!r}" if duplicate else str(exc)
+                    errors.append((number, f"not written: {message}"))
+                    continue
+                conn.execute("RELEASE line")
+                written += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return written
+
+
+# -- reading events for evaluation ----------------------------------------------------------------------------
+
+
+class Event(NamedTuple):
+    """One logged event as the replay uses it."""
+
+    line: str  # the labeled record every VW candidate learns from
+    chosen: int  # 0-based index of the logged action in ``_multi``
+    probability: float  # logged probability of the logged action
+    reward: float
+    a: list[int]  # the record's ``a`` (1-based indices) and ``p``: the logged PMF
+    p: list[float]
+    actions: int  # K, the number of eligible actions
+    timestamp: str
+
+
+class Skipped(NamedTuple):
+    """A decision or line the replay leaves out: ``reason`` is a count key, ``error`` what was wrong (or None)."""
+
+    line: int  # 1-based line number in a file; the decision id in a log
+    reason: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoopLog:
+    """A loop's logged decisions made in ``[start, end)``, joined with their rewards as the trainer joins them."""
+
+    settings: Settings
+    loop: str
+    start: datetime | str | None = None
+    end: datetime | str | None = None
+    now: datetime | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"loop {self.loop}"
+            + (f" from {self.start}" if self.start else "")
+            + (f" to {self.end}" if self.end else "")
+        )
+
+    def size(self) -> int:
+        """An upper bound of the events: the loop's decisions in the time range (for a progress bar)."""
+        sql, params = "SELECT count(*) FROM decisions WHERE loop = ?", [self.loop]
+        for condition, moment in (("created_at >= ?", self.start), ("created_at < ?", self.end)):
+            if moment is not None:
+                sql += f" AND {condition}"
+                params.append(log_time(moment))
+        migrate(self.settings.database_path)
+        conn = connect(self.settings.database_path)
+        try:
+            return conn.execute(sql, params).fetchone()[0]
+        finally:
+            conn.close()
+
+    def events(self) -> Iterator[Event | Skipped]:
+        for decision, line in decisions(self.settings, self.loop, self.start, self.end, self.now):
+            if not decision.outcome.shown:
+                yield Skipped(decision.id, "not_activated")
+                continue
+            record = decision.record
+            head = json.loads(record[: record.index(',"c":')] + "}")
+            a, p = head["a"], head["p"]
+            reward = decision.outcome.reward
+            yield Event(line, a[0] - 1, p[0], reward, a, p, len(a), decision.created_at)
+
+
+@dataclass(frozen=True)
+class DsjsonFile:
+    """A DSJSON file of CB decisions (``ranker export`` writes them; Personalizer's logs and VW's are read as
+    ``ranker import`` reads them). Lines in the export's shape (label, head, then ``c``) are replayed as they
+    are; others are rebuilt in ranker's record shape by :func:`ranker.export.read_decision`."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"file {self.path}"
+
+    def size(self) -> int:
+        """An upper bound of the events: the file's lines (for a progress bar)."""
+        with open(self.path, "rb") as stream:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+
+    def events(self) -> Iterator[Event | Skipped]:
+        with open(self.path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield _file_event(number, line)
+
+
+_decode = json.JSONDecoder().decode
+
+
+def _file_event(number: int, line: str) -> Event | Skipped:
+    cut = line.find(',"c":')
+    try:
+        head = _decode(line[:cut] + "}") if cut > 0 else None
+    except ValueError:
+        head = None
+    if type(head) is dict and "_label_cost" in head and "a" in head and "p" in head:
+        try:
+            return _exported_event(number, line, head)
+        except (TypeError, ValueError, IndexError) as exc:
+            return Skipped(number, "invalid", str(exc))
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return Skipped(number, "invalid", f"invalid JSON: {exc}")
+    try:
+        decision = read_decision(obj)
+    except ValueError as exc:
+        return Skipped(number, "invalid", str(exc))
+    if not decision.shown:
+        return Skipped(number, "not_activated")
+    if decision.reward is None:
+        return Skipped(number, "unlabeled")
+    line = dsjson.labeled(decision.record, decision.reward)
+    head = json.loads(decision.record[: decision.record.index(',"c":')] + "}")
+    return Event(
+        line,
+        decision.chosen,
+        decision.probability,
+        decision.reward,
+        head["a"],
+        head["p"],
+        len(decision.action_ids),
+        decision.created_at,
+    )
+
+
+def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Skipped:
+    if head.get("_skipLearn") is True:
+        return Skipped(number, "not_activated")
+    a, p, cost = head["a"], head["p"], head["_label_cost"]
+    k = len(a)  # the export lists every eligible action in "a"
+    if not k or len(p) != k or head.get("_labelIndex", a[0] - 1) != a[0] - 1:
+        raise ValueError('"a", "p" and the label do not agree')
+    if not all(type(i) is int for i in a) or min(a) < 1 or max(a) > k:
+        raise ValueError(f'"a" must hold the action indices 1 to {k}')
+    if min(p) < 0 or max(p) > 1 or not p[0] > 0:
+        raise ValueError('"p" must hold probabilities, the first one positive')
+    if type(cost) not in (int, float) or not -1 <= cost <= 1:
+        raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
+    return Event(line, a[0] - 1, float(p[0]), 0.0 - cost, a, p, k, str(head.get("Timestamp", "")))
