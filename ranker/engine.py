@@ -78,6 +78,21 @@ def reweight(pmf: list[float], factors: list[float]) -> list[float]:
     return [w / total for w in weighted]
 
 
+def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
+    """VW's PMF for one DSJSON line (prediction only), in ``_multi`` order.
+
+    These are pylibvw's calls, which pyvw's parse and predict make too: pyvw also wraps every example in
+    a Python ``Example`` (and looks up its label type), which costs more than VW's own parse and predict
+    of 10 actions. The PMF is the same list that ``Workspace.predict`` returns.
+    """
+    examples = vw._parse(line)
+    try:
+        pylibvw.vw.predict_multi(vw, examples)
+        return list(examples[0].get_action_scores())
+    finally:
+        pylibvw.vw._finish_example_multi_ex(vw, examples)
+
+
 class Engine:
     """A predict-only VW workspace for one loop and model version; safe to share between threads."""
 
@@ -92,21 +107,11 @@ class Engine:
 
     def predict(self, c_json: str, n_actions: int) -> list[float]:
         """VW's PMF over the ``_multi`` actions, in their order."""
-        line = predict_line(c_json, n_actions)
-        vw = self._vw
-        # pylibvw's calls, which pyvw's parse and predict make too: pyvw also wraps every example in a
-        # Python ``Example`` (and looks up its label type), which costs more than VW's own parse and
-        # predict of 10 actions. The PMF is the same list that ``Workspace.predict`` returns.
         with self._lock:
-            examples = vw._parse(line)
-            try:
-                pylibvw.vw.predict_multi(vw, examples)
-                pmf = examples[0].get_action_scores()
-            finally:
-                pylibvw.vw._finish_example_multi_ex(vw, examples)
+            pmf = pmf_of(self._vw, predict_line(c_json, n_actions))
         if len(pmf) != n_actions:
             raise ValueError(f"VW read {len(pmf)} actions where {n_actions} were given")
-        return list(pmf)
+        return pmf
 
     def close(self) -> None:
         self._vw.finish()

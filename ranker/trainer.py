@@ -64,7 +64,7 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig, models
-from .engine import vw_arguments
+from .engine import pmf_of, vw_arguments
 from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
 from .store import connect, migrate
 
@@ -695,12 +695,7 @@ def _with_label(record: str, index: int, reward: float) -> str:
 
 def _greedy(ws: vowpalwabbit.Workspace, record: str) -> int:
     """The action the workspace would choose without exploring: the most probable one, first on ties."""
-    examples = ws._parse(record)
-    try:
-        pylibvw.vw.predict_multi(ws, examples)
-        pmf = examples[0].get_action_scores()
-    finally:
-        pylibvw.vw._finish_example_multi_ex(ws, examples)
+    pmf = pmf_of(ws, record)
     return max(range(len(pmf)), key=lambda i: (pmf[i], -i))
 
 
