@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def test_serve_says_loudly_that_auth_is_off(serve):
     server = serve()
     server.stop()
     assert "AUTH IS OFF" in (server.data_dir / "server.log").read_text()
+
+
 def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -80,3 +83,25 @@ def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
     assert [line.split()[0] for line in table[1:5]] == ["Online", "Baseline", "Random", "default"]
     assert (report / "report.json").exists()
     assert runner.invoke(cli, ["export", "--loop", "nope"]).exit_code == 1
+
+
+def test_train_once_learns_what_is_due(runner, tmp_path, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from ranker.schemas import RankRequest
+    from ranker.service import Service
+    from ranker.settings import load_settings
+
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    config = tmp_path / "ranker.toml"
+    config.write_text('[loops.cards]\nrewardWaitTime = "PT1S"\n')
+    service = Service(load_settings(config))
+    request = RankRequest.model_validate({"actions": [{"id": "a"}, {"id": "b"}]})
+    earlier = datetime.now(UTC) - timedelta(minutes=1)
+    for _ in range(3):
+        service.rank(service.loops["cards"], request, now=earlier)
+    result = runner.invoke(cli, ["train", "--once", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["learned"] == 3 and report["loops"]["cards"]["published"] is not None
+    assert json.loads(runner.invoke(cli, ["train", "--once", "--config", str(config)]).output)["learned"] == 0
