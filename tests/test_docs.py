@@ -32,3 +32,16 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(runner, com
     assert result.exit_code == 0
     assert "Example:" in result.output
     assert f"`ranker {command}`" in README
+
+
+def test_the_readme_configuration_example_is_valid(tmp_path):
+    from ranker.settings import hash_key, load_settings
+
+    example = re.search(r"```toml\n(.*?)```", README, re.S).group(1)
+    example = example.replace('sha256 = "..."', f'sha256 = "{hash_key("k")}"')
+    path = tmp_path / "ranker.toml"
+    path.write_text(example)
+    settings = load_settings(path, environ={})
+    loop = settings.loops["cs-next-best-action"]
+    assert [r.name for r in loop.rules.entitlements] == ["enterprise-only", "no-upsell-after-renewal"]
+    assert loop.rules.priority[0].factor == 2.0 and settings.auth
