@@ -66,6 +66,8 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
     supervisor = trainer.Supervisor(env=env).start()
 
     def forward(signum: int, _frame: object) -> None:
+        if signum != signal.SIGHUP:  # SIGHUP reloads gunicorn's workers; the others stop everything
+            supervisor.halt()
         server.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -756,6 +756,10 @@ class Supervisor:
         self._thread.start()
         return self
 
+    def halt(self) -> None:
+        """Start no new trainer from now on (safe in a signal handler); ``stop`` ends the running one."""
+        self._stop.set()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the trainer (SIGTERM, then SIGKILL after ``timeout``) and stop restarting it."""
         with self._lock:
