@@ -3,7 +3,7 @@
 Export writes a loop's decisions as VW's DSJSON lines for contextual bandits, in id order (the order they
 were committed in, which is the trainer's): the logged record exactly, with the CB label the trainer learns
 put in front of it (:func:`ranker.dsjson.labeled`), the reward joined by the trainer's own
-:class:`~ranker.trainer.RewardJoin`. So ``vw --cb_explore_adf --dsjson -d export.json`` with the loop's
+:class:`~ranker.join.RewardJoin`. So ``vw --cb_explore_adf --dsjson -d export.json`` with the loop's
 arguments trains the model the trainer trained. What each decision becomes:
 
 - learned by the trainer (Online): the labeled record;
@@ -51,10 +51,11 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig
+from .join import COMMIT_GRACE, Joined, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
 from .store import connect, migrate
-from .trainer import COMMIT_GRACE, Joined, RewardJoin, joined, learning_fingerprint
+from .trainer import learning_fingerprint
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})

@@ -45,9 +45,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from . import loopconfig, models
 from .api import api_key
 from .errors import StoreUnavailable
+from .join import COMMIT_GRACE
 from .service import Service
 from .settings import parse_duration
-from .trainer import COMMIT_GRACE
 
 log = logging.getLogger("ranker")
 

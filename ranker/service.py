@@ -20,7 +20,7 @@ from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError
 from .schemas import RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
-from .store import Store
+from .store import Store, timestamp
 
 log = logging.getLogger("ranker")
 
@@ -29,10 +29,6 @@ REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def timestamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass

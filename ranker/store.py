@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ from .errors import StoreUnavailable
 from .migrations import migrations
 
 BATCH_LIMIT = 512
+
+
+def timestamp(moment: datetime) -> str:
+    """A time as the log writes it: ISO 8601 in UTC with microseconds, sorting as text in time order."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """A time read from the log (or an import); without a zone it is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class _Op:
