@@ -32,7 +32,7 @@ UPSERT = (
 )
 
 
-def _stored(loop: Loop) -> tuple[dict, dict | None]:
+def stored(loop: Loop) -> tuple[dict, dict | None]:
     row = service().stored_config(loop.name)
     if row is None:
         return {}, None
@@ -43,7 +43,7 @@ def _effective(loop: Loop):
     return loopconfig.effective(service().settings, loop.name, service().stored_config(loop.name))
 
 
-def _store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
+def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
     """Store the loop's API configuration; reset the model when what it learns with changed."""
     settings, policy, _ = _effective(loop)
     before = trainer.learning_fingerprint(settings, policy)
@@ -106,8 +106,8 @@ def update_service_configuration() -> Response:
     loop = caller(admin=True)
     settings, _, _ = _effective(loop)
     changes = loopconfig.validated_service(settings, json_body())
-    stored_service, stored_policy = _stored(loop)
-    _store_config(loop, {**stored_service, **changes}, stored_policy)
+    stored_service, stored_policy = stored(loop)
+    store_config(loop, {**stored_service, **changes}, stored_policy)
     settings, _, stamp = _effective(loop)
     return json_response(loopconfig.service_body(settings, stamp), 200)
 
@@ -122,8 +122,8 @@ def get_policy() -> Response:
 def update_policy() -> Response:
     loop = caller(admin=True)
     policy = validate(Policy, json_body(), "InvalidPolicyConfiguration")
-    stored_service, _ = _stored(loop)
-    _store_config(loop, stored_service, policy.model_dump())
+    stored_service, _ = stored(loop)
+    store_config(loop, stored_service, policy.model_dump())
     return json_response(policy.model_dump(), 200)
 
 
@@ -131,8 +131,8 @@ def update_policy() -> Response:
 def reset_policy() -> Response:
     """Back to the policy of the settings file."""
     loop = caller(admin=True)
-    stored_service, _ = _stored(loop)
-    _store_config(loop, stored_service, None)
+    stored_service, _ = stored(loop)
+    store_config(loop, stored_service, None)
     return json_response(_effective(loop)[1].model_dump(), 200)
 
 

@@ -23,6 +23,7 @@ from .evaluation.replay import (
     replay,
     write,
 )
+from .evaluation.search import search
 from .export import export, import_dsjson
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
 from .store import migrate
@@ -200,19 +201,33 @@ def import_command(file, loop: str | None, config: str | None) -> None:
 @click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--search", "search_seconds", type=click.FloatRange(0), help="Search VW arguments for SECONDS instead.")
+@click.option("--apply", "apply_best", is_flag=True, help="With --search: make the best the loop's policy.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def evaluate_command(loop, path, start, end, policies, arguments, no_dr, workers, output, config) -> None:
+def evaluate_command(
+    loop, path, start, end, policies, arguments, no_dr, workers, search_seconds, apply_best, output, config
+) -> None:
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
     Online (what was logged), Baseline (first eligible action) and Random always run, with the policy
     files (default: every one in policies_dir) and --arguments. Prints IPS, SNIPS, DR and the 95%
     Cressie-Read interval, and writes report.json and report.png into --output.
 
+    With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
+    within that time instead, starting with the loop's policy and Personalizer's default; the best by the
+    lower end of its interval is printed against Online and written to search.json; --apply makes it the
+    loop's policy (as PUT configurations/policy does: the model is reset and retrained from the log).
+
     Example: ranker evaluate --loop cards --from 2030-01-01 --policy default --arguments "--cb_explore_adf --squarecb"
     """
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
+    if apply_best and (search_seconds is None or path):
+        raise click.UsageError("--apply needs --search over a loop's log (not --file)")
     settings = _settings(config)
+    if search_seconds is not None:
+        _search(settings, loop, path, start, end, search_seconds, apply_best, workers, output)
+        return
     try:
         candidates = [*BUILT_INS, *policy_candidates(settings, policies)]
         candidates += [Candidate(words, words) for words in arguments]
@@ -235,3 +250,70 @@ def evaluate_command(loop, path, start, end, policies, arguments, no_dr, workers
         click.echo(f"skipped {count}: {reason}", err=True)
     json_path, png_path = write(report, output)
     click.echo(f"wrote {json_path}" + (f" and {png_path}" if png_path else " (no plot: matplotlib is not installed)"))
+
+
+def _search(settings, loop, path, start, end, seconds, apply_best, workers, output) -> None:
+    from .admin import store_config, stored
+    from .api import service
+    from .app import create_app
+    from .loopconfig import effective
+    from .settings import Policy
+
+    name = _loop(settings, loop)
+    app = create_app(settings)
+    with app.app_context():
+        current = effective(settings, name, service().stored_config(name))[1].arguments
+        source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
+        try:
+            result = search(source, seconds, current=current, workers=workers)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        online, best = result.online, result.best_row
+        click.echo(f"{result.tried} policies over {result.events} events in {result.seconds:.1f} s")
+        for label, row in (("Online", online), ("best", best)):
+            lo, hi = row["interval"]
+            snips = "-" if row["snips"] is None else f"{row['snips']:.4f}"
+            click.echo(f"{label:7} SNIPS {snips}  interval [{lo:.4f}, {hi:.4f}]  {row['arguments'] or ''}")
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {folder / 'search.json'}")
+        if apply_best:
+            policy = Policy(name="optimized", arguments=result.best["arguments"])
+            target = service().loops[name]
+            store_config(target, stored(target)[0], policy.model_dump())
+            click.echo(f"loop {name}: policy set to {policy.arguments}")
+
+
+@cli.command("importance")
+@click.option("--loop", help="Loop whose log to replay (default: default_loop).")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), help="Replay this DSJSON file instead.")
+@click.option("--from", "start", help="Only decisions made at or after this ISO 8601 time (UTC if no zone).")
+@click.option("--to", "end", help="Only decisions made before this ISO 8601 time.")
+@click.option("--arguments", help="VW arguments of the model (default: the loop's policy file).")
+@click.option("--features", is_flag=True, help="Also leave out each feature, one at a time (one replay each).")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), help="Also write the rows as JSON here.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def importance_command(loop, path, start, end, arguments, features, output, config) -> None:
+    """Score each namespace (and with --features each feature) 0-100 by the estimated reward lost without it.
+
+    100: without it the model does no better than choosing at random; 0: nothing is lost.
+
+    Example: ranker importance --loop cards --features -o importance.json
+    """
+    from .evaluation.importance import importance
+
+    if path and (start or end):
+        raise click.UsageError("--from and --to select from a loop's log, not from --file")
+    settings = _settings(config)
+    name = _loop(settings, loop)
+    source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
+    try:
+        rows = importance(source, arguments or settings.policy(name).arguments, features=features)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for row in rows:
+        part = row["namespace"] + (f".{row['feature']}" if row["feature"] else "")
+        click.echo(f"{row['score']:6.1f}  {part}  (SNIPS {row['estimate']:.4f} without, {row['full']:.4f} with)")
+    if output is not None:
+        json.dump(rows, output, indent=2)

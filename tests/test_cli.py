@@ -105,3 +105,20 @@ def test_train_once_learns_what_is_due(runner, tmp_path, monkeypatch):
     report = json.loads(result.output)
     assert report["learned"] == 3 and report["loops"]["cards"]["published"] is not None
     assert json.loads(runner.invoke(cli, ["train", "--once", "--config", str(config)]).output)["learned"] == 0
+
+
+def test_search_and_importance_over_a_file(runner, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    vw_file = str(Path(__file__).parent / "data" / "dsjson_cb.json")
+    result = runner.invoke(cli, ["evaluate", "--file", vw_file, "--search", "0", "--workers", "1", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "search.json").read_text())
+    assert found["tried"] >= 3 and found["best"]["arguments"].startswith("--cb_explore_adf")
+    assert runner.invoke(cli, ["evaluate", "--file", vw_file, "--search", "0", "--apply"]).exit_code == 2
+
+    result = runner.invoke(cli, ["importance", "--file", vw_file, "-o", str(tmp_path / "rows.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {row["namespace"] for row in rows} >= {"FromUrl"} and all(0 <= row["score"] <= 100 for row in rows)

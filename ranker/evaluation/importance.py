@@ -1,0 +1,131 @@
+"""Feature importance: leave one namespace (or one feature) out, replay, and score the loss of reward.
+
+A namespace is dropped with VW's ``--ignore <c>``, which discards at parse time every namespace whose name
+starts with the character ``c`` (linear terms and the interactions built from them): the records replayed are
+exactly the logged ones. Namespaces sharing a first character are therefore left out together; a row names
+every namespace it dropped. A single feature is left out by rewriting each record minimally: the feature's key
+is removed from the namespace objects that hold it (in ``c`` and in every action of ``_multi``), nothing else
+changes.
+
+The score of a left-out part, with R the SNIPS estimate of the full model, R₋ that of the model without the
+part and R₀ that of the uniformly random policy (the reward of knowing nothing)::
+
+    score = clip(100 · (R − R₋) / (R − R₀), 0, 100)
+
+100 means the model without it is no better than chance, 0 that it loses nothing (or gains). When the full
+model does not beat chance (R ≤ R₀), every score is 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from ranker.evaluation.replay import RANDOM, Candidate, DsjsonFile, Event, LoopLog, Skipped, replay
+
+__all__ = ["importance", "namespaces"]
+
+_SPECIAL = ("_", "@")  # DSJSON fields that are not feature namespaces (_multi, _label_*, _text, @meta ...)
+
+
+def namespaces(source: LoopLog | DsjsonFile, limit: int = 1000) -> dict[str, set[str]]:
+    """The namespaces (keys of ``c`` and of the actions holding an object, or an array, which VW's JSON parser
+    reads as a namespace) and the feature names of their objects, from the first ``limit`` events."""
+    found: dict[str, set[str]] = {}
+    for n, event in enumerate(e for e in source.events() if type(e) is not Skipped):
+        if n >= limit:
+            break
+        context = json.loads(event.line)["c"]
+        for holder in [context, *context.get("_multi", [])]:
+            for key, value in holder.items():
+                if key.startswith(_SPECIAL) or not isinstance(value, dict | list):
+                    continue
+                names = found.setdefault(key, set())
+                for obj in value if isinstance(value, list) else [value]:
+                    if isinstance(obj, dict):
+                        names.update(k for k in obj if not k.startswith(_SPECIAL))
+    return found
+
+
+class _WithoutFeature:
+    """``source`` with one feature's key removed from the namespace that holds it, in every record."""
+
+    def __init__(self, source: LoopLog | DsjsonFile, namespace: str, feature: str):
+        self.source, self.namespace, self.feature = source, namespace, feature
+
+    def __str__(self) -> str:
+        return f"{self.source} without {self.namespace}.{self.feature}"
+
+    def events(self) -> Iterator[Event | Skipped]:
+        for event in self.source.events():
+            if type(event) is Skipped:
+                yield event
+                continue
+            record = json.loads(event.line)
+            context = record["c"]
+            for holder in [context, *context.get("_multi", [])]:
+                value = holder.get(self.namespace)
+                for obj in value if isinstance(value, list) else [value]:
+                    if isinstance(obj, dict):
+                        obj.pop(self.feature, None)
+            yield event._replace(line=json.dumps(record, separators=(",", ":")))
+
+
+def importance(
+    source: LoopLog | DsjsonFile, arguments: str, *, features: bool = False, workers: int = 1
+) -> list[dict[str, Any]]:
+    """Rows ``{"namespace", "feature", "dropped", "estimate", "full", "random", "score"}``, most important
+    first: one per namespace first character (``feature`` None) and, with ``features``, one per feature. The
+    score is defined in the module docstring. Raises :class:`ValueError` when the source has no event."""
+    full_args = Candidate("full", arguments).arguments
+    found = namespaces(source)
+    groups: dict[str, list[str]] = {}
+    for name in sorted(found):
+        groups.setdefault(name[0], []).append(name)
+    candidates = [Candidate(RANDOM), Candidate("full", full_args)]
+    candidates += [Candidate(f"-{char}", f"{full_args} --ignore {char}") for char in groups]
+    report = replay(source, candidates, reward_model=None, workers=workers)
+    estimates = {row["policy"]: row["snips"] or 0.0 for row in report.policies}
+    full, chance = estimates["full"], estimates[RANDOM]
+
+    def score(without: float) -> float:
+        if full <= chance:
+            return 0.0
+        return round(min(100.0, max(0.0, 100.0 * (full - without) / (full - chance))), 2)
+
+    rows = [
+        {
+            "namespace": ", ".join(names),
+            "feature": None,
+            "dropped": f"--ignore {char}",
+            "estimate": estimates[f"-{char}"],
+            "full": full,
+            "random": chance,
+            "score": score(estimates[f"-{char}"]),
+        }
+        for char, names in groups.items()
+    ]
+    if features:
+        for name in sorted(found):
+            for feature in sorted(found[name]):
+                without = replay(
+                    _WithoutFeature(source, name, feature),  # type: ignore[arg-type]
+                    [Candidate("full", full_args)],
+                    reward_model=None,
+                    workers=workers,
+                )
+                estimate = without.policies[0]["snips"] or 0.0
+                rows.append(
+                    {
+                        "namespace": name,
+                        "feature": feature,
+                        "dropped": "record rewritten without the feature",
+                        "estimate": estimate,
+                        "full": full,
+                        "random": chance,
+                        "score": score(estimate),
+                    }
+                )
+    rows.sort(key=lambda row: row["score"], reverse=True)
+    return rows
