@@ -39,13 +39,13 @@ def stored(loop: Loop) -> tuple[dict, dict | None]:
     return json.loads(row["service"] or "{}"), json.loads(row["policy"]) if row["policy"] else None
 
 
-def _effective(loop: Loop):
+def effective(loop: Loop):
     return loopconfig.effective(service().settings, loop.name, service().stored_config(loop.name))
 
 
 def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
     """Store the loop's API configuration; reset the model when what it learns with changed."""
-    settings, policy, _ = _effective(loop)
+    settings, policy, _ = effective(loop)
     before = trainer.learning_fingerprint(settings, policy)
     values = (
         loop.name,
@@ -54,7 +54,7 @@ def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -
         timestamp(datetime.now(UTC)),
     )
     service().store.write(lambda conn: conn.execute(UPSERT, values))
-    settings, policy, _ = _effective(loop)
+    settings, policy, _ = effective(loop)
     arguments, after = trainer.learning_fingerprint(settings, policy)
     if after != before:
         # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
@@ -92,7 +92,7 @@ def _replace_model(loop: Loop, model: bytes, fingerprint: str) -> str:
 @bp.get("/configurations/service")
 def get_service_configuration() -> Response:
     loop = caller(admin=True)
-    settings, _, stamp = _effective(loop)
+    settings, _, stamp = effective(loop)
     body = loopconfig.service_body(settings, stamp)
     rows = service().store.read("SELECT apprentice FROM trainer_state WHERE loop = ?", (loop.name,))
     metrics = trainer.apprentice_metrics(rows[0]["apprentice"] if rows else None)
@@ -104,18 +104,18 @@ def get_service_configuration() -> Response:
 @bp.put("/configurations/service")
 def update_service_configuration() -> Response:
     loop = caller(admin=True)
-    settings, _, _ = _effective(loop)
+    settings, _, _ = effective(loop)
     changes = loopconfig.validated_service(settings, json_body())
     stored_service, stored_policy = stored(loop)
     store_config(loop, {**stored_service, **changes}, stored_policy)
-    settings, _, stamp = _effective(loop)
+    settings, _, stamp = effective(loop)
     return json_response(loopconfig.service_body(settings, stamp), 200)
 
 
 @bp.get("/configurations/policy")
 def get_policy() -> Response:
     loop = caller(admin=True)
-    return json_response(_effective(loop)[1].model_dump(), 200)
+    return json_response(effective(loop)[1].model_dump(), 200)
 
 
 @bp.put("/configurations/policy")
@@ -133,7 +133,7 @@ def reset_policy() -> Response:
     loop = caller(admin=True)
     stored_service, _ = stored(loop)
     store_config(loop, stored_service, None)
-    return json_response(_effective(loop)[1].model_dump(), 200)
+    return json_response(effective(loop)[1].model_dump(), 200)
 
 
 # -- model ------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def import_model() -> Response:
     data = request_bytes()
     if not data:
         raise ApiError(400, "InvalidModelImportFormat", "the body is empty; send the VW model file")
-    settings, policy, _ = _effective(loop)
+    settings, policy, _ = effective(loop)
     arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
     _check_loads(arguments, data)
     _replace_model(loop, data, fingerprint)
@@ -165,7 +165,7 @@ def import_model() -> Response:
 @bp.delete("/model")
 def reset_model() -> Response:
     loop = caller(admin=True)
-    settings, policy, _ = _effective(loop)
+    settings, policy, _ = effective(loop)
     arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
     _replace_model(loop, trainer.fresh_model(arguments), fingerprint)
     return Response(status=204)

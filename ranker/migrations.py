@@ -78,3 +78,23 @@ def create_loop_config(db: Database) -> None:
         pk="loop",
         not_null={"updated_at"},
     )
+
+
+@migrations()
+def create_jobs(db: Database) -> None:
+    # Offline evaluations and feature importances asked for through the API; the trainer process runs them.
+    db["jobs"].create(
+        {
+            "loop": str,
+            "kind": str,  # "evaluation" or "featureImportance"
+            "id": str,
+            "request": str,  # JSON: the job definition, with the loop's policy when it was created
+            "status": str,  # Pending, Running, Succeeded or Failed
+            "result": str,  # JSON: what the job found, or its error
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk=("loop", "kind", "id"),
+        not_null={"request", "status", "created_at", "updated_at"},
+    )
+    db["jobs"].create_index(["status", "created_at"])

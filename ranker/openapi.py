@@ -115,6 +115,16 @@ ADMIN = [
     ("/model/properties", "get", "getModelProperties", "creationTime and lastModifiedTime.", 200),
     ("/logs/properties", "get", "getLogProperties", "Date range of the loop's decisions.", 200),
     ("/logs", "delete", "deleteLogs", "Delete the loop's decisions and rewards.", 204),
+    ("/evaluations", "get", "listEvaluations", "The loop's offline evaluations.", 200),
+    ("/evaluations", "post", "submitEvaluation", "Queue an offline evaluation (id in the body or new).", 201),
+    ("/evaluations/{evaluationId}", "put", "createEvaluation", "Queue an offline evaluation of the log.", 200),
+    ("/evaluations/{evaluationId}", "get", "getEvaluation", "Status and, when done, each policy's estimate.", 200),
+    ("/evaluations/{evaluationId}", "delete", "deleteEvaluation", "Delete an evaluation.", 204),
+    ("/configurations/applyFromEvaluation", "post", "applyFromEvaluation", "Set a policy of an evaluation.", 204),
+    ("/featureImportances", "get", "listFeatureImportances", "The loop's feature importances.", 200),
+    ("/featureImportances/{featureImportanceId}", "put", "createFeatureImportance", "Queue a feature importance.", 200),
+    ("/featureImportances/{featureImportanceId}", "get", "getFeatureImportance", "Status and namespace scores.", 200),
+    ("/featureImportances/{featureImportanceId}", "delete", "deleteFeatureImportance", "Delete one.", 204),
 ]
 
 
@@ -127,7 +137,7 @@ def _admin_operations(prefix: str) -> dict[str, Any]:
             "summary": summary + " Needs an admin key.",
             "responses": {str(status): {"description": "Done."}, **_errors(400, 401, 403, 503)},
         }
-        if method == "put":
+        if method in ("put", "post"):
             kind = "application/octet-stream" if path == "/model" else "application/json"
             operation["requestBody"] = {"required": True, "content": {kind: {"schema": {}}}}
         paths.setdefault(prefix + path, {})[method] = operation

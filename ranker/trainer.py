@@ -74,6 +74,7 @@ CHECKPOINT_SECONDS = 1.0  # ... or this long after the previous checkpoint, whic
 KEEP_VERSIONS = 5  # published versions kept per loop
 POLL_SECONDS = 0.2  # idle wait of run_forever
 RETENTION_EVERY = timedelta(minutes=1)  # how often logRetentionDays is enforced
+JOBS_EVERY = 5.0  # seconds between looks for evaluation jobs while there is learning to do
 APPRENTICE_WINDOW = 1000  # Apprentice progress is reported over this many most recent decisions
 
 
@@ -188,12 +189,17 @@ class Trainer:
         """Hold the trainer lease and learn until ``stop_event`` is set; checkpoint before returning.
 
         Only one trainer per data folder works at a time: another one waits for the lease and takes
-        over when the first one stops or dies.
+        over when the first one stops or dies. Between learning passes it runs the evaluation and feature
+        importance jobs (:mod:`ranker.evaluations`), one at a time: whenever idle, and every JOBS_EVERY seconds.
         """
+        from . import evaluations  # it imports this module
+
         with self.lease(stop_event) as held:
             if not held:
                 return
             self._stop = stop_event
+            evaluations.requeue_interrupted(self._conn)
+            jobs_at = time.monotonic()
             try:
                 while not stop_event.is_set():
                     try:
@@ -201,7 +207,13 @@ class Trainer:
                     except CheckpointConflict as exc:
                         log.warning("%s; reloading from the stored checkpoint", exc)
                         continue
-                    if not report["learned"] and not report["skipped"]:
+                    idle = not report["learned"] and not report["skipped"]
+                    if idle or time.monotonic() - jobs_at >= JOBS_EVERY:
+                        # evaluations and feature importances, one at a time between learning passes
+                        jobs_at = time.monotonic()
+                        if evaluations.run_pending(self.settings, conn=self._conn):
+                            continue
+                    if idle:
                         stop_event.wait(poll)
             finally:
                 self._stop = None

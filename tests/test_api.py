@@ -162,6 +162,11 @@ def test_healthz(client):
     assert client.get("/healthz").get_json() == {"status": "ok", "loops": ["default"], "auth": False}
 
 
+def _camel(name: str) -> str:
+    """A route variable as the OpenAPI path names it: event_id -> eventId."""
+    return re.sub(r"_(\w)", lambda c: c[1].upper(), name)
+
+
 def test_openapi_matches_the_routes_and_the_models(app, client):
     spec = client.get("/openapi.json").get_json()
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
@@ -169,7 +174,7 @@ def test_openapi_matches_the_routes_and_the_models(app, client):
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static", "meta.openapi_json"):
             continue
-        path = re.sub(r"<(?:\w+:)?event_id>", "{eventId}", rule.rule)
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + _camel(m[1]) + "}", rule.rule)
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
     assert spec["components"]["schemas"]["RankRequest"]["required"] == ["actions"]

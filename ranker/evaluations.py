@@ -1,0 +1,431 @@
+"""Personalizer's offline evaluations and feature importances: jobs over a loop's log, run in the background.
+
+``PUT evaluations/{id}`` (or ``POST evaluations``) queues an evaluation of the loop's decisions made in
+``[startTime, endTime)``: the given policies (VW arguments with ``--cb_explore_adf``) are replayed over the log
+with :func:`ranker.evaluation.replay.replay`, beside ``Online`` (what was served), ``Baseline`` (the first action)
+and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate and its ``confidenceInterval`` the
+95% Cressie-Read interval ``[lower, upper]``. ``POST configurations/applyFromEvaluation`` makes a policy of a
+finished evaluation the loop's policy, exactly as ``PUT configurations/policy`` does.
+
+``PUT featureImportances/{id}`` queues a leave-one-namespace-out replay of the loop's policy: for each namespace
+of the logged features, the policy is replayed ignoring it (VW's ``--ignore``, which goes by the namespace's first
+character, so namespaces sharing one are left out together). A namespace scores
+``clip(100 (R - R_) / (R - R0), 0, 100)``, as ``ranker importance`` does: R the SNIPS estimate of the policy with
+every feature, R_ without the namespace, R0 uniform random (all score 0 when R does not beat R0). Features outside
+any namespace (such as each action's ``id``) stay in every replay and are not scored.
+
+Jobs are rows of ``jobs``; :func:`run_pending` runs the oldest pending one (the trainer process calls it when it
+has nothing to learn; it can be called from any process holding the settings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from . import trainer
+from .admin import effective, store_config, stored
+from .api import caller, json_body, json_response, service
+from .errors import ApiError
+from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
+from .export import log_time
+from .schemas import validate
+from .service import timestamp
+from .settings import Policy, Settings
+from .store import connect, migrate
+
+log = logging.getLogger("ranker.evaluations")
+
+bp = Blueprint("evaluations", __name__)
+
+EVALUATION, IMPORTANCE = "evaluation", "featureImportance"
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+MAX_POLICIES = 20
+MAX_ID = 256
+TIMESERIES_POINTS = 20  # points of each policy's cumulative estimate in an evaluation's timeseries
+SOURCES = {ONLINE: "Online", BASELINE: "Baseline", RANDOM: "Random"}
+
+
+def _now() -> str:
+    return timestamp(datetime.now(UTC))
+
+
+def _moment(body: dict[str, Any], name: str) -> datetime:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ApiError(400, "BadRequest", f"{name} is required: an ISO 8601 date and time", target=name)
+    try:
+        moment = datetime.fromisoformat(value.replace(" ", "T"))
+    except ValueError:
+        raise ApiError(400, "BadRequest", f"{name} is not an ISO 8601 date and time: {value!r}", target=name) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _job_id(value: Any, target: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or any(ord(ch) < 32 for ch in value):
+        raise ApiError(400, "BadRequest", "an id has 1-256 characters and no control characters", target=target)
+    return value
+
+
+def _definition(body: Any, kind: str) -> dict[str, Any]:
+    """The stored job definition: name, time range and, for an evaluation, the policies to replay."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "BadRequest", "name is required", target="name")
+    start, end = _moment(body, "startTime"), _moment(body, "endTime")
+    if start >= end:
+        raise ApiError(400, "BadRequest", "startTime must be before endTime", target="startTime")
+    definition: dict[str, Any] = {"name": name, "startTime": log_time(start), "endTime": log_time(end)}
+    if kind == EVALUATION:
+        policies = body.get("policies") or []
+        if not isinstance(policies, list) or len(policies) > MAX_POLICIES:
+            raise ApiError(400, "BadRequest", f"policies is a list of at most {MAX_POLICIES}", target="policies")
+        checked = []
+        for i, policy in enumerate(policies):
+            policy = validate(Policy, policy, "InvalidPolicyConfiguration")
+            try:
+                Candidate(policy.name, policy.arguments)
+            except ValueError as exc:
+                raise ApiError(400, "InvalidPolicyConfiguration", str(exc), target=f"policies[{i}]") from None
+            if policy.name in SOURCES or policy.name in [p["name"] for p in checked]:
+                raise ApiError(
+                    400, "InvalidPolicyConfiguration", f"policy name {policy.name!r} is taken", target=f"policies[{i}]"
+                )
+            checked.append(policy.model_dump())
+        definition["policies"] = checked
+        definition["enablePolicyOptimization"] = bool(body.get("enablePolicyOptimization", False))
+    return definition
+
+
+def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
+    """Queue a job; its id from the path, or (``job_id`` None) from the body's ``id`` or a new one."""
+    loop = caller(admin=True)
+    body = json_body()
+    if job_id is None:
+        job_id = body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None
+    job_id = _job_id(job_id, target)
+    definition = _definition(body, kind)
+    settings, policy, _ = effective(loop)
+    definition["online"] = {
+        "name": policy.name,
+        "arguments": policy.arguments,
+        "learning": trainer.learning_fingerprint(settings, policy)[0],
+    }
+    now = _now()
+    values = (loop.name, kind, job_id, json.dumps(definition), PENDING, now, now)
+    inserted = service().store.write(
+        lambda conn: (
+            conn.execute(
+                "INSERT OR IGNORE INTO jobs (loop, kind, id, request, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            ).rowcount
+        )
+    )
+    if not inserted:
+        raise ApiError(409, "ResourceExists", f"{kind} {job_id!r} exists already; delete it first", target="id")
+    return _body(kind, _row(loop.name, kind, job_id))
+
+
+def _row(loop: str, kind: str, job_id: str) -> dict[str, Any]:
+    rows = service().store.read("SELECT * FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop, kind, job_id))
+    if not rows:
+        raise ApiError(404, "ResourceNotFound", f"no {kind} with id {job_id!r} in this loop", target="id")
+    return rows[0]
+
+
+def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
+    """Personalizer's evaluation or feature importance object of a job row."""
+    definition = json.loads(row["request"])
+    result = json.loads(row["result"]) if row["result"] else {}
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "name": definition["name"],
+        "startTime": definition["startTime"],
+        "endTime": definition["endTime"],
+        "creationTime": row["created_at"],
+        "status": row["status"],
+    }
+    if kind == EVALUATION:
+        body["evaluationType"] = "Manual"
+    if not full:
+        return body
+    if "error" in result:
+        body["description"] = result["error"]
+    elif kind == EVALUATION:
+        body["policies"] = definition["policies"]
+        if result:
+            body["description"] = f"{result['events']} events replayed"
+            body["events"] = result["events"]
+            body["skipped"] = result["skipped"]
+            body["optimalPolicy"] = result["optimalPolicy"]
+            body["content"] = result["content"]
+    elif result:
+        body["description"] = f"{result['events']} events replayed"
+        body["featureScores"] = result["featureScores"]
+    return body
+
+
+def _list(kind: str) -> Response:
+    loop = caller(admin=True)
+    try:
+        skip = int(request.args.get("skip", 0))
+        top = int(request.args["top"]) if "top" in request.args else -1
+    except ValueError:
+        raise ApiError(400, "BadRequest", "top and skip are integers") from None
+    if skip < 0:
+        raise ApiError(400, "BadRequest", "skip must not be negative", target="skip")
+    rows = service().store.read(
+        "SELECT * FROM jobs WHERE loop = ? AND kind = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (loop.name, kind, top, skip),
+    )
+    return json_response({"value": [_body(kind, row, full=False) for row in rows]}, 200)
+
+
+def _delete(kind: str, job_id: str) -> Response:
+    loop = caller(admin=True)
+    deleted = service().store.write(
+        lambda conn: (
+            conn.execute("DELETE FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop.name, kind, job_id)).rowcount
+        )
+    )
+    if not deleted:
+        raise ApiError(404, "ResourceNotFound", f"no {kind} with id {job_id!r} in this loop", target="id")
+    return Response(status=204)
+
+
+# -- evaluations ------------------------------------------------------------------------------------
+
+
+@bp.put("/evaluations/<evaluation_id>")
+def create_evaluation(evaluation_id: str) -> Response:
+    return json_response(_create(EVALUATION, evaluation_id, "evaluationId"), 200)
+
+
+@bp.post("/evaluations")
+def submit_evaluation() -> Response:
+    """The same, with the id in the body (or a new one): 201 with the evaluation and its Location."""
+    created = _create(EVALUATION, None, "id")
+    response = json_response(created, 201)
+    response.headers["Location"] = f"{request.path}/{created['id']}"
+    return response
+
+
+@bp.get("/evaluations/<evaluation_id>")
+def get_evaluation(evaluation_id: str) -> Response:
+    loop = caller(admin=True)
+    return json_response(_body(EVALUATION, _row(loop.name, EVALUATION, evaluation_id)), 200)
+
+
+@bp.get("/evaluations")
+def list_evaluations() -> Response:
+    return _list(EVALUATION)
+
+
+@bp.delete("/evaluations/<evaluation_id>")
+def delete_evaluation(evaluation_id: str) -> Response:
+    return _delete(EVALUATION, evaluation_id)
+
+
+@bp.post("/configurations/applyFromEvaluation")
+def apply_from_evaluation() -> Response:
+    """Make a policy of a finished evaluation the loop's policy (as ``PUT configurations/policy``)."""
+    loop = caller(admin=True)
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    evaluation_id = _job_id(body.get("evaluationId"), "evaluationId")
+    name = body.get("policyName")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "BadRequest", "policyName is required", target="policyName")
+    row = _row(loop.name, EVALUATION, evaluation_id)
+    if row["status"] != SUCCEEDED:
+        raise ApiError(409, "Conflict", f"evaluation {evaluation_id!r} is {row['status']}, not Succeeded")
+    definition = json.loads(row["request"])
+    policies = {p["name"]: p for p in definition["policies"]}
+    if name == ONLINE:
+        policies[name] = {"name": definition["online"]["name"], "arguments": definition["online"]["arguments"]}
+    if name in (BASELINE, RANDOM):
+        raise ApiError(
+            400, "InvalidPolicyConfiguration", f"{name} is a reference, not a VW policy", target="policyName"
+        )
+    if name not in policies:
+        raise ApiError(
+            404, "ResourceNotFound", f"no policy {name!r} in evaluation {evaluation_id!r}", target="policyName"
+        )
+    policy = validate(Policy, policies[name], "InvalidPolicyConfiguration")
+    stored_service, _ = stored(loop)
+    store_config(loop, stored_service, policy.model_dump())
+    return Response(status=204)
+
+
+# -- feature importances ----------------------------------------------------------------------------
+
+
+@bp.put("/featureImportances/<feature_importance_id>")
+def create_feature_importance(feature_importance_id: str) -> Response:
+    return json_response(_create(IMPORTANCE, feature_importance_id, "featureImportanceId"), 200)
+
+
+@bp.get("/featureImportances/<feature_importance_id>")
+def get_feature_importance(feature_importance_id: str) -> Response:
+    loop = caller(admin=True)
+    return json_response(_body(IMPORTANCE, _row(loop.name, IMPORTANCE, feature_importance_id)), 200)
+
+
+@bp.get("/featureImportances")
+def list_feature_importances() -> Response:
+    return _list(IMPORTANCE)
+
+
+@bp.delete("/featureImportances/<feature_importance_id>")
+def delete_feature_importance(feature_importance_id: str) -> Response:
+    return _delete(IMPORTANCE, feature_importance_id)
+
+
+# -- running the jobs -------------------------------------------------------------------------------
+
+
+def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | None = None) -> int:
+    """Run up to ``limit`` pending jobs, oldest first; return how many ran (succeeded or failed).
+
+    ``conn`` is an open connection to the migrated database (the trainer's); without one, one is opened."""
+    own = conn is None
+    if conn is None:
+        migrate(settings.database_path)
+        conn = connect(settings.database_path, settings.synchronous)
+    ran = 0
+    try:
+        while ran < limit:
+            cursor = conn.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1", (PENDING,))
+            found = cursor.fetchone()
+            if found is None:
+                break
+            row = dict(zip([d[0] for d in cursor.description], found, strict=True))
+            key = (row["loop"], row["kind"], row["id"])
+            claimed = conn.execute(
+                "UPDATE jobs SET status = ?, updated_at = ? WHERE loop = ? AND kind = ? AND id = ? AND status = ?",
+                (RUNNING, _now(), *key, PENDING),
+            ).rowcount
+            if not claimed:
+                continue
+            ran += 1
+            try:
+                if row["loop"] not in settings.loops:
+                    raise ValueError(f"loop {row['loop']!r} is not in the settings any more")
+                definition = json.loads(row["request"])
+                run = _evaluate if row["kind"] == EVALUATION else _importance
+                status, result = SUCCEEDED, run(settings, row["loop"], definition)
+            except Exception as exc:  # the job fails with its reason; the caller goes on
+                log.warning("%s %s of loop %s failed: %s", row["kind"], row["id"], row["loop"], exc)
+                status, result = FAILED, {"error": str(exc) or type(exc).__name__}
+            # a job deleted while it ran stays deleted
+            conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, updated_at = ? WHERE loop = ? AND kind = ? AND id = ?",
+                (status, json.dumps(result), _now(), *key),
+            )
+    finally:
+        if own:
+            conn.close()
+    return ran
+
+
+def requeue_interrupted(conn: sqlite3.Connection) -> int:
+    """Queue again the jobs left Running by a process that stopped (the trainer calls it when it takes over)."""
+    return conn.execute(
+        "UPDATE jobs SET status = ?, updated_at = ? WHERE status = ?", (PENDING, _now(), RUNNING)
+    ).rowcount
+
+
+def _source(settings: Settings, loop: str, definition: dict[str, Any]) -> LoopLog:
+    return LoopLog(settings, loop, definition["startTime"], definition["endTime"])
+
+
+def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
+    custom = [Candidate(p["name"], p["arguments"]) for p in definition["policies"]]
+    report = replay(_source(settings, loop, definition), [*BUILT_INS, *custom])
+    arguments = {p["name"]: p["arguments"] for p in definition["policies"]}
+    arguments[ONLINE] = definition["online"]["arguments"]
+    checkpoints = report.cumulative["event"]
+    step = max(1, len(checkpoints) // TIMESERIES_POINTS)
+    picks = sorted({*range(step - 1, len(checkpoints), step), len(checkpoints) - 1})
+    value = []
+    for row in report.policies:
+        name = row["policy"]
+        expected = row["cressie_read"] if row["cressie_read"] is not None else row["ips"]
+        series = report.cumulative["ips"][name]
+        value.append(
+            {
+                "name": name,
+                "arguments": arguments.get(name, ""),
+                "policySource": SOURCES.get(name, "Custom"),
+                "slotId": "",
+                "summary": {
+                    "expectedReward": expected,
+                    "confidenceInterval": row["interval"],
+                    "events": row["n"],
+                    "ips": row["ips"],
+                    "snips": row["snips"],
+                    "dr": row["dr"],
+                },
+                "timeseries": {
+                    "data": [
+                        {"timeStamp": report.cumulative["timestamp"][i], "expectedReward": series[i]} for i in picks
+                    ]
+                },
+            }
+        )
+    choices = [v for v in value if v["name"] not in (BASELINE, RANDOM)]
+    best = max(choices, key=lambda v: v["summary"]["confidenceInterval"][0])
+    return {
+        "events": report.events,
+        "skipped": report.skipped,
+        "optimalPolicy": best["name"],
+        "content": {"startTime": definition["startTime"], "endTime": definition["endTime"], "value": value},
+    }
+
+
+def _namespaces(settings: Settings, loop: str, definition: dict[str, Any]) -> list[str]:
+    """The feature namespaces of the loop's logged records in the time range (context and actions)."""
+    conn = connect(settings.database_path, settings.synchronous)
+    try:
+        names: set[str] = set()
+        for (record,) in conn.execute(
+            "SELECT record FROM decisions WHERE loop = ? AND created_at >= ? AND created_at < ? AND record IS NOT NULL",
+            (loop, definition["startTime"], definition["endTime"]),
+        ):
+            context = json.loads(record)["c"]
+            for features in [context, *context.get("_multi", [])]:
+                names.update(k for k, v in features.items() if isinstance(v, dict) and not k.startswith("_"))
+    finally:
+        conn.close()
+    return sorted(names)
+
+
+def _importance(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
+    names = _namespaces(settings, loop, definition)
+    if not names:
+        raise ValueError("no decision with namespaced features in the time range")
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name[0], []).append(name)
+    base = definition["online"]["learning"]
+    candidates = [Candidate(RANDOM), Candidate("all", base)]
+    candidates += [Candidate(f"-{char}", f"{base} --ignore {char}") for char in groups]
+    report = replay(_source(settings, loop, definition), candidates, reward_model=None)
+    snips = {row["policy"]: row["snips"] for row in report.policies}
+    full, uniform = snips["all"], snips[RANDOM]
+    scores = []
+    for char, members in groups.items():
+        gain = full - uniform
+        score = min(100.0, max(0.0, 100 * (full - snips[f"-{char}"]) / gain)) if gain > 0 else 0.0
+        scores.extend({"namespace": name, "featureName": "", "score": round(score, 1)} for name in members)
+    return {"events": report.events, "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"]))}

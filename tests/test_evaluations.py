@@ -1,0 +1,274 @@
+"""Offline evaluations and feature importances through the API: jobs over logs the real Service wrote, run by
+``run_pending`` (the trainer's call) with the real VW; and the real SDK against ``ranker serve``, whose trainer
+runs them."""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.ai.personalizer import PersonalizerAdministrationClient, PersonalizerClient
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from conftest import ADMIN_KEY, KEYED_CONFIG, RANK_KEY
+
+from ranker.app import create_app
+from ranker.evaluations import requeue_interrupted, run_pending
+from ranker.schemas import RankRequest
+from ranker.service import timestamp
+from ranker.settings import load_settings
+from ranker.store import connect
+
+ADMIN = {"Ocp-Apim-Subscription-Key": ADMIN_KEY}
+RANK = {"Ocp-Apim-Subscription-Key": RANK_KEY}
+V1 = "/personalizer/v1.0"
+K, SEGMENTS, EVENTS = 4, 4, 800
+LEARNER = {"name": "learner", "arguments": "--cb_explore_adf --epsilon 0.05 --cb_type mtr -q ::"}
+CONFIG = KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nrewardWaitTime = "PT1S"')
+
+
+def click_probability(segment: int, action: int) -> float:
+    """In segment s, action (s + 1) mod K is clicked 70% of the time, every other one 10%."""
+    return 0.7 if action == (segment + 1) % K else 0.1
+
+
+def request_body(event_id: str, segment: int, rng: random.Random) -> dict:
+    actions = [{"id": f"a{i}", "features": [{"item": {"kind": f"k{i}"}}]} for i in range(K)]
+    context = [{"user": {"segment": f"s{segment}"}}, {"noise": {"draw": rng.randrange(3)}}]
+    return {"contextFeatures": context, "actions": actions, "eventId": event_id}
+
+
+@pytest.fixture
+def logged(tmp_path):
+    """A keyed app whose loop "cards" logged EVENTS decisions two hours ago, rewards drawn from the world."""
+    path = tmp_path / "ranker.toml"
+    path.write_text(CONFIG)
+    settings = load_settings(path, environ={}, overrides={"data_dir": tmp_path, "synchronous": "NORMAL"})
+    app = create_app(settings)
+    service = app.extensions["ranker"]
+    loop = service.loops["cards"]
+    rng = random.Random(7)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    segments = [rng.randrange(SEGMENTS) for _ in range(EVENTS)]
+    bodies = [RankRequest.model_validate(request_body(f"e{n}", segments[n], rng)) for n in range(EVENTS)]
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(lambda n: service.rank(loop, bodies[n], now=start + timedelta(milliseconds=10 * n)), range(EVENTS))
+        )
+    ids = {row["event_id"]: row["id"] for row in service.store.read("SELECT id, event_id FROM decisions")}
+    rewards = []
+    for n, response in enumerate(responses):
+        if rng.random() < click_probability(segments[n], int(response["rewardActionId"][1:])):
+            rewards.append((ids[f"e{n}"], 1.0, timestamp(start + timedelta(milliseconds=10 * n + 300))))
+    service.store.write(
+        lambda conn: conn.executemany("INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)", rewards)
+    )
+    window = {"startTime": (start - timedelta(minutes=1)).isoformat(), "endTime": datetime.now(UTC).isoformat()}
+    return app.test_client(), settings, window, len(rewards) / EVENTS
+
+
+def by_name(evaluation: dict) -> dict[str, dict]:
+    return {policy["name"]: policy for policy in evaluation["content"]["value"]}
+
+
+def test_an_evaluation_runs_reports_each_policy_and_its_policy_can_be_applied(logged):
+    client, settings, window, mean_reward = logged
+    body = {"name": "weekly", **window, "policies": [LEARNER]}
+    created = client.put(f"{V1}/evaluations/ev1", json=body, headers=ADMIN)
+    assert created.status_code == 200
+    assert created.get_json()["status"] == "Pending"
+    assert created.get_json()["evaluationType"] == "Manual"
+    again = client.put(f"{V1}/evaluations/ev1", json=body, headers=ADMIN)
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "ResourceExists"
+    applied = client.post(
+        f"{V1}/configurations/applyFromEvaluation", json={"evaluationId": "ev1", "policyName": "learner"}, headers=ADMIN
+    )
+    assert applied.status_code == 409  # not run yet
+
+    assert run_pending(settings) == 1
+    assert run_pending(settings) == 0
+    evaluation = client.get(f"{V1}/evaluations/ev1", headers=ADMIN).get_json()
+    assert evaluation["status"] == "Succeeded", evaluation
+    assert evaluation["events"] == EVENTS
+    policies = by_name(evaluation)
+    assert set(policies) == {"Online", "Baseline", "Random", "learner"}
+    assert policies["learner"]["policySource"] == "Custom" and policies["Online"]["policySource"] == "Online"
+    for policy in policies.values():
+        summary = policy["summary"]
+        lower, upper = summary["confidenceInterval"]
+        assert 0 <= lower <= summary["expectedReward"] <= upper <= 1, policy
+        assert summary["events"] == EVENTS
+        assert policy["timeseries"]["data"]
+    # Online is what was served: its estimate is the mean logged reward
+    assert policies["Online"]["summary"]["ips"] == pytest.approx(mean_reward)
+    # the world rewards learning the segment's action; a uniform choice earns (0.7 + 3 * 0.1) / 4
+    assert (
+        policies["Random"]["summary"]["confidenceInterval"][0]
+        < 0.25
+        < policies["Random"]["summary"]["confidenceInterval"][1]
+    )
+    assert policies["learner"]["summary"]["expectedReward"] > policies["Random"]["summary"]["confidenceInterval"][1]
+    assert evaluation["optimalPolicy"] in ("learner", "Online")
+
+    listed = client.get(f"{V1}/evaluations", headers=ADMIN).get_json()["value"]
+    assert [(e["id"], e["status"]) for e in listed] == [("ev1", "Succeeded")]
+
+    def apply(policy_name, evaluation_id="ev1"):
+        body = {"evaluationId": evaluation_id, "policyName": policy_name}
+        return client.post(f"{V1}/configurations/applyFromEvaluation", json=body, headers=ADMIN)
+
+    assert apply("learner", "nope").status_code == 404
+    assert apply("nope").status_code == 404
+    assert apply("Random").status_code == 400
+    assert apply("learner", "ev1").status_code == 204
+    assert client.get(f"{V1}/configurations/policy", headers=ADMIN).get_json() == LEARNER
+    assert apply("Online").status_code == 204  # the policy the loop had when the evaluation was made
+    assert client.get(f"{V1}/configurations/policy", headers=ADMIN).get_json()["name"] == "default"
+
+    assert client.delete(f"{V1}/evaluations/ev1", headers=ADMIN).status_code == 204
+    assert client.get(f"{V1}/evaluations/ev1", headers=ADMIN).status_code == 404
+    assert client.delete(f"{V1}/evaluations/ev1", headers=ADMIN).status_code == 404
+    assert client.get(f"{V1}/evaluations", headers=ADMIN).get_json() == {"value": []}
+
+
+def test_requests_are_checked_and_need_the_admin_key(logged):
+    client, settings, window, _ = logged
+    body = {"name": "n", **window}
+    for method, path in [
+        ("put", "/evaluations/x"),
+        ("get", "/evaluations/x"),
+        ("get", "/evaluations"),
+        ("delete", "/evaluations/x"),
+        ("post", "/evaluations"),
+        ("post", "/configurations/applyFromEvaluation"),
+        ("put", "/featureImportances/x"),
+        ("get", "/featureImportances/x"),
+        ("get", "/featureImportances"),
+        ("delete", "/featureImportances/x"),
+    ]:
+        response = getattr(client, method)(f"{V1}{path}", json=body, headers=RANK)
+        assert response.status_code == 403, (method, path)
+        assert set(response.get_json()["error"]) >= {"code", "message"}
+        assert getattr(client, method)(f"{V1}{path}", json=body).status_code == 401
+        assert getattr(client, method)(f"{V1}{path}", data="x", headers=RANK).status_code == 403
+    for bad, target in [
+        ({**window}, "name"),
+        ({"name": "n", "startTime": window["endTime"], "endTime": window["startTime"]}, "startTime"),
+        ({"name": "n", **window, "endTime": "tomorrow"}, "endTime"),
+        ({"name": "n", **window, "policies": [{"name": "p", "arguments": "--cb_adf"}]}, None),
+        ({"name": "n", **window, "policies": [{"name": "Random", "arguments": LEARNER["arguments"]}]}, "policies[0]"),
+    ]:
+        response = client.put(f"{V1}/evaluations/bad", json=bad, headers=ADMIN)
+        assert response.status_code == 400, bad
+        assert response.get_json()["error"].get("target") == target or target is None
+    assert client.get(f"{V1}/evaluations/bad", headers=ADMIN).status_code == 404
+
+    submitted = client.post(f"{V1}/evaluations", json={"id": "posted", **body}, headers=ADMIN)
+    assert submitted.status_code == 201
+    assert submitted.headers["Location"].endswith("/evaluations/posted")
+    fresh = client.post(f"{V1}/evaluations", json=body, headers=ADMIN)
+    assert fresh.status_code == 201 and fresh.get_json()["id"] != "posted"
+    assert client.post(f"{V1}/evaluations", json={"id": "posted", **body}, headers=ADMIN).status_code == 409
+    top = client.get(f"{V1}/evaluations?top=1&skip=1", headers=ADMIN).get_json()["value"]
+    assert len(top) == 1
+
+
+def test_an_evaluation_of_an_empty_range_fails_with_its_reason(logged):
+    client, settings, window, _ = logged
+    empty = {"name": "future", "startTime": "2100-01-01T00:00:00Z", "endTime": "2100-01-02T00:00:00Z"}
+    assert client.put(f"{V1}/evaluations/empty", json=empty, headers=ADMIN).status_code == 200
+    assert run_pending(settings) == 1
+    evaluation = client.get(f"{V1}/evaluations/empty", headers=ADMIN).get_json()
+    assert evaluation["status"] == "Failed"
+    assert "no event" in evaluation["description"]
+    assert "content" not in evaluation
+
+
+def test_a_job_left_running_by_a_stopped_trainer_runs_again(logged):
+    client, settings, window, _ = logged
+    assert client.put(f"{V1}/evaluations/cut", json={"name": "cut", **window}, headers=ADMIN).status_code == 200
+    conn = connect(settings.database_path)
+    try:
+        conn.execute("UPDATE jobs SET status = 'Running'")  # the trainer stopped in the middle of it
+        assert run_pending(settings, conn=conn) == 0
+        assert requeue_interrupted(conn) == 1
+        assert run_pending(settings, conn=conn) == 1
+    finally:
+        conn.close()
+    evaluation = client.get(f"{V1}/evaluations/cut", headers=ADMIN).get_json()
+    assert evaluation["status"] == "Succeeded"
+    assert {p["name"] for p in evaluation["content"]["value"]} == {"Online", "Baseline", "Random"}
+
+
+def test_feature_importance_scores_each_namespace(logged):
+    client, settings, window, _ = logged
+    created = client.put(f"{V1}/featureImportances/fi", json={"name": "fi", **window}, headers=ADMIN)
+    assert created.status_code == 200 and created.get_json()["status"] == "Pending"
+    assert client.put(f"{V1}/featureImportances/fi", json={"name": "fi", **window}, headers=ADMIN).status_code == 409
+    assert run_pending(settings) == 1
+    importance = client.get(f"{V1}/featureImportances/fi", headers=ADMIN).get_json()
+    assert importance["status"] == "Succeeded", importance
+    scores = {score["namespace"]: score["score"] for score in importance["featureScores"]}
+    assert set(scores) == {"user", "item", "noise"}
+    assert all(0 <= score <= 100 for score in scores.values())
+    # the segment decides which action is clicked; the noise carries nothing, and the item's kind nothing the
+    # action's id (a feature outside any namespace, which stays) does not carry already
+    assert scores["user"] > 75
+    assert scores["noise"] < 25 and scores["item"] < 25
+    listed = client.get(f"{V1}/featureImportances", headers=ADMIN).get_json()["value"]
+    assert [(f["id"], f["status"]) for f in listed] == [("fi", "Succeeded")]
+    assert client.delete(f"{V1}/featureImportances/fi", headers=ADMIN).status_code == 204
+    assert client.get(f"{V1}/featureImportances/fi", headers=ADMIN).status_code == 404
+
+
+def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(serve):
+    server = serve(CONFIG)
+    admin = PersonalizerAdministrationClient(server.url, AzureKeyCredential(ADMIN_KEY), retry_total=0)
+    client = PersonalizerClient(server.url, AzureKeyCredential(RANK_KEY), retry_total=0)
+    rng = random.Random(11)
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    for n in range(60):
+        segment = rng.randrange(SEGMENTS)
+        response = client.rank(request_body(f"s{n}", segment, rng))
+        if rng.random() < click_probability(segment, int(response["rewardActionId"][1:])):
+            client.reward(f"s{n}", {"value": 1.0})
+    time.sleep(2.5)  # rewardWaitTime and the commit grace: every decision is due
+    window = {"startTime": start.isoformat(), "endTime": datetime.now(UTC).isoformat()}
+
+    admin.create_evaluation("sdk", {"name": "sdk", **window, "policies": [LEARNER]})
+    with pytest.raises(ResourceExistsError):
+        admin.create_evaluation("sdk", {"name": "sdk", **window, "policies": [LEARNER]})
+    admin.create_feature_importance("sdk-fi", {"name": "sdk-fi", **window})
+    deadline = time.monotonic() + 30
+    while True:
+        evaluation = admin.get_evaluation("sdk", start_time=start, end_time=datetime.now(UTC))
+        importance = admin.get_feature_importance("sdk-fi")
+        if evaluation["status"] != "Pending" and importance["status"] not in ("Pending", "Running"):
+            break
+        assert time.monotonic() < deadline, (evaluation["status"], importance["status"])
+        time.sleep(0.2)
+    assert evaluation["status"] == "Succeeded", evaluation
+    assert {p["name"] for p in evaluation["content"]["value"]} == {"Online", "Baseline", "Random", "learner"}
+    assert importance["status"] == "Succeeded", importance
+    assert {s["namespace"] for s in importance["featureScores"]} == {"user", "item", "noise"}
+    assert [e["id"] for e in admin.list_evaluations()] == ["sdk"]
+    assert [f["id"] for f in admin.list_feature_importances()] == ["sdk-fi"]
+
+    admin.apply_from_evaluation({"evaluationId": "sdk", "policyName": "learner"})
+    assert admin.get_policy() == LEARNER
+    with pytest.raises(ResourceNotFoundError):
+        admin.apply_from_evaluation({"evaluationId": "sdk", "policyName": "nope"})
+
+    admin.delete_evaluation("sdk")
+    admin.delete_feature_importance("sdk-fi")
+    with pytest.raises(ResourceNotFoundError):
+        admin.get_evaluation("sdk", start_time=start, end_time=datetime.now(UTC))
+    with pytest.raises(ResourceNotFoundError):
+        admin.get_feature_importance("sdk-fi")
+    rank_only = PersonalizerAdministrationClient(server.url, AzureKeyCredential(RANK_KEY), retry_total=0)
+    with pytest.raises(HttpResponseError) as error:
+        list(rank_only.list_evaluations())
+    assert error.value.status_code == 403
