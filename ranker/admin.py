@@ -25,12 +25,6 @@ from .settings import Policy
 
 bp = Blueprint("admin", __name__)
 
-UPSERT = (
-    "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
-    "updated_at = excluded.updated_at"
-)
-
 
 def stored(loop: Loop) -> tuple[dict, dict | None]:
     row = service().stored_config(loop.name)
@@ -53,7 +47,7 @@ def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -
         json.dumps(stored_policy) if stored_policy else None,
         timestamp(datetime.now(UTC)),
     )
-    service().store.write(lambda conn: conn.execute(UPSERT, values))
+    service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
     settings, policy, _ = effective(loop)
     arguments, after = trainer.learning_fingerprint(settings, policy)
     if after != before:

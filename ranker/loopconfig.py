@@ -26,6 +26,11 @@ SERVICE_FIELDS = (
     "learningMode",
 )
 SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
+UPSERT = (
+    "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
+    "updated_at = excluded.updated_at"
+)
 
 
 def effective(settings: Settings, loop: str, row: tuple | dict | None) -> tuple[LoopSettings, Policy, str | None]:

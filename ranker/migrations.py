@@ -98,3 +98,13 @@ def create_jobs(db: Database) -> None:
         not_null={"request", "status", "created_at", "updated_at"},
     )
     db["jobs"].create_index(["status", "created_at"])
+
+
+@migrations()
+def create_mode_switches(db: Database) -> None:
+    # Every switch of a loop's learning mode the trainer made by itself, with the evidence it acted on.
+    db["mode_switches"].create(
+        {"id": int, "loop": str, "switched_at": str, "from_mode": str, "to_mode": str, "evidence": str},
+        pk="id",
+        not_null={"loop", "switched_at", "from_mode", "to_mode", "evidence"},
+    )

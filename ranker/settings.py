@@ -114,6 +114,13 @@ class LoopSettings(BaseModel):
         alias="actionIdFeature",
         description='Add each action\'s id as a feature (top-level key "id") unless its features have one.',
     )
+    apprentice_graduation_events: int = Field(
+        0,
+        alias="apprenticeGraduationEvents",
+        ge=0,
+        description="In Apprentice mode, switch to Online once a replay over at least this many logged events "
+        "puts the model's lower confidence bound above the baseline's estimate; 0 never switches.",
+    )
     rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
     keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
 

@@ -76,6 +76,7 @@ POLL_SECONDS = 0.2  # idle wait of run_forever
 RETENTION_EVERY = timedelta(minutes=1)  # how often logRetentionDays is enforced
 JOBS_EVERY = 5.0  # seconds between looks for evaluation jobs while there is learning to do
 APPRENTICE_WINDOW = 1000  # Apprentice progress is reported over this many most recent decisions
+GRADUATION_EVERY = timedelta(minutes=1)  # how often an Apprentice loop's graduation is checked
 
 
 class CheckpointConflict(RuntimeError):
@@ -102,6 +103,7 @@ class _Loop:
     published_learned: int = 0
     published_at: datetime | None = None
     retained_at: datetime | None = None  # last enforcement of logRetentionDays
+    graduation_checked_at: datetime | None = None  # last check of apprenticeGraduationEvents
     # Apprentice decisions learned most recently: (created_at, model matched the baseline, reward)
     apprentice: list[tuple[str, bool, float]] = field(default_factory=list)
     # progress since the last checkpoint
@@ -179,6 +181,7 @@ class Trainer:
                 report[name]["published"] = version
             report[name]["last_decision_id"] = loop.last_id
             self._retain(loop, now)
+            self._maybe_graduate(loop, now)
         return {
             "learned": sum(r["learned"] for r in report.values()),
             "skipped": sum(r["skipped"] for r in report.values()),
@@ -458,6 +461,45 @@ class Trainer:
             raise
         if deleted:
             log.info("loop %s: deleted %d decisions older than %d days", loop.name, deleted, days)
+
+    def _maybe_graduate(self, loop: _Loop, now: datetime) -> None:
+        """Apprentice -> Online once the replayed model's lower bound beats the baseline (apprenticeGraduationEvents).
+
+        At most every GRADUATION_EVERY. The switch is stored as the API would store it (``loop_config``), so
+        workers apply it within 0.1 s, and recorded with its evidence in ``mode_switches``.
+        """
+        settings, _, _ = loopconfig.read(self._conn, self.settings, loop.name)
+        needed = settings.apprentice_graduation_events
+        if settings.learning_mode != "Apprentice" or needed <= 0 or loop.learned < needed:
+            return
+        if (
+            loop.graduation_checked_at is not None
+            and timedelta(0) <= now - loop.graduation_checked_at < GRADUATION_EVERY
+        ):
+            return
+        loop.graduation_checked_at = now
+        from .evaluation.replay import LoopLog  # the replay imports the export, which imports this module
+        from .evaluation.search import graduation
+
+        evidence = graduation(LoopLog(self.settings, loop.name, now=now), loop.arguments, needed)
+        if not evidence["graduate"]:
+            log.info("loop %s: stays in Apprentice mode: %s", loop.name, evidence["reason"])
+            return
+        row = self._conn.execute(loopconfig.SELECT, (loop.name,)).fetchone()
+        service = {**json.loads((row and row[0]) or "{}"), "learningMode": "Online"}
+        stamp = timestamp(now)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(loopconfig.UPSERT, (loop.name, json.dumps(service), row and row[1], stamp))
+            self._conn.execute(
+                "INSERT INTO mode_switches (loop, switched_at, from_mode, to_mode, evidence) VALUES (?, ?, ?, ?, ?)",
+                (loop.name, stamp, "Apprentice", "Online", json.dumps(evidence)),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        log.warning("loop %s: switched from Apprentice to Online: %s", loop.name, json.dumps(evidence))
 
     def _drop(self, name: str) -> None:
         loop = self._loops.pop(name, None)

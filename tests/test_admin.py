@@ -219,3 +219,43 @@ def test_the_sdk_administration_client_runs_unchanged(serve):
     with pytest.raises(HttpResponseError) as error:
         rank_only.get_policy()
     assert error.value.status_code == 403
+
+
+def test_an_apprentice_loop_graduates_to_online_on_replayed_evidence(tmp_path):
+    path = tmp_path / "ranker.toml"
+    path.write_text(
+        KEYED_CONFIG.replace(
+            'policy = "default"', 'policy = "default"\nrewardWaitTime = "PT1S"\napprenticeGraduationEvents = 300'
+        )
+    )
+    settings = load_settings(path, environ={}, overrides={"data_dir": tmp_path})
+    client = create_app(settings).test_client()
+    # Online first: exploration shows that a2 earns 1 and the baseline (a0, first eligible) nothing.
+    for i in range(400):
+        body = rank(client, f"e{i}")
+        client.post(f"{V1}/events/e{i}/reward", json={"value": float(body["rewardActionId"] == "a2")}, headers=RANK)
+    config = client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()
+    client.put(f"{V1}/configurations/service", json=dict(config, learningMode="Apprentice"), headers=ADMIN)
+    for i in range(20):
+        assert rank(client, f"apprentice{i}")["rewardActionId"] == "a0"
+
+    with Trainer(settings) as trainer:
+        trainer.run_once(now=datetime.now(UTC) + timedelta(seconds=5))
+    with sqlite3.connect(tmp_path / "ranker.db") as conn:
+        switches = conn.execute("SELECT loop, from_mode, to_mode, evidence FROM mode_switches").fetchall()
+    conn.close()
+    assert [s[:3] for s in switches] == [("cards", "Apprentice", "Online")]
+    evidence = json.loads(switches[0][3])
+    assert evidence["graduate"] and evidence["events"] >= 300 and evidence["lower_bound"] > evidence["baseline"]
+    assert client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()["learningMode"] == "Online"
+
+
+def test_graduation_is_off_by_default(keyed):
+    client, _, settings = keyed
+    config = client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()
+    client.put(f"{V1}/configurations/service", json=dict(config, learningMode="Apprentice"), headers=ADMIN)
+    for i in range(50):
+        rank(client, f"a{i}")
+    with Trainer(settings) as trainer:
+        trainer.run_once(now=datetime.now(UTC) + timedelta(seconds=5))
+    assert client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()["learningMode"] == "Apprentice"
