@@ -38,18 +38,23 @@ def effective(loop: Loop):
 
 
 def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
-    """Store the loop's API configuration; reset the model when what it learns with changed."""
-    settings, policy, _ = effective(loop)
-    before = trainer.learning_fingerprint(settings, policy)
-    values = (
-        loop.name,
-        json.dumps(stored_service) if stored_service else None,
-        json.dumps(stored_policy) if stored_policy else None,
-        timestamp(datetime.now(UTC)),
-    )
-    service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
-    settings, policy, _ = effective(loop)
+    """Store the loop's API configuration; reset the model when what it learns with changed.
+
+    New learning arguments are first loaded by VW in a separate process: a configuration VW refuses is a
+    400 and is not stored.
+    """
+    row = {
+        "service": json.dumps(stored_service) if stored_service else None,
+        "policy": json.dumps(stored_policy) if stored_policy else None,
+        "updated_at": timestamp(datetime.now(UTC)),
+    }
+    _, before = trainer.learning_fingerprint(*effective(loop)[:2])
+    settings, policy, _ = loopconfig.effective(service().settings, loop.name, row)
     arguments, after = trainer.learning_fingerprint(settings, policy)
+    if after != before:
+        check_vw(arguments, None, "InvalidPolicyConfiguration")
+    values = (loop.name, *row.values())
+    service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
     if after != before:
         # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
         models.publish(service().settings.data_dir, loop.name, trainer.fresh_model(arguments))
@@ -151,7 +156,7 @@ def import_model() -> Response:
         raise ApiError(400, "InvalidModelImportFormat", "the body is empty; send the VW model file")
     settings, policy, _ = effective(loop)
     arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
-    _check_loads(arguments, data)
+    check_vw(arguments, data, "InvalidModelImportFormat")
     _replace_model(loop, data, fingerprint)
     return Response(status=204)
 
@@ -182,20 +187,27 @@ def _mtime(path) -> str:
     return timestamp(datetime.fromtimestamp(os.stat(path).st_mtime, UTC))
 
 
-def _check_loads(arguments: str, data: bytes) -> None:
-    """Load the model in a separate process: VW may abort on a malformed file, which must not take a worker."""
+def check_vw(arguments: str, model: bytes | None, code: str) -> None:
+    """Have VW load these arguments (and model) in a separate process: VW may abort on what it cannot
+    read, which must not take a worker down. A refusal is a 400 with ``code``."""
     with tempfile.NamedTemporaryFile(suffix=".vw", dir=service().settings.data_dir) as file:
-        file.write(data)
+        file.write(model or b"")
         file.flush()
         probe = (
-            "import sys, vowpalwabbit; vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t -i ' + sys.argv[2]).finish()"
+            "import sys, vowpalwabbit; vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t'"
+            + (" + ' -i ' + sys.argv[2]" if model is not None else "")
+            + ").finish()"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
-        )
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ApiError(400, code, "VW did not load it within 60 s") from exc
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["VW could not load it"])[-1]
-        raise ApiError(400, "InvalidModelImportFormat", f"not a model this loop's policy can load: {reason}")
+        what = "a model this loop's policy can load" if model is not None else "arguments VW accepts"
+        raise ApiError(400, code, f"not {what}: {reason}")
 
 
 # -- logs -------------------------------------------------------------------------------------------

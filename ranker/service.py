@@ -99,11 +99,18 @@ class Service:
         loop.checked_at = now
         row = self.stored_config(loop.name)
         if (row and row["updated_at"]) != loop.config_stamp:
-            loop.settings, loop.policy, loop.config_stamp = loopconfig.effective(self.settings, loop.name, row)
-            arguments = vw_arguments(loop.policy.arguments, loop.settings.exploration_percentage)
-            if arguments != loop.arguments:  # a new policy starts from a fresh model until one is published
-                loop.arguments, loop.engine, loop.model_stamp = arguments, Engine(arguments), None
-            log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
+            try:
+                settings, policy, stamp = loopconfig.effective(self.settings, loop.name, row)
+                arguments = vw_arguments(policy.arguments, settings.exploration_percentage)
+                engine = Engine(arguments) if arguments != loop.arguments else None
+            except (ValueError, RuntimeError) as exc:  # keep serving with the configuration in hand
+                log.error("loop %s: configuration of %s not applied: %s", loop.name, row and row["updated_at"], exc)
+                loop.config_stamp = row and row["updated_at"]
+            else:
+                loop.settings, loop.policy, loop.config_stamp = settings, policy, stamp
+                if engine is not None:  # a new policy starts from a fresh model until one is published
+                    loop.arguments, loop.engine, loop.model_stamp = arguments, engine, None
+                log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
         stamp = models.stamp(self.settings.data_dir, loop.name)
         if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .rules import Rules
 
 PACKAGE_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+# VW options that read or write files, or listen: a policy is learning arguments, never I/O.
+FILE_OPTIONS = {
+    "-f", "--final_regressor", "-i", "--initial_regressor", "--readable_model", "--invert_hash", "-d", "--data",
+    "-c", "--cache", "--cache_file", "-p", "--predictions", "-r", "--raw_predictions", "--daemon", "--port",
+    "--pid_file", "--port_file", "--output_feature_regularizer_binary", "--output_feature_regularizer_text",
+    "--input_feature_regularizer", "--feature_mask", "--dictionary", "--dictionary_path", "--audit_regressor",
+    "--save_per_pass", "--save_resume",
+}  # fmt: skip
+MAX_DURATION = timedelta(days=3650)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 _DURATION = re.compile(
@@ -36,9 +46,15 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT10M or PT1S")
     parts = {k: float(v) for k, v in match.groupdict().items() if v}
-    return timedelta(
-        days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
-    )
+    try:
+        duration = timedelta(
+            days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
+        )
+    except OverflowError as exc:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days} days") from exc
+    if duration > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days} days")
+    return duration
 
 
 def hash_key(key: str) -> str:
@@ -56,8 +72,18 @@ class Policy(BaseModel):
     @field_validator("arguments")
     @classmethod
     def _contextual_bandit(cls, value: str) -> str:
-        if "--cb_explore_adf" not in value.split():
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"policy arguments cannot be read: {exc}") from exc
+        if "--cb_explore_adf" not in words:
             raise ValueError("policy arguments must use --cb_explore_adf")
+        for word in words:
+            option = word.split("=", 1)[0]
+            if option in FILE_OPTIONS or any(
+                word.startswith(short) and word != short for short in ("-f", "-i", "-d", "-p", "-r", "-c")
+            ):
+                raise ValueError(f"policy arguments may not name files or ports ({word}); the service manages them")
         return value
 
 
@@ -103,7 +129,7 @@ class LoopSettings(BaseModel):
         "PT1M", alias="modelExportFrequency", description="ISO 8601 duration between model publications."
     )
     log_retention_days: int = Field(
-        -1, alias="logRetentionDays", ge=-1, description="Days decisions are kept; -1 keeps them forever."
+        -1, alias="logRetentionDays", ge=-1, le=36500, description="Days decisions are kept; -1 keeps them forever."
     )
     learning_mode: Literal["Online", "Apprentice", "LoggingOnly"] = Field(
         "Online", alias="learningMode", description="Personalizer's learning mode."

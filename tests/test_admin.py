@@ -259,3 +259,36 @@ def test_graduation_is_off_by_default(keyed):
     with Trainer(settings) as trainer:
         trainer.run_once(now=datetime.now(UTC) + timedelta(seconds=5))
     assert client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()["learningMode"] == "Apprentice"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '--cb_explore_adf "',  # unreadable quoting
+        "--cb_explore_adf --no_such_option",  # VW refuses it
+        "--cb_explore_adf -f /tmp/written-by-vw.vw",  # files are the service's business
+        "--cb_explore_adf --readable_model=/tmp/written-by-vw.txt",
+        "--cb_explore_adf -q :: -d/etc/passwd",
+    ],
+)
+def test_a_policy_vw_refuses_or_that_names_files_is_a_400_and_changes_nothing(keyed, arguments):
+    client, service, _ = keyed
+    response = client.put(f"{V1}/configurations/policy", json={"name": "bad", "arguments": arguments}, headers=ADMIN)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "InvalidPolicyConfiguration"
+    assert client.get(f"{V1}/configurations/policy", headers=ADMIN).get_json()["name"] == "default"
+    assert service.store.read("SELECT count(*) AS n FROM loop_config")[0]["n"] == 0
+    rank(client, "still-serving")
+
+
+@pytest.mark.parametrize(
+    "change", [{"logRetentionDays": 1000000}, {"rewardWaitTime": "P999999999D"}, {"modelExportFrequency": "P4000D"}]
+)
+def test_service_settings_out_of_range_are_a_400(keyed, change):
+    client, _, settings = keyed
+    config = client.get(f"{V1}/configurations/service", headers=ADMIN).get_json()
+    response = client.put(f"{V1}/configurations/service", json=dict(config, **change), headers=ADMIN)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "InvalidServiceConfiguration"
+    with Trainer(settings) as trainer:  # and the trainer keeps working
+        trainer.run_once(now=datetime.now(UTC) + timedelta(seconds=5))
