@@ -46,7 +46,7 @@ def parse_time(text: str) -> datetime:
 class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
-    __slots__ = ("fn", "insert", "result", "error", "_done")
+    __slots__ = ("fn", "insert", "result", "error", "_done", "_claim")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None) -> None:
         self.fn = fn
@@ -56,6 +56,11 @@ class _Op:
         # A bare lock, held until the op is committed: cheaper to make, wait on and release than an Event.
         self._done = threading.Lock()
         self._done.acquire()
+        # Taken once, by the writer about to run the op or by a request giving up on it: never both.
+        self._claim = threading.Lock()
+
+    def claim(self) -> bool:
+        return self._claim.acquire(blocking=False)
 
     def wait(self, timeout: float) -> bool:
         return self._done.acquire(timeout=timeout)
@@ -167,7 +172,9 @@ class Store:
         op = _Op(fn, insert)
         self._queue.put(op)
         if not op.wait(self.commit_timeout):
-            raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
+            if op.claim():  # the writer never took it, and now never will: nothing was written
+                raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
+            op.wait(-1)  # it is inside a transaction already: answer with what that transaction did
         if op.error is not None:
             raise op.error
         return op.result
@@ -197,6 +204,10 @@ class Store:
                         batch.append(pending.get_nowait())
                     except queue.Empty:
                         break
+                # An op whose request already gave up (and answered 503) is dropped, never written.
+                batch = [op for op in batch if op.claim()]
+                if not batch:
+                    continue
                 try:
                     if conn is None:
                         conn = connect(self.path, self.synchronous)

@@ -185,3 +185,21 @@ def test_openapi_matches_the_routes_and_the_models(app, client):
         own = model.model_json_schema(ref_template="#/components/schemas/{model}")
         own.pop("$defs", None)
         assert spec["components"]["schemas"][name] == own
+
+
+def test_a_request_answered_503_was_not_written_and_can_be_retried(tmp_path):
+    """A commit that does not come in time is a 503, and then the write never happens: a retry is safe."""
+    import fcntl
+
+    app = create_app({"data_dir": tmp_path, "commit_timeout": 0.5})
+    client, service = app.test_client(), app.extensions["ranker"]
+    assert client.post("/personalizer/v1.0/rank", json=rank_body(eventId="e0")).status_code == 201
+    with open(tmp_path / "ranker.lock", "a") as lock:  # another process holds the writers' turn
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert client.post("/personalizer/v1.0/events/e0/reward", json={"value": 1}).status_code == 503
+        assert client.post("/personalizer/v1.0/rank", json=rank_body(eventId="e1")).status_code == 503
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert client.post("/personalizer/v1.0/events/e0/reward", json={"value": 1}).status_code == 204
+    assert client.post("/personalizer/v1.0/rank", json=rank_body(eventId="e1")).status_code == 201
+    assert [r["value"] for r in service.store.rewards("default", "e0")] == [1.0]
+    assert service.store.counts() == {"decisions": 2, "rewards": 1}
