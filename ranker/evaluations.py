@@ -64,7 +64,14 @@ def _moment(body: dict[str, Any], name: str) -> datetime:
         moment = datetime.fromisoformat(value.replace(" ", "T"))
     except ValueError:
         raise ApiError(400, "BadRequest", f"{name} is not an ISO 8601 date and time: {value!r}", target=name) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(
+            400, "BadRequest", f"{name} is outside the years 1-9999 in UTC: {value!r}", target=name
+        ) from None
+    return moment
 
 
 def _job_id(value: Any, target: str) -> str:
@@ -181,8 +188,13 @@ def _list(kind: str) -> Response:
         top = int(request.args["top"]) if "top" in request.args else -1
     except ValueError:
         raise ApiError(400, "BadRequest", "top and skip are integers") from None
-    if skip < 0:
-        raise ApiError(400, "BadRequest", "skip must not be negative", target="skip")
+    if not 0 <= skip <= 2**62 or not -1 <= top <= 2**62:
+        raise ApiError(
+            400,
+            "BadRequest",
+            "skip is 0 to 2^62 and top -1 to 2^62",
+            target="skip" if skip < 0 or skip > 2**62 else "top",
+        )
     rows = service().store.read(
         "SELECT * FROM jobs WHERE loop = ? AND kind = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
         (loop.name, kind, top, skip),

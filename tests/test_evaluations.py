@@ -272,3 +272,21 @@ def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(se
     with pytest.raises(HttpResponseError) as error:
         list(rank_only.list_evaluations())
     assert error.value.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "method, url, body",
+    [
+        ("put", "/evaluations/x", {"name": "x", "startTime": "0001-01-01T00:00:00+01:00", "endTime": "2030-01-01"}),
+        ("put", "/evaluations/x", {"name": "x", "startTime": "2020-01-01", "endTime": "9999-12-31T23:59:59-01:00"}),
+        ("get", "/evaluations?top=99999999999999999999", None),
+        ("get", "/evaluations?skip=99999999999999999999", None),
+        ("get", "/featureImportances?top=-5", None),
+    ],
+)
+def test_times_and_paging_out_of_range_are_a_400(tmp_path, method, url, body):
+    path = tmp_path / "ranker.toml"
+    path.write_text(CONFIG)
+    client = create_app(load_settings(path, environ={}, overrides={"data_dir": tmp_path})).test_client()
+    response = getattr(client, method)(f"/personalizer/v1.0{url}", json=body, headers=ADMIN)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "BadRequest"
