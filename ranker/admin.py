@@ -63,8 +63,14 @@ def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -
 
 
 def _replace_model(loop: Loop, model: bytes, fingerprint: str) -> str:
-    """Make ``model`` the loop's model: the trainer continues from it with the decisions logged from now on."""
+    """Make ``model`` the loop's model: the trainer continues from it with the decisions logged from now on.
+
+    The model is published inside the log's write turn, as the trainer publishes: a trainer that learned
+    on from the previous model cannot publish it over this one (it finds the generation raised).
+    """
     now = timestamp(datetime.now(UTC))
+    data_dir = service().settings.data_dir  # reset() runs in the store's writer thread, outside the app
+    published: list[str] = []
 
     def reset(conn) -> None:
         conn.execute(
@@ -77,12 +83,12 @@ def _replace_model(loop: Loop, model: bytes, fingerprint: str) -> str:
             "generation = generation + 1, updated_at = ? WHERE loop = ?",
             (fingerprint, model, loop.name, now, loop.name),
         )
+        published.append(models.publish(data_dir, loop.name, model))
 
     service().store.write(reset)
-    version = models.publish(service().settings.data_dir, loop.name, model)
     loop.checked_at = 0.0
     service().refresh(loop)
-    return version
+    return published[-1]
 
 
 # -- configurations ---------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ from . import dsjson, loopconfig, models
 from .engine import pmf_of, vw_arguments
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
-from .store import connect, migrate, parse_time, timestamp
+from .store import connect, migrate, parse_time, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
 
@@ -429,11 +429,19 @@ class Trainer:
         # A clock that went back does not hold publications up.
         if loop.published_at is not None and timedelta(0) <= now - loop.published_at < loop.export:
             return None
-        version = models.publish(self.data_dir, loop.name, loop.model)
-        self._conn.execute(
-            "UPDATE trainer_state SET published_version = ?, published_learned = ?, published_at = ? WHERE loop = ?",
-            (version, loop.learned, timestamp(now), loop.name),
-        )
+        # In the log's write turn, as a model import or reset is: neither publishes over the other.
+        with write_turn(self.settings.database_path):
+            (generation,) = self._conn.execute(
+                "SELECT generation FROM trainer_state WHERE loop = ?", (loop.name,)
+            ).fetchone()
+            if generation != loop.generation:
+                raise CheckpointConflict(f"loop {loop.name}: the model was imported or reset under the trainer")
+            version = models.publish(self.data_dir, loop.name, loop.model)
+            self._conn.execute(
+                "UPDATE trainer_state SET published_version = ?, published_learned = ?, published_at = ? "
+                "WHERE loop = ?",
+                (version, loop.learned, timestamp(now), loop.name),
+            )
         loop.published_learned, loop.published_at = loop.learned, now
         models.prune(self.data_dir, loop.name, self.keep_versions)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
