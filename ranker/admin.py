@@ -7,6 +7,7 @@ model is published at once so the workers stop serving the old one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -26,6 +27,10 @@ from .settings import Policy
 bp = Blueprint("admin", __name__)
 
 
+def effective(loop: Loop):
+    return loopconfig.effective(service().settings, loop.name, service().stored_config(loop.name))
+
+
 def stored(loop: Loop) -> tuple[dict, dict | None]:
     row = service().stored_config(loop.name)
     if row is None:
@@ -33,31 +38,41 @@ def stored(loop: Loop) -> tuple[dict, dict | None]:
     return json.loads(row["service"] or "{}"), json.loads(row["policy"]) if row["policy"] else None
 
 
-def effective(loop: Loop):
-    return loopconfig.effective(service().settings, loop.name, service().stored_config(loop.name))
+def set_service(loop: Loop, changes: dict) -> None:
+    """Change service configuration fields of the loop (as PUT configurations/service)."""
+    _change_config(loop, lambda service, policy: ({**service, **changes}, policy))
 
 
-def store_config(loop: Loop, stored_service: dict, stored_policy: dict | None) -> None:
+def set_policy(loop: Loop, policy: dict | None) -> None:
+    """Set the loop's policy, or None for the settings file's (as PUT / DELETE configurations/policy)."""
+    _change_config(loop, lambda service, _: (service, policy))
+
+
+def _change_config(loop: Loop, change) -> None:
     """Store the loop's API configuration; reset the model when what it learns with changed.
 
-    New learning arguments are first loaded by VW in a separate process: a configuration VW refuses is a
-    400 and is not stored.
+    Changes are serialised across processes (a lock file), so two at once cannot lose one. New learning
+    arguments are first loaded by VW in a separate process: a configuration VW refuses is a 400 and is not
+    stored.
     """
-    row = {
-        "service": json.dumps(stored_service) if stored_service else None,
-        "policy": json.dumps(stored_policy) if stored_policy else None,
-        "updated_at": timestamp(datetime.now(UTC)),
-    }
-    _, before = trainer.learning_fingerprint(*effective(loop)[:2])
-    settings, policy, _ = loopconfig.effective(service().settings, loop.name, row)
-    arguments, after = trainer.learning_fingerprint(settings, policy)
-    if after != before:
-        check_vw(arguments, None, "InvalidPolicyConfiguration")
-    values = (loop.name, *row.values())
-    service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
-    if after != before:
-        # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
-        models.publish(service().settings.data_dir, loop.name, trainer.fresh_model(arguments))
+    with open(service().settings.data_dir / "config.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored_service, stored_policy = change(*stored(loop))
+        row = {
+            "service": json.dumps(stored_service) if stored_service else None,
+            "policy": json.dumps(stored_policy) if stored_policy else None,
+            "updated_at": timestamp(datetime.now(UTC)),
+        }
+        _, before = trainer.learning_fingerprint(*effective(loop)[:2])
+        settings, policy, _ = loopconfig.effective(service().settings, loop.name, row)
+        arguments, after = trainer.learning_fingerprint(settings, policy)
+        if after != before:
+            check_vw(arguments, None, "InvalidPolicyConfiguration")
+        values = (loop.name, *row.values())
+        service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
+        if after != before:
+            # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
+            models.publish(service().settings.data_dir, loop.name, trainer.fresh_model(arguments))
     loop.checked_at = 0.0  # this worker applies it now; the others within REFRESH_SECONDS
     service().refresh(loop)
 
@@ -111,8 +126,7 @@ def update_service_configuration() -> Response:
     loop = caller(admin=True)
     settings, _, _ = effective(loop)
     changes = loopconfig.validated_service(settings, json_body())
-    stored_service, stored_policy = stored(loop)
-    store_config(loop, {**stored_service, **changes}, stored_policy)
+    set_service(loop, changes)
     settings, _, stamp = effective(loop)
     return json_response(loopconfig.service_body(settings, stamp), 200)
 
@@ -127,8 +141,7 @@ def get_policy() -> Response:
 def update_policy() -> Response:
     loop = caller(admin=True)
     policy = validate(Policy, json_body(), "InvalidPolicyConfiguration")
-    stored_service, _ = stored(loop)
-    store_config(loop, stored_service, policy.model_dump())
+    set_policy(loop, policy.model_dump())
     return json_response(policy.model_dump(), 200)
 
 
@@ -136,8 +149,7 @@ def update_policy() -> Response:
 def reset_policy() -> Response:
     """Back to the policy of the settings file."""
     loop = caller(admin=True)
-    stored_service, _ = stored(loop)
-    store_config(loop, stored_service, None)
+    set_policy(loop, None)
     return json_response(effective(loop)[1].model_dump(), 200)
 
 

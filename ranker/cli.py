@@ -253,7 +253,7 @@ def evaluate_command(
 
 
 def _search(settings, loop, path, start, end, seconds, apply_best, workers, output) -> None:
-    from .admin import store_config, stored
+    from .admin import set_policy
     from .api import service
     from .app import create_app
     from .loopconfig import effective
@@ -281,7 +281,7 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
         if apply_best:
             policy = Policy(name="optimized", arguments=result.best["arguments"])
             target = service().loops[name]
-            store_config(target, stored(target)[0], policy.model_dump())
+            set_policy(target, policy.model_dump())
             click.echo(f"loop {name}: policy set to {policy.arguments}")
 
 

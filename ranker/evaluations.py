@@ -30,7 +30,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from . import trainer
-from .admin import effective, store_config, stored
+from .admin import effective, set_policy
 from .api import caller, json_body, json_response, service
 from .errors import ApiError
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
@@ -274,8 +274,7 @@ def apply_from_evaluation() -> Response:
             404, "ResourceNotFound", f"no policy {name!r} in evaluation {evaluation_id!r}", target="policyName"
         )
     policy = validate(Policy, policies[name], "InvalidPolicyConfiguration")
-    stored_service, _ = stored(loop)
-    store_config(loop, stored_service, policy.model_dump())
+    set_policy(loop, policy.model_dump())
     return Response(status=204)
 
 
