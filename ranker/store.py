@@ -175,6 +175,8 @@ class Store:
             if op.claim():  # the writer never took it, and now never will: nothing was written
                 raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
             op.wait(-1)  # it is inside a transaction already: answer with what that transaction did
+        if isinstance(op.error, sqlite3.Error):  # e.g. a full disk: the log is what failed, not the request
+            raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
             raise op.error
         return op.result
