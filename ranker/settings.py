@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .rules import Rules
 
@@ -150,18 +150,11 @@ class LoopSettings(BaseModel):
     rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
     keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
 
-    @field_validator("reward_wait_time")
+    @field_validator("reward_wait_time", "model_export_frequency")
     @classmethod
-    def _wait_time(cls, value: str) -> str:
+    def _at_least_a_second(cls, value: str, info: ValidationInfo) -> str:
         if parse_duration(value) < timedelta(seconds=1):
-            raise ValueError("rewardWaitTime must be at least 1 second")
-        return value
-
-    @field_validator("model_export_frequency")
-    @classmethod
-    def _export_frequency(cls, value: str) -> str:
-        if parse_duration(value) < timedelta(seconds=1):
-            raise ValueError("modelExportFrequency must be at least 1 second")
+            raise ValueError(f"{cls.model_fields[info.field_name].alias} must be at least 1 second")
         return value
 
 
