@@ -54,7 +54,7 @@ from . import dsjson, loopconfig
 from .join import COMMIT_GRACE, Joined, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
-from .store import connect, migrate
+from .store import connect, migrate, parse_time, timestamp
 from .trainer import learning_fingerprint
 
 IMPORT_BATCH = 500  # lines per import transaction
@@ -66,12 +66,11 @@ def log_time(value: datetime | str) -> str:
     """A moment in the log's timestamp format (UTC, microseconds); naive ones are taken as UTC."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = parse_time(value)
         except ValueError:
             raise ValueError(f"not an ISO 8601 time: {value!r}") from None
-    moment = value
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return timestamp(moment.astimezone(UTC))
 
 
 # -- export -------------------------------------------------------------------------------------------------
