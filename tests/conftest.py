@@ -66,6 +66,7 @@ class Server:
 
     def __init__(self, data_dir: Path, config: str | None = None, **settings: str):
         self.data_dir = data_dir
+        self.workers = int(settings.get("workers", 2))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
@@ -85,15 +86,17 @@ class Server:
             raise
 
     def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until a worker answers, every worker has booted and the trainer runs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {(self.data_dir / 'server.log').read_text()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
+                healthy = requests.get(self.url + "/healthz", timeout=1).status_code == 200
             except (requests.ConnectionError, requests.Timeout):  # workers still booting
-                pass
+                healthy = False
+            if healthy and len(self.worker_pids()) == self.workers and self.trainer_pid() is not None:
+                return
             time.sleep(0.1)
         raise RuntimeError("server did not become ready")
 
