@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.routing import PathConverter
 
 from .errors import ApiError
-from .schemas import RankRequest, RewardRequest, parse_json, validate
+from .schemas import MultiSlotRankRequest, MultiSlotRewardRequest, RankRequest, RewardRequest, parse_json, validate
 from .service import Loop, Service
 
 bp = Blueprint("api", __name__)
@@ -88,4 +88,28 @@ def activate(event_id: str) -> Response:
     loop = caller()
     event_id = checked_event_id(event_id, "InvalidEventIdToActivate")
     service().activate(loop, event_id)
+    return Response(status=204)
+
+
+@bp.post("/multislot/rank")
+def rank_multislot() -> Response:
+    loop = caller()
+    req = validate(MultiSlotRankRequest, json_body(), "InvalidRankRequest")
+    return json_response(service().rank_multislot(loop, req), 201)
+
+
+@bp.post("/multislot/events/<event_id:event_id>/reward")
+def reward_multislot(event_id: str) -> Response:
+    loop = caller()
+    event_id = checked_event_id(event_id, "InvalidRewardRequest")
+    req = validate(MultiSlotRewardRequest, json_body(), "InvalidRewardRequest")
+    service().reward_slots(loop, event_id, [(r.slotId, r.value) for r in req.reward])
+    return Response(status=204)
+
+
+@bp.post("/multislot/events/<event_id:event_id>/activate")
+def activate_multislot(event_id: str) -> Response:
+    loop = caller()
+    event_id = checked_event_id(event_id, "InvalidEventIdToActivate")
+    service().activate(loop, event_id, multislot=True)
     return Response(status=204)

@@ -5,6 +5,12 @@ label added) and what ``ranker export`` writes, so there is exactly one feature 
 VW's DSJSON (VowpalWabbit wiki "DSJSON"): ``c`` holds the shared namespaces and ``_multi`` (one object
 per eligible action, in request order), ``a`` the 1-based action indices with the chosen one first,
 ``p`` their probabilities, ``_label_*`` the learned label.
+
+A multi-slot decision is VW's conditional contextual bandit (CCB) DSJSON: ``c`` also holds ``_slots``
+(one object per filled slot, in request order: ``_id``, the slot's features and ``_inc``, the 0-based
+``_multi`` indices it could take), and after ``c`` come ``_outcomes`` (per slot: ``_id``, ``_a`` the
+0-based indices with the chosen one first, ``_p`` their probabilities, ``_label_cost`` once learned) and
+``_ba``, the baseline's choice per slot.
 """
 
 from __future__ import annotations
@@ -81,3 +87,45 @@ def labeled(line: str, reward: float, *, skip_learn: bool = False) -> str:
     if skip_learn:
         label["_skipLearn"] = True
     return _dumps(label)[:-1] + "," + line[1:]
+
+
+def with_slots(c_json: str, slots: list[dict[str, Any]]) -> str:
+    """The ``c`` object of :func:`context_json` with ``_slots`` added: each slot ``{"_id", "_inc", ...features}``."""
+    return c_json[:-1] + ',"_slots":' + _dumps(slots) + "}"
+
+
+def multislot_line(
+    event_id: str, timestamp: str, c_json: str, outcomes: list[dict[str, Any]], baseline: list[int]
+) -> str:
+    """The logged multi-slot record. VW's DSJSON parser reads ``_outcomes`` only after ``c``."""
+    head = {"Version": "1", "EventId": event_id, "Timestamp": timestamp}
+    tail = {"_outcomes": outcomes, "_ba": baseline}
+    return _dumps(head)[:-1] + ',"c":' + c_json + "," + _dumps(tail)[1:]
+
+
+def is_multislot(line: str) -> bool:
+    """Whether a record is multi-slot (CCB). Feature names never start with '_', so the key is ours."""
+    return '"_outcomes":[' in line
+
+
+def split_multislot(line: str) -> tuple[str, dict[str, Any]]:
+    """A multi-slot record as (its text up to and including ``c``, its tail ``{"_outcomes", "_ba"}``)."""
+    at = line.rindex(',"_outcomes":[')
+    return line[:at], json.loads("{" + line[at + 1 :])
+
+
+def labeled_slots(line: str, rewards: list[float]) -> str:
+    """The multi-slot record with a cost (-reward) on each slot's chosen action, in ``_outcomes`` order."""
+    front, tail = split_multislot(line)
+    for outcome, reward in zip(tail["_outcomes"], rewards, strict=True):
+        outcome["_label_cost"] = -reward
+    return front + "," + _dumps(tail)[1:]
+
+
+def with_slot_labels(line: str, labels: list[tuple[int, float]]) -> str:
+    """The multi-slot record with each slot's outcome replaced by ``(action index, reward)`` at probability 1:
+    known rewards, not explored ones (Apprentice's imitation)."""
+    front, tail = split_multislot(line)
+    for outcome, (index, reward) in zip(tail["_outcomes"], labels, strict=True):
+        outcome.update({"_a": [index], "_p": [1.0], "_label_cost": -reward})
+    return front + "," + _dumps(tail)[1:]

@@ -93,13 +93,34 @@ def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
         pylibvw.vw._finish_example_multi_ex(vw, examples)
 
 
+def is_multislot(arguments: str) -> bool:
+    """Whether VW arguments make a multi-slot policy (conditional contextual bandits)."""
+    return "--ccb_explore_adf" in shlex.split(arguments)
+
+
+def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, float]]:
+    """VW's probability of each ``_multi`` index, per slot, for one CCB line (prediction only).
+
+    VW draws each slot's action itself and moves it first; the probabilities are what the caller needs.
+    """
+    examples = vw._parse(line)
+    try:
+        pylibvw.vw.predict_multi(vw, examples)
+        return [dict(scores) for scores in examples[0].get_decision_scores()]
+    finally:
+        pylibvw.vw._finish_example_multi_ex(vw, examples)
+
+
 class Engine:
     """A predict-only VW workspace for one loop and model version; safe to share between threads."""
 
     def __init__(self, arguments: str, model_path: str | None = None, version: str = "0"):
         self.arguments = arguments
         self.version = version
-        options = f"{arguments} --dsjson --quiet -t"
+        self.multislot = is_multislot(arguments)
+        # A multi-slot prediction reads the ``c`` object alone: VW's DSJSON parser predicts nothing for a
+        # CCB line without ``_outcomes``.
+        options = f"{arguments} {'--json' if self.multislot else '--dsjson'} --quiet -t"
         if model_path is not None:
             options += f" -i {shlex.quote(model_path)}"
         self._vw = vowpalwabbit.Workspace(options)
@@ -112,6 +133,11 @@ class Engine:
         if len(pmf) != n_actions:
             raise ValueError(f"VW read {len(pmf)} actions where {n_actions} were given")
         return pmf
+
+    def predict_slots(self, c_json: str) -> list[dict[int, float]]:
+        """Per slot of a CCB ``c`` object (with ``_slots``), VW's probability of each ``_multi`` index."""
+        with self._lock:
+            return slot_scores_of(self._vw, c_json)
 
     def close(self) -> None:
         self._vw.finish()

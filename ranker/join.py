@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
+from . import dsjson
 from .settings import LoopSettings, parse_duration
 from .store import parse_time
 
@@ -49,6 +50,9 @@ class Outcome(NamedTuple):
     reward: float  # its rewards within the window, aggregated; defaultReward when none arrived
     shown: bool  # not deferred, or activated within the window: a real event, its reward observed
     learn: bool  # the trainer learns it: shown, and not logged in LoggingOnly mode
+    # multi-slot: each filled slot's reward, in the record's ``_outcomes`` order, found as ``reward`` is for a
+    # single slot; ``reward`` is then their mean. None for a single-slot decision.
+    slots: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,17 +80,27 @@ class RewardJoin:
         deferred: int,
         activated_at: str | None,
         mode: str,
-        rewards: list[tuple[float, str]] | None,
+        rewards: list[tuple[float, str, str | None]] | None,
     ) -> Outcome | None:
-        """The decision's :class:`Outcome` from its log row and its ``(value, received_at)`` rewards in the
-        order received; None when no action was eligible (``record`` is null), which is nothing to learn."""
+        """The decision's :class:`Outcome` from its log row and its ``(value, received_at, slot_id)`` rewards
+        in the order received; None when no action was eligible (``record`` is null), which is nothing to
+        learn. A multi-slot decision's slots are joined one by one, each with its own rewards."""
         if record is None:
             return None
         deadline = parse_time(created_at) + self.wait
         shown = not deferred or (activated_at is not None and parse_time(activated_at) <= deadline)
-        values = [value for value, at in rewards or () if parse_time(at) <= deadline]
-        reward = aggregate(values, self.aggregation) if values else self.default_reward
-        return Outcome(reward, shown, shown and mode != "LoggingOnly")
+        counted = [(value, slot) for value, at, slot in rewards or () if parse_time(at) <= deadline]
+        learn = shown and mode != "LoggingOnly"
+        if not dsjson.is_multislot(record):
+            return Outcome(self._combine([value for value, _ in counted]), shown, learn)
+        slots = tuple(
+            self._combine([value for value, slot in counted if slot == outcome["_id"]])
+            for outcome in dsjson.split_multislot(record)[1]["_outcomes"]
+        )
+        return Outcome(sum(slots) / len(slots), shown, learn, slots)
+
+    def _combine(self, values: list[float]) -> float:
+        return aggregate(values, self.aggregation) if values else self.default_reward
 
 
 class Joined(NamedTuple):
@@ -125,13 +139,13 @@ def joined(
         rows = conn.execute(sql, (*params, after_id, batch)).fetchall()
         if not rows:
             return
-        rewards: dict[int, list[tuple[float, str]]] = {}
-        for decision_id, value, received_at in conn.execute(
-            "SELECT decision_id, value, received_at FROM rewards WHERE decision_id >= ? AND decision_id <= ? "
+        rewards: dict[int, list[tuple[float, str, str | None]]] = {}
+        for decision_id, value, received_at, slot_id in conn.execute(
+            "SELECT decision_id, value, received_at, slot_id FROM rewards WHERE decision_id >= ? AND decision_id <= ? "
             "ORDER BY decision_id, received_at, id",
             (rows[0][0], rows[-1][0]),
         ):
-            rewards.setdefault(decision_id, []).append((value, received_at))
+            rewards.setdefault(decision_id, []).append((value, received_at, slot_id))
         for decision_id, created_at, record, deferred, activated_at, mode in rows:
             outcome = join.outcome(created_at, record, deferred, activated_at, mode, rewards.get(decision_id))
             yield Joined(decision_id, created_at, record, mode, outcome)

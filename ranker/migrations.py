@@ -108,3 +108,10 @@ def create_mode_switches(db: Database) -> None:
         pk="id",
         not_null={"loop", "switched_at", "from_mode", "to_mode", "evidence"},
     )
+
+
+@migrations()
+def add_slots(db: Database) -> None:
+    # Multi-slot decisions: each slot's id, chosen action and its probability; rewards name their slot.
+    db["decisions"].add_column("slots", str)  # JSON [{"id", "rewardActionId", "probability"}]; null: single-slot
+    db["rewards"].add_column("slot_id", str)  # null for a single-slot decision

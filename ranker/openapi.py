@@ -6,7 +6,14 @@ from functools import cache
 from typing import Any
 
 from . import __version__
-from .schemas import RankRequest, RankResponse, RewardRequest
+from .schemas import (
+    MultiSlotRankRequest,
+    MultiSlotRankResponse,
+    MultiSlotRewardRequest,
+    RankRequest,
+    RankResponse,
+    RewardRequest,
+)
 
 ERROR = {
     "type": "object",
@@ -64,43 +71,48 @@ def _operations(prefix: str) -> dict[str, Any]:
         else [{"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"}}]
     )
     tag = prefix.rsplit("/", 1)[-1]
-    return {
-        f"{prefix}/rank": {
+    paths: dict[str, Any] = {}
+    for base, name, what in (("", "", ""), ("/multislot", "MultiSlot", " (multi-slot)")):
+        paths[f"{prefix}{base}/rank"] = {
             "post": {
-                "operationId": f"rank[{tag}]",
-                "summary": "Rank actions for a context; log the decision.",
+                "operationId": f"rank{name}[{tag}]",
+                "summary": "Fill the slots with actions for a context; log the decision."
+                if name
+                else "Rank actions for a context; log the decision.",
                 "parameters": version,
-                "requestBody": _body("RankRequest"),
+                "requestBody": _body(f"{name}RankRequest"),
                 "responses": {
                     "201": {
                         "description": "The decision, committed to the log.",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankResponse"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{name}RankResponse"}}
+                        },
                     },
                     **_errors(400, 401, 409, 413, 415, 503),
                 },
             }
-        },
-        f"{prefix}/events/{{eventId}}/reward": {
+        }
+        paths[f"{prefix}{base}/events/{{eventId}}/reward"] = {
             "post": {
-                "operationId": f"reward[{tag}]",
-                "summary": "Report a reward for an event; every reward is kept.",
+                "operationId": f"reward{name}[{tag}]",
+                "summary": f"Report a reward for an event{what}; every reward is kept.",
                 "parameters": [event, *version],
-                "requestBody": _body("RewardRequest"),
+                "requestBody": _body(f"{name}RewardRequest"),
                 "responses": {
                     "204": {"description": "Reward committed."},
                     **_errors(400, 401, 404, 413, 415, 503),
                 },
             }
-        },
-        f"{prefix}/events/{{eventId}}/activate": {
+        }
+        paths[f"{prefix}{base}/events/{{eventId}}/activate"] = {
             "post": {
-                "operationId": f"activate[{tag}]",
-                "summary": "Activate an event ranked with deferActivation.",
+                "operationId": f"activate{name}[{tag}]",
+                "summary": f"Activate an event{what} ranked with deferActivation.",
                 "parameters": [event, *version],
-                "responses": {"204": {"description": "Activation committed."}, **_errors(401, 404, 503)},
+                "responses": {"204": {"description": "Activation committed."}, **_errors(400, 401, 404, 503)},
             }
-        },
-    }
+        }
+    return paths
 
 
 ADMIN = [
@@ -147,7 +159,14 @@ def _admin_operations(prefix: str) -> dict[str, Any]:
 @cache
 def openapi() -> dict[str, Any]:
     schemas: dict[str, Any] = {"ErrorResponse": ERROR}
-    for model in (RankRequest, RankResponse, RewardRequest):
+    for model in (
+        RankRequest,
+        RankResponse,
+        RewardRequest,
+        MultiSlotRankRequest,
+        MultiSlotRankResponse,
+        MultiSlotRewardRequest,
+    ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

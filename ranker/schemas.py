@@ -109,6 +109,49 @@ class RewardRequest(Strict):
     value: float = Field(ge=-1, le=1, description="Reward for the event's rewardActionId, -1 to 1.")
 
 
+MAX_SLOTS = 50
+
+
+class SlotRequest(Strict):
+    id: Id = Field(description="Slot id, unique within the request.")
+    features: Features = Field(default_factory=list, description="Feature objects of the slot (e.g. its position).")
+    excludedActions: list[Id] = Field(default_factory=list, description="Action ids not to put in this slot.")
+    baselineAction: Id = Field(
+        description="The action the application would put in this slot without the ranker: served in "
+        "Apprentice mode and the Baseline of offline evaluation. One of the request's actions, different "
+        "for every slot, never in the slot's excludedActions."
+    )
+
+
+class MultiSlotRankRequest(Strict):
+    contextFeatures: Features = Field(default_factory=list, description="Feature objects of the context.")
+    actions: list[RankableAction] = Field(min_length=1, description="Candidate actions, shared by the slots.")
+    slots: list[SlotRequest] = Field(
+        min_length=1, max_length=MAX_SLOTS, description="The places to fill, in order of importance."
+    )
+    eventId: Id | None = Field(None, description="Unique id of this decision; generated when absent.")
+    deferActivation: bool = Field(False, description="Learn from this event only after Activate.")
+
+
+class SlotResponse(BaseModel):
+    id: str
+    rewardActionId: str | None = Field(description="The action for this slot; null when none was left for it.")
+
+
+class MultiSlotRankResponse(BaseModel):
+    eventId: str
+    slots: list[SlotResponse] = Field(description="Every requested slot, in request order.")
+
+
+class SlotReward(Strict):
+    slotId: Id = Field(description="A slot of the event.")
+    value: float = Field(ge=-1, le=1, description="Reward for the slot's rewardActionId, -1 to 1.")
+
+
+class MultiSlotRewardRequest(Strict):
+    reward: list[SlotReward] = Field(min_length=1, max_length=MAX_SLOTS, description="One reward per slot at most.")
+
+
 # Only a \uD800-\uDFFF escape can put a surrogate into the decoded text; UTF-8 bytes cannot encode one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 

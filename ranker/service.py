@@ -18,7 +18,7 @@ from typing import Any
 from . import dsjson, loopconfig, models, rules
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError
-from .schemas import RankRequest
+from .schemas import MultiSlotRankRequest, RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
 from .store import Store, timestamp
 
@@ -29,6 +29,15 @@ REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def check_kind(engine: Engine, multislot: bool) -> None:
+    """400 InvalidMultiSlotApiAccess for a single-slot call to a multi-slot loop, or the reverse."""
+    if engine.multislot != multislot:
+        kind, other = ("multi-slot", "multislot/") if engine.multislot else ("single-slot", "the single-slot ")
+        raise ApiError(
+            400, "InvalidMultiSlotApiAccess", f"this loop's policy is {kind}: call {other}rank, reward and activate"
+        )
 
 
 @dataclass
@@ -133,11 +142,13 @@ class Service:
 
     # -- Rank ---------------------------------------------------------------------------------
 
-    def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
-        """Choose an action, log the decision durably, and return Personalizer's RankResponse."""
-        self.refresh(loop)
-        # one configuration and one model serve the whole request, and are the ones logged
-        settings, policy, engine = loop.settings, loop.policy, loop.engine
+    @staticmethod
+    def _candidates(
+        engine: Engine, settings: LoopSettings, request: RankRequest | MultiSlotRankRequest, multislot: bool
+    ) -> tuple[list[str], dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+        """The request's action ids, merged context and ``(id, features)`` actions, once the loop's kind
+        (single- or multi-slot) and its limits are checked."""
+        check_kind(engine, multislot)
         if len(request.actions) > settings.max_actions:
             raise ApiError(
                 400,
@@ -149,11 +160,24 @@ class Service:
         if len(set(ids)) != len(ids):
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise ApiError(400, "InvalidRankRequest", f"action id {duplicate!r} appears twice", target="actions")
+        context = dsjson.merge(request.contextFeatures, "contextFeatures")
+        actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
+        return ids, context, actions
+
+    def _log(self, loop: Loop, row: dict[str, Any]) -> None:
+        if not self.store.record_decision({"loop": loop.name, **row}):
+            event_id = row["event_id"]
+            raise ApiError(409, "EventIdAlreadyExists", f"event id {event_id!r} was already ranked", target="eventId")
+
+    def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
+        """Choose an action, log the decision durably, and return Personalizer's RankResponse."""
+        self.refresh(loop)
+        # one configuration and one model serve the whole request, and are the ones logged
+        settings, policy, engine = loop.settings, loop.policy, loop.engine
+        ids, context, actions = self._candidates(engine, settings, request, multislot=False)
         now = now or utcnow()
         stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
-        context = dsjson.merge(request.contextFeatures, "contextFeatures")
-        actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
 
         probabilities = dict.fromkeys(ids, 0.0)
@@ -179,7 +203,6 @@ class Service:
             record = dsjson.decision_line(event_id, stamp, c_json, order, pmf)
 
         row = {
-            "loop": loop.name,
             "event_id": event_id,
             "created_at": stamp,
             "record": record,
@@ -193,8 +216,7 @@ class Service:
             "deferred": int(request.deferActivation),
             "activated_at": None,
         }
-        if not self.store.record_decision(row):
-            raise ApiError(409, "EventIdAlreadyExists", f"event id {event_id!r} was already ranked", target="eventId")
+        self._log(loop, row)
 
         ranked = [ids[verdict.eligible[i]] for i in order]
         ranked += [i for i in ids if i in verdict.excluded]
@@ -204,12 +226,155 @@ class Service:
             "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
         }
 
+    def rank_multislot(self, loop: Loop, request: MultiSlotRankRequest, now: datetime | None = None) -> dict[str, Any]:
+        """Fill the request's slots in order, each with a different action, log the decision durably, and
+        return Personalizer's MultiSlotRankResponse.
+
+        Per slot, the loop's rules apply to the context with the slot's features added (a slot feature wins
+        over a context feature of the same name), then the slot's ``excludedActions``; actions that earlier
+        slots took are gone. VW's CCB model gives the PMF over what is left, conditioned on the earlier
+        slots' actions; priority factors reweight it and the action is drawn with the event id's uniform
+        number for the slot. In Apprentice mode a slot gets its baselineAction, or when the rules forbid it
+        there, the first action left. A slot with no action left gets ``rewardActionId`` null.
+        """
+        self.refresh(loop)
+        settings, policy, engine = loop.settings, loop.policy, loop.engine
+        ids, context, actions = self._candidates(engine, settings, request, multislot=True)
+        index = {action_id: i for i, action_id in enumerate(ids)}
+        slot_ids = [slot.id for slot in request.slots]
+        if len(set(slot_ids)) != len(slot_ids):
+            duplicate = next(i for i in slot_ids if slot_ids.count(i) > 1)
+            raise ApiError(400, "InvalidRankRequest", f"slot id {duplicate!r} appears twice", target="slots")
+        baselines: list[int] = []
+        for k, slot in enumerate(request.slots):
+            if slot.baselineAction not in index:
+                raise ApiError(
+                    400,
+                    "InvalidRankRequest",
+                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is not one of the actions",
+                    target=f"slots.{k}.baselineAction",
+                )
+            if slot.baselineAction in slot.excludedActions:
+                raise ApiError(
+                    400,
+                    "InvalidRankRequest",
+                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is in its excludedActions",
+                    target=f"slots.{k}.baselineAction",
+                )
+            if index[slot.baselineAction] in baselines:
+                raise ApiError(
+                    400,
+                    "InvalidRankRequest",
+                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is another slot's baseline too",
+                    target=f"slots.{k}.baselineAction",
+                )
+            baselines.append(index[slot.baselineAction])
+        now = now or utcnow()
+        stamp = timestamp(now)
+        event_id = request.eventId or uuid.uuid4().hex
+        slot_features = [dsjson.merge(slot.features, f"slots[{k}].features") for k, slot in enumerate(request.slots)]
+        verdicts = [
+            rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now)
+            for slot, features in zip(request.slots, slot_features, strict=True)
+        ]
+        # _multi: the actions some slot may take, in request order
+        offered = sorted({i for verdict in verdicts for i in verdict.eligible})
+        position = {action: m for m, action in enumerate(offered)}
+        c_json = dsjson.context_json(context, [actions[i] for i in offered], settings.action_id_feature)
+
+        taken: set[int] = set()  # _multi indices
+        filled: list[dict[str, Any]] = []  # the record's _slots
+        outcomes: list[dict[str, Any]] = []
+        baseline_choices: list[int] = []
+        answers: list[dict[str, Any]] = []
+        for k, (slot, features, verdict) in enumerate(zip(request.slots, slot_features, verdicts, strict=True)):
+            left = [
+                (position[i], f)
+                for i, f in zip(verdict.eligible, verdict.factors, strict=True)
+                if position[i] not in taken
+            ]
+            if not left:
+                answers.append({"id": slot.id, "rewardActionId": None, "probability": None})
+                continue
+            candidates = [m for m, _ in left]
+            baseline = position.get(baselines[k])
+            baseline = baseline if baseline in candidates else candidates[0]
+            if settings.learning_mode == "Apprentice":
+                pmf = [float(m == baseline) for m in candidates]
+                chosen = candidates.index(baseline)
+            else:
+                # the earlier slots pinned to their actions, so VW's PMF for this slot is conditioned on them
+                pinned = [
+                    {**entry, "_inc": [outcome["_a"][0]]} for entry, outcome in zip(filled, outcomes, strict=True)
+                ]
+                slot_entry = {"_id": slot.id, **features, "_inc": candidates}
+                try:
+                    per_slot = engine.predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
+                except (RuntimeError, ValueError) as exc:  # VW refused the features
+                    raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
+                scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
+                pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
+                chosen = sample(pmf, f"{event_id}\n{k}")
+            order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
+            filled.append({"_id": slot.id, **features, "_inc": candidates})
+            outcomes.append({"_id": slot.id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
+            baseline_choices.append(baseline)
+            taken.add(candidates[chosen])
+            answers.append(
+                {"id": slot.id, "rewardActionId": ids[offered[candidates[chosen]]], "probability": pmf[chosen]}
+            )
+
+        record = None
+        if filled:
+            record = dsjson.multislot_line(
+                event_id, stamp, dsjson.with_slots(c_json, filled), outcomes, baseline_choices
+            )
+        explanation = {
+            slot.id: {"excluded": verdict.excluded, "reweighted": verdict.reweighted}
+            for slot, verdict in zip(request.slots, verdicts, strict=True)
+        }
+        self._log(
+            loop,
+            {
+                "event_id": event_id,
+                "created_at": stamp,
+                "record": record,
+                "action_ids": json.dumps(ids),
+                "reward_action_id": None,
+                "probability": None,
+                "explanation": json.dumps({"slots": explanation}),
+                "model_version": engine.version,
+                "policy": policy.name,
+                "learning_mode": settings.learning_mode,
+                "deferred": int(request.deferActivation),
+                "activated_at": None,
+                "slots": json.dumps(answers),
+            },
+        )
+        return {"eventId": event_id, "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers]}
+
     # -- Reward and Activate ------------------------------------------------------------------
 
     def reward(self, loop: Loop, event_id: str, value: float) -> None:
+        check_kind(loop.engine, multislot=False)
         if not self.store.add_reward(loop.name, event_id, value, timestamp(utcnow())):
             raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop")
 
-    def activate(self, loop: Loop, event_id: str) -> None:
+    def reward_slots(self, loop: Loop, event_id: str, values: list[tuple[str, float]]) -> None:
+        """Keep the rewards of a multi-slot decision's slots: all, or none when one is wrong."""
+        check_kind(loop.engine, multislot=True)
+        slot_ids = [slot_id for slot_id, _ in values]
+        if len(set(slot_ids)) != len(slot_ids):
+            duplicate = next(i for i in slot_ids if slot_ids.count(i) > 1)
+            raise ApiError(400, "InvalidRewardRequest", f"slot {duplicate!r} is rewarded twice", target="reward")
+        try:
+            self.store.add_slot_rewards(loop.name, event_id, values, timestamp(utcnow()))
+        except LookupError as exc:
+            raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop") from exc
+        except ValueError as exc:
+            raise ApiError(400, "InvalidRewardRequest", str(exc), target="reward") from exc
+
+    def activate(self, loop: Loop, event_id: str, multislot: bool = False) -> None:
+        check_kind(loop.engine, multislot)
         if not self.store.activate(loop.name, event_id, timestamp(utcnow())):
             raise ApiError(404, "InvalidEventIdToActivate", f"no decision with event id {event_id!r} in this loop")

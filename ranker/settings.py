@@ -76,8 +76,10 @@ class Policy(BaseModel):
             words = shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"policy arguments cannot be read: {exc}") from exc
-        if "--cb_explore_adf" not in words:
-            raise ValueError("policy arguments must use --cb_explore_adf")
+        if ("--cb_explore_adf" in words) == ("--ccb_explore_adf" in words):
+            raise ValueError(
+                "policy arguments must use --cb_explore_adf (single-slot) or --ccb_explore_adf (multi-slot)"
+            )
         for word in words:
             option = word.split("=", 1)[0]
             if option in FILE_OPTIONS or any(

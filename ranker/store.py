@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import queue
 import sqlite3
@@ -283,6 +284,32 @@ class Store:
             "SELECT id, ?, ? FROM decisions WHERE loop = ? AND event_id = ?"
         )
         return self.write(lambda conn: conn.execute(sql, (value, at, loop, event_id)).rowcount == 1)
+
+    def add_slot_rewards(self, loop: str, event_id: str, values: list[tuple[str, float]], at: str) -> None:
+        """Keep the rewards of a multi-slot decision's slots, all or none.
+
+        Raises ``LookupError`` when the loop has no such event, ``ValueError`` naming what is wrong when the
+        decision is single-slot or a slot id is not one of its slots.
+        """
+
+        def insert(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT id, slots FROM decisions WHERE loop = ? AND event_id = ?", (loop, event_id))
+            found = row.fetchone()
+            if found is None:
+                raise LookupError(event_id)
+            decision_id, slots = found
+            if slots is None:
+                raise ValueError("the event was ranked by the single-slot API; reward it there")
+            known = {slot["id"] for slot in json.loads(slots)}
+            unknown = [slot_id for slot_id, _ in values if slot_id not in known]
+            if unknown:
+                raise ValueError(f"the event has no slot {unknown[0]!r}")
+            conn.executemany(
+                "INSERT INTO rewards (decision_id, value, received_at, slot_id) VALUES (?, ?, ?, ?)",
+                [(decision_id, value, at, slot_id) for slot_id, value in values],
+            )
+
+        self.write(insert)
 
     def activate(self, loop: str, event_id: str, at: str) -> bool:
         """Mark a decision activated (the first activation counts); False when there is no such event."""

@@ -62,7 +62,7 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig, models
-from .engine import pmf_of, vw_arguments
+from .engine import is_multislot, pmf_of, slot_scores_of, vw_arguments
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
 from .store import connect, migrate, parse_time, timestamp, write_turn
@@ -106,6 +106,7 @@ class _Loop:
     graduation_checked_at: datetime | None = None  # last check of apprenticeGraduationEvents
     # Apprentice decisions learned most recently: (created_at, model matched the baseline, reward)
     apprentice: list[tuple[str, bool, float]] = field(default_factory=list)
+    multislot: bool = False  # the policy is multi-slot (CCB); records of the other kind are skipped
     # progress since the last checkpoint
     pending: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
@@ -288,12 +289,16 @@ class Trainer:
             self._conn, loop.name, loop.join, after_id=loop.last_id, through_id=last_due
         ):
             label = outcome.reward if outcome is not None and outcome.learn else None
+            if label is not None and (outcome.slots is not None) != loop.multislot:
+                label = None  # logged under a policy of the other kind (single- or multi-slot): not learnable
             if label is not None:
                 try:
                     if mode == "Apprentice":
                         matched = self._imitate(ws, record)
                         loop.apprentice.append((created_at, matched, label))
                         del loop.apprentice[:-APPRENTICE_WINDOW]
+                    elif outcome.slots is not None:
+                        _learn(ws, dsjson.labeled_slots(record, list(outcome.slots)))
                     else:
                         _learn(ws, dsjson.labeled(record, label))
                 except RuntimeError as exc:  # VW refused the record: learning it can never succeed
@@ -312,8 +317,23 @@ class Trainer:
     def _imitate(ws: vowpalwabbit.Workspace, record: str) -> bool:
         """Apprentice: learn that the served baseline earns 1 and the model's other choice, if any, 0.
 
-        Returns whether the model already chose the baseline before learning from this decision.
+        Returns whether the model already chose the baseline before learning from this decision. A
+        multi-slot decision is imitated slot by slot: each slot's baseline (``_ba``) earns 1 and, when the
+        model's chain of greedy choices differs anywhere, a second example labels those choices (1 where
+        they are the baseline, else 0).
         """
+        if dsjson.is_multislot(record):
+            baselines = dsjson.split_multislot(record)[1]["_ba"]
+            greedy = [max(scores, key=lambda m: (scores[m], -m)) for scores in slot_scores_of(ws, record)]
+            _learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
+            if greedy != baselines and len(greedy) == len(baselines) == len(set(greedy)):
+                _learn(
+                    ws,
+                    dsjson.with_slot_labels(
+                        record, [(g, float(g == b)) for g, b in zip(greedy, baselines, strict=True)]
+                    ),
+                )
+            return greedy == baselines
         head = json.loads(record[: record.index(',"c":')] + "}")
         baseline = head["a"][0] - 1
         greedy = _greedy(ws, record)
@@ -348,6 +368,7 @@ class Trainer:
             fingerprint=fingerprint,
             join=RewardJoin.of(settings),
             export=parse_duration(settings.model_export_frequency),
+            multislot=is_multislot(arguments),
         )
         self._conn.execute(
             "INSERT OR IGNORE INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?)",

@@ -180,7 +180,8 @@ def test_openapi_matches_the_routes_and_the_models(app, client):
     assert spec["components"]["schemas"]["RankRequest"]["required"] == ["actions"]
     assert set(spec["components"]["schemas"]["RankRequest"]["properties"]) == set(RankRequest.model_fields)
     assert set(spec["components"]["schemas"]["RewardRequest"]["properties"]) == set(RewardRequest.model_fields)
-    for name in ("RankRequest", "RankResponse", "RewardRequest"):
+    names = ["RankRequest", "RankResponse", "RewardRequest"]
+    for name in names + ["MultiSlot" + name for name in names]:
         model = getattr(schemas, name)
         own = model.model_json_schema(ref_template="#/components/schemas/{model}")
         own.pop("$defs", None)
