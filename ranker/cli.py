@@ -21,6 +21,7 @@ from .evaluation.replay import (
     LoopLog,
     policy_candidates,
     replay,
+    source_is_multislot,
     write,
 )
 from .evaluation.search import search
@@ -157,8 +158,9 @@ def _loop(settings, loop: str | None) -> str:
 def export_command(loop: str | None, start: str | None, end: str | None, output, config: str | None) -> None:
     """Write a loop's decisions as DSJSON lines, labeled with the rewards the trainer joins to them.
 
-    VW reads the file with --cb_explore_adf --dsjson; deferred decisions never activated carry
-    "_skipLearn": true, and decisions still inside their reward window are left out.
+    VW reads the file with --cb_explore_adf --dsjson (--ccb_explore_adf for a multi-slot loop, whose
+    lines carry each slot's reward); deferred decisions never activated carry "_skipLearn": true, and
+    decisions still inside their reward window are left out.
 
     Example: ranker export --loop cards --from 2030-01-01 --to 2030-02-01 -o cards.json
     """
@@ -197,7 +199,12 @@ def import_command(file, loop: str | None, config: str | None) -> None:
 @click.option("--from", "start", help="Only decisions made at or after this ISO 8601 time (UTC if no zone).")
 @click.option("--to", "end", help="Only decisions made before this ISO 8601 time.")
 @click.option("--policy", "policies", multiple=True, help="Candidate: a policy name or a policy JSON file (repeat).")
-@click.option("--arguments", "arguments", multiple=True, help="Candidate VW arguments, --cb_explore_adf (repeat).")
+@click.option(
+    "--arguments",
+    "arguments",
+    multiple=True,
+    help="Candidate VW arguments, --cb_explore_adf (--ccb_explore_adf for a multi-slot loop) (repeat).",
+)
 @click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
@@ -210,8 +217,9 @@ def evaluate_command(
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
     Online (what was logged), Baseline (first eligible action) and Random always run, with the policy
-    files (default: every one in policies_dir) and --arguments. Prints IPS, SNIPS, DR and the 95%
-    Cressie-Read interval, and writes report.json and report.png into --output.
+    files (default: every one in policies_dir of the source's kind, single- or multi-slot) and --arguments.
+    Prints IPS, SNIPS, DR and the 95% Cressie-Read interval (for a multi-slot loop: per slot and overall,
+    without DR), and writes report.json and report.png into --output.
 
     With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
     within that time instead, starting with the loop's policy and Personalizer's default; the best by the
@@ -229,12 +237,12 @@ def evaluate_command(
         _search(settings, loop, path, start, end, search_seconds, apply_best, workers, output)
         return
     try:
-        candidates = [*BUILT_INS, *policy_candidates(settings, policies)]
-        candidates += [Candidate(words, words) for words in arguments]
         if path:
             source = DsjsonFile(Path(path))
         else:
             source = LoopLog(settings, _loop(settings, loop), start, end)
+        candidates = [*BUILT_INS, *policy_candidates(settings, policies, multislot=source_is_multislot(source))]
+        candidates += [Candidate(words, words) for words in arguments]
         with click.progressbar(length=source.size(), label="replaying", file=sys.stderr) as bar:
             report = replay(
                 source,

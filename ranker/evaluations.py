@@ -1,18 +1,26 @@
 """Personalizer's offline evaluations and feature importances: jobs over a loop's log, run in the background.
 
 ``PUT evaluations/{id}`` (or ``POST evaluations``) queues an evaluation of the loop's decisions made in
-``[startTime, endTime)``: the given policies (VW arguments with ``--cb_explore_adf``) are replayed over the log
+``[startTime, endTime)``: the given policies (VW arguments with ``--cb_explore_adf``, or ``--ccb_explore_adf``
+for a multi-slot loop: the loop's kind, else 400 ``InvalidPolicyConfiguration``) are replayed over the log
 with :func:`ranker.evaluation.replay.replay`, beside ``Online`` (what was served), ``Baseline`` (the first action)
 and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate and its ``confidenceInterval`` the
 95% Cressie-Read interval ``[lower, upper]``. ``POST configurations/applyFromEvaluation`` makes a policy of a
 finished evaluation the loop's policy, exactly as ``PUT configurations/policy`` does.
 
+For a multi-slot loop, ``content.value`` holds, as Personalizer's did, each policy's overall result (``slotId``
+empty: every filled slot of every event pooled, the slots of one event taken as separate samples) followed by
+one result per slot (``slotId`` the slot's id: the events that filled that slot), each with its own
+``summary`` and ``timeseries``; ``optimalPolicy`` is chosen on the overall results. A single-slot loop's
+results all have an empty ``slotId``. ``dr`` is null for a multi-slot loop (IPS, SNIPS and Cressie-Read only).
+
 ``PUT featureImportances/{id}`` queues a leave-one-namespace-out replay of the loop's policy: for each namespace
-of the logged features, the policy is replayed ignoring it (VW's ``--ignore``, which goes by the namespace's first
-character, so namespaces sharing one are left out together). A namespace scores
-``clip(100 (R - R_) / (R - R0), 0, 100)``, as ``ranker importance`` does: R the SNIPS estimate of the policy with
-every feature, R_ without the namespace, R0 uniform random (all score 0 when R does not beat R0). Features outside
-any namespace (such as each action's ``id``) stay in every replay and are not scored.
+of the logged features (the context's, the actions' and a multi-slot loop's slots'), the policy is replayed
+ignoring it (VW's ``--ignore``, which goes by the namespace's first character, so namespaces sharing one are
+left out together). A namespace scores ``clip(100 (R - R_) / (R - R0), 0, 100)``, as ``ranker importance``
+does: R the SNIPS estimate of the policy with every feature, R_ without the namespace, R0 uniform random (all
+score 0 when R does not beat R0). Features outside any namespace (such as each action's ``id``) stay in every
+replay and are not scored.
 
 Jobs are rows of ``jobs``; :func:`run_pending` runs the oldest pending one (the trainer process calls it when it
 has nothing to learn; it can be called from any process holding the settings).
@@ -32,6 +40,7 @@ from flask import Blueprint, Response, request
 from . import trainer
 from .admin import effective, set_policy
 from .api import caller, json_body, json_response, service
+from .engine import is_multislot
 from .errors import ApiError
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from .export import log_time
@@ -121,6 +130,16 @@ def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
     job_id = _job_id(job_id, target)
     definition = _definition(body, kind)
     settings, policy, _ = effective(loop)
+    multislot = is_multislot(policy.arguments)
+    for i, candidate in enumerate(definition.get("policies", [])):
+        if is_multislot(candidate["arguments"]) != multislot:
+            which, option = ("multi-slot", "--ccb_explore_adf") if multislot else ("single-slot", "--cb_explore_adf")
+            raise ApiError(
+                400,
+                "InvalidPolicyConfiguration",
+                f"this loop is {which}: the policies to evaluate must use {option}",
+                target=f"policies[{i}]",
+            )
     definition["online"] = {
         "name": policy.name,
         "arguments": policy.arguments,
@@ -368,33 +387,37 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     checkpoints = report.cumulative["event"]
     step = max(1, len(checkpoints) // TIMESERIES_POINTS)
     picks = sorted({*range(step - 1, len(checkpoints), step), len(checkpoints) - 1})
-    value = []
-    for row in report.policies:
-        name = row["policy"]
-        expected = row["cressie_read"] if row["cressie_read"] is not None else row["ips"]
-        series = report.cumulative["ips"][name]
-        value.append(
-            {
-                "name": name,
-                "arguments": arguments.get(name, ""),
-                "policySource": SOURCES.get(name, "Custom"),
-                "slotId": "",
-                "summary": {
-                    "expectedReward": expected,
-                    "confidenceInterval": row["interval"],
-                    "events": row["n"],
-                    "ips": row["ips"],
-                    "snips": row["snips"],
-                    "dr": row["dr"],
-                },
-                "timeseries": {
-                    "data": [
-                        {"timeStamp": report.cumulative["timestamp"][i], "expectedReward": series[i]} for i in picks
-                    ]
-                },
-            }
-        )
-    choices = [v for v in value if v["name"] not in (BASELINE, RANDOM)]
+
+    def result(name: str, slot_id: str, row: dict[str, Any], series: list[float | None]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "arguments": arguments.get(name, ""),
+            "policySource": SOURCES.get(name, "Custom"),
+            "slotId": slot_id,
+            "summary": {
+                "expectedReward": row["cressie_read"] if row["cressie_read"] is not None else row["ips"],
+                "confidenceInterval": row["interval"],
+                "events": row["n"],
+                "ips": row["ips"],
+                "snips": row["snips"],
+                "dr": row["dr"],
+            },
+            "timeseries": {
+                "data": [
+                    {"timeStamp": report.cumulative["timestamp"][i], "expectedReward": series[i]}
+                    for i in picks
+                    if series[i] is not None  # a slot not filled yet
+                ]
+            },
+        }
+
+    value = [result(row["policy"], "", row, report.cumulative["ips"][row["policy"]]) for row in report.policies]
+    if report.multislot:  # then each policy's result per slot, as Personalizer listed them
+        for row in report.policies:
+            name = row["policy"]
+            for slot_id, slot_row in row["slots"].items():
+                value.append(result(name, slot_id, slot_row, report.cumulative["slots"][slot_id]["ips"][name]))
+    choices = [v for v in value if v["name"] not in (BASELINE, RANDOM) and not v["slotId"]]
     best = max(choices, key=lambda v: v["summary"]["confidenceInterval"][0])
     return {
         "events": report.events,
@@ -414,7 +437,7 @@ def _namespaces(settings: Settings, loop: str, definition: dict[str, Any]) -> li
             (loop, definition["startTime"], definition["endTime"]),
         ):
             context = json.loads(record)["c"]
-            for features in [context, *context.get("_multi", [])]:
+            for features in [context, *context.get("_multi", []), *context.get("_slots", [])]:
                 names.update(k for k, v in features.items() if isinstance(v, dict) and not k.startswith("_"))
     finally:
         conn.close()

@@ -1,22 +1,28 @@
 """DSJSON in and out of the decision log: ``ranker export`` and ``ranker import``.
 
 Export writes a loop's decisions as VW's DSJSON lines for contextual bandits, in id order (the order they
-were committed in, which is the trainer's): the logged record exactly, with the CB label the trainer learns
-put in front of it (:func:`ranker.dsjson.labeled`), the reward joined by the trainer's own
-:class:`~ranker.join.RewardJoin`. So ``vw --cb_explore_adf --dsjson -d export.json`` with the loop's
-arguments trains the model the trainer trained. What each decision becomes:
+were committed in, which is the trainer's): the logged record exactly, with the label the trainer learns, the
+reward joined by the trainer's own :class:`~ranker.join.RewardJoin`. A single-slot record gets the CB label in
+front of it (:func:`ranker.dsjson.labeled`); a multi-slot (CCB) record gets a cost on each slot's outcome
+(:func:`ranker.dsjson.labeled_slots`, each slot's own reward, joined per slot). So ``vw --cb_explore_adf
+--dsjson -d export.json`` (``--ccb_explore_adf`` for a multi-slot loop) with the loop's arguments trains the
+model the trainer trained. What each decision becomes:
 
 - learned by the trainer (Online): the labeled record;
 - deferred and not activated within its reward window: the labeled record with ``"_skipLearn":true``, as
-  Personalizer's own logs marked events that were never activated. VW's DSJSON parser drops such a line
+  Personalizer's own logs marked events that were never activated (in front of a single-slot record, right
+  after ``c`` in a multi-slot one, before ``_outcomes``). VW's DSJSON parser drops such a line
   (``Workspace.parse`` returns one empty example), so VW learns nothing from it, though its example counter
-  still counts it; the replay ignores them, and ``ranker import`` reads them back as deferred decisions that
-  were never activated;
+  still counts it; the replay ignores them, and ``ranker import`` reads single-slot ones back as deferred
+  decisions that were never activated;
 - logged in LoggingOnly or Apprentice mode: the labeled record with the real reward. The trainer learns
   nothing from the first and imitation labels from the second, but the rewards are what happened, which is
   what offline evaluation and another loop's training need;
 - no eligible action: left out (there is no record, nothing for VW to read);
 - still inside its reward window (plus the trainer's commit grace): left out, its label is not final yet.
+
+The trainer learns only the records of its policy's kind (single- or multi-slot); a loop whose policy changed
+kind exports the records of both, each labeled in its own kind, and VW is to be given those of its kind.
 
 Import reads DSJSON decision logs (what a Personalizer resource mirrored to storage, VW's
 ``test/train-sets/dsjson_cb.json``, or an export) into a loop's log. Each line is checked as a Rank request
@@ -27,11 +33,13 @@ received at the decision's time, when the line has a label. A line is written wh
 decision and reward go in under one savepoint inside a transaction of up to ``IMPORT_BATCH`` lines. Bad
 lines (invalid JSON, missing or malformed ``c``, ``_multi``, ``a``, ``p``, ``EventId`` or ``Timestamp``,
 features VW cannot read, an EventId already in the loop) are reported with their 1-based line number and
-skipped; blank lines are ignored.
+skipped; blank lines are ignored. Import reads single-slot lines into single-slot loops only: a multi-slot line
+(one with ``_outcomes``), and every line sent to a multi-slot loop, is refused with its line number.
 
 For evaluation, :class:`LoopLog` and :class:`DsjsonFile` read a loop's log or a DSJSON file as the events
 :mod:`ranker.evaluation.replay` replays: the labeled line VW learns from, the logged action, its probability,
-the reward; never-activated decisions, unlabeled and invalid lines are :class:`Skipped`.
+the reward (an :class:`Event`), or for a multi-slot decision the same per slot (a :class:`MultiSlotEvent`);
+never-activated decisions, unlabeled and invalid lines are :class:`Skipped`.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig
-from .join import COMMIT_GRACE, Joined, RewardJoin, joined
+from .engine import is_multislot
+from .join import COMMIT_GRACE, Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
 from .store import connect, migrate, parse_time, timestamp
@@ -60,6 +69,8 @@ from .trainer import learning_fingerprint
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
 _MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
+_SKIP_LEARN = ',"_skipLearn":true'
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
 def log_time(value: datetime | str) -> str:
@@ -99,9 +110,22 @@ def decisions(
         for decision in joined(conn, loop, join, start=start, end=end):
             outcome = decision.outcome
             if outcome is not None and decision.created_at <= due:
-                yield decision, dsjson.labeled(decision.record, outcome.reward, skip_learn=not outcome.shown)
+                yield decision, exported_line(decision.record, outcome)
     finally:
         conn.close()
+
+
+def exported_line(record: str, outcome: Outcome) -> str:
+    """A logged record as the export writes it: labeled as the trainer learns it, ``"_skipLearn":true`` when
+    it was never activated. VW's DSJSON parser reads a multi-slot record's ``_skipLearn`` anywhere, but its
+    ``_outcomes`` only after ``c``: the flag goes between them."""
+    if outcome.slots is None:
+        return dsjson.labeled(record, outcome.reward, skip_learn=not outcome.shown)
+    line = dsjson.labeled_slots(record, list(outcome.slots))
+    if outcome.shown:
+        return line
+    at = line.rindex(',"_outcomes":[')
+    return line[:at] + _SKIP_LEARN + line[at:]
 
 
 def export(
@@ -149,6 +173,8 @@ def read_decision(obj: Any) -> Imported:
     """A parsed DSJSON line (CB) as an :class:`Imported`; a :class:`ValueError` says what is wrong with it."""
     if not isinstance(obj, dict):
         raise ValueError("a DSJSON line must be a JSON object")
+    if "_outcomes" in obj:
+        raise ValueError("a multi-slot (CCB) line: ranker import reads single-slot (CB) lines only")
     event_id = obj.get("EventId")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 256 or not event_id.isprintable():
         raise ValueError("EventId must be a string of 1-256 printable characters")
@@ -247,6 +273,9 @@ def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[
     imported = 0
     try:
         loop_settings, policy, _ = loopconfig.read(conn, settings, loop)
+        if is_multislot(policy.arguments):
+            refused = f"loop {loop!r} is multi-slot (--ccb_explore_adf): ranker import reads single-slot lines only"
+            return 0, [(number, refused) for number, line in enumerate(lines, start=1) if line.strip()]
         parser = _Parser(learning_fingerprint(loop_settings, policy)[0])
         try:
             batch: list[tuple[int, Imported]] = []
@@ -337,7 +366,7 @@ def _write(
 
 
 class Event(NamedTuple):
-    """One logged event as the replay uses it."""
+    """One logged single-slot event as the replay uses it."""
 
     line: str  # the labeled record every VW candidate learns from
     chosen: int  # 0-based index of the logged action in ``_multi``
@@ -346,6 +375,25 @@ class Event(NamedTuple):
     a: list[int]  # the record's ``a`` (1-based indices) and ``p``: the logged PMF
     p: list[float]
     actions: int  # K, the number of eligible actions
+    timestamp: str
+
+
+class SlotOutcome(NamedTuple):
+    """One filled slot of a multi-slot event, in the record's ``_outcomes`` order."""
+
+    id: str  # the slot's ``_id`` (its position, from 0, when it has none)
+    chosen: int  # 0-based ``_multi`` index of the logged action
+    probability: float  # its logged probability, given the actions of the slots before (``_p[0]``)
+    reward: float
+    candidates: int  # how many actions the slot could take: its ``_inc``, else those no earlier slot took
+    baseline: int  # ``_multi`` index of the slot's baseline (``_ba``; without one, its first candidate)
+
+
+class MultiSlotEvent(NamedTuple):
+    """One logged multi-slot (CCB) event as the replay uses it."""
+
+    line: str  # the labeled record, ``_outcomes`` after ``c``, every VW candidate learns from
+    slots: tuple[SlotOutcome, ...]
     timestamp: str
 
 
@@ -388,12 +436,26 @@ class LoopLog:
         finally:
             conn.close()
 
-    def events(self) -> Iterator[Event | Skipped]:
+    def multislot(self) -> bool:
+        """Whether the loop's policy is multi-slot: its multi-slot decisions are the ones the trainer learns."""
+        migrate(self.settings.database_path)
+        conn = connect(self.settings.database_path)
+        try:
+            return is_multislot(loopconfig.read(conn, self.settings, self.loop)[1].arguments)
+        finally:
+            conn.close()
+
+    def events(self) -> Iterator[Event | MultiSlotEvent | Skipped]:
         for decision, line in decisions(self.settings, self.loop, self.start, self.end, self.now):
             if not decision.outcome.shown:
                 yield Skipped(decision.id, "not_activated")
                 continue
             record = decision.record
+            if decision.outcome.slots is not None:
+                event = _slot_event(json.loads(line), decision.created_at, line)
+                assert event is not None  # the export labels every slot
+                yield event
+                continue
             head = json.loads(record[: record.index(',"c":')] + "}")
             a, p = head["a"], head["p"]
             reward = decision.outcome.reward
@@ -402,9 +464,11 @@ class LoopLog:
 
 @dataclass(frozen=True)
 class DsjsonFile:
-    """A DSJSON file of CB decisions (``ranker export`` writes them; Personalizer's logs and VW's are read as
-    ``ranker import`` reads them). Lines in the export's shape (label, head, then ``c``) are replayed as they
-    are; others are rebuilt in ranker's record shape by :func:`ranker.export.read_decision`."""
+    """A DSJSON file of decisions (``ranker export`` writes them; Personalizer's logs and VW's are read as
+    ``ranker import`` reads them). Single-slot lines in the export's shape (label, head, then ``c``) are replayed
+    as they are; others are rebuilt in ranker's record shape by :func:`ranker.export.read_decision`. Multi-slot
+    lines (with ``_outcomes``) are replayed with their ``_outcomes`` (``_a`` and ``_p`` as arrays) and ``_ba``
+    put after ``c``, where VW reads them."""
 
     path: Path
 
@@ -416,7 +480,19 @@ class DsjsonFile:
         with open(self.path, "rb") as stream:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
 
-    def events(self) -> Iterator[Event | Skipped]:
+    def multislot(self) -> bool:
+        """Whether the file holds multi-slot decisions: its first JSON object line has ``_outcomes``."""
+        with open(self.path, encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    return "_outcomes" in obj
+        return False
+
+    def events(self) -> Iterator[Event | MultiSlotEvent | Skipped]:
         with open(self.path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 line = line.rstrip("\r\n")
@@ -427,7 +503,20 @@ class DsjsonFile:
 _decode = json.JSONDecoder().decode
 
 
-def _file_event(number: int, line: str) -> Event | Skipped:
+def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
+    if '"_outcomes"' in line:  # perhaps multi-slot: only a key of the line itself says so
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            return Skipped(number, "invalid", f"invalid JSON: {exc}")
+        if isinstance(obj, dict) and "_outcomes" in obj:
+            if obj.get("_skipLearn") is True:
+                return Skipped(number, "not_activated")
+            try:
+                event = _slot_event(obj, str(obj.get("Timestamp", "")))
+            except (TypeError, ValueError) as exc:
+                return Skipped(number, "invalid", str(exc))
+            return Skipped(number, "unlabeled") if event is None else event
     cut = line.find(',"c":')
     try:
         head = _decode(line[:cut] + "}") if cut > 0 else None
@@ -478,3 +567,71 @@ def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Ski
     if type(cost) not in (int, float) or not -1 <= cost <= 1:
         raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
     return Event(line, a[0] - 1, float(p[0]), 0.0 - cost, a, p, k, str(head.get("Timestamp", "")))
+
+
+def _indices(value: Any, k: int, where: str) -> list[int]:
+    """A non-empty array (or one number) of distinct 0-based ``_multi`` indices."""
+    indices = [value] if type(value) is int else value
+    if not isinstance(indices, list) or not indices or not all(type(i) is int and 0 <= i < k for i in indices):
+        raise ValueError(f'"{where}" must hold 0-based indices of the {k} actions in c._multi')
+    if len(set(indices)) != len(indices):
+        raise ValueError(f'"{where}" repeats an action')
+    return indices
+
+
+def _slot_event(obj: Any, timestamp: str, line: str | None = None) -> MultiSlotEvent | None:
+    """A parsed multi-slot line as a :class:`MultiSlotEvent`; None when a slot has no ``_label_cost``. ``line``
+    is the text VW learns; without it, the line is rebuilt with ``_outcomes`` and ``_ba`` after ``c``, where
+    VW reads them. A :class:`ValueError` says what is wrong with the line."""
+    if not isinstance(obj, dict):
+        raise ValueError("a DSJSON line must be a JSON object")
+    c, outcomes, baselines = obj.get("c"), obj.get("_outcomes"), obj.get("_ba")
+    if not isinstance(c, dict):
+        raise ValueError('"c" must be an object')
+    multi, slots = c.get("_multi"), c.get("_slots")
+    if not isinstance(multi, list) or not multi:
+        raise ValueError('"c._multi" must be a non-empty array of objects')
+    if not (isinstance(slots, list) and isinstance(outcomes, list) and outcomes and len(slots) == len(outcomes)):
+        raise ValueError('"c._slots" and "_outcomes" must be arrays with one entry per slot')
+    if not all(isinstance(x, dict) for x in [*slots, *outcomes]):
+        raise ValueError('the entries of "c._slots" and "_outcomes" must be objects')
+    if baselines is not None and not (
+        isinstance(baselines, list) and len(baselines) == len(slots) and all(type(b) is int for b in baselines)
+    ):
+        raise ValueError('"_ba" must hold one 0-based action index per slot')
+    taken: set[int] = set()
+    read: list[SlotOutcome] = []
+    normalized = []
+    labeled = True
+    for position, (slot, outcome) in enumerate(zip(slots, outcomes, strict=True)):
+        a = _indices(outcome.get("_a"), len(multi), f"_outcomes[{position}]._a")
+        p = outcome.get("_p")
+        p = [p] if _number(p) else p
+        if not isinstance(p, list) or len(p) != len(a) or not all(_number(x) and 0 <= x <= 1 for x in p):
+            raise ValueError(f'"_outcomes[{position}]._p" must hold a probability for each entry of its "_a"')
+        if not p[0] > 0:
+            raise ValueError(f"slot {position}: the chosen action (first in _a) must have a positive probability")
+        if "_inc" in slot:
+            candidates = _indices(slot["_inc"], len(multi), f"c._slots[{position}]._inc")
+        else:
+            candidates = [m for m in range(len(multi)) if m not in taken]
+        if a[0] in taken or a[0] not in candidates:
+            raise ValueError(f"slot {position}: the chosen action is taken by an earlier slot or not in its _inc")
+        cost = outcome.get("_label_cost")
+        if cost is None:
+            labeled = False
+        elif not _number(cost) or not -1 <= cost <= 1:
+            raise ValueError(f"_outcomes[{position}]._label_cost must be a number in [-1, 1] (the reward negated)")
+        slot_id = outcome.get("_id", slot.get("_id", position))
+        baseline = baselines[position] if baselines is not None else candidates[0]
+        reward = 0.0 - cost if labeled else 0.0
+        read.append(SlotOutcome(str(slot_id), a[0], float(p[0]), reward, len(candidates), baseline))
+        normalized.append({**outcome, "_a": a, "_p": p})
+        taken.add(a[0])
+    if not labeled:
+        return None
+    if line is None:
+        head = _dumps({key: v for key, v in obj.items() if key not in ("c", "_outcomes", "_ba", "_skipLearn")})
+        tail = {"_outcomes": normalized} | ({"_ba": baselines} if baselines is not None else {})
+        line = head[:-1] + ("," if len(head) > 2 else "") + '"c":' + _dumps(c) + "," + _dumps(tail)[1:]
+    return MultiSlotEvent(line, tuple(read), timestamp)

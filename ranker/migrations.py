@@ -112,6 +112,7 @@ def create_mode_switches(db: Database) -> None:
 
 @migrations()
 def add_slots(db: Database) -> None:
-    # Multi-slot decisions: each slot's id, chosen action and its probability; rewards name their slot.
+    # Multi-slot decisions: each slot's id, chosen action and its probability; rewards name their slot. A
+    # multi-slot decision's explanation is {"slots": {slot id: {"excluded": ..., "reweighted": ...}}}.
     db["decisions"].add_column("slots", str)  # JSON [{"id", "rewardActionId", "probability"}]; null: single-slot
     db["rewards"].add_column("slot_id", str)  # null for a single-slot decision

@@ -4,8 +4,8 @@ A namespace is dropped with VW's ``--ignore <c>``, which discards at parse time 
 starts with the character ``c`` (linear terms and the interactions built from them): the records replayed are
 exactly the logged ones. Namespaces sharing a first character are therefore left out together; a row names
 every namespace it dropped. A single feature is left out by rewriting each record minimally: the feature's key
-is removed from the namespace objects that hold it (in ``c`` and in every action of ``_multi``), nothing else
-changes.
+is removed from the namespace objects that hold it (in ``c``, in every action of ``_multi`` and, in a multi-slot
+record, in every slot of ``_slots``), nothing else changes.
 
 The score of a left-out part, with R the SNIPS estimate of the full model, R₋ that of the model without the
 part and R₀ that of the uniformly random policy (the reward of knowing nothing)::
@@ -13,7 +13,8 @@ part and R₀ that of the uniformly random policy (the reward of knowing nothing
     score = clip(100 · (R − R₋) / (R − R₀), 0, 100)
 
 100 means the model without it is no better than chance, 0 that it loses nothing (or gains). When the full
-model does not beat chance (R ≤ R₀), every score is 0.
+model does not beat chance (R ≤ R₀), every score is 0. For a multi-slot source (``arguments`` with
+``--ccb_explore_adf``) the estimates are the replay's overall ones: every filled slot pooled.
 """
 
 from __future__ import annotations
@@ -22,22 +23,39 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ranker.evaluation.replay import RANDOM, Candidate, DsjsonFile, Event, LoopLog, Skipped, replay
+from ranker.evaluation.replay import (
+    RANDOM,
+    Candidate,
+    DsjsonFile,
+    Event,
+    LoopLog,
+    MultiSlotEvent,
+    Skipped,
+    replay,
+    source_is_multislot,
+)
 
 __all__ = ["importance", "namespaces"]
 
 _SPECIAL = ("_", "@")  # DSJSON fields that are not feature namespaces (_multi, _label_*, _text, @meta ...)
 
 
+def _holders(context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects of a record's ``c`` that hold features: ``c`` itself, its actions and its slots."""
+    return [context, *context.get("_multi", []), *context.get("_slots", [])]
+
+
 def namespaces(source: LoopLog | DsjsonFile, limit: int = 1000) -> dict[str, set[str]]:
-    """The namespaces (keys of ``c`` and of the actions holding an object, or an array, which VW's JSON parser
-    reads as a namespace) and the feature names of their objects, from the first ``limit`` events."""
+    """The namespaces (keys of ``c``, of the actions and of the slots holding an object, or an array, which VW's
+    JSON parser reads as a namespace) and the feature names of their objects, from the first ``limit`` events
+    of the source's kind."""
+    kind = MultiSlotEvent if source_is_multislot(source) else Event
     found: dict[str, set[str]] = {}
-    for n, event in enumerate(e for e in source.events() if type(e) is not Skipped):
+    for n, event in enumerate(e for e in source.events() if type(e) is kind):
         if n >= limit:
             break
         context = json.loads(event.line)["c"]
-        for holder in [context, *context.get("_multi", [])]:
+        for holder in _holders(context):
             for key, value in holder.items():
                 if key.startswith(_SPECIAL) or not isinstance(value, dict | list):
                     continue
@@ -57,14 +75,17 @@ class _WithoutFeature:
     def __str__(self) -> str:
         return f"{self.source} without {self.namespace}.{self.feature}"
 
-    def events(self) -> Iterator[Event | Skipped]:
+    def multislot(self) -> bool:
+        return source_is_multislot(self.source)
+
+    def events(self) -> Iterator[Event | MultiSlotEvent | Skipped]:
         for event in self.source.events():
             if type(event) is Skipped:
                 yield event
                 continue
             record = json.loads(event.line)
             context = record["c"]
-            for holder in [context, *context.get("_multi", [])]:
+            for holder in _holders(context):
                 value = holder.get(self.namespace)
                 for obj in value if isinstance(value, list) else [value]:
                     if isinstance(obj, dict):

@@ -26,10 +26,33 @@ DM and DR are added: r̂(x, a) for every action gives r̂_π = Σ_a π(a|x) r̂(
 r̂(x, a_logged). Events skipped: deferred decisions never activated (``"_skipLearn": true`` in a file), lines
 without a label, lines that are not valid DSJSON (reported with their line number), and records VW refuses.
 
+**Multi-slot sources.** A source is multi-slot when its loop's policy uses ``--ccb_explore_adf`` (for a file:
+when its first line has ``_outcomes``). Its multi-slot events are replayed and its single-slot ones skipped
+(``other_kind``), and the reverse for a single-slot source: what the trainer does. The candidates are VW
+policies with ``--ccb_explore_adf`` (one with ``--cb_explore_adf`` on a multi-slot source, or the reverse, is a
+:class:`ValueError`), Online, Baseline and Random, evaluated on every filled slot:
+
+- a VW policy learns each labeled line as above. VW's CCB scores each slot in turn, with the logged actions of
+  the slots before it in place (that is how it learns), so its probability of a slot's logged action, read
+  before the update, is the probability the slot's decision had given the same earlier slots: the target one;
+- ``Online``: the slot's logged probability (``_p[0]``);
+- ``Baseline``: the slot's baseline (``_ba``, the request's ``baselineAction``, or the first action left when
+  the rules forbid it there): 1 when it was the slot's logged action, else 0;
+- ``Random``: uniform over the actions the slot could take given the earlier slots (its ``_inc``): 1/K_slot.
+
+Every slot is estimated over the events that filled it, and ``overall`` over all (event, slot) pairs pooled:
+it treats the slots of one event as separate samples (the interval ignores that they share a context), and
+estimates the mean reward of a filled slot. The report's policy rows are then the overall ones, each with
+``"slots"``: {slot id: the slot's row}; slots are told apart by their ids, in the order first seen, and at
+most ``MAX_SLOT_ROWS`` of them (those filled most often) get a row of their own. The cumulative curves are over
+events: at event i, the estimate over the pairs of the first i events (overall, and per slot under
+``cumulative["slots"]``). DM and DR are not computed for a multi-slot source (VW's CCB reductions report
+exploration probabilities, not the cost estimates a reward model needs): IPS, SNIPS and Cressie-Read only.
+
 A VW candidate is scored on its own PMF. At serving time the loop's priority rules reweight the model's PMF, and
 the record does not keep their factors (the decision's explanation names the rules), so a candidate is evaluated
 as it would serve without priority rules; exclusions are in the record already (excluded actions are not in
-``_multi``).
+``_multi``, or not in the slot's ``_inc``).
 
 The rewards must lie in ``reward_range``, by default [0, 1] when no logged reward is negative, else [-1, 1]
 (the reward API's range); the Cressie-Read interval relies on those bounds.
@@ -58,8 +81,10 @@ import numpy as np
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
+from ranker import dsjson
+from ranker.engine import is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
-from ranker.export import DsjsonFile, Event, LoopLog, Skipped
+from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import Policy, Settings
 
 __all__ = [
@@ -72,11 +97,13 @@ __all__ = [
     "DsjsonFile",
     "Event",
     "LoopLog",
+    "MultiSlotEvent",
     "Report",
     "Skipped",
     "plot",
     "policy_candidates",
     "replay",
+    "source_is_multislot",
     "write",
 ]
 
@@ -85,12 +112,15 @@ DEFAULT_REWARD_MODEL = "--cb_adf --cb_type mtr -q ::"
 CHECKPOINTS = 200  # points of the cumulative estimate curves
 MAX_ERRORS = 100  # bad lines listed in a report
 CHUNK = 256  # lines handed to the learners at a time
+MAX_SLOT_ROWS = 50  # slot ids of a multi-slot source with a row of their own (the most often filled)
+OVERALL = "overall"
 _NOT_VW_OPTIONS = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A policy to replay: VW ``arguments`` (with ``--cb_explore_adf``), or None for a built-in by ``name``."""
+    """A policy to replay: VW ``arguments`` (with ``--cb_explore_adf``, or ``--ccb_explore_adf`` for a
+    multi-slot source), or None for a built-in by ``name``."""
 
     name: str
     arguments: str | None = None
@@ -101,17 +131,27 @@ class Candidate:
                 raise ValueError(f"{self.name!r}: give VW arguments, or use {ONLINE}, {BASELINE} or {RANDOM}")
             return
         words = [word for word in shlex.split(self.arguments) if word not in _NOT_VW_OPTIONS]
-        if "--cb_explore_adf" not in words:
-            raise ValueError(f"{self.name!r}: the arguments must use --cb_explore_adf")
+        if ("--cb_explore_adf" in words) == ("--ccb_explore_adf" in words):
+            raise ValueError(
+                f"{self.name!r}: the arguments must use --cb_explore_adf (single-slot) or --ccb_explore_adf "
+                "(multi-slot)"
+            )
         object.__setattr__(self, "arguments", " ".join(words))
+
+    @property
+    def multislot(self) -> bool | None:
+        """Whether the VW policy is multi-slot; None for a built-in, which replays either kind."""
+        return None if self.arguments is None else is_multislot(self.arguments)
 
 
 BUILT_INS = (Candidate(ONLINE), Candidate(BASELINE), Candidate(RANDOM))
 
 
-def policy_candidates(settings: Settings, policies: Sequence[str] = ()) -> list[Candidate]:
+def policy_candidates(settings: Settings, policies: Sequence[str] = (), *, multislot: bool = False) -> list[Candidate]:
     """Candidates from policy files (``{"name", "arguments"}``): each entry a file path or a policy name in
-    ``settings.policies_dir``; with none, every policy file there. Their arguments are used as written."""
+    ``settings.policies_dir``; with none, every policy file there of the source's kind (``--cb_explore_adf``,
+    or with ``multislot`` ``--ccb_explore_adf``). Their arguments are used as written; a policy named
+    explicitly is taken whatever its kind, and :func:`replay` refuses it on a source of the other kind."""
     paths = [Path(p) if p.endswith(".json") else settings.policies_dir / f"{p}.json" for p in policies]
     candidates = []
     for path in paths or sorted(settings.policies_dir.glob("*.json")):
@@ -119,15 +159,36 @@ def policy_candidates(settings: Settings, policies: Sequence[str] = ()) -> list[
             policy = Policy.model_validate_json(path.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read policy {path}: {exc}") from exc
-        candidates.append(Candidate(policy.name, policy.arguments))
+        candidate = Candidate(policy.name, policy.arguments)
+        if paths or candidate.multislot == multislot:
+            candidates.append(candidate)
     return candidates
+
+
+def source_is_multislot(source: Any) -> bool:
+    """Whether a source is multi-slot (see the module docstring); sources without ``multislot()`` are not."""
+    kind = getattr(source, "multislot", None)
+    return bool(kind()) if callable(kind) else False
 
 
 # -- the passes ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Scan:
+class _Skips:
+    """The events the main pass leaves out: counts by reason, and the first errors with their line."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def skip(self, skipped: Skipped) -> None:
+        self.skipped[skipped.reason] = self.skipped.get(skipped.reason, 0) + 1
+        if skipped.error is not None and len(self.errors) < MAX_ERRORS:
+            self.errors.append((skipped.line, skipped.error))
+
+
+@dataclass
+class _Scan(_Skips):
     """What the main pass keeps of each event (besides the VW passes' outputs)."""
 
     reward: array = field(default_factory=lambda: array("d"))
@@ -138,8 +199,6 @@ class _Scan:
     p: array = field(default_factory=lambda: array("d"))
     lengths: array = field(default_factory=lambda: array("q"))  # of each event's ``a``
     timestamps: list[str] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    errors: list[tuple[int, str]] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
         self.reward.append(event.reward)
@@ -159,24 +218,54 @@ class _Scan:
         pmf[starts + _ints(self.a) - 1] = np.frombuffer(self.p, dtype=float) if len(self.p) else 0.0
         return pmf
 
-    def skip(self, skipped: Skipped) -> None:
-        self.skipped[skipped.reason] = self.skipped.get(skipped.reason, 0) + 1
-        if skipped.error is not None and len(self.errors) < MAX_ERRORS:
-            self.errors.append((skipped.line, skipped.error))
+
+@dataclass
+class _SlotScan(_Skips):
+    """What the main pass keeps of a multi-slot source: per event its number of slots and time, per (event,
+    slot) pair its slot (an index into ``ids``) and what was logged there."""
+
+    slots: array = field(default_factory=lambda: array("q"))
+    timestamps: list[str] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)
+    slot: array = field(default_factory=lambda: array("q"))
+    chosen: array = field(default_factory=lambda: array("q"))
+    probability: array = field(default_factory=lambda: array("d"))
+    reward: array = field(default_factory=lambda: array("d"))
+    candidates: array = field(default_factory=lambda: array("q"))
+    baseline: array = field(default_factory=lambda: array("q"))
+
+    def add(self, event: MultiSlotEvent) -> None:
+        self.slots.append(len(event.slots))
+        self.timestamps.append(event.timestamp)
+        for slot in event.slots:
+            self.slot.append(self.ids.setdefault(slot.id, len(self.ids)))
+            self.chosen.append(slot.chosen)
+            self.probability.append(slot.probability)
+            self.reward.append(slot.reward)
+            self.candidates.append(slot.candidates)
+            self.baseline.append(slot.baseline)
 
 
 class _Learners:
     """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
-    line (0 where VW refused the line)."""
+    line (0 where VW refused the line). A single-slot workspace keeps the PMF over the line's actions, a
+    multi-slot one each slot's probability of the slot's logged action."""
 
     def __init__(self, arguments: Sequence[str]):
         self.workspaces = [vowpalwabbit.Workspace(f"{args} --dsjson --quiet") for args in arguments]
+        self.multislot = [is_multislot(args) for args in arguments]
         self.outputs = [(array("d"), array("q")) for _ in arguments]
 
     def learn(self, lines: Sequence[str]) -> None:
         parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
         finish = pylibvw.vw._finish_example_multi_ex
-        for ws, (scores, counts) in zip(self.workspaces, self.outputs, strict=True):
+        chosen = None
+        for ws, multislot, (scores, counts) in zip(self.workspaces, self.multislot, self.outputs, strict=True):
+            if multislot:
+                if chosen is None:
+                    chosen = [_logged_slots(line) for line in lines]
+                _learn_slots(ws, lines, chosen, scores, counts)
+                continue
             for line in lines:
                 # the calls pyvw's parse and learn make, without wrapping every example in Python
                 try:
@@ -197,6 +286,37 @@ class _Learners:
     def close(self) -> None:
         for ws in self.workspaces:
             ws.finish()
+
+
+def _logged_slots(line: str) -> list[int]:
+    """The ``_multi`` index of each slot's logged action in a multi-slot line (its ``_outcomes``' ``_a[0]``)."""
+    return [outcome["_a"][0] for outcome in dsjson.split_multislot(line)[1]["_outcomes"]]
+
+
+def _learn_slots(
+    ws: vowpalwabbit.Workspace, lines: Sequence[str], chosen: list[list[int]], scores: array, counts: array
+) -> None:
+    """Learn multi-slot lines; keep, per slot, VW's probability of the logged action before the update."""
+    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
+    finish = pylibvw.vw._finish_example_multi_ex
+    for line, logged in zip(lines, chosen, strict=True):
+        try:
+            examples = parse(ws, line)
+        except RuntimeError:
+            counts.append(0)
+            continue
+        try:
+            learn(ws, examples)
+            per_slot = [dict(slot) for slot in examples[0].get_decision_scores()]
+        except RuntimeError:
+            per_slot = []
+        finally:
+            finish(ws, examples)
+        if len(per_slot) != len(logged) or any(a not in slot for a, slot in zip(logged, per_slot, strict=False)):
+            counts.append(0)  # VW did not score every slot's logged action: it read another line than logged
+            continue
+        scores.extend(slot[a] for a, slot in zip(logged, per_slot, strict=True))
+        counts.append(len(logged))
 
 
 def _learner_process(conn: Connection, arguments: list[str]) -> None:
@@ -221,10 +341,13 @@ def _passes(
     jobs: Sequence[str],
     workers: int,
     progress: Callable[[int], None] | None,
-) -> tuple[_Scan, list[tuple[array, array]]]:
-    """Read the source once, keep what the built-ins need, and have every VW workspace learn exactly the lines
-    of the events kept: here, or in ``workers`` processes fed through pipes (this one then only reads)."""
-    scan = _Scan()
+    multislot: bool = False,
+) -> tuple[Any, list[tuple[array, array]]]:
+    """Read the source once, keep what the built-ins need (a :class:`_Scan`, or a :class:`_SlotScan` for a
+    multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or in
+    ``workers`` processes fed through pipes (this one then only reads)."""
+    scan: _Scan | _SlotScan = _SlotScan() if multislot else _Scan()
+    kind = MultiSlotEvent if multislot else Event
     processes: list[tuple[Any, Connection]] = []
     local = _Learners(jobs) if workers <= 1 or not jobs else None
     try:
@@ -251,10 +374,10 @@ def _passes(
             chunk.clear()
 
         for event in source.events():
-            if type(event) is Skipped:
-                scan.skip(event)
+            if type(event) is not kind:
+                scan.skip(event if type(event) is Skipped else Skipped(0, "other_kind"))
                 continue
-            scan.add(event)
+            scan.add(event)  # type: ignore[arg-type]
             chunk.append(event.line)
             if len(chunk) == CHUNK:
                 flush()
@@ -290,7 +413,12 @@ def _passes(
 
 @dataclass
 class Report:
-    """Estimates per policy, as rows of :func:`~ranker.evaluation.evaluate` plus the cumulative curves."""
+    """Estimates per policy, as rows of :func:`~ranker.evaluation.evaluate` plus the cumulative curves.
+
+    For a multi-slot source (``multislot``) each policy row is the overall one, with ``"slots"``: {slot id:
+    row}; ``slots`` lists the slot ids with a row, ``samples`` counts the (event, slot) pairs, and ``data``
+    holds the overall :class:`~ranker.evaluation.LoggedData` per policy, ``slot_data`` the slots' ones.
+    """
 
     source: str
     events: int
@@ -303,8 +431,23 @@ class Report:
     cumulative: dict[str, Any]
     seconds: float
     data: dict[str, LoggedData] = field(repr=False, default_factory=dict)  # not serialised
+    multislot: bool = False
+    samples: int = 0  # (event, slot) pairs of a multi-slot source
+    slots: list[str] = field(default_factory=list)
+    slots_not_reported: int = 0  # slot ids past MAX_SLOT_ROWS: in the overall rows only
+    slot_data: dict[str, dict[str, LoggedData]] = field(repr=False, default_factory=dict)  # not serialised
 
     def to_dict(self) -> dict[str, Any]:
+        multislot = (
+            {
+                "multislot": True,
+                "samples": self.samples,
+                "slots": self.slots,
+                "slots_not_reported": self.slots_not_reported,
+            }
+            if self.multislot
+            else {}
+        )
         return {
             "source": self.source,
             "events": self.events,
@@ -315,30 +458,45 @@ class Report:
             "reward_model": self.reward_model,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events / self.seconds) if self.seconds > 0 else None,
+            **multislot,
             "policies": self.policies,
             "cumulative": self.cumulative,
         }
 
     def table(self) -> str:
-        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval."""
+        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval. For a multi-slot source:
+        policy, slot (each policy's overall row, then one per slot), n, IPS, SNIPS and the interval."""
         level = f"{100 * (1 - self.alpha):g}% interval"
-        rows = [("policy", "n", "IPS", "SNIPS", "DR", level)]
-        for row in self.policies:
-            lo, hi = row["interval"]
-            rows.append(
-                (
-                    row["policy"],
-                    str(row["n"]),
-                    _fmt(row["ips"]),
-                    _fmt(row["snips"]),
-                    _fmt(row["dr"]),
-                    f"[{_fmt(lo)}, {_fmt(hi)}]",
+        rows: list[tuple[str, ...]] = []
+        if self.multislot:
+            rows.append(("policy", "slot", "n", "IPS", "SNIPS", level))
+            for row in self.policies:
+                for name, slot, values in [(row["policy"], OVERALL, row)] + [
+                    ("", slot, values) for slot, values in row["slots"].items()
+                ]:
+                    lo, hi = values["interval"]
+                    cells = (str(values["n"]), _fmt(values["ips"]), _fmt(values["snips"]), f"[{_fmt(lo)}, {_fmt(hi)}]")
+                    rows.append((name, slot, *cells))
+        else:
+            rows.append(("policy", "n", "IPS", "SNIPS", "DR", level))
+            for row in self.policies:
+                lo, hi = row["interval"]
+                rows.append(
+                    (
+                        row["policy"],
+                        str(row["n"]),
+                        _fmt(row["ips"]),
+                        _fmt(row["snips"]),
+                        _fmt(row["dr"]),
+                        f"[{_fmt(lo)}, {_fmt(hi)}]",
+                    )
                 )
-            )
+        text_columns = 2 if self.multislot else 1
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join(
             "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                cell.ljust(w) if i < text_columns else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
             )
             for row in rows
         )
@@ -364,12 +522,23 @@ def replay(
     through pipes while this one reads the source; they are started with multiprocessing's "spawn", so a script
     calling this needs the ``if __name__ == "__main__":`` guard.
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
-    no event is left to evaluate.
+    no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
+    ``reward_model`` is not used on a multi-slot source (no DM or DR there).
     """
     names = [candidate.name for candidate in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
     started = time.perf_counter()
+    multislot = source_is_multislot(source)
+    for candidate in candidates:
+        if candidate.multislot not in (None, multislot):
+            kinds = ("multi-slot", "--ccb_explore_adf") if multislot else ("single-slot", "--cb_explore_adf")
+            raise ValueError(
+                f"{candidate.name!r} is not a {kinds[0]} policy, and {source} is {kinds[0]}: "
+                f"its candidates' arguments must use {kinds[1]}"
+            )
+    if multislot:
+        return _replay_slots(source, candidates, reward_range, alpha, workers, progress, started)
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
     jobs = [candidate.arguments for candidate in vw] + ([reward_model] if reward_model else [])
     scan, outputs = _passes(source, jobs, workers, progress)
@@ -446,6 +615,110 @@ def replay(
         seconds=time.perf_counter() - started,
         data=data,
     )
+
+
+def _replay_slots(
+    source: LoopLog | DsjsonFile,
+    candidates: Sequence[Candidate],
+    reward_range: tuple[float, float] | None,
+    alpha: float,
+    workers: int,
+    progress: Callable[[int], None] | None,
+    started: float,
+) -> Report:
+    """:func:`replay` of a multi-slot source: every slot, and all of them pooled (see the module docstring)."""
+    vw = [candidate for candidate in candidates if candidate.arguments is not None]
+    scan, outputs = _passes(source, [candidate.arguments for candidate in vw], workers, progress, multislot=True)
+    per_event = _ints(scan.slots)
+    keep = np.ones(per_event.size, dtype=bool)
+    counts = []
+    for _, output_counts in outputs:
+        counts.append(_ints(output_counts))
+        if counts[-1].size != per_event.size:
+            raise RuntimeError("the VW passes read different events; was the source changed during the replay?")
+        keep &= counts[-1] == per_event
+    if per_event.size - int(keep.sum()):
+        scan.skipped["refused_by_vw"] = per_event.size - int(keep.sum())
+    if not keep.any():
+        raise ValueError(f"no event to evaluate in {source} (skipped: {scan.skipped or 'none'})")
+
+    pairs = np.repeat(keep, per_event)  # the (event, slot) pairs of the kept events
+    event = np.repeat(np.arange(int(keep.sum())), per_event[keep])  # each pair's event, among the kept ones
+    slot = _ints(scan.slot)[pairs]
+    reward = np.frombuffer(scan.reward, dtype=float)[pairs]
+    if reward_range is None:
+        reward_range = (0.0 if reward.min() >= 0 else -1.0, 1.0)
+    r_min, r_max = reward_range
+    logged_p = np.frombuffer(scan.probability, dtype=float)[pairs]
+    chosen = _ints(scan.chosen)[pairs]
+    targets = {
+        ONLINE: logged_p,
+        BASELINE: (chosen == _ints(scan.baseline)[pairs]).astype(float),
+        RANDOM: 1.0 / _ints(scan.candidates)[pairs],
+    }
+    for i, candidate in enumerate(vw):
+        values = np.frombuffer(outputs[i][0], dtype=float) if len(outputs[i][0]) else np.zeros(0)
+        targets[candidate.name] = np.clip(values[np.repeat(keep, counts[i])], 0.0, 1.0)
+
+    filled = np.bincount(slot, minlength=len(scan.ids))
+    ranked = {i for i in sorted(range(len(scan.ids)), key=lambda i: -filled[i])[:MAX_SLOT_ROWS] if filled[i]}
+    reported = [(name, i) for name, i in scan.ids.items() if i in ranked]
+    checkpoints = np.unique(np.linspace(1, event[-1] + 1, min(event[-1] + 1, CHECKPOINTS)).round().astype(np.int64))
+    policies, data, slot_data = [], {}, {}
+    curves: dict[str, Any] = {"ips": {}, "snips": {}, "slots": {name: {"ips": {}, "snips": {}} for name, _ in reported}}
+    for candidate in candidates:
+        logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=targets[candidate.name])
+        data[candidate.name] = logged
+        row = _row(candidate, evaluate(logged, alpha=alpha, r_min=r_min, r_max=r_max))
+        curves["ips"][candidate.name], curves["snips"][candidate.name] = _pooled(logged, event, checkpoints)
+        row["slots"], slot_data[candidate.name] = {}, {}
+        for name, index in reported:
+            mask = slot == index
+            part = LoggedData(
+                reward=reward[mask],
+                logged_probability=logged_p[mask],
+                target_probability=logged.target_probability[mask],
+            )
+            slot_data[candidate.name][name] = part
+            slot_row = _row(candidate, evaluate(part, alpha=alpha, r_min=r_min, r_max=r_max))
+            row["slots"][name] = {key: value for key, value in slot_row.items() if key not in ("policy", "arguments")}
+            ips, snips = _pooled(part, event[mask], checkpoints)
+            curves["slots"][name]["ips"][candidate.name], curves["slots"][name]["snips"][candidate.name] = ips, snips
+        policies.append(row)
+
+    stamps = [scan.timestamps[i] for i in np.nonzero(keep)[0]]
+    cumulative = {"event": checkpoints.tolist(), "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
+    return Report(
+        source=str(source),
+        events=int(keep.sum()),
+        skipped=scan.skipped,
+        errors=scan.errors,
+        reward_range=(float(r_min), float(r_max)),
+        alpha=alpha,
+        reward_model=None,
+        policies=policies,
+        cumulative=cumulative,
+        seconds=time.perf_counter() - started,
+        data=data,
+        multislot=True,
+        samples=int(reward.size),
+        slots=[name for name, _ in reported],
+        slots_not_reported=int(np.count_nonzero(filled)) - len(reported),
+        slot_data=slot_data,
+    )
+
+
+def _pooled(
+    data: LoggedData, event: np.ndarray, checkpoints: np.ndarray
+) -> tuple[list[float | None], list[float | None]]:
+    """IPS and SNIPS over the samples of the first i events (``event``: each sample's 0-based event, in order),
+    at each checkpoint i; None before the first sample."""
+    seen = np.searchsorted(event, checkpoints)  # samples of the first i events
+    weighted = np.concatenate([[0.0], np.cumsum(data.weights * data.reward)])[seen]
+    weights = np.concatenate([[0.0], np.cumsum(data.weights)])[seen]
+    ips = [float(x / m) if m else None for x, m in zip(weighted, seen, strict=True)]
+    snips = [float(x / w) if w > 0 else None for x, w in zip(weighted, weights, strict=True)]
+    return ips, snips
 
 
 def _ints(values: array) -> np.ndarray:
@@ -538,7 +811,8 @@ def plot(report: Report, path: str | Path) -> Path:
     curves.set_ylabel("cumulative SNIPS estimate")
     curves.grid(alpha=0.3)
     curves.legend(fontsize="small")
-    figure.suptitle(f"{report.source}: {report.events} events")
+    pooled = f", {report.samples} (event, slot) pairs, all slots pooled" if report.multislot else ""
+    figure.suptitle(f"{report.source}: {report.events} events{pooled}")
     path = Path(path)
     figure.savefig(path, dpi=100)
     return path

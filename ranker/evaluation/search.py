@@ -8,7 +8,10 @@ interactions (none / ``-q ::``), ``--cb_type`` (mtr, ips, dr), exploration (``--
 --gamma_scale g``, ``--cover n``), learning rate ``-l`` and ``--power_t``, shuffled with ``seed``. They are
 replayed in batches (one :func:`~ranker.evaluation.replay.replay` call reads the source once for the whole
 batch); a batch is sized from the time the previous ones took per candidate so that it ends within the budget,
-and the search stops when not even one more candidate fits.
+and the search stops when not even one more candidate fits. Over a multi-slot source every combination uses
+``--ccb_explore_adf`` instead of ``--cb_explore_adf`` (Personalizer's default too), the loop's current policy is
+tried only when it is of the source's kind, and the criterion is the replay's overall row (every filled slot
+pooled).
 
 :func:`graduation` is the evidence for switching a loop from Apprentice to Online: the candidate's replayed
 lower confidence bound against the Baseline's estimate (the Apprentice's reference, the first eligible action)
@@ -25,19 +28,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ranker.evaluation.replay import BASELINE, ONLINE, Candidate, DsjsonFile, LoopLog, replay
+from ranker.engine import is_multislot
+from ranker.evaluation.replay import BASELINE, ONLINE, Candidate, DsjsonFile, LoopLog, replay, source_is_multislot
 
 __all__ = ["PERSONALIZER_DEFAULT", "SearchResult", "graduation", "grid", "search"]
 
 PERSONALIZER_DEFAULT = "--cb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
 
 
+def _explore(multislot: bool) -> str:
+    return "--ccb_explore_adf" if multislot else "--cb_explore_adf"
+
+
 def grid(base: str = "--cb_explore_adf -q ::") -> list[str]:
-    """Every combination the search can try, in a fixed order, each one VW arguments with ``--cb_explore_adf``.
+    """Every combination the search can try, in a fixed order, each one VW arguments with ``--cb_explore_adf``
+    (``--ccb_explore_adf`` when ``base`` uses it: a multi-slot policy).
 
     ``base`` gives the interactions of the first half (its ``-q``/``--quadratic`` options are kept); the second
     half tries no interaction at all.
     """
+    explore = _explore(is_multislot(base))
     words = base.split()
     interactions = " ".join(
         words[i] + " " + words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-q", "--quadratic")
@@ -55,7 +65,7 @@ def grid(base: str = "--cb_explore_adf -q ::") -> list[str]:
     ):
         if exploration.startswith("--squarecb") and cb_type != "mtr":
             continue  # VW's SquareCB learns with mtr only
-        arguments = f"--cb_explore_adf {exploration} --cb_type {cb_type} -l {rate:g} --power_t {power_t:g}"
+        arguments = f"{explore} {exploration} --cb_type {cb_type} -l {rate:g} --power_t {power_t:g}"
         combinations.append(f"{arguments} {quadratic}".strip())
     return combinations
 
@@ -96,7 +106,7 @@ def search(
     source: LoopLog | DsjsonFile,
     budget_seconds: float,
     *,
-    base: str = "--cb_explore_adf -q ::",
+    base: str | None = None,
     current: str | None = None,
     seed: int = 0,
     batch: int = 8,
@@ -105,12 +115,19 @@ def search(
 ) -> SearchResult:
     """Search VW arguments over ``source`` for at most ``budget_seconds`` (the first batch, the loop's
     ``current`` policy, Personalizer's default and ``base`` itself, always runs) and return the best by the
-    lower end of its interval. The best is a policy dict named ``optimized-<n>`` with its arguments as VW reads
-    them; ``improvement`` gives its estimate and lower bound minus Online's. Raises :class:`ValueError` when the
-    source has no event."""
+    lower end of its interval. ``base`` is ``<--cb_explore_adf or --ccb_explore_adf, the source's kind> -q ::``
+    unless given; a ``current`` policy of the other kind is not tried. The best is a policy dict named
+    ``optimized-<n>`` with its arguments as VW reads them; ``improvement`` gives its estimate and lower bound
+    minus Online's. Raises :class:`ValueError` when the source has no event, or ``base`` is of the other kind."""
     started = time.perf_counter()
-    first = [current] if current else []
-    first += [PERSONALIZER_DEFAULT, f"{base} --epsilon 0.2" if "--epsilon" not in base else base]
+    multislot = source_is_multislot(source)
+    explore = _explore(multislot)
+    base = base or f"{explore} -q ::"
+    first = [current] if current and is_multislot(current) == multislot else []
+    first += [
+        PERSONALIZER_DEFAULT.replace("--cb_explore_adf", explore),
+        f"{base} --epsilon 0.2" if "--epsilon" not in base else base,
+    ]
     rest = grid(base)
     random.Random(seed).shuffle(rest)
     queue, seen = [], set()
@@ -169,7 +186,8 @@ def graduation(
     source: LoopLog | DsjsonFile, candidate_args: str, min_events: int, *, alpha: float = 0.05
 ) -> dict[str, Any]:
     """Whether a model with ``candidate_args`` would beat the Baseline: its replayed interval's lower end above
-    the Baseline's SNIPS estimate, over at least ``min_events`` events. Returns the evidence:
+    the Baseline's SNIPS estimate, over at least ``min_events`` events (for a multi-slot loop: the overall rows,
+    every filled slot pooled, against each slot's baseline action). Returns the evidence:
     ``{"graduate", "reason", "events", "min_events", "lower_bound", "estimate", "baseline", "arguments"}``."""
     if min_events < 1:
         raise ValueError("min_events must be at least 1")
