@@ -5,8 +5,11 @@
 for a multi-slot loop: the loop's kind, else 400 ``InvalidPolicyConfiguration``) are replayed over the log
 with :func:`ranker.evaluation.replay.replay`, beside ``Online`` (what was served), ``Baseline`` (the first action)
 and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate and its ``confidenceInterval`` the
-95% Cressie-Read interval ``[lower, upper]``. ``POST configurations/applyFromEvaluation`` makes a policy of a
-finished evaluation the loop's policy, exactly as ``PUT configurations/policy`` does.
+95% Cressie-Read interval ``[lower, upper]``. With ``enablePolicyOptimization`` the job first runs
+:func:`ranker.evaluation.search.search` over the same decisions for ``policy_optimization_seconds`` and replays
+the best arguments it found as one more policy (``policySource`` ``OfflineExperimentation``, Personalizer's
+name for it). ``POST configurations/applyFromEvaluation`` makes a policy of a finished evaluation (the
+optimized one included) the loop's policy, exactly as ``PUT configurations/policy`` does.
 
 For a multi-slot loop, ``content.value`` holds, as Personalizer's did, each policy's overall result (``slotId``
 empty: every filled slot of every event pooled, the slots of one event taken as separate samples) followed by
@@ -43,6 +46,7 @@ from .api import caller, json_body, json_response, service
 from .engine import is_multislot
 from .errors import ApiError
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
+from .evaluation.search import search
 from .export import log_time
 from .schemas import validate
 from .service import timestamp
@@ -59,6 +63,7 @@ MAX_POLICIES = 20
 MAX_ID = 256
 TIMESERIES_POINTS = 20  # points of each policy's cumulative estimate in an evaluation's timeseries
 SOURCES = {ONLINE: "Online", BASELINE: "Baseline", RANDOM: "Random"}
+OPTIMIZED = "OfflineExperimentation"  # Personalizer's policySource of the policy its optimization found
 
 
 def _now() -> str:
@@ -282,6 +287,9 @@ def apply_from_evaluation() -> Response:
         raise ApiError(409, "Conflict", f"evaluation {evaluation_id!r} is {row['status']}, not Succeeded")
     definition = json.loads(row["request"])
     policies = {p["name"]: p for p in definition["policies"]}
+    optimized = json.loads(row["result"] or "{}").get("optimizedPolicy")
+    if optimized:
+        policies[optimized["name"]] = optimized
     if name == ONLINE:
         policies[name] = {"name": definition["online"]["name"], "arguments": definition["online"]["arguments"]}
     if name in (BASELINE, RANDOM):
@@ -379,11 +387,28 @@ def _source(settings: Settings, loop: str, definition: dict[str, Any]) -> LoopLo
     return LoopLog(settings, loop, definition["startTime"], definition["endTime"])
 
 
+def _optimized(settings: Settings, source: LoopLog, definition: dict[str, Any]) -> dict[str, str]:
+    """The best policy a search of VW arguments over the evaluation's decisions finds within
+    ``policy_optimization_seconds`` (Personalizer's "optimized policy"), named apart from the custom ones."""
+    found = search(source, settings.policy_optimization_seconds, current=definition["online"]["arguments"])
+    taken = {p["name"] for p in definition["policies"]}
+    name, suffix = found.best["name"], 1
+    while name in taken:
+        name, suffix = f"{found.best['name']}-{suffix}", suffix + 1
+    return {"name": name, "arguments": found.best["arguments"]}
+
+
 def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
-    custom = [Candidate(p["name"], p["arguments"]) for p in definition["policies"]]
-    report = replay(_source(settings, loop, definition), [*BUILT_INS, *custom])
-    arguments = {p["name"]: p["arguments"] for p in definition["policies"]}
+    source = _source(settings, loop, definition)
+    policies = list(definition["policies"])
+    optimized = _optimized(settings, source, definition) if definition.get("enablePolicyOptimization") else None
+    if optimized is not None:
+        policies.append(optimized)
+    custom = [Candidate(p["name"], p["arguments"]) for p in policies]
+    report = replay(source, [*BUILT_INS, *custom])
+    arguments = {p["name"]: p["arguments"] for p in policies}
     arguments[ONLINE] = definition["online"]["arguments"]
+    sources = {**SOURCES, **({optimized["name"]: OPTIMIZED} if optimized else {})}
     checkpoints = report.cumulative["event"]
     step = max(1, len(checkpoints) // TIMESERIES_POINTS)
     picks = sorted({*range(step - 1, len(checkpoints), step), len(checkpoints) - 1})
@@ -392,7 +417,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
         return {
             "name": name,
             "arguments": arguments.get(name, ""),
-            "policySource": SOURCES.get(name, "Custom"),
+            "policySource": sources.get(name, "Custom"),
             "slotId": slot_id,
             "summary": {
                 "expectedReward": row["cressie_read"] if row["cressie_read"] is not None else row["ips"],
@@ -423,6 +448,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
         "events": report.events,
         "skipped": report.skipped,
         "optimalPolicy": best["name"],
+        "optimizedPolicy": optimized,
         "content": {"startTime": definition["startTime"], "endTime": definition["endTime"], "value": value},
     }
 

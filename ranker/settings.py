@@ -179,6 +179,12 @@ class Settings(BaseModel):
     commit_timeout: float = Field(
         10.0, gt=0, description="Seconds a request waits for its commit before answering 503."
     )
+    policy_optimization_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Time budget of the policy search an evaluation runs when enablePolicyOptimization is true.",
+    )
     null_endpoint: bool = Field(
         False, description="Serve POST /null (parses JSON, writes nothing); for the Rank benchmark."
     )

@@ -134,6 +134,27 @@ def test_an_evaluation_runs_reports_each_policy_and_its_policy_can_be_applied(lo
     assert client.get(f"{V1}/evaluations", headers=ADMIN).get_json() == {"value": []}
 
 
+def test_policy_optimization_adds_the_best_policy_it_found_and_it_can_be_applied(logged):
+    client, settings, window, _ = logged
+    body = {"name": "tuned", **window, "enablePolicyOptimization": True}
+    assert client.put(f"{V1}/evaluations/ev2", json=body, headers=ADMIN).status_code == 200
+    # one second of search: the first batch (the loop's policy, Personalizer's default, the base) always runs
+    assert run_pending(settings.model_copy(update={"policy_optimization_seconds": 1.0})) == 1
+    evaluation = client.get(f"{V1}/evaluations/ev2", headers=ADMIN).get_json()
+    assert evaluation["status"] == "Succeeded", evaluation
+    policies = by_name(evaluation)
+    found = [p for p in policies.values() if p["policySource"] == "OfflineExperimentation"]
+    assert len(found) == 1 and set(policies) == {"Online", "Baseline", "Random", found[0]["name"]}
+    optimized = found[0]
+    assert "--cb_explore_adf" in optimized["arguments"] and optimized["summary"]["events"] == EVENTS
+    # the world rewards learning the segment's action: the search's best learns it
+    assert optimized["summary"]["expectedReward"] > policies["Random"]["summary"]["confidenceInterval"][1]
+    body = {"evaluationId": "ev2", "policyName": optimized["name"]}
+    assert client.post(f"{V1}/configurations/applyFromEvaluation", json=body, headers=ADMIN).status_code == 204
+    applied = client.get(f"{V1}/configurations/policy", headers=ADMIN).get_json()
+    assert applied == {"name": optimized["name"], "arguments": optimized["arguments"]}
+
+
 def test_requests_are_checked_and_need_the_admin_key(logged):
     client, settings, window, _ = logged
     body = {"name": "n", **window}
