@@ -543,19 +543,8 @@ def replay(
     jobs = [candidate.arguments for candidate in vw] + ([reward_model] if reward_model else [])
     scan, outputs = _passes(source, jobs, workers, progress)
 
-    n_read = len(scan.reward)
     k = _ints(scan.actions)
-    keep = np.ones(n_read, dtype=bool)
-    counts = []
-    for _, output_counts in outputs:
-        counts.append(_ints(output_counts))
-        if counts[-1].size != n_read:
-            raise RuntimeError("the VW passes read different events; was the source changed during the replay?")
-        keep &= counts[-1] == k
-    if n_read - int(keep.sum()):
-        scan.skipped["refused_by_vw"] = n_read - int(keep.sum())
-    if not keep.any():
-        raise ValueError(f"no event to evaluate in {source} (skipped: {scan.skipped or 'none'})")
+    keep, counts = _kept(source, scan.skipped, outputs, k)
 
     def kept(flat: array | np.ndarray, per_event: np.ndarray) -> np.ndarray:
         """The per-action entries of the kept events, flat."""
@@ -617,6 +606,25 @@ def replay(
     )
 
 
+def _kept(
+    source: LoopLog | DsjsonFile, skipped: dict[str, int], outputs: list[tuple[array, array]], expected: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Which events every VW pass read whole (``expected`` outputs each: probabilities per action, or per slot),
+    and each pass's output counts per event; the others are counted as ``refused_by_vw`` in ``skipped``."""
+    keep = np.ones(expected.size, dtype=bool)
+    counts = []
+    for _, output_counts in outputs:
+        counts.append(_ints(output_counts))
+        if counts[-1].size != expected.size:
+            raise RuntimeError("the VW passes read different events; was the source changed during the replay?")
+        keep &= counts[-1] == expected
+    if expected.size - int(keep.sum()):
+        skipped["refused_by_vw"] = expected.size - int(keep.sum())
+    if not keep.any():
+        raise ValueError(f"no event to evaluate in {source} (skipped: {skipped or 'none'})")
+    return keep, counts
+
+
 def _replay_slots(
     source: LoopLog | DsjsonFile,
     candidates: Sequence[Candidate],
@@ -630,17 +638,7 @@ def _replay_slots(
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
     scan, outputs = _passes(source, [candidate.arguments for candidate in vw], workers, progress, multislot=True)
     per_event = _ints(scan.slots)
-    keep = np.ones(per_event.size, dtype=bool)
-    counts = []
-    for _, output_counts in outputs:
-        counts.append(_ints(output_counts))
-        if counts[-1].size != per_event.size:
-            raise RuntimeError("the VW passes read different events; was the source changed during the replay?")
-        keep &= counts[-1] == per_event
-    if per_event.size - int(keep.sum()):
-        scan.skipped["refused_by_vw"] = per_event.size - int(keep.sum())
-    if not keep.any():
-        raise ValueError(f"no event to evaluate in {source} (skipped: {scan.skipped or 'none'})")
+    keep, counts = _kept(source, scan.skipped, outputs, per_event)
 
     pairs = np.repeat(keep, per_event)  # the (event, slot) pairs of the kept events
     event = np.repeat(np.arange(int(keep.sum())), per_event[keep])  # each pair's event, among the kept ones
