@@ -63,9 +63,10 @@ def rank() -> Response:
 
 class EventIdConverter(PathConverter):
     """``path`` (the SDKs percent-encode '/' in event ids and the server decodes it before routing) that
-    also matches a newline, so an event id holding one gets the 400 below instead of a routing 404."""
+    also matches a newline, so an event id holding one gets the 400 below instead of a routing 404, and
+    leading slashes, so an id such as ``/lead`` is not redirected to the event ``lead``."""
 
-    regex = r"[^/](?s:.*?)"
+    regex = r"(?s:/*[^/].*?)"
 
 
 def checked_event_id(event_id: str, code: str) -> str:

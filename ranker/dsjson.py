@@ -10,7 +10,8 @@ A multi-slot decision is VW's conditional contextual bandit (CCB) DSJSON: ``c`` 
 (one object per filled slot, in request order: ``_id``, the slot's features and ``_inc``, the 0-based
 ``_multi`` indices it could take), and after ``c`` come ``_outcomes`` (per slot: ``_id``, ``_a`` the
 0-based indices with the chosen one first, ``_p`` their probabilities, ``_label_cost`` once learned) and
-``_ba``, the baseline's choice per slot.
+``_ba``, per slot the ``_multi`` index of its baselineAction (of the first action left where the rules
+forbid the baseline in that slot).
 """
 
 from __future__ import annotations

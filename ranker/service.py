@@ -297,8 +297,11 @@ class Service:
                 answers.append({"id": slot.id, "rewardActionId": None, "probability": None})
                 continue
             candidates = [m for m, _ in left]
-            baseline = position.get(baselines[k])
-            baseline = baseline if baseline in candidates else candidates[0]
+            # Apprentice serves the baseline where it is left, else the first action left; the record's _ba
+            # keeps the slot's baselineAction wherever the rules allow it there (even when an earlier slot took
+            # it), the Baseline of offline evaluation
+            allowed = baselines[k] in verdict.eligible
+            baseline = position[baselines[k]] if allowed and position[baselines[k]] in candidates else candidates[0]
             if settings.learning_mode == "Apprentice":
                 pmf = [float(m == baseline) for m in candidates]
                 chosen = candidates.index(baseline)
@@ -318,7 +321,7 @@ class Service:
             order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
             filled.append({"_id": slot.id, **features, "_inc": candidates})
             outcomes.append({"_id": slot.id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
-            baseline_choices.append(baseline)
+            baseline_choices.append(position[baselines[k]] if allowed else baseline)
             taken.add(candidates[chosen])
             answers.append(
                 {"id": slot.id, "rewardActionId": ids[offered[candidates[chosen]]], "probability": pmf[chosen]}
@@ -356,12 +359,14 @@ class Service:
     # -- Reward and Activate ------------------------------------------------------------------
 
     def reward(self, loop: Loop, event_id: str, value: float) -> None:
+        self.refresh(loop)  # the loop's kind is the one its configuration has now
         check_kind(loop.engine, multislot=False)
         if not self.store.add_reward(loop.name, event_id, value, timestamp(utcnow())):
             raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop")
 
     def reward_slots(self, loop: Loop, event_id: str, values: list[tuple[str, float]]) -> None:
         """Keep the rewards of a multi-slot decision's slots: all, or none when one is wrong."""
+        self.refresh(loop)
         check_kind(loop.engine, multislot=True)
         slot_ids = [slot_id for slot_id, _ in values]
         if len(set(slot_ids)) != len(slot_ids):
@@ -375,6 +380,7 @@ class Service:
             raise ApiError(400, "InvalidRewardRequest", str(exc), target="reward") from exc
 
     def activate(self, loop: Loop, event_id: str, multislot: bool = False) -> None:
+        self.refresh(loop)
         check_kind(loop.engine, multislot)
         if not self.store.activate(loop.name, event_id, timestamp(utcnow())):
             raise ApiError(404, "InvalidEventIdToActivate", f"no decision with event id {event_id!r} in this loop")

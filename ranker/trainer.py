@@ -318,12 +318,12 @@ class Trainer:
         """Apprentice: learn that the served baseline earns 1 and the model's other choice, if any, 0.
 
         Returns whether the model already chose the baseline before learning from this decision. A
-        multi-slot decision is imitated slot by slot: each slot's baseline (``_ba``) earns 1 and, when the
-        model's chain of greedy choices differs anywhere, a second example labels those choices (1 where
-        they are the baseline, else 0).
+        multi-slot decision is imitated slot by slot: each slot's served baseline (its ``_a[0]``) earns 1 and,
+        when the model's chain of greedy choices differs anywhere, a second example labels those choices (1
+        where they are the baseline, else 0).
         """
         if dsjson.is_multislot(record):
-            baselines = dsjson.split_multislot(record)[1]["_ba"]
+            baselines = [outcome["_a"][0] for outcome in dsjson.split_multislot(record)[1]["_outcomes"]]
             greedy = [max(scores, key=lambda m: (scores[m], -m)) for scores in slot_scores_of(ws, record)]
             _learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
             if greedy != baselines and len(greedy) == len(baselines) == len(set(greedy)):

@@ -1,7 +1,14 @@
-"""Both Personalizer SDKs from PyPI, unchanged, against a real ``ranker serve`` with keyed loops."""
+"""Both Personalizer SDKs from PyPI, unchanged, against a real ``ranker serve`` with keyed loops.
+
+azure-ai-personalizer has the multi-slot calls too (``rank_multi_slot``, ``reward_multi_slot``,
+``activate_multi_slot``), run against the multi-slot loop ``slots``; azure-cognitiveservices-personalizer 0.1.1
+has none (its client has ``rank`` and ``events.reward``/``events.activate`` only), so it meets a multi-slot loop
+only by mistake, and is told so.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import uuid
@@ -15,10 +22,17 @@ from azure.ai.personalizer import PersonalizerClient
 from azure.cognitiveservices.personalizer import PersonalizerClient as LegacyClient
 from azure.cognitiveservices.personalizer.models import ErrorResponseException, RankableAction, RankRequest
 from azure.core.credentials import AzureKeyCredential
-from azure.core.exceptions import ClientAuthenticationError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from conftest import KEYED_CONFIG, OTHER_KEY, RANK_KEY, Server
 from msrest.authentication import CognitiveServicesCredentials
 from msrest.exceptions import HttpOperationError
+
+from ranker.settings import hash_key
 
 CONTEXT = [{"account": {"plan": "enterprise", "seats": 120}}, {"usage": {"logins_7d": 3}}]
 ACTIONS = [
@@ -28,11 +42,22 @@ ACTIONS = [
     {"id": "discount-offer", "features": [{"kind": "email", "effort": 2}]},
 ]
 ACTION_IDS = [a["id"] for a in ACTIONS]
+SLOTS_KEY = "slots-rank-key-0123456789"
+SLOTS_LOOP = f"""
+[loops.slots]
+policy = "multislot"
+keys = [{{ role = "rank", sha256 = "{hash_key(SLOTS_KEY)}" }}]
+"""
+SLOTS = [
+    {"id": "banner", "features": [{"placement": {"size": "large"}}], "baselineAction": "renewal-call"},
+    {"id": "inbox", "features": [{"placement": {"size": "small"}}], "baselineAction": "training-invite"},
+    {"id": "footer", "baselineAction": "feature-tour"},
+]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("sdk"), KEYED_CONFIG)
+    running = Server(tmp_path_factory.mktemp("sdk"), KEYED_CONFIG + SLOTS_LOOP)
     yield running
     running.stop()
 
@@ -64,6 +89,16 @@ def decision(server: Server, event_id: str, loop: str = "cards") -> dict[str, An
     found = rows(server, "SELECT * FROM decisions WHERE loop = ? AND event_id = ?", (loop, event_id))
     assert len(found) == 1, f"expected one decision for {loop}/{event_id}, found {len(found)}"
     return found[0]
+
+
+def slot_rewards(server: Server, event_id: str) -> list[tuple[str, float]]:
+    found = rows(
+        server,
+        "SELECT r.slot_id, r.value FROM rewards r JOIN decisions d ON d.id = r.decision_id "
+        "WHERE d.loop = 'slots' AND d.event_id = ? ORDER BY r.id",
+        (event_id,),
+    )
+    return [(row["slot_id"], row["value"]) for row in found]
 
 
 def rewards(server: Server, event_id: str, loop: str = "cards") -> list[float]:
@@ -193,6 +228,102 @@ def test_loops_are_isolated(server: Server) -> None:
     assert rewards(server, event_id, loop="cards") == []
 
 
+# -- azure-ai-personalizer multi-slot calls (/personalizer/multislot/...?api-version=2022-09-01-preview) --
+
+
+def test_ai_sdk_multi_slot_rank_activate_reward_are_logged(server: Server) -> None:
+    sdk = client(server, key=SLOTS_KEY)
+    event_id = new_event_id()
+    slots = [SLOTS[0], {**SLOTS[1], "excludedActions": ["renewal-call", "discount-offer"]}, SLOTS[2]]
+    body = {
+        "contextFeatures": CONTEXT,
+        "actions": ACTIONS,
+        "slots": slots,
+        "eventId": event_id,
+        "deferActivation": True,
+    }
+    response = sdk.rank_multi_slot(body)
+
+    assert response["eventId"] == event_id
+    assert [s["id"] for s in response["slots"]] == ["banner", "inbox", "footer"]
+    chosen = [s["rewardActionId"] for s in response["slots"]]
+    assert len(set(chosen)) == 3 and set(chosen) <= set(ACTION_IDS)
+    assert chosen[1] not in {"renewal-call", "discount-offer"}
+    logged = decision(server, event_id, loop="slots")
+    kept = json.loads(logged["slots"])
+    assert [(s["id"], s["rewardActionId"]) for s in kept] == [(s["id"], s["rewardActionId"]) for s in response["slots"]]
+    assert all(0 < s["probability"] <= 1 for s in kept)
+    record = json.loads(logged["record"])
+    multi = [m["_id"] for m in record["c"]["_multi"]]
+    assert [multi[o["_a"][0]] for o in record["_outcomes"]] == chosen
+    assert [o["_p"][0] for o in record["_outcomes"]] == [s["probability"] for s in kept]
+    assert (logged["deferred"], logged["activated_at"]) == (1, None)
+
+    assert sdk.activate_multi_slot(event_id) is None
+    assert sdk.reward_multi_slot(event_id, {"reward": [{"slotId": "banner", "value": 1.0}]}) is None
+    two = {"reward": [{"slotId": "footer", "value": -0.5}, {"slotId": "inbox", "value": 0.25}]}
+    assert sdk.reward_multi_slot(event_id, two) is None
+    assert decision(server, event_id, loop="slots")["activated_at"] is not None
+    assert slot_rewards(server, event_id) == [("banner", 1.0), ("footer", -0.5), ("inbox", 0.25)]
+
+
+def test_ai_sdk_multi_slot_generates_event_id(server: Server) -> None:
+    response = client(server, key=SLOTS_KEY).rank_multi_slot({"actions": ACTIONS, "slots": SLOTS[:2]})
+
+    event_id = response["eventId"]
+    assert isinstance(event_id, str) and event_id
+    assert [s["id"] for s in response["slots"]] == ["banner", "inbox"]
+    assert decision(server, event_id, loop="slots")["deferred"] == 0
+
+
+def test_ai_sdk_multi_slot_errors(server: Server) -> None:
+    sdk = client(server, key=SLOTS_KEY)
+    event_id = new_event_id()
+    sdk.rank_multi_slot({"actions": ACTIONS, "slots": SLOTS, "eventId": event_id})
+    logged = decision(server, event_id, loop="slots")
+
+    with pytest.raises(ResourceExistsError) as conflict:
+        sdk.rank_multi_slot({"actions": ACTIONS, "slots": SLOTS[:1], "eventId": event_id})
+    assert conflict.value.status_code == 409 and conflict.value.error.code == "EventIdAlreadyExists"
+
+    unknown = new_event_id()
+    with pytest.raises(ResourceNotFoundError) as missing:
+        sdk.reward_multi_slot(unknown, {"reward": [{"slotId": "banner", "value": 1.0}]})
+    assert missing.value.status_code == 404 and missing.value.error.code == "ResourceNotFound"
+    with pytest.raises(ResourceNotFoundError):
+        sdk.activate_multi_slot(unknown)
+
+    # a slot the event does not have: none of the call's rewards is kept
+    with pytest.raises(HttpResponseError) as bad:
+        sdk.reward_multi_slot(
+            event_id, {"reward": [{"slotId": "banner", "value": 1.0}, {"slotId": "popup", "value": 1.0}]}
+        )
+    assert bad.value.status_code == 400 and bad.value.error.code == "InvalidRewardRequest"
+    with pytest.raises(HttpResponseError) as bad:
+        sdk.rank_multi_slot({"actions": ACTIONS, "slots": [SLOTS[0], {**SLOTS[1], "baselineAction": "renewal-call"}]})
+    assert bad.value.status_code == 400 and bad.value.error.code == "InvalidRankRequest"
+
+    # single-slot calls to the multi-slot loop, and multi-slot calls to a single-slot one
+    stray = new_event_id()
+    with pytest.raises(HttpResponseError) as wrong:
+        sdk.rank({"contextFeatures": CONTEXT, "actions": ACTIONS, "eventId": stray})
+    assert wrong.value.status_code == 400 and wrong.value.error.code == "InvalidMultiSlotApiAccess"
+    with pytest.raises(HttpResponseError) as wrong:
+        sdk.reward(event_id, {"value": 1.0})
+    assert wrong.value.error.code == "InvalidMultiSlotApiAccess"
+    with pytest.raises(HttpResponseError) as wrong:
+        sdk.activate(event_id)
+    assert wrong.value.error.code == "InvalidMultiSlotApiAccess"
+    single = new_event_id()
+    with pytest.raises(HttpResponseError) as wrong:
+        client(server).rank_multi_slot({"actions": ACTIONS, "slots": SLOTS, "eventId": single})
+    assert wrong.value.status_code == 400 and wrong.value.error.code == "InvalidMultiSlotApiAccess"
+
+    assert slot_rewards(server, event_id) == []
+    assert decision(server, event_id, loop="slots") == logged
+    assert rows(server, "SELECT * FROM decisions WHERE event_id IN (?, ?)", (stray, single)) == []
+
+
 # -- azure-cognitiveservices-personalizer 0.1.1 (/personalizer/v1.0/...) -------------------------
 
 
@@ -264,6 +395,24 @@ def test_legacy_sdk_errors(server: Server) -> None:
         other.events.reward(event_id, 1.0)
     assert isolated.value.response.status_code == 404
     assert rewards(server, event_id) == []
+
+
+def test_legacy_sdk_on_a_multi_slot_loop_is_told_to_use_the_multi_slot_api(server: Server) -> None:
+    event_id = new_event_id()
+    client(server, key=SLOTS_KEY).rank_multi_slot({"actions": ACTIONS, "slots": SLOTS, "eventId": event_id})
+    sdk = legacy_client(server, key=SLOTS_KEY)
+
+    with pytest.raises(ErrorResponseException) as wrong:
+        sdk.rank(RankRequest(context_features=CONTEXT, actions=legacy_actions(), event_id=new_event_id()))
+    assert wrong.value.response.status_code == 400
+    assert wrong.value.error.error.code == "InvalidMultiSlotApiAccess"
+    for call in (lambda: sdk.events.reward(event_id, 1.0), lambda: sdk.events.activate(event_id)):
+        with pytest.raises(HttpOperationError) as wrong:
+            call()
+        assert wrong.value.response.status_code == 400
+        assert wrong.value.response.json()["error"]["code"] == "InvalidMultiSlotApiAccess"
+    assert slot_rewards(server, event_id) == []
+    assert decision(server, event_id, loop="slots")["activated_at"] is None
 
 
 # -- every URL shape, with the Bearer header ------------------------------------------------------
