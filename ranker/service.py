@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,88 @@ def check_kind(engine: Engine, multislot: bool) -> None:
         raise ApiError(
             400, "InvalidMultiSlotApiAccess", f"this loop's policy is {kind}: call {other}rank, reward and activate"
         )
+
+
+@dataclass
+class Slots:
+    """The slots :func:`choose_slots` filled: the record's ``_slots``, ``_outcomes`` and ``_ba`` (filled slots
+    only), and per requested slot the ``_multi`` index chosen with its probability (None: no action left)."""
+
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    baselines: list[int] = field(default_factory=list)
+    chosen: list[tuple[int, float] | None] = field(default_factory=list)
+
+
+def slot_options(
+    slot_ids: list[str], features: list[dict[str, Any]], verdicts: list[rules.Verdict], baselines: list[int]
+) -> tuple[list[int], list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]]]:
+    """What :func:`choose_slots` chooses from, given each slot's rule verdict and baselineAction (indices into
+    the request's actions): the actions some slot may take, in request order (the record's ``_multi``), and
+    per slot its id, features, allowed ``_multi`` indices with their priority factors and its baseline's
+    ``_multi`` index (None where the rules forbid it in the slot)."""
+    offered = sorted({i for verdict in verdicts for i in verdict.eligible})
+    position = {action: m for m, action in enumerate(offered)}
+    slots = [
+        (
+            slot_id,
+            slot_features,
+            [(position[i], f) for i, f in zip(verdict.eligible, verdict.factors, strict=True)],
+            position[baseline] if baseline in verdict.eligible else None,
+        )
+        for slot_id, slot_features, verdict, baseline in zip(slot_ids, features, verdicts, baselines, strict=True)
+    ]
+    return offered, slots
+
+
+def choose_slots(
+    event_id: str,
+    c_json: str,
+    slots: list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]],
+    predict_slots: Callable[[str], list[dict[int, float]]] | None,
+) -> Slots:
+    """Fill the slots in order, each with a different action (see :meth:`Service.rank_multislot`); a script
+    calls it with its own VW workspace to choose exactly as the service does.
+
+    ``slots``: per slot its id, its features, the ``_multi`` indices its rules allow with their priority
+    factors, and its baselineAction's ``_multi`` index (None where the rules forbid it in the slot).
+    ``predict_slots`` gives VW's per-slot scores for a ``c`` object with ``_slots`` (``Engine.predict_slots``);
+    None serves every slot its baseline (Apprentice). Per slot: the actions allowed minus those earlier slots
+    took; VW's scores for the slot with the earlier slots pinned to their actions (``_inc``), reweighted by
+    the priority factors; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline
+    where it is left, else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
+    (taken or not: the Baseline of offline evaluation), else the first action left.
+    """
+    taken: set[int] = set()
+    filling = Slots()
+    for k, (slot_id, features, allowed, baseline) in enumerate(slots):
+        left = [(m, f) for m, f in allowed if m not in taken]
+        if not left:
+            filling.chosen.append(None)
+            continue
+        candidates = [m for m, _ in left]
+        served_baseline = baseline if baseline in candidates else candidates[0]
+        if predict_slots is None:
+            pmf = [float(m == served_baseline) for m in candidates]
+            chosen = candidates.index(served_baseline)
+        else:
+            # the earlier slots pinned to their actions, so VW's PMF for this slot is conditioned on them
+            pinned = [
+                {**entry, "_inc": [outcome["_a"][0]]}
+                for entry, outcome in zip(filling.slots, filling.outcomes, strict=True)
+            ]
+            slot_entry = {"_id": slot_id, **features, "_inc": candidates}
+            per_slot = predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
+            scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
+            pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
+            chosen = sample(pmf, f"{event_id}\n{k}")
+        order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
+        filling.slots.append({"_id": slot_id, **features, "_inc": candidates})
+        filling.outcomes.append({"_id": slot_id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
+        filling.baselines.append(served_baseline if baseline is None else baseline)
+        filling.chosen.append((candidates[chosen], pmf[chosen]))
+        taken.add(candidates[chosen])
+    return filling
 
 
 @dataclass
@@ -277,60 +360,26 @@ class Service:
             rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now)
             for slot, features in zip(request.slots, slot_features, strict=True)
         ]
-        # _multi: the actions some slot may take, in request order
-        offered = sorted({i for verdict in verdicts for i in verdict.eligible})
-        position = {action: m for m, action in enumerate(offered)}
+        offered, slots = slot_options(slot_ids, slot_features, verdicts, baselines)
         c_json = dsjson.context_json(context, [actions[i] for i in offered], settings.action_id_feature)
 
-        taken: set[int] = set()  # _multi indices
-        filled: list[dict[str, Any]] = []  # the record's _slots
-        outcomes: list[dict[str, Any]] = []
-        baseline_choices: list[int] = []
-        answers: list[dict[str, Any]] = []
-        for k, (slot, features, verdict) in enumerate(zip(request.slots, slot_features, verdicts, strict=True)):
-            left = [
-                (position[i], f)
-                for i, f in zip(verdict.eligible, verdict.factors, strict=True)
-                if position[i] not in taken
-            ]
-            if not left:
-                answers.append({"id": slot.id, "rewardActionId": None, "probability": None})
-                continue
-            candidates = [m for m, _ in left]
-            # Apprentice serves the baseline where it is left, else the first action left; the record's _ba
-            # keeps the slot's baselineAction wherever the rules allow it there (even when an earlier slot took
-            # it), the Baseline of offline evaluation
-            allowed = baselines[k] in verdict.eligible
-            baseline = position[baselines[k]] if allowed and position[baselines[k]] in candidates else candidates[0]
-            if settings.learning_mode == "Apprentice":
-                pmf = [float(m == baseline) for m in candidates]
-                chosen = candidates.index(baseline)
-            else:
-                # the earlier slots pinned to their actions, so VW's PMF for this slot is conditioned on them
-                pinned = [
-                    {**entry, "_inc": [outcome["_a"][0]]} for entry, outcome in zip(filled, outcomes, strict=True)
-                ]
-                slot_entry = {"_id": slot.id, **features, "_inc": candidates}
-                try:
-                    per_slot = engine.predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
-                except (RuntimeError, ValueError) as exc:  # VW refused the features
-                    raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
-                scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
-                pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
-                chosen = sample(pmf, f"{event_id}\n{k}")
-            order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
-            filled.append({"_id": slot.id, **features, "_inc": candidates})
-            outcomes.append({"_id": slot.id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
-            baseline_choices.append(position[baselines[k]] if allowed else baseline)
-            taken.add(candidates[chosen])
-            answers.append(
-                {"id": slot.id, "rewardActionId": ids[offered[candidates[chosen]]], "probability": pmf[chosen]}
-            )
+        def predict(c: str) -> list[dict[int, float]]:
+            try:
+                return engine.predict_slots(c)
+            except (RuntimeError, ValueError) as exc:  # VW refused the features
+                raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
+        filling = choose_slots(event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict)
+        answers = [
+            {"id": slot.id, "rewardActionId": None, "probability": None}
+            if chosen is None
+            else {"id": slot.id, "rewardActionId": ids[offered[chosen[0]]], "probability": chosen[1]}
+            for slot, chosen in zip(request.slots, filling.chosen, strict=True)
+        ]
         record = None
-        if filled:
+        if filling.slots:
             record = dsjson.multislot_line(
-                event_id, stamp, dsjson.with_slots(c_json, filled), outcomes, baseline_choices
+                event_id, stamp, dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines
             )
         explanation = {
             slot.id: {"excluded": verdict.excluded, "reweighted": verdict.reweighted}
