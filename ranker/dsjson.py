@@ -98,10 +98,16 @@ def with_slots(c_json: str, slots: list[dict[str, Any]]) -> str:
 def multislot_line(
     event_id: str, timestamp: str, c_json: str, outcomes: list[dict[str, Any]], baseline: list[int]
 ) -> str:
-    """The logged multi-slot record. VW's DSJSON parser reads ``_outcomes`` only after ``c``."""
+    """The logged multi-slot record."""
     head = {"Version": "1", "EventId": event_id, "Timestamp": timestamp}
-    tail = {"_outcomes": outcomes, "_ba": baseline}
-    return _dumps(head)[:-1] + ',"c":' + c_json + "," + _dumps(tail)[1:]
+    return ccb_line(head, c_json, {"_outcomes": outcomes, "_ba": baseline})
+
+
+def ccb_line(head: dict[str, Any], c: str | dict[str, Any], tail: dict[str, Any]) -> str:
+    """A multi-slot line: ``head``'s keys, then ``c`` (an object or its JSON text), then ``tail``'s keys
+    (``_outcomes``, ``_ba``): VW's DSJSON parser reads ``_outcomes`` only after ``c``."""
+    front = _dumps(head)[:-1] + ("," if head else "")
+    return front + '"c":' + (c if isinstance(c, str) else _dumps(c)) + "," + _dumps(tail)[1:]
 
 
 def is_multislot(line: str) -> bool:

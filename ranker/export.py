@@ -70,7 +70,6 @@ IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
 _MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
 _SKIP_LEARN = ',"_skipLearn":true'
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
 def log_time(value: datetime | str) -> str:
@@ -631,7 +630,7 @@ def _slot_event(obj: Any, timestamp: str, line: str | None = None) -> MultiSlotE
     if not labeled:
         return None
     if line is None:
-        head = _dumps({key: v for key, v in obj.items() if key not in ("c", "_outcomes", "_ba", "_skipLearn")})
+        head = {key: v for key, v in obj.items() if key not in ("c", "_outcomes", "_ba", "_skipLearn")}
         tail = {"_outcomes": normalized} | ({"_ba": baselines} if baselines is not None else {})
-        line = head[:-1] + ("," if len(head) > 2 else "") + '"c":' + _dumps(c) + "," + _dumps(tail)[1:]
+        line = dsjson.ccb_line(head, c, tail)
     return MultiSlotEvent(line, tuple(read), timestamp)
