@@ -11,13 +11,16 @@ import json
 import math
 import sqlite3
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import vowpalwabbit
-from test_bad_input import NO_BODY, Case, event_url, log_contents, send
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from test_bad_input import NO_BODY, Case, awkward_text, event_url, log_contents, plain_text, rank_bodies, send
 
 from ranker import dsjson, models
 from ranker.app import create_app
@@ -690,3 +693,85 @@ def test_an_event_id_starting_with_a_slash_is_rewarded_and_activated(client, ser
     assert rewarded.status_code == 204, rewarded.get_data(as_text=True)[:300]
     assert client.post(event_url("/lead", "activate", MULTI), headers=SLOTS).status_code == 204
     assert (slot_rewards(service, "/lead"), slot_rewards(service, "lead")) == ([("hero", 1.0)], [])
+
+
+# -- any body ---------------------------------------------------------------------------------------------
+
+
+def multislot_bodies(text: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Multi-slot Rank bodies: single-slot ones (mostly valid features) with slots whose baselines are mostly
+    among the actions, so that most reach the rules, VW and the log."""
+    slot_features = st.lists(
+        st.dictionaries(
+            st.text("abc_", max_size=4) | text,
+            text | st.integers(-5, 5) | st.dictionaries(st.text("ab", max_size=3), st.integers(0, 3), max_size=2),
+            max_size=3,
+        ),
+        max_size=2,
+    )
+
+    def with_slots(body: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+        ids = list(dict.fromkeys(action["id"] for action in body["actions"]))
+
+        def slots(baselines: list[str]) -> st.SearchStrategy[list[dict[str, Any]]]:
+            # mostly valid: distinct slot ids and baselines; now and then an unknown or repeated one
+            return st.lists(
+                st.text("xyz", min_size=1, max_size=2), min_size=len(baselines), max_size=len(baselines), unique=True
+            ).flatmap(
+                lambda slot_ids: st.tuples(
+                    *(
+                        st.fixed_dictionaries(
+                            {"id": st.just(slot_id), "baselineAction": st.just(baseline) | st.just(ids[0]) | text},
+                            optional={
+                                "features": slot_features,
+                                "excludedActions": st.lists(st.sampled_from(ids), max_size=2),
+                            },
+                        )
+                        for slot_id, baseline in zip(slot_ids, baselines, strict=True)
+                    )
+                ).map(list)
+            )
+
+        chosen = st.permutations(ids).flatmap(lambda order: st.integers(1, len(order)).map(lambda n: order[:n]))
+        return chosen.flatmap(slots).map(
+            lambda filled: {**{k: v for k, v in body.items() if k != "excludedActions"}, "slots": filled}
+        )
+
+    return rank_bodies(text).flatmap(with_slots)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=multislot_bodies(plain_text) | multislot_bodies(awkward_text), data=st.data())
+def test_any_multislot_body_gets_201_or_a_4xx_error_and_so_does_its_reward(client, service, body, data):
+    before = service.store.counts()
+    body = {**body, "eventId": uuid.uuid4().hex}  # the same example run again is not a duplicate
+    response = client.post(MULTI_RANK, data=json.dumps(body), content_type="application/json", headers=SLOTS)
+    event(f"rank HTTP {response.status_code}")
+    assert response.mimetype == "application/json"
+    if response.status_code != 201:
+        assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
+        assert response.get_json()["error"]["code"] and service.store.counts() == before
+        return
+    answer = response.get_json()
+    assert [s["id"] for s in answer["slots"]] == [s["id"] for s in body["slots"]]
+    chosen = [s["rewardActionId"] for s in answer["slots"] if s["rewardActionId"] is not None]
+    assert len(set(chosen)) == len(chosen) and set(chosen) <= {a["id"] for a in body["actions"]}
+    assert service.store.counts()["decisions"] == before["decisions"] + 1
+
+    slot_ids = st.sampled_from([s["id"] for s in body["slots"]]) | st.text("xyz", max_size=2)
+    values = st.floats(-1, 1) | st.floats(-2, 2)
+    rewards = data.draw(st.lists(st.fixed_dictionaries({"slotId": slot_ids, "value": values}), max_size=4))
+    url = event_url(answer["eventId"], "reward", MULTI)
+    rewarded = client.post(url, json={"reward": rewards}, headers=SLOTS)
+    event(f"reward HTTP {rewarded.status_code}")
+    known = {s["id"] for s in body["slots"]}
+    slot_ids = [r["slotId"] for r in rewards]
+    valid = (
+        rewards
+        and set(slot_ids) <= known
+        and len(set(slot_ids)) == len(slot_ids)
+        and all(-1 <= r["value"] <= 1 for r in rewards)
+    )
+    assert rewarded.status_code == (204 if valid else 400), rewarded.get_data(as_text=True)[:500]
+    added = service.store.counts()["rewards"] - before["rewards"]
+    assert added == (len(rewards) if valid else 0)
