@@ -468,3 +468,34 @@ def test_an_evaluation_job_reports_each_slot_with_its_slot_id(world):
     overall = results[("Online", "")]["summary"]
     assert overall["events"] == len(pairs) and overall["dr"] is None
     assert evaluation["optimalPolicy"] in ("learner", "Online")
+
+
+# five lines of VowpalWabbit/vowpal_wabbit test/train-sets/ccb_data.json (EventIds 0000000-0000002: two slots,
+# 0000007-0000008: one slot), the reference of VW's CCB DSJSON: no _inc, with _o and VWState
+VW_CCB_FILE = Path(__file__).parent / "data" / "ccb_data.json"
+
+
+def test_vws_own_ccb_file_replays_per_slot_and_vw_learns_every_line():
+    lines = VW_CCB_FILE.read_text().splitlines()
+    ws = vowpalwabbit.Workspace("--ccb_explore_adf --dsjson --quiet")
+    for line in lines:
+        examples = ws.parse(line)
+        ws.learn(examples)
+        ws.finish_example(examples)
+    ws.finish()
+
+    source = DsjsonFile(VW_CCB_FILE)
+    report = replay(source, [*BUILT_INS, Candidate("ccb", "--ccb_explore_adf --epsilon 0.2 -q ::")])
+    assert report.multislot and report.events == 5 and report.samples == 8 and not report.skipped
+    rows = {row["policy"]: row for row in report.policies}
+    rewards = {"MainArticle": [0.0, 0.6, 1.0], "SideBar": [0.0, 0.4, 0.0], "slot_0": [0.42, 1.0]}
+    assert set(rows["Online"]["slots"]) == set(rewards)
+    # Online is what was logged: the mean reward, per slot and over every filled slot
+    assert rows["Online"]["ips"] == pytest.approx(sum(map(sum, rewards.values())) / 8)
+    for slot_id, values in rewards.items():
+        assert rows["Online"]["slots"][slot_id]["ips"] == pytest.approx(sum(values) / len(values))
+    # Baseline: the _ba action of the slot. MainArticle's is Latte (1), logged on line 0000001 only
+    assert rows["Baseline"]["slots"]["MainArticle"]["n"] == 3
+    assert rows["Baseline"]["slots"]["MainArticle"]["ips"] == pytest.approx(0.6 / 0.25 / 3)
+    # Random over a slot's candidates: 4 for the first slot, the 3 left for the second
+    assert rows["Random"]["slots"]["SideBar"]["ips"] == pytest.approx(rows["Online"]["slots"]["SideBar"]["ips"])
