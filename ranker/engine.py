@@ -119,7 +119,7 @@ class Engine:
         self.version = version
         self.multislot = is_multislot(arguments)
         # A multi-slot prediction reads the ``c`` object alone: VW's DSJSON parser predicts nothing for a
-        # CCB line without ``_outcomes``.
+        # CCB line without ``_outcomes`` (and vowpalwabbit 9.11 can crash on one once the model has learned).
         options = f"{arguments} {'--json' if self.multislot else '--dsjson'} --quiet -t"
         if model_path is not None:
             options += f" -i {shlex.quote(model_path)}"
