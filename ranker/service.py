@@ -318,7 +318,8 @@ class Service:
         slots took are gone. VW's CCB model gives the PMF over what is left, conditioned on the earlier
         slots' actions; priority factors reweight it and the action is drawn with the event id's uniform
         number for the slot. In Apprentice mode a slot gets its baselineAction, or when the rules forbid it
-        there, the first action left. A slot with no action left gets ``rewardActionId`` null.
+        there or an earlier slot took it, the first action left. A slot with no action left gets
+        ``rewardActionId`` null.
         """
         self.refresh(loop)
         settings, policy, engine = loop.settings, loop.policy, loop.engine
