@@ -298,16 +298,27 @@ def test_online_ips_of_each_slot_is_its_mean_logged_reward(world, report):
     assert online["slots"]["top"]["ips"] > online["slots"]["side"]["ips"] > online["slots"]["bottom"]["ips"]
 
 
+def prefix_products(pairs: list[dict], value) -> list[float]:
+    """Per pair, ``value(pair)`` times the values of its event's earlier slots (pairs come in log order)."""
+    out: list[float] = []
+    for i, pair in enumerate(pairs):
+        earlier = out[-1] if i and pairs[i - 1]["event"] == pair["event"] else 1.0
+        out.append(earlier * value(pair))
+    return out
+
+
 def test_baseline_and_random_are_the_slots_baseline_and_a_uniform_choice_among_its_candidates(world, report):
     pairs = world.pairs()
-
+    # slot k is weighed by the probability of the event's logged slots 0..k, under the policy and the logging
+    logged = prefix_products(pairs, lambda p: p["p"])
+    baseline = prefix_products(pairs, lambda p: float(p["chosen"] == p["baseline"]))
+    uniform = prefix_products(pairs, lambda p: 1 / len(p["candidates"]))
     for slot in SLOT_WEIGHT:
-        mine = [p for p in pairs if p["slot"] == slot]
-        assert report.slot_data["Online"][slot].target_probability.tolist() == [p["p"] for p in mine]
-        baseline = [float(p["chosen"] == p["baseline"]) for p in mine]
-        assert report.slot_data["Baseline"][slot].target_probability.tolist() == baseline
-        uniform = [1 / len(p["candidates"]) for p in mine]
-        assert report.slot_data["Random"][slot].target_probability.tolist() == pytest.approx(uniform)
+        mine = [i for i, p in enumerate(pairs) if p["slot"] == slot]
+        assert report.slot_data["Online"][slot].logged_probability.tolist() == pytest.approx([logged[i] for i in mine])
+        assert report.slot_data["Online"][slot].target_probability.tolist() == pytest.approx([logged[i] for i in mine])
+        assert report.slot_data["Baseline"][slot].target_probability.tolist() == [baseline[i] for i in mine]
+        assert report.slot_data["Random"][slot].target_probability.tolist() == pytest.approx([uniform[i] for i in mine])
     # the side slot's candidates are the actions it may take that the top slot left: 4 or 3 of them
     assert {len(p["candidates"]) for p in pairs if p["slot"] == "side"} == {3, 4}
     # the logged probabilities are the trained model's in the second phase: Random's estimate differs from Online's
@@ -325,14 +336,17 @@ def test_baseline_and_random_are_the_slots_baseline_and_a_uniform_choice_among_i
 def test_a_vw_candidate_is_scored_per_slot_before_it_learns_and_beats_random(world, report):
     # VW learning each labeled line gives, before updating, each slot's probability of its logged action given
     # the logged earlier slots: the candidate's target probabilities, slot by slot
+    # (slot k weighed by the product over slots 0..k)
     ws = vowpalwabbit.Workspace(f"{LEARNER.arguments} --dsjson --quiet")
     expected: dict[str, list[float]] = {slot: [] for slot in SLOT_WEIGHT}
     for event_id, record in world.records():
         outcomes = dsjson.split_multislot(record)[1]["_outcomes"]
         examples = ws.parse(dsjson.labeled_slots(record, [world.rewards[event_id][o["_id"]] for o in outcomes]))
         ws.learn(examples)
+        prefix = 1.0
         for outcome, scores in zip(outcomes, examples[0].get_decision_scores(), strict=True):
-            expected[outcome["_id"]].append(dict(scores)[outcome["_a"][0]])
+            prefix *= dict(scores)[outcome["_a"][0]]
+            expected[outcome["_id"]].append(prefix)
         ws.finish_example(examples)
     ws.finish()
 
@@ -499,3 +513,41 @@ def test_vws_own_ccb_file_replays_per_slot_and_vw_learns_every_line():
     assert rows["Baseline"]["slots"]["MainArticle"]["ips"] == pytest.approx(0.6 / 0.25 / 3)
     # Random over a slot's candidates: 4 for the first slot, the 3 left for the second
     assert rows["Random"]["slots"]["SideBar"]["ips"] == pytest.approx(rows["Online"]["slots"]["SideBar"]["ips"])
+
+
+def test_a_policy_is_not_credited_with_one_action_in_every_slot(tmp_path):
+    """Two slots, reward 1 for a2 in whichever slot shows it, uniform logging: a2 fills one slot per event, so no
+    policy earns more than 0.5 per filled slot. A learner that puts a2 on top earns about that, nothing below."""
+    rng = random.Random(0)
+    path = tmp_path / "ccb.json"
+    with open(path, "w") as out:
+        for n in range(3000):
+            top = rng.randrange(4)
+            rest = [m for m in range(4) if m != top]
+            bottom = rng.choice(rest)
+            c = {
+                "u": {"x": 1},
+                "_multi": [{"_id": f"a{m}", "id": f"a{m}"} for m in range(4)],
+                "_slots": [{"_id": "top", "_inc": [0, 1, 2, 3]}, {"_id": "bottom", "_inc": rest}],
+            }
+            outcomes = [
+                {"_id": "top", "_a": [top, *rest], "_p": [0.25] * 4, "_label_cost": -float(top == 2)},
+                {
+                    "_id": "bottom",
+                    "_a": [bottom, *(m for m in rest if m != bottom)],
+                    "_p": [1 / 3] * 3,
+                    "_label_cost": -float(bottom == 2),
+                },
+            ]
+            head = {"Version": "1", "EventId": f"e{n}", "Timestamp": "2030-01-01T00:00:00Z"}
+            out.write(dsjson.ccb_line(head, c, {"_outcomes": outcomes, "_ba": [0, 1]}) + "\n")
+    report = replay(DsjsonFile(path), [*BUILT_INS, Candidate("ccb", "--ccb_explore_adf --epsilon 0.05 -q ::")])
+    rows = {row["policy"]: row for row in report.policies}
+    lo, hi = rows["ccb"]["interval"]
+    assert lo < 0.5 and hi > 0.4
+    assert rows["ccb"]["slots"]["top"]["interval"][0] > 0.8
+    assert rows["ccb"]["slots"]["bottom"]["interval"][0] < 0.1
+    # uniform: a2 is in each slot a quarter of the time
+    for slot in ("top", "bottom"):
+        lo, hi = rows["Random"]["slots"][slot]["interval"]
+        assert lo < 0.25 < hi

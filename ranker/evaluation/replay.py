@@ -34,11 +34,18 @@ policies with ``--ccb_explore_adf`` (one with ``--cb_explore_adf`` on a multi-sl
 
 - a VW policy learns each labeled line as above. VW's CCB scores each slot in turn, with the logged actions of
   the slots before it in place (that is how it learns), so its probability of a slot's logged action, read
-  before the update, is the probability the slot's decision had given the same earlier slots: the target one;
+  before the update, is the policy's probability of that action given the same earlier slots;
 - ``Online``: the slot's logged probability (``_p[0]``);
 - ``Baseline``: the slot's baseline (``_ba``, the request's ``baselineAction``, or the first action left when
   the rules forbid it there): 1 when it was the slot's logged action, else 0;
 - ``Random``: uniform over the actions the slot could take given the earlier slots (its ``_inc``): 1/K_slot.
+
+A slot's reward depends on the slots above it (an action they took cannot be shown in it), so slot k of an
+event is weighed by the probability of the event's logged actions in slots 0..k: the product of those
+conditional probabilities, for the policy and for the logging (Online's weight stays 1). Per-slot
+conditionals alone would score "the logging policy fills the slots above, the candidate this one", which
+credits a policy that wants the same best action everywhere with it in every slot. The weights' spread, and
+so the intervals, grow with the slot's depth.
 
 Every slot is estimated over the events that filled it, and ``overall`` over all (event, slot) pairs pooled:
 it treats the slots of one event as separate samples (the interval ignores that they share a context), and
@@ -657,6 +664,10 @@ def _replay_slots(
     for i, candidate in enumerate(vw):
         values = np.frombuffer(outputs[i][0], dtype=float) if len(outputs[i][0]) else np.zeros(0)
         targets[candidate.name] = np.clip(values[np.repeat(keep, counts[i])], 0.0, 1.0)
+    # A slot's reward depends on the actions above it (they are taken, it cannot show them): it is weighed
+    # by the probability of the event's whole logged prefix, slots 0..k, under each policy.
+    logged_p = _prefix_product(logged_p, per_event[keep])
+    targets = {name: _prefix_product(target, per_event[keep]) for name, target in targets.items()}
 
     filled = np.bincount(slot, minlength=len(scan.ids))
     ranked = {i for i in sorted(range(len(scan.ids)), key=lambda i: -filled[i])[:MAX_SLOT_ROWS] if filled[i]}
@@ -704,6 +715,17 @@ def _replay_slots(
         slots_not_reported=int(np.count_nonzero(filled)) - len(reported),
         slot_data=slot_data,
     )
+
+
+def _prefix_product(values: np.ndarray, per_event: np.ndarray) -> np.ndarray:
+    """Per (event, slot) pair, its value times those of the event's earlier slots: from each slot's probability
+    given the actions above it, the probability of the event's first k+1 logged actions."""
+    out = values.astype(float)
+    starts = np.cumsum(per_event) - per_event
+    for k in range(1, int(per_event.max(initial=1))):
+        at = starts[per_event > k] + k
+        out[at] *= out[at - 1]
+    return out
 
 
 def _pooled(
