@@ -122,7 +122,12 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
                 )
             checked.append(policy.model_dump())
         definition["policies"] = checked
-        definition["enablePolicyOptimization"] = bool(body.get("enablePolicyOptimization", False))
+        optimize = body.get("enablePolicyOptimization", False)
+        if not isinstance(optimize, bool):
+            raise ApiError(
+                400, "BadRequest", "enablePolicyOptimization is true or false", target="enablePolicyOptimization"
+            )
+        definition["enablePolicyOptimization"] = optimize
     return definition
 
 

@@ -512,6 +512,7 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
             if obj.get("_skipLearn") is True:
                 return Skipped(number, "not_activated")
             try:
+                _check_c(obj.get("c"))
                 event = _slot_event(obj, str(obj.get("Timestamp", "")))
             except (TypeError, ValueError) as exc:
                 return Skipped(number, "invalid", str(exc))
@@ -523,6 +524,8 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
         head = None
     if type(head) is dict and "_label_cost" in head and "a" in head and "p" in head:
         try:
+            if not line.isascii():  # only a non-ASCII name can be one VW cannot read (see ranker.schemas)
+                _check_c(json.loads(line).get("c"))
             return _exported_event(number, line, head)
         except (TypeError, ValueError, IndexError) as exc:
             return Skipped(number, "invalid", str(exc))
@@ -550,6 +553,19 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
         len(decision.action_ids),
         decision.created_at,
     )
+
+
+def _check_c(c: Any) -> None:
+    """The checks a Rank request's features pass, on a file line's ``c`` (context, ``_multi`` and ``_slots``
+    entries): a line VW would misread, or crash on, is refused before VW reads it."""
+    if not isinstance(c, dict):
+        raise ValueError('"c" must be an object')
+    _check_features({key: value for key, value in c.items() if key not in ("_multi", "_slots")}, "c")
+    for name, reserved in (("_multi", _MULTI_KEYS), ("_slots", {"_id", "_inc"})):
+        entries = c.get(name)
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict):
+                _check_features({key: value for key, value in entry.items() if key not in reserved}, f"c.{name}[{i}]")
 
 
 def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Skipped:

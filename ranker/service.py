@@ -412,6 +412,10 @@ class Service:
         self.refresh(loop)  # the loop's kind is the one its configuration has now
         check_kind(loop.engine, multislot=False)
         if not self.store.add_reward(loop.name, event_id, value, timestamp(utcnow())):
+            if self.store.decision(loop.name, event_id) is not None:  # ranked before the loop's policy changed kind
+                raise ApiError(
+                    400, "InvalidRewardRequest", "the event was ranked by the multi-slot API; reward it there"
+                )
             raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop")
 
     def reward_slots(self, loop: Loop, event_id: str, values: list[tuple[str, float]]) -> None:

@@ -278,10 +278,11 @@ class Store:
         return self.write(lambda conn: conn.execute(sql, values).rowcount == 1, insert=(head, values))
 
     def add_reward(self, loop: str, event_id: str, value: float, at: str) -> bool:
-        """Keep a reward for a logged decision; False when the loop has no such event."""
+        """Keep a reward for a logged single-slot decision; False when the loop has no such event (or it is
+        multi-slot: its rewards name their slots, :meth:`add_slot_rewards`)."""
         sql = (
             "INSERT INTO rewards (decision_id, value, received_at) "
-            "SELECT id, ?, ? FROM decisions WHERE loop = ? AND event_id = ?"
+            "SELECT id, ?, ? FROM decisions WHERE loop = ? AND event_id = ? AND slots IS NULL"
         )
         return self.write(lambda conn: conn.execute(sql, (value, at, loop, event_id)).rowcount == 1)
 

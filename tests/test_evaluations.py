@@ -136,6 +136,9 @@ def test_an_evaluation_runs_reports_each_policy_and_its_policy_can_be_applied(lo
 
 def test_policy_optimization_adds_the_best_policy_it_found_and_it_can_be_applied(logged):
     client, settings, window, _ = logged
+    body = {"name": "tuned", **window, "enablePolicyOptimization": "false"}
+    refused = client.put(f"{V1}/evaluations/ev2", json=body, headers=ADMIN)
+    assert refused.status_code == 400 and refused.get_json()["error"]["target"] == "enablePolicyOptimization"
     body = {"name": "tuned", **window, "enablePolicyOptimization": True}
     assert client.put(f"{V1}/evaluations/ev2", json=body, headers=ADMIN).status_code == 200
     # one second of search: the first batch (the loop's policy, Personalizer's default, the base) always runs

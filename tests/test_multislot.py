@@ -683,6 +683,14 @@ def test_reward_and_activate_follow_a_policy_switch_made_through_another_worker(
     assert rewarded.status_code == 204, rewarded.get_data(as_text=True)
     assert other.post(event_url("after-switch", "activate", MULTI), headers=CARDS).status_code == 204
 
+    # and back: a multi-slot decision keeps its kind; a single-slot reward for it is refused, not lost
+    assert client.delete("/personalizer/v1.1-preview.3/configurations/policy", headers=admin).status_code == 200
+    time.sleep(0.2)
+    before = log_contents(app)
+    single = other.post(event_url("after-switch", "reward"), json={"value": 1}, headers=CARDS)
+    assert single.status_code == 400 and single.get_json()["error"]["code"] == "InvalidRewardRequest"
+    assert log_contents(app) == before
+
 
 def test_an_event_id_starting_with_a_slash_is_rewarded_and_activated(client, service):
     rank(client, rank_body(eventId="/lead"))

@@ -210,16 +210,19 @@ def test_vw_test_file_and_bad_lines(tmp_path):
     exported = dsjson.labeled(read_decision(json.loads(good[0])).record, 0.0)
     assert '"a":[4,2,1,3]' in exported
     wrong = exported.replace('"a":[4,2,1,3]', '"a":[4,2,1,9]')
-    bad = ["not json", json.dumps(unlabeled), '{"a": 1}', wrong]
+    # a namespace whose name starts with a non-ASCII character: VW crashes on it (see ranker.schemas)
+    crashing = exported.replace('"c":{', '"c":{"über":{"s":1},', 1)
+    bad = ["not json", json.dumps(unlabeled), '{"a": 1}', wrong, crashing]
     path.write_text("\n".join([good[0], bad[0], *good[1:3], *bad[1:], *good[3:]]) + "\n")
 
     result = replay(DsjsonFile(path), [*BUILT_INS, LEARNER])
 
     assert result.events == len(good)
-    assert result.skipped == {"invalid": 3, "unlabeled": 1}
+    assert result.skipped == {"invalid": 4, "unlabeled": 1}
     assert result.errors[0][0] == 2 and result.errors[0][1].startswith("invalid JSON: Expecting value")
     assert result.errors[1] == (6, "EventId must be a string of 1-256 printable characters")
     assert result.errors[2] == (7, '"a" must hold the action indices 1 to 4')
+    assert result.errors[3][0] == 8 and "must start with an ASCII character" in result.errors[3][1]
     rewards = [-json.loads(line)["_label_cost"] for line in good]
     online = next(row for row in result.policies if row["policy"] == "Online")
     assert online["ips"] == pytest.approx(np.mean(rewards))

@@ -547,6 +547,12 @@ def test_a_policy_is_not_credited_with_one_action_in_every_slot(tmp_path):
     assert lo < 0.5 and hi > 0.4
     assert rows["ccb"]["slots"]["top"]["interval"][0] > 0.8
     assert rows["ccb"]["slots"]["bottom"]["interval"][0] < 0.1
+    # a line VW would crash on (a namespace named with a non-ASCII first character) is refused before VW reads it
+    crashing = path.read_text().splitlines()[0].replace('"c":{', '"c":{"über":{"s":1},', 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(crashing + "\n" + path.read_text())
+    refused = replay(DsjsonFile(bad), list(BUILT_INS))
+    assert refused.skipped == {"invalid": 1} and "ASCII" in refused.errors[0][1] and refused.events == 3000
     # uniform: a2 is in each slot a quarter of the time
     for slot in ("top", "bottom"):
         lo, hi = rows["Random"]["slots"][slot]["interval"]
