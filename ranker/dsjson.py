@@ -121,12 +121,18 @@ def split_multislot(line: str) -> tuple[str, dict[str, Any]]:
     return line[:at], json.loads("{" + line[at + 1 :])
 
 
-def labeled_slots(line: str, rewards: list[float]) -> str:
-    """The multi-slot record with a cost (-reward) on each slot's chosen action, in ``_outcomes`` order."""
+def logged_actions(line: str) -> list[int]:
+    """The ``_multi`` index of each slot's logged action in a multi-slot line (its ``_outcomes``' ``_a[0]``)."""
+    return [outcome["_a"][0] for outcome in split_multislot(line)[1]["_outcomes"]]
+
+
+def labeled_slots(line: str, rewards: list[float], *, skip_learn: bool = False) -> str:
+    """The multi-slot record with a cost (-reward) on each slot's chosen action, in ``_outcomes`` order, and
+    ``"_skipLearn":true`` between ``c`` and ``_outcomes`` when asked (VW's parser reads it anywhere)."""
     front, tail = split_multislot(line)
     for outcome, reward in zip(tail["_outcomes"], rewards, strict=True):
         outcome["_label_cost"] = -reward
-    return front + "," + _dumps(tail)[1:]
+    return front + (',"_skipLearn":true' if skip_learn else "") + "," + _dumps(tail)[1:]
 
 
 def with_slot_labels(line: str, labels: list[tuple[int, float]]) -> str:

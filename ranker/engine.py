@@ -15,6 +15,7 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from .dsjson import predict_line
+from .settings import POLICY_KINDS
 
 # Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
 _OTHER_EXPLORATION = {
@@ -95,7 +96,7 @@ def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
 
 def is_multislot(arguments: str) -> bool:
     """Whether VW arguments make a multi-slot policy (conditional contextual bandits)."""
-    return "--ccb_explore_adf" in shlex.split(arguments)
+    return POLICY_KINDS[True][1] in shlex.split(arguments)
 
 
 def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, float]]:

@@ -50,7 +50,7 @@ from .evaluation.search import search
 from .export import log_time
 from .schemas import validate
 from .service import timestamp
-from .settings import Policy, Settings
+from .settings import POLICY_KINDS, Policy, Settings
 from .store import connect, migrate
 
 log = logging.getLogger("ranker.evaluations")
@@ -143,7 +143,7 @@ def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
     multislot = is_multislot(policy.arguments)
     for i, candidate in enumerate(definition.get("policies", [])):
         if is_multislot(candidate["arguments"]) != multislot:
-            which, option = ("multi-slot", "--ccb_explore_adf") if multislot else ("single-slot", "--cb_explore_adf")
+            which, option = POLICY_KINDS[multislot]
             raise ApiError(
                 400,
                 "InvalidPolicyConfiguration",

@@ -69,7 +69,6 @@ from .trainer import learning_fingerprint
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
 _MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
-_SKIP_LEARN = ',"_skipLearn":true'
 
 
 def log_time(value: datetime | str) -> str:
@@ -116,15 +115,10 @@ def decisions(
 
 def exported_line(record: str, outcome: Outcome) -> str:
     """A logged record as the export writes it: labeled as the trainer learns it, ``"_skipLearn":true`` when
-    it was never activated. VW's DSJSON parser reads a multi-slot record's ``_skipLearn`` anywhere, but its
-    ``_outcomes`` only after ``c``: the flag goes between them."""
+    it was never activated."""
     if outcome.slots is None:
         return dsjson.labeled(record, outcome.reward, skip_learn=not outcome.shown)
-    line = dsjson.labeled_slots(record, list(outcome.slots))
-    if outcome.shown:
-        return line
-    at = line.rindex(',"_outcomes":[')
-    return line[:at] + _SKIP_LEARN + line[at:]
+    return dsjson.labeled_slots(record, list(outcome.slots), skip_learn=not outcome.shown)
 
 
 def export(

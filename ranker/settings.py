@@ -62,6 +62,19 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# A policy's kind: (its name, the VW option that makes it), single-slot (False) and multi-slot (True)
+POLICY_KINDS = {False: ("single-slot", "--cb_explore_adf"), True: ("multi-slot", "--ccb_explore_adf")}
+
+
+def policy_kind(words: list[str]) -> bool:
+    """Whether split VW arguments make a multi-slot policy; a ValueError unless they use exactly one of
+    ``--cb_explore_adf`` (single-slot) and ``--ccb_explore_adf`` (multi-slot)."""
+    multislot = POLICY_KINDS[True][1] in words
+    if multislot == (POLICY_KINDS[False][1] in words):
+        raise ValueError("the arguments must use --cb_explore_adf (single-slot) or --ccb_explore_adf (multi-slot)")
+    return multislot
+
+
 class Policy(BaseModel):
     """A learning policy, as Personalizer's policy object: a name and VW arguments."""
 
@@ -76,10 +89,7 @@ class Policy(BaseModel):
             words = shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"policy arguments cannot be read: {exc}") from exc
-        if ("--cb_explore_adf" in words) == ("--ccb_explore_adf" in words):
-            raise ValueError(
-                "policy arguments must use --cb_explore_adf (single-slot) or --ccb_explore_adf (multi-slot)"
-            )
+        policy_kind(words)
         for word in words:
             option = word.split("=", 1)[0]
             if option in FILE_OPTIONS or any(

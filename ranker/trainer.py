@@ -323,7 +323,7 @@ class Trainer:
         where they are the baseline, else 0).
         """
         if dsjson.is_multislot(record):
-            baselines = [outcome["_a"][0] for outcome in dsjson.split_multislot(record)[1]["_outcomes"]]
+            baselines = dsjson.logged_actions(record)
             greedy = [max(scores, key=lambda m: (scores[m], -m)) for scores in slot_scores_of(ws, record)]
             _learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
             if greedy != baselines and len(greedy) == len(baselines) == len(set(greedy)):

@@ -92,7 +92,7 @@ from ranker import dsjson
 from ranker.engine import is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
-from ranker.settings import Policy, Settings
+from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
 
 __all__ = [
     "BASELINE",
@@ -138,11 +138,10 @@ class Candidate:
                 raise ValueError(f"{self.name!r}: give VW arguments, or use {ONLINE}, {BASELINE} or {RANDOM}")
             return
         words = [word for word in shlex.split(self.arguments) if word not in _NOT_VW_OPTIONS]
-        if ("--cb_explore_adf" in words) == ("--ccb_explore_adf" in words):
-            raise ValueError(
-                f"{self.name!r}: the arguments must use --cb_explore_adf (single-slot) or --ccb_explore_adf "
-                "(multi-slot)"
-            )
+        try:
+            policy_kind(words)
+        except ValueError as exc:
+            raise ValueError(f"{self.name!r}: {exc}") from None
         object.__setattr__(self, "arguments", " ".join(words))
 
     @property
@@ -270,7 +269,7 @@ class _Learners:
         for ws, multislot, (scores, counts) in zip(self.workspaces, self.multislot, self.outputs, strict=True):
             if multislot:
                 if chosen is None:
-                    chosen = [_logged_slots(line) for line in lines]
+                    chosen = [dsjson.logged_actions(line) for line in lines]
                 _learn_slots(ws, lines, chosen, scores, counts)
                 continue
             for line in lines:
@@ -293,11 +292,6 @@ class _Learners:
     def close(self) -> None:
         for ws in self.workspaces:
             ws.finish()
-
-
-def _logged_slots(line: str) -> list[int]:
-    """The ``_multi`` index of each slot's logged action in a multi-slot line (its ``_outcomes``' ``_a[0]``)."""
-    return [outcome["_a"][0] for outcome in dsjson.split_multislot(line)[1]["_outcomes"]]
 
 
 def _learn_slots(
@@ -539,7 +533,7 @@ def replay(
     multislot = source_is_multislot(source)
     for candidate in candidates:
         if candidate.multislot not in (None, multislot):
-            kinds = ("multi-slot", "--ccb_explore_adf") if multislot else ("single-slot", "--cb_explore_adf")
+            kinds = POLICY_KINDS[multislot]
             raise ValueError(
                 f"{candidate.name!r} is not a {kinds[0]} policy, and {source} is {kinds[0]}: "
                 f"its candidates' arguments must use {kinds[1]}"

@@ -30,6 +30,7 @@ from typing import Any
 
 from ranker.engine import is_multislot
 from ranker.evaluation.replay import BASELINE, ONLINE, Candidate, DsjsonFile, LoopLog, replay, source_is_multislot
+from ranker.settings import POLICY_KINDS
 
 __all__ = ["PERSONALIZER_DEFAULT", "SearchResult", "graduation", "grid", "search"]
 
@@ -37,7 +38,7 @@ PERSONALIZER_DEFAULT = "--cb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb
 
 
 def _explore(multislot: bool) -> str:
-    return "--ccb_explore_adf" if multislot else "--cb_explore_adf"
+    return POLICY_KINDS[multislot][1]
 
 
 def grid(base: str = "--cb_explore_adf -q ::") -> list[str]:
