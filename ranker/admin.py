@@ -19,11 +19,13 @@ from flask import Blueprint, Response
 
 from . import loopconfig, models, trainer
 from .api import caller, json_body, json_response, request_bytes, service
+from .engine import is_multislot
 from .errors import ApiError
 from .schemas import validate
 from .service import Loop, timestamp
-from .settings import Policy
+from .settings import POLICY_KINDS, Policy
 
+HEADER_BYTES = 4096  # of a VW model file, holding the options it was trained with
 bp = Blueprint("admin", __name__)
 
 
@@ -175,6 +177,11 @@ def import_model() -> Response:
     settings, policy, _ = effective(loop)
     arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
     check_vw(arguments, data, "InvalidModelImportFormat")
+    # VW loads a single-slot model with multi-slot arguments (and the reverse) without a word; the options a
+    # model was trained with are written as text in its header, so its kind is read there.
+    if (b" --ccb_explore_adf" in data[:HEADER_BYTES]) != is_multislot(arguments):
+        which, _ = POLICY_KINDS[is_multislot(arguments)]
+        raise ApiError(400, "InvalidModelImportFormat", f"not a {which} model, and this loop's policy is {which}")
     _replace_model(loop, data, fingerprint)
     return Response(status=204)
 

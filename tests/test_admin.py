@@ -142,6 +142,17 @@ def test_model_export_import_reset(keyed, tmp_path):
 
     garbage = client.put(f"{V1}/model", data=b"not a model", headers=ADMIN, content_type="application/octet-stream")
     assert garbage.status_code == 400 and garbage.get_json()["error"]["code"] == "InvalidModelImportFormat"
+    # a multi-slot model, which VW would load with this single-slot loop's arguments without a word
+    multislot = tmp_path / "multislot.vw"
+    vw = vowpalwabbit.Workspace("--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q :: --quiet")
+    vw.save(str(multislot))
+    vw.finish()
+    other = client.put(
+        f"{V1}/model", data=multislot.read_bytes(), headers=ADMIN, content_type="application/octet-stream"
+    )
+    assert other.status_code == 400 and "not a single-slot model" in other.get_json()["error"]["message"]
+    assert other.get_json()["error"]["code"] == "InvalidModelImportFormat"
+    assert client.get(f"{V1}/model", headers=ADMIN).data == exported.data
 
     # a model that learned a2 is the best action, trained outside the service on logged records
     arguments = service.loops["cards"].arguments
