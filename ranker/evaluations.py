@@ -45,6 +45,7 @@ from .admin import effective, set_policy
 from .api import caller, json_body, json_response, service
 from .engine import is_multislot
 from .errors import ApiError
+from .evaluation.importance import importance
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from .evaluation.search import search
 from .export import log_time
@@ -458,39 +459,13 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     }
 
 
-def _namespaces(settings: Settings, loop: str, definition: dict[str, Any]) -> list[str]:
-    """The feature namespaces of the loop's logged records in the time range (context and actions)."""
-    conn = connect(settings.database_path, settings.synchronous)
-    try:
-        names: set[str] = set()
-        for (record,) in conn.execute(
-            "SELECT record FROM decisions WHERE loop = ? AND created_at >= ? AND created_at < ? AND record IS NOT NULL",
-            (loop, definition["startTime"], definition["endTime"]),
-        ):
-            context = json.loads(record)["c"]
-            for features in [context, *context.get("_multi", []), *context.get("_slots", [])]:
-                names.update(k for k, v in features.items() if isinstance(v, dict) and not k.startswith("_"))
-    finally:
-        conn.close()
-    return sorted(names)
-
-
 def _importance(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
-    names = _namespaces(settings, loop, definition)
-    if not names:
+    rows = importance(_source(settings, loop, definition), definition["online"]["learning"])
+    if not rows:
         raise ValueError("no decision with namespaced features in the time range")
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(name[0], []).append(name)
-    base = definition["online"]["learning"]
-    candidates = [Candidate(RANDOM), Candidate("all", base)]
-    candidates += [Candidate(f"-{char}", f"{base} --ignore {char}") for char in groups]
-    report = replay(_source(settings, loop, definition), candidates, reward_model=None)
-    snips = {row["policy"]: row["snips"] for row in report.policies}
-    full, uniform = snips["all"], snips[RANDOM]
-    scores = []
-    for char, members in groups.items():
-        gain = full - uniform
-        score = min(100.0, max(0.0, 100 * (full - snips[f"-{char}"]) / gain)) if gain > 0 else 0.0
-        scores.extend({"namespace": name, "featureName": "", "score": round(score, 1)} for name in members)
-    return {"events": report.events, "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"]))}
+    scores = [
+        {"namespace": name, "featureName": "", "score": round(row["score"], 1)}
+        for row in rows
+        for name in row["namespaces"]
+    ]
+    return {"events": rows[0]["events"], "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"]))}

@@ -97,8 +97,9 @@ def importance(
     source: LoopLog | DsjsonFile, arguments: str, *, features: bool = False, workers: int = 1
 ) -> list[dict[str, Any]]:
     """Rows ``{"namespace", "feature", "dropped", "estimate", "full", "random", "score"}``, most important
-    first: one per namespace first character (``feature`` None) and, with ``features``, one per feature. The
-    score is defined in the module docstring. Raises :class:`ValueError` when the source has no event."""
+    first: one per namespace first character (``feature`` None; also ``namespaces``, the names it dropped, and
+    ``events``, how many the replay read) and, with ``features``, one per feature. The score is defined in the
+    module docstring. Raises :class:`ValueError` when the source has no event."""
     full_args = Candidate("full", arguments).arguments
     found = namespaces(source)
     groups: dict[str, list[str]] = {}
@@ -118,6 +119,8 @@ def importance(
     rows = [
         {
             "namespace": ", ".join(names),
+            "namespaces": names,
+            "events": report.events,
             "feature": None,
             "dropped": f"--ignore {char}",
             "estimate": estimates[f"-{char}"],
