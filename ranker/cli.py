@@ -216,8 +216,9 @@ def evaluate_command(
 ) -> None:
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
-    Online (what was logged), Baseline (first eligible action) and Random always run, with the policy
-    files (default: every one in policies_dir of the source's kind, single- or multi-slot) and --arguments.
+    Online (what was logged), Baseline (the first eligible action; in a multi-slot slot, its baselineAction)
+    and Random always run, with the policy files (default: every one in policies_dir of the source's kind,
+    single- or multi-slot) and --arguments.
     Prints IPS, SNIPS, DR and the 95% Cressie-Read interval (for a multi-slot loop: per slot and overall,
     without DR), and writes report.json and report.png into --output.
 
