@@ -531,6 +531,38 @@ def test_the_trainer_learns_what_each_slot_is_rewarded_for(make):
     assert hits["hero"] >= 30 and hits["sidebar"] >= 25
 
 
+def test_apprentice_learns_to_imitate_every_slots_baseline(make):
+    """In Apprentice mode every slot serves its baseline, and the model learns them, slot by slot: here they
+    depend on the account's plan, and the model then puts each slot's baseline first when it serves Online."""
+    service, trainer = make(learningMode="Apprentice")
+    baselines = {"enterprise": ("webinar", "case-study"), "team": ("product-tour", "pricing-page")}
+
+    def body(plan: str) -> dict[str, Any]:
+        hero, side = baselines[plan]
+        return {
+            "contextFeatures": [{"account": {"plan": plan}}],
+            "slots": [slot(HERO, baselineAction=hero), slot(SIDEBAR, baselineAction=side)],
+        }
+
+    for n in range(120):
+        plan = ("enterprise", "team")[n % 2]
+        answer = rank_at(service, f"a{n}", **body(plan))
+        assert tuple(s["rewardActionId"] for s in answer["slots"]) == baselines[plan]
+    assert trainer.run_once(now=LATER)["learned"] == 120
+
+    online, _ = make(learningMode="Online")  # the same log and published model
+    for plan, expected in baselines.items():
+        for n in range(5):
+            rank_at(online, f"{plan}-{n}", at=LATER, **body(plan))
+            _, record = logged(online, f"{plan}-{n}", "default")
+            multi = [m["_id"] for m in record["c"]["_multi"]]
+            favourites = []
+            for outcome in record["_outcomes"]:
+                p = {multi[m]: q for m, q in zip(outcome["_a"], outcome["_p"], strict=True)}
+                favourites.append(max(p, key=p.get))
+            assert tuple(favourites) == expected
+
+
 # -- bad input: a 4xx in the error shape, and nothing written ---------------------------------------------
 
 KNOWN = "known-event"  # a multi-slot decision of the slots loop, ranked before every case
