@@ -563,6 +563,38 @@ def test_apprentice_learns_to_imitate_every_slots_baseline(make):
             assert tuple(favourites) == expected
 
 
+def test_a_trainer_restarted_midway_learns_the_same_multislot_model(tmp_path):
+    """Exactly once for multi-slot records, Apprentice's imitation included: a trainer that stops after the
+    first half and a new one that goes on from its checkpoint end with the model of one uninterrupted run."""
+    actions = [{"id": f"a{i}", "features": [{"k": {"f": f"v{i % 4}", "g": i}}]} for i in range(8)]
+
+    def run(folder: Path, mode: str, restart: bool) -> bytes:
+        loop = {"policy": "multislot", "rewardWaitTime": "PT1S", "learningMode": mode}
+        settings = load_settings(environ={}, overrides={"data_dir": folder, "loops": {"default": loop}})
+        service = Service(settings)
+        for n in range(120):
+            plan = n % 3
+            slots = [
+                {"id": f"s{k}", "features": [{"pos": {"i": k}}], "baselineAction": f"a{(plan + 3 * k) % 8}"}
+                for k in range(3)
+            ]
+            body = {"contextFeatures": [{"u": {"p": plan}}], "actions": actions, "eventId": f"e{n}", "slots": slots}
+            answer = service.rank_multislot(
+                service.loops["default"], MultiSlotRankRequest.model_validate(body), now=T0 + timedelta(seconds=n)
+            )
+            rewards = [(s["id"], float(s["rewardActionId"] == "a1")) for s in answer["slots"]]
+            service.store.add_slot_rewards("default", f"e{n}", rewards, timestamp(T0 + timedelta(seconds=n)))
+        if restart:
+            with Trainer(settings) as first:
+                assert first.run_once(now=T0 + timedelta(seconds=61.5))["learned"] == 60
+        with Trainer(settings) as trainer:
+            trainer.run_once(now=T0 + timedelta(seconds=1000))
+            return trainer.model("default")
+
+    for mode in ("Online", "Apprentice"):
+        assert run(tmp_path / f"{mode}-once", mode, False) == run(tmp_path / f"{mode}-twice", mode, True)
+
+
 # -- bad input: a 4xx in the error shape, and nothing written ---------------------------------------------
 
 KNOWN = "known-event"  # a multi-slot decision of the slots loop, ranked before every case
