@@ -198,7 +198,10 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
     if "error" in result:
         body["description"] = result["error"]
     elif kind == EVALUATION:
-        body["policies"] = definition["policies"]
+        body["enablePolicyOptimization"] = definition.get("enablePolicyOptimization", False)
+        body["policies"] = definition["policies"] + (
+            [result["optimizedPolicy"]] if result.get("optimizedPolicy") else []
+        )
         if result:
             body["description"] = f"{result['events']} events replayed"
             body["events"] = result["events"]

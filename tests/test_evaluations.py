@@ -153,6 +153,8 @@ def test_policy_optimization_adds_the_best_policy_it_found_and_it_can_be_applied
     found = [p for p in policies.values() if p["policySource"] == "OfflineExperimentation"]
     assert len(found) == 1 and set(policies) == {"Online", "Baseline", "Random", found[0]["name"]}
     optimized = found[0]
+    assert evaluation["enablePolicyOptimization"] is True
+    assert evaluation["policies"] == [{"name": optimized["name"], "arguments": optimized["arguments"]}]
     assert "--cb_explore_adf" in optimized["arguments"] and optimized["summary"]["events"] == EVENTS
     # the world rewards learning the segment's action: the search's best learns it
     assert optimized["summary"]["expectedReward"] > policies["Random"]["summary"]["confidenceInterval"][1]
