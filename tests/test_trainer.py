@@ -569,9 +569,6 @@ def test_sigkill_of_the_trainer_many_times(tmp_path):
     crash_and_compare(tmp_path, events=8000, kills=12, seed=11)
 
 
-# -- throughput -----------------------------------------------------------------------------------
-
-
 # -- one trainer at a time, kept running ------------------------------------------------------------
 
 
