@@ -20,7 +20,18 @@ import pytest
 import vowpalwabbit
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_bad_input import NO_BODY, Case, awkward_text, event_url, log_contents, plain_text, rank_bodies, send
+from test_bad_input import (
+    NO_BODY,
+    Case,
+    assert_error,
+    awkward_text,
+    event_url,
+    log_contents,
+    plain_text,
+    rank_bodies,
+    send,
+)
+from test_trainer import vw_model
 
 from ranker import dsjson, models
 from ranker.app import create_app
@@ -441,19 +452,6 @@ def rank_at(service: Service, event_id: str, at: datetime = T0, **fields: Any) -
     return service.rank_multislot(service.loops["default"], request, now=at)
 
 
-def vw_model(service: Service, lines: list[str]) -> bytes:
-    """What VW learns in-process from ``lines``, through pyvw's public API."""
-    ws = vowpalwabbit.Workspace(service.loops["default"].engine.arguments + " --dsjson --quiet")
-    for line in lines:
-        examples = ws.parse(line)
-        ws.learn(examples)
-        ws.finish_example(examples)
-    path = service.settings.data_dir / "expected.vw"
-    ws.save(str(path))
-    ws.finish()
-    return path.read_bytes()
-
-
 # Rewards of event "full" (hero, sidebar, footer) as (slot, seconds after the decision, value), in the order
 # they are posted: the sidebar gets none, the hero's last one arrives after the 1 s window.
 REWARDS = [("hero", 0.4, 0.5), ("footer", 0.1, 0.2), ("hero", 0.2, 0.3), ("hero", 1.5, 0.9), ("footer", 0.9, 0.6)]
@@ -716,15 +714,7 @@ def test_bad_request_gets_its_error_and_leaves_no_trace(app, client, case: Case)
     before = log_contents(app)
     assert len(before[0]) == 2
 
-    response = send(client, case)
-
-    assert response.status_code == case.status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/json"
-    body = json.loads(response.get_data())
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == case.code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip()
-    assert response.headers["x-ms-error-code"] == case.code
+    assert_error(send(client, case), case)
     assert log_contents(app) == before
 
 
