@@ -17,11 +17,15 @@ import vowpalwabbit
 from ranker import dsjson
 from ranker.evaluation.replay import (
     BUILT_INS,
+    DEFAULT_REWARD_MODEL,
     Candidate,
     DsjsonFile,
     Event,
     LoopLog,
     Skipped,
+    _Learners,
+    _shares,
+    parse_groups,
     policy_candidates,
     replay,
     write,
@@ -199,6 +203,54 @@ def test_a_dsjson_file_replays_as_the_loop_it_was_exported_from(world, report, t
 
 def test_two_processes_give_the_same_report(world, report):
     assert replay(world.log(), [*BUILT_INS, LEARNER], workers=2).policies == report.policies
+
+
+# Workspaces of four parse groups: MTR with -q :: (the two policy files, the reward model, other learning
+# options), IPS with -q ::, bagging, other interactions.
+SHARING = [
+    "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q ::",
+    "--cb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::",
+    DEFAULT_REWARD_MODEL,
+    "--cb_explore_adf --epsilon 0.05 --l2 1e-6 --initial_t 1 --learning_rate=0.1 --cb_type mtr -q ::",
+    "--cb_explore_adf --cb_type ips -q ::",
+    "--cb_explore_adf --cb_type ips --epsilon 0.3 -l 0.1 -q ::",
+    "--cb_explore_adf --cb_type dr --bag 3 -q ::",
+    "--cb_explore_adf --cb_type mtr -q ui",
+]
+
+
+def test_workspaces_sharing_a_parse_score_as_they_do_alone(world):
+    """Workspaces of one parse group learn each line from one parse; each reports exactly the PMFs (or the
+    reward model its cost estimates) it reports when it parses every line itself."""
+    lines = [event.line for event in world.log().events() if type(event) is Event]
+    assert [len(group) for group in parse_groups(SHARING)] == [4, 2, 1, 1]
+    together = _Learners(SHARING)
+    try:
+        together.learn(lines)
+        for arguments, (scores, counts) in zip(SHARING, together.outputs, strict=True):
+            alone = _Learners([arguments])
+            try:
+                alone.learn(lines)
+                assert (scores, counts) == alone.outputs[0], arguments
+                assert len(counts) == len(lines) and min(counts) == K
+            finally:
+                alone.close()
+    finally:
+        together.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_workspaces_spread_over_processes_by_parse_group(workers):
+    shares = _shares(SHARING, workers)
+    assert 1 <= len(shares) <= workers and all(shares[1:])
+    assert sorted(i for share in shares for i in share) == list(range(len(SHARING)))
+    # a parse group is split only when there are more processes than groups
+    for group in parse_groups(SHARING):
+        holders = [k for k, share in enumerate(shares) if set(group) & set(share)]
+        assert len(holders) == 1 or workers > len(parse_groups(SHARING))
+    # the default evaluation on two processes: the reading one learns the reward model, the other both policies
+    assert _shares(SHARING[:3], 2) == [[2], [0, 1]]
+    assert _shares(SHARING[:3], 1) == [[0, 1, 2]]
 
 
 def test_vw_test_file_and_bad_lines(tmp_path):

@@ -65,12 +65,15 @@ The rewards must lie in ``reward_range``, by default [0, 1] when no logged rewar
 (the reward API's range); the Cressie-Read interval relies on those bounds.
 
 The source is read once, in this process; the VW workspaces (one per VW candidate, and the reward model) learn
-here, or in ``workers`` processes that are sent exactly the lines of the events kept.
+exactly the lines of the events kept, here and in up to ``workers`` - 1 other processes that are sent them.
+Workspaces whose arguments differ only in learning options (learning rate, power_t, epsilon, l2, initial_t) learn
+each line from one parse of it, which is most of VW's cost of a line (:func:`parse_group`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import multiprocessing
@@ -118,7 +121,9 @@ ONLINE, BASELINE, RANDOM = "Online", "Baseline", "Random"
 DEFAULT_REWARD_MODEL = "--cb_adf --cb_type mtr -q ::"
 CHECKPOINTS = 200  # points of the cumulative estimate curves
 MAX_ERRORS = 100  # bad lines listed in a report
-CHUNK = 256  # lines handed to the learners at a time
+CHUNK = 128  # lines handed to the learners at a time
+F_SETPIPE_SZ = 1031  # fcntl (Linux)
+PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 MAX_SLOT_ROWS = 50  # slot ids of a multi-slot source with a row of their own (the most often filled)
 OVERALL = "overall"
 _NOT_VW_OPTIONS = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
@@ -255,43 +260,97 @@ class _SlotScan(_Skips):
 class _Learners:
     """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
     line (0 where VW refused the line). A single-slot workspace keeps the PMF over the line's actions, a
-    multi-slot one each slot's probability of the slot's logged action."""
+    multi-slot one each slot's probability of the slot's logged action.
+
+    Single-slot workspaces of one :func:`parse_group` learn from one parse of each line: the first of them
+    parses it, each learns it in turn, and the first hands the examples back. VW's parsing is most of the cost
+    of a line, so the default evaluation (two policies and the reward model, one group) costs about half of
+    parsing separately; the scores are the same (tests/test_replay.py compares them).
+    """
 
     def __init__(self, arguments: Sequence[str]):
         self.workspaces = [vowpalwabbit.Workspace(f"{args} --dsjson --quiet") for args in arguments]
         self.multislot = [is_multislot(args) for args in arguments]
         self.outputs = [(array("d"), array("q")) for _ in arguments]
+        self.groups = parse_groups(arguments)
 
     def learn(self, lines: Sequence[str]) -> None:
-        parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
-        finish = pylibvw.vw._finish_example_multi_ex
         chosen = None
-        for ws, multislot, (scores, counts) in zip(self.workspaces, self.multislot, self.outputs, strict=True):
-            if multislot:
+        for group in self.groups:
+            if self.multislot[group[0]]:  # a group of its own
                 if chosen is None:
                     chosen = [dsjson.logged_actions(line) for line in lines]
-                _learn_slots(ws, lines, chosen, scores, counts)
-                continue
-            for line in lines:
-                # the calls pyvw's parse and learn make, without wrapping every example in Python
-                try:
-                    examples = parse(ws, line)
-                except RuntimeError:
-                    counts.append(0)
-                    continue
+                _learn_slots(self.workspaces[group[0]], lines, chosen, *self.outputs[group[0]])
+            else:
+                _learn_shared([self.workspaces[i] for i in group], lines, [self.outputs[i] for i in group])
+
+    def close(self) -> None:
+        for ws in self.workspaces:
+            ws.finish()
+
+
+# Options that change only how a workspace learns from a parsed example, not how VW parses and sets it up: single-
+# slot workspaces whose arguments differ in nothing else can learn from one parse (see _Learners). Checked with
+# VW's outputs (tests/test_replay.py); exploration algorithms and --cb_type are not among them (--bag, --cover and
+# another --cb_type after MTR change the example for the next workspace).
+_LEARNING_OPTIONS = {"-l", "--learning_rate", "--power_t", "--epsilon", "--l2", "--initial_t"}
+
+
+def parse_group(arguments: str) -> tuple[str, ...] | None:
+    """What single-slot workspaces must share to learn from one parse of a line: their arguments without the
+    learning options and their values, ``--cb_adf`` read as ``--cb_explore_adf`` (the reward model's reduction
+    under the same cost estimator). None for a multi-slot workspace, which parses its own lines."""
+    if is_multislot(arguments):
+        return None
+    words = shlex.split(arguments)
+    key: list[str] = []
+    value_next = False
+    for word in words:
+        if value_next:
+            value_next = False
+            continue
+        name, equals, _ = word.partition("=")
+        if name in _LEARNING_OPTIONS:
+            value_next = not equals
+            continue
+        key.append("--cb_explore_adf" if word == "--cb_adf" else word)
+    return tuple(key)
+
+
+def parse_groups(arguments: Sequence[str]) -> list[list[int]]:
+    """The indices of ``arguments``, grouped by :func:`parse_group` in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, args in enumerate(arguments):
+        key = parse_group(args)
+        groups.setdefault(("own", i) if key is None else key, []).append(i)
+    return list(groups.values())
+
+
+def _learn_shared(workspaces: list[vowpalwabbit.Workspace], lines: Sequence[str], outputs: list[tuple[array, array]]):
+    """Learn single-slot lines in workspaces of one parse group; keep each one's PMF from before its update."""
+    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
+    finish = pylibvw.vw._finish_example_multi_ex
+    parser = workspaces[0]
+    pairs = list(zip(workspaces, outputs, strict=True))
+    for line in lines:
+        # the calls pyvw's parse and learn make, without wrapping every example in Python
+        try:
+            examples = parse(parser, line)
+        except RuntimeError:
+            for _, (_, counts) in pairs:
+                counts.append(0)
+            continue
+        try:
+            for ws, (scores, counts) in pairs:
                 try:
                     learn(ws, examples)
                     pmf = examples[0].get_action_scores()
                 except RuntimeError:
                     pmf = ()
-                finally:
-                    finish(ws, examples)
                 scores.extend(pmf)
                 counts.append(len(pmf))
-
-    def close(self) -> None:
-        for ws in self.workspaces:
-            ws.finish()
+        finally:
+            finish(parser, examples)
 
 
 def _learn_slots(
@@ -320,12 +379,12 @@ def _learn_slots(
         counts.append(len(logged))
 
 
-def _learner_process(conn: Connection, arguments: list[str]) -> None:
-    """A worker process: learn the chunks of lines it is sent until an empty one, then send back the outputs."""
+def _learner_process(lines: Connection, conn: Connection, arguments: list[str]) -> None:
+    """A worker process: learn the chunks of ``lines`` until an empty one, then send back the outputs on ``conn``."""
     learners = None
     try:
         learners = _Learners(arguments)
-        while chunk := conn.recv_bytes():
+        while chunk := lines.recv_bytes():
             learners.learn(chunk.decode().split("\n"))
         conn.send(learners.outputs)
     except BaseException as exc:  # reported to the main process, which raises it (unless it is gone)
@@ -337,6 +396,36 @@ def _learner_process(conn: Connection, arguments: list[str]) -> None:
         conn.close()
 
 
+# What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, and this
+# process's reading of it (the source, the built-ins' scan, the pipes).
+_PARSE_COST, _READ_COST = 1.4, 1.2
+
+
+def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
+    """Which VW workspaces (indices into ``jobs``) learn in which process: this one first (it also reads the
+    source), then up to ``workers`` - 1 others. A parse group (:func:`parse_group`) stays in one process, or is
+    halved when that spreads the work better (each half then parses the lines, on a core of its own). The
+    groups go largest first, each to the least loaded process."""
+
+    def assign(groups: list[list[int]]) -> tuple[float, list[list[int]]]:
+        shares: list[list[int]] = [[] for _ in range(max(1, workers))]
+        loads = [_READ_COST] + [0.0] * (len(shares) - 1)
+        for group in sorted(groups, key=len, reverse=True):
+            least = loads.index(min(loads))
+            shares[least] += group
+            loads[least] += _PARSE_COST + len(group)
+        return max(loads), [shares[0]] + [share for share in shares[1:] if share]
+
+    groups = parse_groups(jobs)
+    best = assign(groups)
+    while 0 < len(groups) < workers and max(map(len, groups)) > 1:
+        largest = max(groups, key=len)
+        half = (len(largest) + 1) // 2
+        groups = [group for group in groups if group is not largest] + [largest[:half], largest[half:]]
+        best = min(best, assign(groups), key=lambda option: option[0])
+    return best[1]
+
+
 def _passes(
     source: LoopLog | DsjsonFile,
     jobs: Sequence[str],
@@ -345,31 +434,36 @@ def _passes(
     multislot: bool = False,
 ) -> tuple[Any, list[tuple[array, array]]]:
     """Read the source once, keep what the built-ins need (a :class:`_Scan`, or a :class:`_SlotScan` for a
-    multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or in
-    ``workers`` processes fed through pipes (this one then only reads)."""
+    multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or shared
+    between this process and up to ``workers`` - 1 others fed through pipes (see :func:`_shares`)."""
     scan: _Scan | _SlotScan = _SlotScan() if multislot else _Scan()
     kind = MultiSlotEvent if multislot else Event
-    processes: list[tuple[Any, Connection]] = []
-    local = _Learners(jobs) if workers <= 1 or not jobs else None
+    processes: list[tuple[Any, Connection, Connection]] = []
+    shares = _shares(jobs, workers)
+    local = _Learners([jobs[i] for i in shares[0]]) if shares[0] else None
     try:
-        if local is None:
-            context = multiprocessing.get_context("spawn")
-            groups = [list(jobs[i :: min(workers, len(jobs))]) for i in range(min(workers, len(jobs)))]
-            for group in groups:
-                parent, child = context.Pipe()
-                process = context.Process(target=_learner_process, args=(child, group), daemon=True)
-                process.start()
-                child.close()
-                processes.append((process, parent))
+        context = multiprocessing.get_context("spawn")
+        for share in shares[1:]:
+            parent, child = context.Pipe()
+            reader, writer = context.Pipe(duplex=False)
+            # room for a few chunks ahead, so this process reads and learns on while the others catch up
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(writer.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+            args = (reader, child, [jobs[i] for i in share])
+            process = context.Process(target=_learner_process, args=args, daemon=True)
+            process.start()
+            child.close()
+            reader.close()
+            processes.append((process, parent, writer))
         chunk: list[str] = []
 
         def flush() -> None:
-            if local is not None:
-                local.learn(chunk)
-            else:
+            if processes:
                 data = "\n".join(chunk).encode()
-                for _, conn in processes:
-                    conn.send_bytes(data)
+                for _, _, lines in processes:
+                    lines.send_bytes(data)
+            if local is not None:  # while the other processes learn the same chunk
+                local.learn(chunk)
             if progress is not None:
                 progress(len(chunk))
             chunk.clear()
@@ -384,26 +478,25 @@ def _passes(
                 flush()
         if chunk:
             flush()
-        if local is not None:
-            return scan, local.outputs
-        outputs: list[tuple[array, array]] = []
-        for _, conn in processes:
-            conn.send_bytes(b"")
-        for _, conn in processes:
+        outputs: list[tuple[array, array]] = list(local.outputs) if local is not None else []
+        for _, _, lines in processes:
+            lines.send_bytes(b"")
+        for _, conn, _ in processes:
             result = conn.recv()
             if isinstance(result, BaseException):
                 raise result
             outputs.extend(result)
-        # the processes took their jobs round-robin: put the outputs back in the jobs' order
-        order = [i for start in range(len(processes)) for i in range(start, len(jobs), len(processes))]
-        return scan, [output for _, output in sorted(zip(order, outputs, strict=True))]
+        # put the outputs back in the jobs' order
+        order = [i for share in shares for i in share]
+        return scan, [output for _, output in sorted(zip(order, outputs, strict=True), key=lambda pair: pair[0])]
     except (BrokenPipeError, EOFError) as exc:
         raise RuntimeError("a replay worker process died") from exc
     finally:
         if local is not None:
             local.close()
-        for process, conn in processes:
+        for process, conn, lines in processes:
             conn.close()
+            lines.close()
             process.join(5)
             if process.is_alive():
                 process.kill()
@@ -519,9 +612,9 @@ def replay(
 ) -> Report:
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
-    ``workers`` > 1 runs the VW workspaces in that many processes (at most one per workspace), fed the lines
-    through pipes while this one reads the source; they are started with multiprocessing's "spawn", so a script
-    calling this needs the ``if __name__ == "__main__":`` guard.
+    ``workers`` > 1 runs the VW workspaces in that many processes (at most one per :func:`parse_group`), fed
+    the lines through pipes while this one reads the source; they are started with multiprocessing's "spawn",
+    so a script calling this needs the ``if __name__ == "__main__":`` guard.
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
     no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
     ``reward_model`` is not used on a multi-slot source (no DM or DR there).
