@@ -28,24 +28,31 @@ _OTHER_EXPLORATION = {
     "--regcbopt",
     "--rnd",
 }
-_SERVING_ONLY = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
+# How a workspace reads its input and whether it learns: set by each use of a policy, not by the policy.
+IO_OPTIONS = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
+
+
+def drop_options(words: list[str], with_value: set[str], flags: set[str] | None = None) -> list[str]:
+    """VW argument ``words`` without the options ``with_value`` and their values (``--name value`` or
+    ``--name=value``), and without the ``flags``."""
+    out: list[str] = []
+    value_next = False
+    for word in words:
+        if value_next:
+            value_next = False
+            continue
+        name, equals, _ = word.partition("=")
+        if name in with_value:
+            value_next = not equals
+        elif not flags or word not in flags:
+            out.append(word)
+    return out
 
 
 def vw_arguments(policy_arguments: str, exploration: float) -> str:
     """The policy's VW arguments with ``--epsilon`` set from the loop's explorationPercentage."""
     words = shlex.split(policy_arguments)
-    out: list[str] = []
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        if word == "--epsilon":
-            skip = True
-            continue
-        if word in _SERVING_ONLY:
-            continue
-        out.append(word)
+    out = drop_options(words, {"--epsilon"}, IO_OPTIONS)
     if not _OTHER_EXPLORATION.intersection(words):
         out += ["--epsilon", repr(exploration)]
     return " ".join(out)

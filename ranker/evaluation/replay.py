@@ -92,7 +92,7 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from ranker import dsjson
-from ranker.engine import is_multislot
+from ranker.engine import IO_OPTIONS, drop_options, is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
@@ -126,7 +126,6 @@ F_SETPIPE_SZ = 1031  # fcntl (Linux)
 PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 MAX_SLOT_ROWS = 50  # slot ids of a multi-slot source with a row of their own (the most often filled)
 OVERALL = "overall"
-_NOT_VW_OPTIONS = {"-t", "--testonly", "--dsjson", "--json", "--quiet"}
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ class Candidate:
             if self.name not in (ONLINE, BASELINE, RANDOM):
                 raise ValueError(f"{self.name!r}: give VW arguments, or use {ONLINE}, {BASELINE} or {RANDOM}")
             return
-        words = [word for word in shlex.split(self.arguments) if word not in _NOT_VW_OPTIONS]
+        words = drop_options(shlex.split(self.arguments), set(), IO_OPTIONS)
         try:
             policy_kind(words)
         except ValueError as exc:
@@ -302,19 +301,8 @@ def parse_group(arguments: str) -> tuple[str, ...] | None:
     under the same cost estimator). None for a multi-slot workspace, which parses its own lines."""
     if is_multislot(arguments):
         return None
-    words = shlex.split(arguments)
-    key: list[str] = []
-    value_next = False
-    for word in words:
-        if value_next:
-            value_next = False
-            continue
-        name, equals, _ = word.partition("=")
-        if name in _LEARNING_OPTIONS:
-            value_next = not equals
-            continue
-        key.append("--cb_explore_adf" if word == "--cb_adf" else word)
-    return tuple(key)
+    key = drop_options(shlex.split(arguments), _LEARNING_OPTIONS)
+    return tuple("--cb_explore_adf" if word == "--cb_adf" else word for word in key)
 
 
 def parse_groups(arguments: Sequence[str]) -> list[list[int]]:
