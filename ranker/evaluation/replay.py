@@ -382,6 +382,7 @@ def _learner_process(lines: Connection, conn: Connection, arguments: list[str]) 
         if learners is not None:
             learners.close()
         conn.close()
+        lines.close()
 
 
 # What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, and this
