@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+import pydantic_core
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
@@ -493,7 +494,9 @@ class DsjsonFile:
                     yield _file_event(number, line)
 
 
-_decode = json.JSONDecoder().decode
+# The head of every line of a file is decoded before anything else; pydantic's JSON parser (jiter) does it in
+# a third of the time of the standard library's, which matters when a replay reads 100,000 lines.
+_decode = pydantic_core.from_json
 
 
 def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:

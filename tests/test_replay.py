@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ import pytest
 import vowpalwabbit
 
 from ranker import dsjson
+from ranker.evaluation.learners import Learners
 from ranker.evaluation.replay import (
     BUILT_INS,
     DEFAULT_REWARD_MODEL,
@@ -23,7 +26,7 @@ from ranker.evaluation.replay import (
     Event,
     LoopLog,
     Skipped,
-    _Learners,
+    _groups,
     _shares,
     parse_groups,
     policy_candidates,
@@ -205,6 +208,33 @@ def test_two_processes_give_the_same_report(world, report):
     assert replay(world.log(), [*BUILT_INS, LEARNER], workers=2).policies == report.policies
 
 
+def _worker_processes() -> list[int]:
+    """This process's children that are replay workers (``python -m ranker.evaluation.learners``)."""
+    children = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        children += (task / "children").read_text().split()
+    return [int(pid) for pid in children if b"ranker.evaluation.learners" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_a_worker_killed_mid_replay_fails_the_replay_and_leaves_no_process(world):
+    killed = []
+
+    def kill_the_workers(events: int) -> None:
+        if not killed:
+            killed.extend(_worker_processes())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    candidates = [*BUILT_INS, LEARNER, Candidate("other", "--cb_explore_adf --cb_type ips -q ::")]
+    with pytest.raises(RuntimeError, match="a replay worker process died"):
+        replay(world.log(), candidates, workers=2, progress=kill_the_workers)
+    assert len(killed) == 1
+    assert _worker_processes() == []
+    # the next replay is not affected
+    assert replay(world.log(), candidates, workers=2).events == replay(world.log(), candidates).events
+    assert _worker_processes() == []
+
+
 # Workspaces of four parse groups: MTR with -q :: (the two policy files, the reward model, other learning
 # options), IPS with -q ::, bagging, other interactions.
 SHARING = [
@@ -224,11 +254,13 @@ def test_workspaces_sharing_a_parse_score_as_they_do_alone(world):
     reward model its cost estimates) it reports when it parses every line itself."""
     lines = [event.line for event in world.log().events() if type(event) is Event]
     assert [len(group) for group in parse_groups(SHARING)] == [4, 2, 1, 1]
-    together = _Learners(SHARING)
+    groups, order = _groups(SHARING, range(len(SHARING)))
+    together = Learners(groups)
     try:
         together.learn(lines)
-        for arguments, (scores, counts) in zip(SHARING, together.outputs, strict=True):
-            alone = _Learners([arguments])
+        outputs = [output for _, output in sorted(zip(order, together.outputs, strict=True))]
+        for arguments, (scores, counts) in zip(SHARING, outputs, strict=True):
+            alone = Learners([(False, [arguments])])
             try:
                 alone.learn(lines)
                 assert (scores, counts) == alone.outputs[0], arguments

@@ -72,28 +72,22 @@ each line from one parse of it, which is most of VW's cost of a line (:func:`par
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
-import multiprocessing
 import shlex
 import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import vowpalwabbit
-from vowpalwabbit.pyvw import pylibvw
 
-from ranker import dsjson
 from ranker.engine import IO_OPTIONS, drop_options, is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
+from ranker.evaluation.learners import Group, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
 
@@ -122,8 +116,6 @@ DEFAULT_REWARD_MODEL = "--cb_adf --cb_type mtr -q ::"
 CHECKPOINTS = 200  # points of the cumulative estimate curves
 MAX_ERRORS = 100  # bad lines listed in a report
 CHUNK = 128  # lines handed to the learners at a time
-F_SETPIPE_SZ = 1031  # fcntl (Linux)
-PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 MAX_SLOT_ROWS = 50  # slot ids of a multi-slot source with a row of their own (the most often filled)
 OVERALL = "overall"
 
@@ -256,40 +248,8 @@ class _SlotScan(_Skips):
             self.baseline.append(slot.baseline)
 
 
-class _Learners:
-    """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
-    line (0 where VW refused the line). A single-slot workspace keeps the PMF over the line's actions, a
-    multi-slot one each slot's probability of the slot's logged action.
-
-    Single-slot workspaces of one :func:`parse_group` learn from one parse of each line: the first of them
-    parses it, each learns it in turn, and the first hands the examples back. VW's parsing is most of the cost
-    of a line, so the default evaluation (two policies and the reward model, one group) costs about half of
-    parsing separately; the scores are the same (tests/test_replay.py compares them).
-    """
-
-    def __init__(self, arguments: Sequence[str]):
-        self.workspaces = [vowpalwabbit.Workspace(f"{args} --dsjson --quiet") for args in arguments]
-        self.multislot = [is_multislot(args) for args in arguments]
-        self.outputs = [(array("d"), array("q")) for _ in arguments]
-        self.groups = parse_groups(arguments)
-
-    def learn(self, lines: Sequence[str]) -> None:
-        chosen = None
-        for group in self.groups:
-            if self.multislot[group[0]]:  # a group of its own
-                if chosen is None:
-                    chosen = [dsjson.logged_actions(line) for line in lines]
-                _learn_slots(self.workspaces[group[0]], lines, chosen, *self.outputs[group[0]])
-            else:
-                _learn_shared([self.workspaces[i] for i in group], lines, [self.outputs[i] for i in group])
-
-    def close(self) -> None:
-        for ws in self.workspaces:
-            ws.finish()
-
-
 # Options that change only how a workspace learns from a parsed example, not how VW parses and sets it up: single-
-# slot workspaces whose arguments differ in nothing else can learn from one parse (see _Learners). Checked with
+# slot workspaces whose arguments differ in nothing else can learn from one parse (see Learners). Checked with
 # VW's outputs (tests/test_replay.py); exploration algorithms and --cb_type are not among them (--bag, --cover and
 # another --cb_type after MTR change the example for the next workspace).
 _LEARNING_OPTIONS = {"-l", "--learning_rate", "--power_t", "--epsilon", "--l2", "--initial_t"}
@@ -312,77 +272,6 @@ def parse_groups(arguments: Sequence[str]) -> list[list[int]]:
         key = parse_group(args)
         groups.setdefault(("own", i) if key is None else key, []).append(i)
     return list(groups.values())
-
-
-def _learn_shared(workspaces: list[vowpalwabbit.Workspace], lines: Sequence[str], outputs: list[tuple[array, array]]):
-    """Learn single-slot lines in workspaces of one parse group; keep each one's PMF from before its update."""
-    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
-    finish = pylibvw.vw._finish_example_multi_ex
-    parser = workspaces[0]
-    pairs = list(zip(workspaces, outputs, strict=True))
-    for line in lines:
-        # the calls pyvw's parse and learn make, without wrapping every example in Python
-        try:
-            examples = parse(parser, line)
-        except RuntimeError:
-            for _, (_, counts) in pairs:
-                counts.append(0)
-            continue
-        try:
-            for ws, (scores, counts) in pairs:
-                try:
-                    learn(ws, examples)
-                    pmf = examples[0].get_action_scores()
-                except RuntimeError:
-                    pmf = ()
-                scores.extend(pmf)
-                counts.append(len(pmf))
-        finally:
-            finish(parser, examples)
-
-
-def _learn_slots(
-    ws: vowpalwabbit.Workspace, lines: Sequence[str], chosen: list[list[int]], scores: array, counts: array
-) -> None:
-    """Learn multi-slot lines; keep, per slot, VW's probability of the logged action before the update."""
-    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
-    finish = pylibvw.vw._finish_example_multi_ex
-    for line, logged in zip(lines, chosen, strict=True):
-        try:
-            examples = parse(ws, line)
-        except RuntimeError:
-            counts.append(0)
-            continue
-        try:
-            learn(ws, examples)
-            per_slot = [dict(slot) for slot in examples[0].get_decision_scores()]
-        except RuntimeError:
-            per_slot = []
-        finally:
-            finish(ws, examples)
-        if len(per_slot) != len(logged) or any(a not in slot for a, slot in zip(logged, per_slot, strict=False)):
-            counts.append(0)  # VW did not score every slot's logged action: it read another line than logged
-            continue
-        scores.extend(slot[a] for a, slot in zip(logged, per_slot, strict=True))
-        counts.append(len(logged))
-
-
-def _learner_process(lines: Connection, conn: Connection, arguments: list[str]) -> None:
-    """A worker process: learn the chunks of ``lines`` until an empty one, then send back the outputs on ``conn``."""
-    learners = None
-    try:
-        learners = _Learners(arguments)
-        while chunk := lines.recv_bytes():
-            learners.learn(chunk.decode().split("\n"))
-        conn.send(learners.outputs)
-    except BaseException as exc:  # reported to the main process, which raises it (unless it is gone)
-        with contextlib.suppress(OSError):
-            conn.send(RuntimeError(f"replay worker: {exc!r}"))
-    finally:
-        if learners is not None:
-            learners.close()
-        conn.close()
-        lines.close()
 
 
 # What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, and this
@@ -427,30 +316,18 @@ def _passes(
     between this process and up to ``workers`` - 1 others fed through pipes (see :func:`_shares`)."""
     scan: _Scan | _SlotScan = _SlotScan() if multislot else _Scan()
     kind = MultiSlotEvent if multislot else Event
-    processes: list[tuple[Any, Connection, Connection]] = []
-    shares = _shares(jobs, workers)
-    local = _Learners([jobs[i] for i in shares[0]]) if shares[0] else None
+    shares = [_groups(jobs, share) for share in _shares(jobs, workers)]
+    others: list[Worker] = []
+    local = Learners(shares[0][0]) if shares[0][0] else None
     try:
-        context = multiprocessing.get_context("spawn")
-        for share in shares[1:]:
-            parent, child = context.Pipe()
-            reader, writer = context.Pipe(duplex=False)
-            # room for a few chunks ahead, so this process reads and learns on while the others catch up
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(writer.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-            args = (reader, child, [jobs[i] for i in share])
-            process = context.Process(target=_learner_process, args=args, daemon=True)
-            process.start()
-            child.close()
-            reader.close()
-            processes.append((process, parent, writer))
+        others.extend(Worker(groups) for groups, _ in shares[1:])
         chunk: list[str] = []
 
         def flush() -> None:
-            if processes:
+            if others:
                 data = "\n".join(chunk).encode()
-                for _, _, lines in processes:
-                    lines.send_bytes(data)
+                for worker in others:
+                    worker.send(data)
             if local is not None:  # while the other processes learn the same chunk
                 local.learn(chunk)
             if progress is not None:
@@ -467,28 +344,26 @@ def _passes(
                 flush()
         if chunk:
             flush()
-        outputs: list[tuple[array, array]] = list(local.outputs) if local is not None else []
-        for _, _, lines in processes:
-            lines.send_bytes(b"")
-        for _, conn, _ in processes:
-            result = conn.recv()
-            if isinstance(result, BaseException):
-                raise result
-            outputs.extend(result)
+        outputs = list(local.outputs) if local is not None else []
+        for worker in others:
+            worker.end()
+        for worker in others:
+            outputs.extend(worker.outputs())
         # put the outputs back in the jobs' order
-        order = [i for share in shares for i in share]
+        order = [i for _, indices in shares for i in indices]
         return scan, [output for _, output in sorted(zip(order, outputs, strict=True), key=lambda pair: pair[0])]
-    except (BrokenPipeError, EOFError) as exc:
-        raise RuntimeError("a replay worker process died") from exc
     finally:
         if local is not None:
             local.close()
-        for process, conn, lines in processes:
-            conn.close()
-            lines.close()
-            process.join(5)
-            if process.is_alive():
-                process.kill()
+        for worker in others:
+            worker.close()
+
+
+def _groups(jobs: Sequence[str], share: Sequence[int]) -> tuple[list[Group], list[int]]:
+    """The parse groups of the workspaces ``share`` (indices into ``jobs``) for :class:`Learners`, and those
+    indices in the order of the learners' outputs."""
+    groups = [[share[i] for i in group] for group in parse_groups([jobs[i] for i in share])]
+    return [(is_multislot(jobs[g[0]]), [jobs[i] for i in g]) for g in groups], [i for g in groups for i in g]
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -601,9 +476,8 @@ def replay(
 ) -> Report:
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
-    ``workers`` > 1 runs the VW workspaces in that many processes (at most one per :func:`parse_group`), fed
-    the lines through pipes while this one reads the source; they are started with multiprocessing's "spawn",
-    so a script calling this needs the ``if __name__ == "__main__":`` guard.
+    ``workers`` > 1 runs the VW workspaces in up to that many processes, this one and
+    :class:`~ranker.evaluation.learners.Worker` processes fed the lines through pipes (see :func:`_shares`).
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
     no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
     ``reward_model`` is not used on a multi-slot source (no DM or DR there).

@@ -1,0 +1,251 @@
+"""VW workspaces that learn the same DSJSON lines progressively, each keeping what it scored before each update:
+in the replay's own process (:class:`Learners`), or in a worker process of their own (:class:`Worker`).
+
+A worker is ``python -m ranker.evaluation.learners READ_FD WRITE_FD``: it imports VW and this module only, so it
+starts in about a tenth of a second (a multiprocessing "spawn" child imports the parent's ``__main__`` and the
+whole package: half a second, most of a worker's share of a 100,000-event replay on two cores). It talks over two
+pipes of its own (not stdin and stdout, which VW may print to), in frames of an 8-byte little-endian length and
+that many bytes. In: the groups as JSON (``[[multislot, [arguments, ...]], ...]``), chunks of lines joined by
+``"\\n"``, then an empty frame. Out: ``{"outputs": n}`` and each workspace's scores (float64) and counts (int64)
+as raw bytes, or ``{"error": text}``. A worker whose parent is gone reads the end of its pipe and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import vowpalwabbit
+from vowpalwabbit.pyvw import pylibvw
+
+from ranker import dsjson
+
+Group = tuple[bool, Sequence[str]]  # (multi-slot, the VW arguments of the workspaces that learn from one parse)
+Output = tuple[array, array]  # scores, flat, and their count per line
+
+F_SETPIPE_SZ = 1031  # fcntl (Linux)
+PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where ``ranker`` is imported from
+
+
+class Learners:
+    """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
+    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments. A single-slot
+    workspace keeps the PMF over the line's actions, a multi-slot one each slot's probability of the slot's
+    logged action.
+
+    The single-slot workspaces of one group learn from one parse of each line: the first of them parses it, each
+    learns it in turn, and the first hands the examples back. VW's parsing is most of the cost of a line, so the
+    default evaluation (two policies and the reward model, one group) costs about half of parsing separately; the
+    scores are the same (tests/test_replay.py compares them). A multi-slot workspace parses its own lines.
+    """
+
+    def __init__(self, groups: Sequence[Group]):
+        self.groups: list[tuple[bool, list[vowpalwabbit.Workspace]]] = []
+        try:
+            for multislot, arguments in groups:
+                self.groups.append((multislot, []))
+                for args in arguments:
+                    self.groups[-1][1].append(vowpalwabbit.Workspace(f"{args} --dsjson --quiet"))
+        except BaseException:
+            self.close()
+            raise
+        self.outputs: list[Output] = [(array("d"), array("q")) for _, arguments in groups for _ in arguments]
+
+    def learn(self, lines: Sequence[str]) -> None:
+        chosen = None
+        outputs = iter(self.outputs)
+        for multislot, workspaces in self.groups:
+            if multislot:
+                if chosen is None:
+                    chosen = [dsjson.logged_actions(line) for line in lines]
+                for ws in workspaces:
+                    _learn_slots(ws, lines, chosen, *next(outputs))
+            else:
+                _learn_shared(workspaces, lines, [next(outputs) for _ in workspaces])
+
+    def close(self) -> None:
+        for _, workspaces in self.groups:
+            for ws in workspaces:
+                ws.finish()
+        self.groups = []
+
+
+def _learn_shared(workspaces: list[vowpalwabbit.Workspace], lines: Sequence[str], outputs: list[Output]) -> None:
+    """Learn single-slot lines in workspaces of one group; keep each one's PMF from before its update."""
+    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
+    finish = pylibvw.vw._finish_example_multi_ex
+    parser = workspaces[0]
+    pairs = list(zip(workspaces, outputs, strict=True))
+    for line in lines:
+        # the calls pyvw's parse and learn make, without wrapping every example in Python
+        try:
+            examples = parse(parser, line)
+        except RuntimeError:
+            for _, (_, counts) in pairs:
+                counts.append(0)
+            continue
+        try:
+            for ws, (scores, counts) in pairs:
+                try:
+                    learn(ws, examples)
+                    pmf = examples[0].get_action_scores()
+                except RuntimeError:
+                    pmf = ()
+                scores.extend(pmf)
+                counts.append(len(pmf))
+        finally:
+            finish(parser, examples)
+
+
+def _learn_slots(
+    ws: vowpalwabbit.Workspace, lines: Sequence[str], chosen: list[list[int]], scores: array, counts: array
+) -> None:
+    """Learn multi-slot lines; keep, per slot, VW's probability of the logged action before the update."""
+    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
+    finish = pylibvw.vw._finish_example_multi_ex
+    for line, logged in zip(lines, chosen, strict=True):
+        try:
+            examples = parse(ws, line)
+        except RuntimeError:
+            counts.append(0)
+            continue
+        try:
+            learn(ws, examples)
+            per_slot = [dict(slot) for slot in examples[0].get_decision_scores()]
+        except RuntimeError:
+            per_slot = []
+        finally:
+            finish(ws, examples)
+        if len(per_slot) != len(logged) or any(a not in slot for a, slot in zip(logged, per_slot, strict=False)):
+            counts.append(0)  # VW did not score every slot's logged action: it read another line than logged
+            continue
+        scores.extend(slot[a] for a, slot in zip(logged, per_slot, strict=True))
+        counts.append(len(logged))
+
+
+# -- worker processes ---------------------------------------------------------------------------------------
+
+
+def _write(stream: BinaryIO, data: bytes) -> None:
+    stream.write(len(data).to_bytes(8, "little"))
+    stream.write(data)
+
+
+def _read(stream: BinaryIO) -> bytes:
+    size = int.from_bytes(_exactly(stream, 8), "little")
+    return _exactly(stream, size)
+
+
+def _exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError("the other end of a replay worker's pipe is gone")
+    return data
+
+
+class Worker:
+    """:class:`Learners` in a process of their own, fed chunks of lines through a pipe while this one goes on.
+    Raises :class:`RuntimeError` when the process fails or dies."""
+
+    def __init__(self, groups: Sequence[Group]):
+        to_worker, self._lines_in = os.pipe()
+        self._results_out, from_worker = os.pipe()
+        # room for a few chunks ahead, so this process reads and learns on while the worker catches up
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._lines_in, F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(to_worker), str(from_worker)],
+                pass_fds=(to_worker, from_worker),
+                cwd=PACKAGE_ROOT,  # ``-m`` imports from the working folder first: this package, not another
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            os.close(self._lines_in)
+            os.close(self._results_out)
+            raise
+        finally:
+            os.close(to_worker)
+            os.close(from_worker)
+        self.lines = os.fdopen(self._lines_in, "wb")
+        self.results = os.fdopen(self._results_out, "rb")
+        # sent at once, so the worker sets up its workspaces while this process starts reading
+        self.send(json.dumps([[multislot, list(arguments)] for multislot, arguments in groups]).encode())
+
+    def send(self, data: bytes) -> None:
+        """Send a chunk of lines, joined by newlines."""
+        try:
+            _write(self.lines, data)
+            self.lines.flush()
+        except OSError as exc:
+            raise RuntimeError("a replay worker process died") from exc
+
+    def end(self) -> None:
+        """Say that the lines are all sent."""
+        self.send(b"")
+
+    def outputs(self) -> list[Output]:
+        """The worker's outputs, once it has learned every line (after :meth:`end`)."""
+        try:
+            head = json.loads(_read(self.results))
+            if "error" in head:
+                raise RuntimeError(f"replay worker: {head['error']}")
+            outputs = []
+            for _ in range(head["outputs"]):
+                scores, counts = array("d"), array("q")
+                scores.frombytes(_read(self.results))
+                counts.frombytes(_read(self.results))
+                outputs.append((scores, counts))
+            return outputs
+        except (OSError, EOFError) as exc:
+            raise RuntimeError("a replay worker process died") from exc
+
+    def close(self) -> None:
+        for stream in (self.lines, self.results):
+            with contextlib.suppress(OSError):
+                stream.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main(read_fd: int, write_fd: int) -> None:
+    """A worker process: learn the chunks read from ``read_fd``, then write the outputs to ``write_fd``."""
+    # Ctrl-C in a terminal reaches the whole process group: the replay stops, and this process with it (the end
+    # of its pipe), without a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    learners = None
+    try:
+        with os.fdopen(read_fd, "rb") as lines:
+            groups = json.loads(_read(lines))
+            learners = Learners([(multislot, arguments) for multislot, arguments in groups])
+            while chunk := _read(lines):
+                learners.learn(chunk.decode().split("\n"))
+        reply = [json.dumps({"outputs": len(learners.outputs)}).encode()]
+        reply += [bytes(part) for output in learners.outputs for part in output]
+    except EOFError:
+        return  # the replay is gone
+    except Exception as exc:  # reported to the replay, which raises it
+        reply = [json.dumps({"error": repr(exc)}).encode()]
+    finally:
+        if learners is not None:
+            learners.close()
+    with contextlib.suppress(OSError), os.fdopen(write_fd, "wb") as results:  # OSError: the replay is gone
+        for frame in reply:
+            _write(results, frame)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
