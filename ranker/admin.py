@@ -212,9 +212,9 @@ def _mtime(path) -> str:
     return timestamp(datetime.fromtimestamp(os.stat(path).st_mtime, UTC))
 
 
-def check_vw(arguments: str, model: bytes | None, code: str) -> None:
+def check_vw(arguments: str, model: bytes | None, code: str, target: str | None = None) -> None:
     """Have VW load these arguments (and model) in a separate process: VW may abort on what it cannot
-    read, which must not take a worker down. A refusal is a 400 with ``code``."""
+    read, which must not take a worker down. A refusal is a 400 with ``code`` (and ``target``)."""
     with tempfile.NamedTemporaryFile(suffix=".vw", dir=service().settings.data_dir) as file:
         file.write(model or b"")
         file.flush()
@@ -228,11 +228,11 @@ def check_vw(arguments: str, model: bytes | None, code: str) -> None:
                 [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
             )
         except subprocess.TimeoutExpired as exc:
-            raise ApiError(400, code, "VW did not load it within 60 s") from exc
+            raise ApiError(400, code, "VW did not load it within 60 s", target) from exc
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["VW could not load it"])[-1]
         what = "a model this loop's policy can load" if model is not None else "arguments VW accepts"
-        raise ApiError(400, code, f"not {what}: {reason}")
+        raise ApiError(400, code, f"not {what}: {reason}", target)
 
 
 # -- logs -------------------------------------------------------------------------------------------

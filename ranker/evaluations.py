@@ -41,7 +41,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from . import trainer
-from .admin import effective, set_policy
+from .admin import check_vw, effective, set_policy
 from .api import caller, json_body, json_response, service
 from .engine import is_multislot
 from .errors import ApiError
@@ -121,6 +121,7 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
                 raise ApiError(
                     400, "InvalidPolicyConfiguration", f"policy name {policy.name!r} is taken", target=f"policies[{i}]"
                 )
+            check_vw(policy.arguments, None, "InvalidPolicyConfiguration", target=f"policies[{i}]")
             checked.append(policy.model_dump())
         definition["policies"] = checked
         optimize = body.get("enablePolicyOptimization", False)

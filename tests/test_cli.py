@@ -84,6 +84,14 @@ def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
     assert (report / "report.json").exists()
     assert runner.invoke(cli, ["export", "--loop", "nope"]).exit_code == 1
 
+    for workers in ("1", "2"):
+        bad = ["evaluate", "--file", str(out), "--arguments", "--cb_explore_adf --bogus 3", "--workers", workers]
+        result = runner.invoke(cli, [*bad, "-o", str(tmp_path / "bad")])
+        assert result.exit_code == 1 and "Error: VW does not take the arguments '--cb_explore_adf --bogus 3'" in (
+            result.output
+        ), result.output
+        assert not (tmp_path / "bad").exists()
+
 
 def test_train_once_learns_what_is_due(runner, tmp_path, monkeypatch):
     from datetime import UTC, datetime, timedelta

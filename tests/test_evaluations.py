@@ -27,6 +27,7 @@ RANK = {"Ocp-Apim-Subscription-Key": RANK_KEY}
 V1 = "/personalizer/v1.0"
 K, SEGMENTS, EVENTS = 4, 4, 800
 LEARNER = {"name": "learner", "arguments": "--cb_explore_adf --epsilon 0.05 --cb_type mtr -q ::"}
+BOGUS = "--cb_explore_adf --bogus 3"  # VW does not take it
 CONFIG = KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nrewardWaitTime = "PT1S"')
 
 
@@ -190,6 +191,7 @@ def test_requests_are_checked_and_need_the_admin_key(logged):
         ({"name": "n", **window, "endTime": "tomorrow"}, "endTime"),
         ({"name": "n", **window, "policies": [{"name": "p", "arguments": "--cb_adf"}]}, None),
         ({"name": "n", **window, "policies": [{"name": "Random", "arguments": LEARNER["arguments"]}]}, "policies[0]"),
+        ({"name": "n", **window, "policies": [LEARNER, {"name": "p", "arguments": BOGUS}]}, "policies[1]"),
     ]:
         response = client.put(f"{V1}/evaluations/bad", json=bad, headers=ADMIN)
         assert response.status_code == 400, bad

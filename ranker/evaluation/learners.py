@@ -1,13 +1,14 @@
 """VW workspaces that learn the same DSJSON lines progressively, each keeping what it scored before each update:
 in the replay's own process (:class:`Learners`), or in a worker process of their own (:class:`Worker`).
 
-A worker is ``python -m ranker.evaluation.learners READ_FD WRITE_FD``: it imports VW and this module only, so it
-starts in about a tenth of a second (a multiprocessing "spawn" child imports the parent's ``__main__`` and the
-whole package: half a second, most of a worker's share of a 100,000-event replay on two cores). It talks over two
+A worker is ``python -m ranker.evaluation.learners READ_FD WRITE_FD``: it imports VW, numpy and this module only,
+so it starts in about a tenth of a second (a multiprocessing "spawn" child imports the parent's ``__main__`` and
+the whole package: half a second, a tenth of a 100,000-event replay on two cores). It talks over two
 pipes of its own (not stdin and stdout, which VW may print to), in frames of an 8-byte little-endian length and
 that many bytes. In: the groups as JSON (``[[multislot, [arguments, ...]], ...]``), chunks of lines joined by
 ``"\\n"``, then an empty frame. Out: ``{"outputs": n}`` and each workspace's scores (float64) and counts (int64)
-as raw bytes, or ``{"error": text}``. A worker whose parent is gone reads the end of its pipe and exits.
+as raw bytes, or ``{"error": text, "type": the exception's class}``. A worker whose parent is gone reads the end
+of its pipe and exits.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where ``ranker`` is import
 
 class Learners:
     """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
-    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments. A single-slot
+    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments (arguments VW does
+    not take are a :class:`ValueError`). A single-slot
     workspace keeps the PMF over the line's actions, a multi-slot one each slot's probability of the slot's
     logged action.
 
@@ -55,7 +57,11 @@ class Learners:
             for multislot, arguments in groups:
                 self.groups.append((multislot, []))
                 for args in arguments:
-                    self.groups[-1][1].append(vowpalwabbit.Workspace(f"{args} --dsjson --quiet"))
+                    try:
+                        ws = vowpalwabbit.Workspace(f"{args} --dsjson --quiet")
+                    except RuntimeError as exc:  # VW's word for arguments it does not take
+                        raise ValueError(f"VW does not take the arguments {args!r}: {exc}") from None
+                    self.groups[-1][1].append(ws)
         except BaseException:
             self.close()
             raise
@@ -187,8 +193,8 @@ class Worker:
         try:
             _write(self.lines, data)
             self.lines.flush()
-        except OSError as exc:
-            raise RuntimeError("a replay worker process died") from exc
+        except OSError:
+            raise self._failure() from None
 
     def end(self) -> None:
         """Say that the lines are all sent."""
@@ -199,7 +205,7 @@ class Worker:
         try:
             head = json.loads(_read(self.results))
             if "error" in head:
-                raise RuntimeError(f"replay worker: {head['error']}")
+                raise _reported(head)
             outputs = []
             for _ in range(head["outputs"]):
                 scores, counts = array("d"), array("q")
@@ -210,6 +216,13 @@ class Worker:
         except (OSError, EOFError) as exc:
             raise RuntimeError("a replay worker process died") from exc
 
+    def _failure(self) -> Exception:
+        """What to raise when the worker stopped reading: what it reported, or that it died."""
+        try:
+            return _reported(json.loads(_read(self.results)))
+        except (OSError, EOFError, ValueError, KeyError):
+            return RuntimeError("a replay worker process died")
+
     def close(self) -> None:
         for stream in (self.lines, self.results):
             with contextlib.suppress(OSError):
@@ -219,6 +232,13 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _reported(head: dict) -> Exception:
+    """The exception a worker reported: a ValueError (bad input) as such, anything else as a RuntimeError."""
+    if head["type"] == "ValueError":
+        return ValueError(head["error"])
+    return RuntimeError(f"replay worker: {head['error']}")
 
 
 def main(read_fd: int, write_fd: int) -> None:
@@ -238,7 +258,8 @@ def main(read_fd: int, write_fd: int) -> None:
     except EOFError:
         return  # the replay is gone
     except Exception as exc:  # reported to the replay, which raises it
-        reply = [json.dumps({"error": repr(exc)}).encode()]
+        error = str(exc) if type(exc) is ValueError else repr(exc)
+        reply = [json.dumps({"error": error, "type": type(exc).__name__}).encode()]
     finally:
         if learners is not None:
             learners.close()
