@@ -161,7 +161,8 @@ def _exactly(stream: BinaryIO, size: int) -> bytes:
 
 class Worker:
     """:class:`Learners` in a process of their own, fed chunks of lines through a pipe while this one goes on.
-    Raises :class:`RuntimeError` when the process fails or dies."""
+    Raises the :class:`ValueError` the learners raise there (arguments VW does not take), and
+    :class:`RuntimeError` when the process fails otherwise or dies."""
 
     def __init__(self, groups: Sequence[Group]):
         to_worker, self._lines_in = os.pipe()
@@ -185,8 +186,11 @@ class Worker:
             os.close(from_worker)
         self.lines = os.fdopen(self._lines_in, "wb")
         self.results = os.fdopen(self._results_out, "rb")
-        # sent at once, so the worker sets up its workspaces while this process starts reading
-        self.send(json.dumps([[multislot, list(arguments)] for multislot, arguments in groups]).encode())
+        try:  # sent at once, so the worker sets up its workspaces while this process starts reading
+            self.send(json.dumps([[multislot, list(arguments)] for multislot, arguments in groups]).encode())
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, data: bytes) -> None:
         """Send a chunk of lines, joined by newlines."""
