@@ -40,10 +40,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where ``ranker`` is import
 
 class Learners:
     """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
-    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments (arguments VW does
-    not take are a :class:`ValueError`). A single-slot
+    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments. A single-slot
     workspace keeps the PMF over the line's actions, a multi-slot one each slot's probability of the slot's
-    logged action.
+    logged action. Arguments VW does not take are a :class:`ValueError`.
 
     The single-slot workspaces of one group learn from one parse of each line: the first of them parses it, each
     learns it in turn, and the first hands the examples back. VW's parsing is most of the cost of a line, so the
