@@ -18,7 +18,7 @@ from .dsjson import predict_line
 from .settings import POLICY_KINDS
 
 # Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
-_OTHER_EXPLORATION = {
+OTHER_EXPLORATION = {
     "--first",
     "--bag",
     "--cover",
@@ -53,7 +53,7 @@ def vw_arguments(policy_arguments: str, exploration: float) -> str:
     """The policy's VW arguments with ``--epsilon`` set from the loop's explorationPercentage."""
     words = shlex.split(policy_arguments)
     out = drop_options(words, {"--epsilon"}, IO_OPTIONS)
-    if not _OTHER_EXPLORATION.intersection(words):
+    if not OTHER_EXPLORATION.intersection(words):
         out += ["--epsilon", repr(exploration)]
     return " ".join(out)
 

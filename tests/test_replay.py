@@ -28,9 +28,11 @@ from ranker.evaluation.replay import (
     LoopLog,
     Skipped,
     _groups,
+    _served,
     _shares,
     parse_groups,
     policy_candidates,
+    regressor,
     replay,
     write,
 )
@@ -209,6 +211,38 @@ def test_two_processes_give_the_same_report(world, report):
     assert replay(world.log(), [*BUILT_INS, LEARNER], workers=2).policies == report.policies
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reward_model_read_from_a_policy_estimates_as_one_of_its_own(world, report, workers):
+    """The default reward model learns what LEARNER's regressor learns, so LEARNER's workspace reports its scores
+    (the report fixture); written so that no policy's regressor is the same, it learns in a workspace of its own:
+    every estimate, DM and DR included, is the same."""
+    assert regressor(LEARNER.arguments) == regressor(DEFAULT_REWARD_MODEL) is not None
+    own = "--cb_adf --cb_type=mtr -q ::"
+    assert regressor(own) is not None and regressor(own) != regressor(LEARNER.arguments)
+    alone = replay(world.log(), [*BUILT_INS, LEARNER], reward_model=own, workers=workers)
+    assert alone.policies == report.policies and report.policies[-1]["dr"] is not None
+
+
+def test_which_reward_model_a_policy_reports_for():
+    """Only an epsilon-greedy policy over VW's MTR regressor learns what a ``--cb_adf`` reward model learns."""
+    model = regressor("--cb_adf -q ::")
+    assert model is not None
+    assert regressor("--cb_explore_adf --epsilon=0.3 -q ::") == model == regressor("--cb_explore_adf -q ::")
+    assert regressor("--cb_explore_adf --cb_type mtr -q ::") == regressor("--cb_adf --cb_type mtr -q ::") != model
+    for arguments in [
+        "--cb_explore_adf --bag 3 -q ::",  # other exploration learns other regressors
+        "--cb_explore_adf --softmax --lambda 10 -q ::",
+        "--cb_explore_adf --first_only -q ::",
+        "--cb_explore_adf --cb_type ips -q ::",  # IPS and DR learn every action: their scores move as they learn
+        "--cb_adf --cb_type dr -q ::",
+        "--ccb_explore_adf -q ::",
+    ]:
+        assert regressor(arguments) is None, arguments
+    # a reward model is read from the first policy of its regressor; one without such a policy learns alone
+    jobs = [SHARING[3], SHARING[0], SHARING[1], DEFAULT_REWARD_MODEL, "--cb_adf --cb_type mtr -q ui"]
+    assert _served(jobs) == {3: 1}
+
+
 def _worker_processes() -> list[int]:
     """This process's children that are replay workers (``python -m ranker.evaluation.learners``)."""
     workers = []
@@ -268,17 +302,19 @@ SHARING = [
 def test_workspaces_sharing_a_parse_score_as_they_do_alone(world):
     """Workspaces of one parse group learn each line from one parse; each reports exactly the PMFs (or the
     reward model its cost estimates) it reports when it parses every line itself."""
-    lines = [event.line for event in world.log().events() if type(event) is Event]
+    events = [event for event in world.log().events() if type(event) is Event]
+    lines, chosen = [event.line for event in events], [event.chosen for event in events]
     assert [len(group) for group in parse_groups(SHARING)] == [4, 2, 1, 1]
     groups, order = _groups(SHARING, range(len(SHARING)))
+    assert groups[0][1][2] == 0  # the reward model is read from the first policy
     together = Learners(groups)
     try:
-        together.learn(lines)
+        together.learn(lines, chosen)
         outputs = [output for _, output in sorted(zip(order, together.outputs, strict=True))]
         for arguments, (scores, counts) in zip(SHARING, outputs, strict=True):
             alone = Learners([(False, [arguments])])
             try:
-                alone.learn(lines)
+                alone.learn(lines, chosen)
                 assert (scores, counts) == alone.outputs[0], arguments
                 assert len(counts) == len(lines) and min(counts) == K
             finally:
@@ -296,8 +332,9 @@ def test_workspaces_spread_over_processes_by_parse_group(workers):
     for group in parse_groups(SHARING):
         holders = [k for k, share in enumerate(shares) if set(group) & set(share)]
         assert len(holders) == 1 or workers > len(parse_groups(SHARING))
-    # the default evaluation on two processes: the reading one learns the reward model, the other both policies
-    assert _shares(SHARING[:3], 2) == [[2], [0, 1]]
+    # the default evaluation on two processes: the reading one learns one policy, the other process the other
+    # and the reward model through it
+    assert _shares(SHARING[:3], 2) == [[1], [0, 2]]
     assert _shares(SHARING[:3], 1) == [[0, 1, 2]]
 
 

@@ -5,10 +5,10 @@ A worker is ``python -m ranker.evaluation.learners READ_FD WRITE_FD``: it import
 so it starts in about a tenth of a second (a multiprocessing "spawn" child imports the parent's ``__main__`` and
 the whole package: half a second, a tenth of a 100,000-event replay on two cores). It talks over two
 pipes of its own (not stdin and stdout, which VW may print to), in frames of an 8-byte little-endian length and
-that many bytes. In: the groups as JSON (``[[multislot, [arguments, ...]], ...]``), chunks of lines joined by
-``"\\n"``, then an empty frame. Out: ``{"outputs": n}`` and each workspace's scores (float64) and counts (int64)
-as raw bytes, or ``{"error": text, "type": the exception's class}``. A worker whose parent is gone reads the end
-of its pipe and exits.
+that many bytes. In: the groups as JSON (``[[multislot, [entry, ...]], ...]``), chunks of lines (the logged
+action of each line as a JSON array, then the lines, all joined by ``"\\n"``), then an empty frame. Out:
+``{"outputs": n}`` and each output's scores (float64) and counts (int64) as raw bytes, or ``{"error": text,
+"type": the exception's class}``. A worker whose parent is gone reads the end of its pipe and exits.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import BinaryIO
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
-from ranker import dsjson
-
-Group = tuple[bool, Sequence[str]]  # (multi-slot, the VW arguments of the workspaces that learn from one parse)
+# (multi-slot, the entries that learn from one parse: a workspace's VW arguments, or the index of the entry whose
+# regressor's scores it reports; see Learners)
+Group = tuple[bool, Sequence[str | int]]
+Chosen = int | list[int]  # a line's logged action: its ``_multi`` index, or each slot's for a multi-slot line
 Output = tuple[array, array]  # scores, flat, and their count per line
 
 F_SETPIPE_SZ = 1031  # fcntl (Linux)
@@ -40,7 +41,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where ``ranker`` is import
 
 class Learners:
     """VW workspaces that learn the same lines, each keeping the scores it reported: flat, with their count per
-    line (0 where VW refused the line), in ``outputs`` in the order of the groups' arguments. A single-slot
+    line (0 where VW refused the line), in ``outputs`` in the order of the groups' entries. A single-slot
     workspace keeps the PMF over the line's actions, a multi-slot one each slot's probability of the slot's
     logged action. Arguments VW does not take are a :class:`ValueError`.
 
@@ -48,68 +49,109 @@ class Learners:
     learns it in turn, and the first hands the examples back. VW's parsing is most of the cost of a line, so the
     default evaluation (two policies and the reward model, one group) costs about half of parsing separately; the
     scores are the same (tests/test_replay.py compares them). A multi-slot workspace parses its own lines.
+
+    An entry that is an index instead of arguments reports the scores of that entry's regressor, before its
+    update: a ``--cb_adf`` reward model learns exactly what an epsilon-greedy policy's MTR regressor learns, so
+    the policy's workspace can report both (:func:`ranker.evaluation.replay.regressor`): VW leaves every action
+    example's score in place after an MTR update but the logged one's, which a prediction over the logged action
+    alone gives first. The scores are the reward model's own (tests/test_replay.py).
     """
 
     def __init__(self, groups: Sequence[Group]):
-        self.groups: list[tuple[bool, list[vowpalwabbit.Workspace]]] = []
+        # per group: its kind, its workspaces, their outputs, and the (workspace, output) pairs of regressor scores
+        self.groups: list[tuple[bool, list[vowpalwabbit.Workspace], list[Output], list[tuple[int, Output]]]] = []
+        self.outputs: list[Output] = [(array("d"), array("q")) for _, entries in groups for _ in entries]
+        outputs = iter(self.outputs)
         try:
-            for multislot, arguments in groups:
-                self.groups.append((multislot, []))
-                for args in arguments:
+            for multislot, entries in groups:
+                workspaces: list[vowpalwabbit.Workspace] = []
+                own: list[Output] = []
+                self.groups.append((multislot, workspaces, own, []))
+                index = {}  # entry -> workspace
+                for i, entry in enumerate(entries):
+                    if isinstance(entry, int):
+                        self.groups[-1][3].append((index[entry], next(outputs)))
+                        continue
                     try:
-                        ws = vowpalwabbit.Workspace(f"{args} --dsjson --quiet")
+                        ws = vowpalwabbit.Workspace(f"{entry} --dsjson --quiet")
                     except RuntimeError as exc:  # VW's word for arguments it does not take
-                        raise ValueError(f"VW does not take the arguments {args!r}: {exc}") from None
-                    self.groups[-1][1].append(ws)
+                        raise ValueError(f"VW does not take the arguments {entry!r}: {exc}") from None
+                    index[i] = len(workspaces)
+                    workspaces.append(ws)
+                    own.append(next(outputs))
         except BaseException:
             self.close()
             raise
-        self.outputs: list[Output] = [(array("d"), array("q")) for _, arguments in groups for _ in arguments]
 
-    def learn(self, lines: Sequence[str]) -> None:
-        chosen = None
-        outputs = iter(self.outputs)
-        for multislot, workspaces in self.groups:
+    def learn(self, lines: Sequence[str], chosen: Sequence[Chosen]) -> None:
+        """Learn ``lines``, whose logged actions are ``chosen`` (as the replay read them)."""
+        for multislot, workspaces, outputs, regressors in self.groups:
             if multislot:
-                if chosen is None:
-                    chosen = [dsjson.logged_actions(line) for line in lines]
-                for ws in workspaces:
-                    _learn_slots(ws, lines, chosen, *next(outputs))
+                for ws, (scores, counts) in zip(workspaces, outputs, strict=True):
+                    _learn_slots(ws, lines, chosen, scores, counts)  # type: ignore[arg-type]
             else:
-                _learn_shared(workspaces, lines, [next(outputs) for _ in workspaces])
+                _learn_shared(workspaces, lines, chosen, outputs, regressors)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        for _, workspaces in self.groups:
+        for _, workspaces, _, _ in self.groups:
             for ws in workspaces:
                 ws.finish()
         self.groups = []
 
 
-def _learn_shared(workspaces: list[vowpalwabbit.Workspace], lines: Sequence[str], outputs: list[Output]) -> None:
-    """Learn single-slot lines in workspaces of one group; keep each one's PMF from before its update."""
+def _learn_shared(
+    workspaces: list[vowpalwabbit.Workspace],
+    lines: Sequence[str],
+    chosen: Sequence[int],
+    outputs: list[Output],
+    regressors: list[tuple[int, Output]],
+) -> None:
+    """Learn single-slot lines in workspaces of one group; keep each one's PMF from before its update, and for
+    ``regressors`` (workspace, output) the workspace's regressor scores from before it."""
     parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
     finish = pylibvw.vw._finish_example_multi_ex
     parser = workspaces[0]
-    pairs = list(zip(workspaces, outputs, strict=True))
-    for line in lines:
+    reads: list[list[Output]] = [[] for _ in workspaces]
+    for k, output in regressors:
+        reads[k].append(output)
+    steps = list(zip(workspaces, outputs, reads, strict=True))
+    every = outputs + [output for _, output in regressors]
+    for line, logged in zip(lines, chosen, strict=True):
         # the calls pyvw's parse and learn make, without wrapping every example in Python
         try:
             examples = parse(parser, line)
         except RuntimeError:
-            for _, (_, counts) in pairs:
+            for _, counts in every:
                 counts.append(0)
             continue
         try:
-            for ws, (scores, counts) in pairs:
+            for ws, (scores, counts), regressor in steps:
+                values: list[float] = []
                 try:
+                    before = _logged_score(ws, examples, logged) if regressor else None
                     learn(ws, examples)
                     pmf = examples[0].get_action_scores()
+                    if before is not None:
+                        values = [example.get_partial_prediction() for example in examples[1:]]
+                        values[logged] = before
                 except RuntimeError:
                     pmf = ()
                 scores.extend(pmf)
                 counts.append(len(pmf))
+                for values_out, values_counts in regressor:
+                    values_out.extend(values)
+                    values_counts.append(len(values))
         finally:
             finish(parser, examples)
+
+
+def _logged_score(ws: vowpalwabbit.Workspace, examples: list, logged: int) -> float | None:
+    """The score of the logged action's example (``examples[0]`` holds the shared features), predicted over that
+    action alone; None when VW put the line's label on another example."""
+    if not 0 <= logged < len(examples) - 1 or examples[1 + logged].get_cbandits_num_costs() != 1:
+        return None
+    pylibvw.vw.predict_multi(ws, [examples[0], examples[1 + logged]])
+    return examples[1 + logged].get_partial_prediction()
 
 
 def _learn_slots(
@@ -255,7 +297,8 @@ def main(read_fd: int, write_fd: int) -> None:
             groups = json.loads(_read(lines))
             learners = Learners([(multislot, arguments) for multislot, arguments in groups])
             while chunk := _read(lines):
-                learners.learn(chunk.decode().split("\n"))
+                head, body = chunk.decode().split("\n", 1)
+                learners.learn(body.split("\n"), json.loads(head))
         reply = [json.dumps({"outputs": len(learners.outputs)}).encode()]
         reply += [bytes(part) for output in learners.outputs for part in output]
     except EOFError:

@@ -67,7 +67,9 @@ The rewards must lie in ``reward_range``, by default [0, 1] when no logged rewar
 The source is read once, in this process; the VW workspaces (one per VW candidate, and the reward model) learn
 exactly the lines of the events kept, here and in up to ``workers`` - 1 other processes that are sent them.
 Workspaces whose arguments differ only in learning options (learning rate, power_t, epsilon, l2, initial_t) learn
-each line from one parse of it, which is most of VW's cost of a line (:func:`parse_group`).
+each line from one parse of it, which is most of VW's cost of a line (:func:`parse_group`). A reward model that
+learns what an epsilon-greedy policy's regressor learns (the default one and the ``default`` policy file) has no
+workspace of its own: the policy's reports its scores too (:func:`regressor`).
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ from typing import Any
 
 import numpy as np
 
-from ranker.engine import IO_OPTIONS, drop_options, is_multislot
+from ranker.engine import IO_OPTIONS, OTHER_EXPLORATION, drop_options, is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
-from ranker.evaluation.learners import Group, Learners, Worker
+from ranker.evaluation.learners import Chosen, Group, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
 
@@ -274,34 +276,75 @@ def parse_groups(arguments: Sequence[str]) -> list[list[int]]:
     return list(groups.values())
 
 
-# What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, and this
-# process's reading of it (the source, the built-ins' scan, the pipes).
-_PARSE_COST, _READ_COST = 1.4, 1.2
+def regressor(arguments: str) -> tuple[str, ...] | None:
+    """The regressor a single-slot workspace learns, when it is VW's MTR one (``--cb_type mtr``, VW's default)
+    and nothing but epsilon-greedy exploration is put on it: a ``--cb_adf`` workspace's arguments, or an
+    epsilon-greedy ``--cb_explore_adf`` policy's with ``--cb_adf`` in its place and without ``--epsilon``
+    (exploration that does not change what is learned). Equal for a reward model and a policy, the policy's
+    workspace reports the reward model's scores (:class:`~ranker.evaluation.learners.Learners`). Else None."""
+    words = shlex.split(arguments)
+    if "--cb_explore_adf" in words:
+        if OTHER_EXPLORATION.intersection(words) or "--first_only" in words:
+            return None
+        words = ["--cb_adf" if word == "--cb_explore_adf" else word for word in drop_options(words, {"--epsilon"})]
+    if "--cb_adf" not in words:
+        return None
+    cb_types = [value for name, value in zip(words, words[1:], strict=False) if name == "--cb_type"]
+    cb_types += [word.partition("=")[2] for word in words if word.startswith("--cb_type=")]
+    return tuple(words) if cb_types in ([], ["mtr"]) else None
+
+
+def _served(jobs: Sequence[str]) -> dict[int, int]:
+    """The ``--cb_adf`` reward models among ``jobs`` whose scores a policy's workspace reports, as {model: policy}:
+    a policy of the same :func:`regressor`, each at most one."""
+    policies: dict[tuple[str, ...], int] = {}
+    for i, arguments in enumerate(jobs):
+        key = regressor(arguments)
+        if key is not None and "--cb_explore_adf" in shlex.split(arguments):
+            policies.setdefault(key, i)
+    served = {}
+    for i, arguments in enumerate(jobs):
+        key = regressor(arguments)
+        if key is not None and "--cb_explore_adf" not in shlex.split(arguments) and key in policies:
+            served[i] = policies.pop(key)
+    return served
+
+
+# What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, this process's
+# reading of it (the source, the built-ins' scan, the pipes), and a reward model's scores read from a policy.
+_PARSE_COST, _READ_COST, _SERVED_COST = 1.4, 1.2, 0.4
 
 
 def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
     """Which VW workspaces (indices into ``jobs``) learn in which process: this one first (it also reads the
     source), then up to ``workers`` - 1 others. A parse group (:func:`parse_group`) stays in one process, or is
-    halved when that spreads the work better (each half then parses the lines, on a core of its own). The
-    groups go largest first, each to the least loaded process."""
+    halved when that spreads the work better (each half then parses the lines, on a core of its own); a reward
+    model stays with the policy that reports its scores (:func:`_served`). The groups go largest first, each to
+    the least loaded process; of two spreads as fast, the one with fewer parses."""
+    served = _served(jobs)
+    # a group is a list of units: a workspace, with the reward models it reports for
+    units = {i: [i] + [model for model, policy in served.items() if policy == i] for i in range(len(jobs))}
 
-    def assign(groups: list[list[int]]) -> tuple[float, list[list[int]]]:
+    def cost(group: list[list[int]]) -> float:
+        return _PARSE_COST + sum(1 + _SERVED_COST * (len(unit) - 1) for unit in group)
+
+    def assign(groups: list[list[list[int]]]) -> tuple[float, int, list[list[int]]]:
         shares: list[list[int]] = [[] for _ in range(max(1, workers))]
         loads = [_READ_COST] + [0.0] * (len(shares) - 1)
-        for group in sorted(groups, key=len, reverse=True):
+        for group in sorted(groups, key=cost, reverse=True):
             least = loads.index(min(loads))
-            shares[least] += group
-            loads[least] += _PARSE_COST + len(group)
-        return max(loads), [shares[0]] + [share for share in shares[1:] if share]
+            shares[least] += sorted(i for unit in group for i in unit)
+            loads[least] += cost(group)
+        return max(loads), len(groups), [shares[0]] + [share for share in shares[1:] if share]
 
-    groups = parse_groups(jobs)
+    groups = [[units[i] for i in group if i not in served] for group in parse_groups(jobs)]
     best = assign(groups)
     while 0 < len(groups) < workers and max(map(len, groups)) > 1:
         largest = max(groups, key=len)
         half = (len(largest) + 1) // 2
         groups = [group for group in groups if group is not largest] + [largest[:half], largest[half:]]
-        best = min(best, assign(groups), key=lambda option: option[0])
-    return best[1]
+        best = min(best, assign(groups), key=lambda option: option[:2])
+    return best[2]
 
 
 def _passes(
@@ -322,17 +365,19 @@ def _passes(
     try:
         others.extend(Worker(groups) for groups, _ in shares[1:])
         chunk: list[str] = []
+        chosen: list[Chosen] = []
 
         def flush() -> None:
             if others:
-                data = "\n".join(chunk).encode()
+                data = "\n".join([json.dumps(chosen), *chunk]).encode()
                 for worker in others:
                     worker.send(data)
             if local is not None:  # while the other processes learn the same chunk
-                local.learn(chunk)
+                local.learn(chunk, chosen)
             if progress is not None:
                 progress(len(chunk))
             chunk.clear()
+            chosen.clear()
 
         for event in source.events():
             if type(event) is not kind:
@@ -340,6 +385,7 @@ def _passes(
                 continue
             scan.add(event)  # type: ignore[arg-type]
             chunk.append(event.line)
+            chosen.append([slot.chosen for slot in event.slots] if multislot else event.chosen)  # type: ignore[union-attr]
             if len(chunk) == CHUNK:
                 flush()
         if chunk:
@@ -361,9 +407,17 @@ def _passes(
 
 def _groups(jobs: Sequence[str], share: Sequence[int]) -> tuple[list[Group], list[int]]:
     """The parse groups of the workspaces ``share`` (indices into ``jobs``) for :class:`Learners`, and those
-    indices in the order of the learners' outputs."""
-    groups = [[share[i] for i in group] for group in parse_groups([jobs[i] for i in share])]
-    return [(is_multislot(jobs[g[0]]), [jobs[i] for i in g]) for g in groups], [i for g in groups for i in g]
+    indices in the order of the learners' outputs. A reward model whose scores a policy of its group reports
+    (:func:`_served`) is that policy's entry index."""
+    out: list[Group] = []
+    order: list[int] = []
+    for group in parse_groups([jobs[i] for i in share]):
+        indices = [share[i] for i in group]
+        served = _served([jobs[i] for i in indices])
+        entries = [served.get(k, jobs[i]) for k, i in enumerate(indices)]
+        out.append((is_multislot(jobs[indices[0]]), entries))
+        order += indices
+    return out, order
 
 
 # -- the report ---------------------------------------------------------------------------------------------
