@@ -9,6 +9,8 @@ logging, rewards from a simulated world) with ranker's record builder, then time
 - the replay of 5 policies (Online, Baseline, Random, and the ``default`` and ``personalizer`` policy files)
   over the same file, with ``--workers`` processes, with and without the DR reward model.
 
+VW in two processes at once shows how much two busy cores of this machine do, against one alone.
+
 Replay events/s is events / wall time for all 5 policies together (two of them VW learners, plus the DR reward
 model when on); the ratios compare it with VW's events/s for one policy (target: at least 50%).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import tempfile
@@ -89,6 +92,16 @@ def vw_pylibvw(path: Path, arguments: str) -> float:
     return elapsed
 
 
+def vw_pylibvw_twice(path: Path, arguments: str) -> float:
+    """Seconds per pass for :func:`vw_pylibvw` in two processes at once, each over the whole file (wall time / 2):
+    its events/s is what two busy cores of this machine do together."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2) as pool:
+        started = time.perf_counter()
+        pool.starmap(vw_pylibvw, [(path, arguments)] * 2)
+        return (time.perf_counter() - started) / 2
+
+
 def vw_reader(path: Path, arguments: str) -> float:
     """Seconds for VW's own DSJSON reader and learner over the file (``-d``), in this process."""
     started = time.perf_counter()
@@ -133,6 +146,7 @@ def main() -> None:
             "VW parse+learn (pyvw), 1 policy": lambda: vw_parse_learn(path, default_arguments),
             "VW parse+learn (pylibvw), 1 policy": lambda: vw_pylibvw(path, default_arguments),
             "VW -d reader, 1 policy": lambda: vw_reader(path, default_arguments),
+            "VW parse+learn (pylibvw), 2 processes": lambda: vw_pylibvw_twice(path, default_arguments),
             "replay, 5 policies, with DR model": replayed(DEFAULT_REWARD_MODEL),
             "replay, 5 policies, without DR model": replayed(None),
         }
@@ -145,9 +159,11 @@ def main() -> None:
         rate = {label: args.events / seconds for label, seconds in best.items()}
         print(runs[-1].table())
         print()
-        pyvw, raw, reader = (rate[label] for label in list(measurements)[:3])
+        pyvw, raw, reader, twice = (rate[label] for label in list(measurements)[:4])
         for label, value in rate.items():
             line = f"{label:40s} {value:10,.0f} events/s"
+            if label == "VW parse+learn (pylibvw), 2 processes":
+                line += f"   two busy cores do {value / raw:.2f}x the work of one"
             if label.startswith("replay"):
                 line += f"   {value / pyvw:5.0%} of pyvw, {value / raw:5.0%} of pylibvw, {value / reader:5.0%} of -d"
             print(line)

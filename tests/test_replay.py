@@ -332,9 +332,9 @@ def test_workspaces_spread_over_processes_by_parse_group(workers):
     for group in parse_groups(SHARING):
         holders = [k for k, share in enumerate(shares) if set(group) & set(share)]
         assert len(holders) == 1 or workers > len(parse_groups(SHARING))
-    # the default evaluation on two processes: the reading one learns one policy, the other process the other
-    # and the reward model through it
-    assert _shares(SHARING[:3], 2) == [[1], [0, 2]]
+    # the default evaluation on two processes: the reading one reads, the other learns both policies from one
+    # parse, and the reward model through the first (two parses on two busy cores would take longer)
+    assert _shares(SHARING[:3], 2) == [[], [0, 1, 2]]
     assert _shares(SHARING[:3], 1) == [[0, 1, 2]]
 
 

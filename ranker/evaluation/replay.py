@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import time
 from array import array
@@ -312,7 +313,11 @@ def _served(jobs: Sequence[str]) -> dict[int, int]:
 
 # What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, this process's
 # reading of it (the source, the built-ins' scan, the pipes), and a reward model's scores read from a policy.
-_PARSE_COST, _READ_COST, _SERVED_COST = 1.4, 1.2, 0.4
+_PARSE_COST, _READ_COST, _SERVED_COST = 1.45, 1.1, 0.5
+# What each busy core adds to the first one: two processes that are both busy each slow down (measured with
+# scripts/bench_replay.py: two busy cores do 1.55-1.8 times the work of one), so a spread that adds a parse to
+# balance the processes can take longer than one process that parses once.
+_CORE_GAIN = 0.6
 
 
 def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
@@ -320,7 +325,8 @@ def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
     source), then up to ``workers`` - 1 others. A parse group (:func:`parse_group`) stays in one process, or is
     halved when that spreads the work better (each half then parses the lines, on a core of its own); a reward
     model stays with the policy that reports its scores (:func:`_served`). The groups go largest first, each to
-    the least loaded process; of two spreads as fast, the one with fewer parses."""
+    the least loaded process. A spread takes as long as its most loaded process, or as all the work on the cores
+    that share it (see ``_CORE_GAIN``); of two spreads as fast, the one with fewer parses."""
     served = _served(jobs)
     # a group is a list of units: a workspace, with the reward models it reports for
     units = {i: [i] + [model for model, policy in served.items() if policy == i] for i in range(len(jobs))}
@@ -335,7 +341,10 @@ def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
             least = loads.index(min(loads))
             shares[least] += sorted(i for unit in group for i in unit)
             loads[least] += cost(group)
-        return max(loads), len(groups), [shares[0]] + [share for share in shares[1:] if share]
+        busy = [load for load in loads if load]
+        cores = 1 + _CORE_GAIN * (min(len(busy), os.cpu_count() or 1) - 1)
+        used = [shares[0]] + [share for share in shares[1:] if share]
+        return max(max(busy), sum(busy) / cores), len(groups), used
 
     groups = [[units[i] for i in group if i not in served] for group in parse_groups(jobs)]
     best = assign(groups)
