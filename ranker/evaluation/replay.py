@@ -314,9 +314,10 @@ def _served(jobs: Sequence[str]) -> dict[int, int]:
 # What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, this process's
 # reading of it (the source, the built-ins' scan, the pipes), and a reward model's scores read from a policy.
 _PARSE_COST, _READ_COST, _SERVED_COST = 1.45, 1.1, 0.5
-# What each busy core adds to the first one: two processes that are both busy each slow down (measured with
-# scripts/bench_replay.py: two busy cores do 1.55-1.8 times the work of one), so a spread that adds a parse to
-# balance the processes can take longer than one process that parses once.
+# What each busy core adds to the first one: two processes that are both busy each slow down (scripts/
+# bench_replay.py measures it: two busy cores did 1.46-2.07 times the work of one), so a spread that adds a parse
+# to balance the processes can take longer than one process that parses once. 0.6 picks the spread that was
+# faster in interleaved runs of the default evaluation on a quiet machine (see the README).
 _CORE_GAIN = 0.6
 
 
