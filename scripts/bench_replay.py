@@ -165,7 +165,7 @@ def main() -> None:
             if label == "VW parse+learn (pylibvw), 2 processes":
                 line += f"   two busy cores do {value / raw:.2f}x the work of one"
             if label.startswith("replay"):
-                line += f"   {value / pyvw:5.0%} of pyvw, {value / raw:5.0%} of pylibvw, {value / reader:5.0%} of -d"
+                line += f"   {value / pyvw:6.1%} of pyvw, {value / raw:6.1%} of pylibvw, {value / reader:6.1%} of -d"
             print(line)
 
 
