@@ -159,7 +159,7 @@ def main() -> None:
         rate = {label: args.events / seconds for label, seconds in best.items()}
         print(runs[-1].table())
         print()
-        pyvw, raw, reader, twice = (rate[label] for label in list(measurements)[:4])
+        pyvw, raw, reader = (rate[label] for label in list(measurements)[:3])
         for label, value in rate.items():
             line = f"{label:40s} {value:10,.0f} events/s"
             if label == "VW parse+learn (pylibvw), 2 processes":
