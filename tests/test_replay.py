@@ -233,7 +233,7 @@ def test_which_reward_model_a_policy_reports_for():
         "--cb_explore_adf --bag 3 -q ::",  # other exploration learns other regressors
         "--cb_explore_adf --softmax --lambda 10 -q ::",
         "--cb_explore_adf --first_only -q ::",
-        "--cb_explore_adf --cb_type ips -q ::",  # IPS and DR learn every action: their scores move as they learn
+        "--cb_explore_adf --cb_type ips -q ::",  # how scores are read is checked for MTR's update only
         "--cb_adf --cb_type dr -q ::",
         "--ccb_explore_adf -q ::",
     ]:

@@ -282,7 +282,8 @@ def regressor(arguments: str) -> tuple[str, ...] | None:
     and nothing but epsilon-greedy exploration is put on it: a ``--cb_adf`` workspace's arguments, or an
     epsilon-greedy ``--cb_explore_adf`` policy's with ``--cb_adf`` in its place and without ``--epsilon``
     (exploration that does not change what is learned). Equal for a reward model and a policy, the policy's
-    workspace reports the reward model's scores (:class:`~ranker.evaluation.learners.Learners`). Else None."""
+    workspace reports the reward model's scores (:class:`~ranker.evaluation.learners.Learners`, which reads them
+    as MTR's update leaves them; other cost estimators are not paired). Else None."""
     words = shlex.split(arguments)
     if "--cb_explore_adf" in words:
         if OTHER_EXPLORATION.intersection(words) or "--first_only" in words:
