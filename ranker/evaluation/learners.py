@@ -66,11 +66,12 @@ class Learners:
             for multislot, entries in groups:
                 workspaces: list[vowpalwabbit.Workspace] = []
                 own: list[Output] = []
-                self.groups.append((multislot, workspaces, own, []))
+                regressors: list[tuple[int, Output]] = []
+                self.groups.append((multislot, workspaces, own, regressors))
                 index = {}  # entry -> workspace
                 for i, entry in enumerate(entries):
                     if isinstance(entry, int):
-                        self.groups[-1][3].append((index[entry], next(outputs)))
+                        regressors.append((index[entry], next(outputs)))
                         continue
                     try:
                         ws = vowpalwabbit.Workspace(f"{entry} --dsjson --quiet")
@@ -234,7 +235,7 @@ class Worker:
             raise
 
     def send(self, data: bytes) -> None:
-        """Send a chunk of lines, joined by newlines."""
+        """Send a frame: the groups, or a chunk (its lines' logged actions as JSON, then the lines, by newlines)."""
         try:
             _write(self.lines, data)
             self.lines.flush()

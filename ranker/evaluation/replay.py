@@ -299,17 +299,12 @@ def regressor(arguments: str) -> tuple[str, ...] | None:
 def _served(jobs: Sequence[str]) -> dict[int, int]:
     """The ``--cb_adf`` reward models among ``jobs`` whose scores a policy's workspace reports, as {model: policy}:
     a policy of the same :func:`regressor`, each at most one."""
+    keys = [(regressor(arguments), "--cb_explore_adf" in shlex.split(arguments)) for arguments in jobs]
     policies: dict[tuple[str, ...], int] = {}
-    for i, arguments in enumerate(jobs):
-        key = regressor(arguments)
-        if key is not None and "--cb_explore_adf" in shlex.split(arguments):
+    for i, (key, policy) in enumerate(keys):
+        if key is not None and policy:
             policies.setdefault(key, i)
-    served = {}
-    for i, arguments in enumerate(jobs):
-        key = regressor(arguments)
-        if key is not None and "--cb_explore_adf" not in shlex.split(arguments) and key in policies:
-            served[i] = policies.pop(key)
-    return served
+    return {i: policies.pop(key) for i, (key, policy) in enumerate(keys) if not policy and key in policies}
 
 
 # What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, this process's
@@ -419,13 +414,13 @@ def _passes(
 def _groups(jobs: Sequence[str], share: Sequence[int]) -> tuple[list[Group], list[int]]:
     """The parse groups of the workspaces ``share`` (indices into ``jobs``) for :class:`Learners`, and those
     indices in the order of the learners' outputs. A reward model whose scores a policy of its group reports
-    (:func:`_served`) is that policy's entry index."""
+    (:func:`_served`, which :func:`_shares` keeps in one process) is that policy's entry index."""
+    served = _served(jobs)
     out: list[Group] = []
     order: list[int] = []
     for group in parse_groups([jobs[i] for i in share]):
         indices = [share[i] for i in group]
-        served = _served([jobs[i] for i in indices])
-        entries = [served.get(k, jobs[i]) for k, i in enumerate(indices)]
+        entries = [indices.index(served[i]) if i in served else jobs[i] for i in indices]
         out.append((is_multislot(jobs[indices[0]]), entries))
         order += indices
     return out, order
