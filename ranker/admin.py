@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response
 
-from . import loopconfig, models, trainer
+from . import loopconfig, models, trainer, vwoptions
 from .api import caller, json_body, json_response, request_bytes, service
 from .engine import is_multislot
 from .errors import ApiError
@@ -25,7 +25,6 @@ from .schemas import validate
 from .service import Loop, timestamp
 from .settings import POLICY_KINDS, Policy
 
-HEADER_BYTES = 4096  # of a VW model file, holding the options it was trained with
 bp = Blueprint("admin", __name__)
 
 
@@ -176,12 +175,16 @@ def import_model() -> Response:
         raise ApiError(400, "InvalidModelImportFormat", "the body is empty; send the VW model file")
     settings, policy, _ = effective(loop)
     arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
-    check_vw(arguments, data, "InvalidModelImportFormat")
-    # VW loads a single-slot model with multi-slot arguments (and the reverse) without a word; the options a
-    # model was trained with are written as text in its header, so its kind is read there.
-    if (b" --ccb_explore_adf" in data[:HEADER_BYTES]) != is_multislot(arguments):
+    # VW takes options from a model's header as from its arguments: they are checked before any VW reads it.
+    try:
+        header = vwoptions.check_model(data)
+    except ValueError as exc:
+        raise ApiError(400, "InvalidModelImportFormat", f"not a model this loop can load: {exc}") from None
+    # VW loads a single-slot model with multi-slot arguments (and the reverse) without a word.
+    if ("--ccb_explore_adf" in header.options) != is_multislot(arguments):
         which, _ = POLICY_KINDS[is_multislot(arguments)]
         raise ApiError(400, "InvalidModelImportFormat", f"not a {which} model, and this loop's policy is {which}")
+    check_vw(arguments, data, "InvalidModelImportFormat")
     _replace_model(loop, data, fingerprint)
     return Response(status=204)
 
@@ -212,21 +215,37 @@ def _mtime(path) -> str:
     return timestamp(datetime.fromtimestamp(os.stat(path).st_mtime, UTC))
 
 
+# Run by check_vw in a process of its own: VW loads the arguments (and the model, then saves it again: a model
+# VW read to its end comes back byte for byte, with the options the trainer loads a model with).
+_PROBE = """
+import sys, vowpalwabbit
+arguments, model, saved = sys.argv[1:]
+if not model:
+    vowpalwabbit.Workspace(arguments + " --quiet -t").finish()
+    sys.exit()
+ws = vowpalwabbit.Workspace(arguments + " --quiet --preserve_performance_counters -i " + model)
+ws.save(saved)
+ws.finish()
+if open(saved, "rb").read() != open(model, "rb").read():
+    sys.exit("VW " + vowpalwabbit.__version__ + " does not read the file to its end: it is cut short, has bytes "
+             "after the model, or was written by another VW version")
+"""
+
+
 def check_vw(arguments: str, model: bytes | None, code: str, target: str | None = None) -> None:
     """Have VW load these arguments (and model) in a separate process: VW may abort on what it cannot
-    read, which must not take a worker down. A refusal is a 400 with ``code`` (and ``target``)."""
-    with tempfile.NamedTemporaryFile(suffix=".vw", dir=service().settings.data_dir) as file:
-        file.write(model or b"")
-        file.flush()
-        probe = (
-            "import sys, vowpalwabbit; vowpalwabbit.Workspace(sys.argv[1] + ' --quiet -t'"
-            + (" + ' -i ' + sys.argv[2]" if model is not None else "")
-            + ").finish()"
-        )
+    read, which must not take a worker down. A refusal is a 400 with ``code`` (and ``target``).
+
+    A model's header options must have passed :func:`ranker.vwoptions.check_model` before: VW acts on them.
+    """
+    with tempfile.TemporaryDirectory(dir=service().settings.data_dir) as folder:
+        path = os.path.join(folder, "import.vw")
+        if model is not None:
+            with open(path, "wb") as file:
+                file.write(model)
+        argv = [sys.executable, "-c", _PROBE, arguments, path if model is not None else "", path + ".saved"]
         try:
-            result = subprocess.run(
-                [sys.executable, "-c", probe, arguments, file.name], capture_output=True, text=True, timeout=60
-            )
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired as exc:
             raise ApiError(400, code, "VW did not load it within 60 s", target) from exc
     if result.returncode != 0:

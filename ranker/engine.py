@@ -14,6 +14,7 @@ import threading
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
+from . import vwoptions
 from .dsjson import predict_line
 from .settings import POLICY_KINDS
 
@@ -51,7 +52,7 @@ def drop_options(words: list[str], with_value: set[str], flags: set[str] | None 
 
 def vw_arguments(policy_arguments: str, exploration: float) -> str:
     """The policy's VW arguments with ``--epsilon`` set from the loop's explorationPercentage."""
-    words = shlex.split(policy_arguments)
+    words = vwoptions.split(policy_arguments)
     out = drop_options(words, {"--epsilon"}, IO_OPTIONS)
     if not OTHER_EXPLORATION.intersection(words):
         out += ["--epsilon", repr(exploration)]
@@ -103,7 +104,7 @@ def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
 
 def is_multislot(arguments: str) -> bool:
     """Whether VW arguments make a multi-slot policy (conditional contextual bandits)."""
-    return POLICY_KINDS[True][1] in shlex.split(arguments)
+    return POLICY_KINDS[True][1] in vwoptions.split(arguments)
 
 
 def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, float]]:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
+from pydantic import ValidationError
 
 from . import trainer
 from .admin import check_vw, effective, set_policy
@@ -112,9 +113,14 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
             raise ApiError(400, "BadRequest", f"policies is a list of at most {MAX_POLICIES}", target="policies")
         checked = []
         for i, policy in enumerate(policies):
-            policy = validate(Policy, policy, "InvalidPolicyConfiguration")
             try:
+                policy = Policy.model_validate(policy)
                 Candidate(policy.name, policy.arguments)
+            except ValidationError as exc:
+                error = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in error["loc"])
+                message = f"{where}: {error['msg']}" if where else error["msg"]
+                raise ApiError(400, "InvalidPolicyConfiguration", message, target=f"policies[{i}]") from None
             except ValueError as exc:
                 raise ApiError(400, "InvalidPolicyConfiguration", str(exc), target=f"policies[{i}]") from None
             if policy.name in SOURCES or policy.name in [p["name"] for p in checked]:

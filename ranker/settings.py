@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -20,17 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from . import vwoptions
 from .rules import Rules
 
 PACKAGE_POLICIES = Path(__file__).resolve().parent.parent / "policies"
-# VW options that read or write files, or listen: a policy is learning arguments, never I/O.
-FILE_OPTIONS = {
-    "-f", "--final_regressor", "-i", "--initial_regressor", "--readable_model", "--invert_hash", "-d", "--data",
-    "-c", "--cache", "--cache_file", "-p", "--predictions", "-r", "--raw_predictions", "--daemon", "--port",
-    "--pid_file", "--port_file", "--output_feature_regularizer_binary", "--output_feature_regularizer_text",
-    "--input_feature_regularizer", "--feature_mask", "--dictionary", "--dictionary_path", "--audit_regressor",
-    "--save_per_pass", "--save_resume",
-}  # fmt: skip
 MAX_DURATION = timedelta(days=3650)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -85,18 +77,11 @@ class Policy(BaseModel):
     @field_validator("arguments")
     @classmethod
     def _contextual_bandit(cls, value: str) -> str:
-        try:
-            words = shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"policy arguments cannot be read: {exc}") from exc
+        """The arguments as VW gets them, holding only options a policy may use (:mod:`ranker.vwoptions`)."""
+        words = vwoptions.split(value)
         policy_kind(words)
-        for word in words:
-            option = word.split("=", 1)[0]
-            if option in FILE_OPTIONS or any(
-                word.startswith(short) and word != short for short in ("-f", "-i", "-d", "-p", "-r", "-c")
-            ):
-                raise ValueError(f"policy arguments may not name files or ports ({word}); the service manages them")
-        return value
+        vwoptions.check(words)
+        return " ".join(words)
 
 
 class Key(BaseModel):

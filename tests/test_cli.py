@@ -84,12 +84,13 @@ def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
     assert (report / "report.json").exists()
     assert runner.invoke(cli, ["export", "--loop", "nope"]).exit_code == 1
 
+    refused = "--cb_explore_adf --softmax --squarecb"  # two exploration algorithms
     for workers in ("1", "2"):
-        bad = ["evaluate", "--file", str(out), "--arguments", "--cb_explore_adf --bogus 3", "--workers", workers]
+        bad = ["evaluate", "--file", str(out), "--arguments", refused, "--workers", workers]
         result = runner.invoke(cli, [*bad, "-o", str(tmp_path / "bad")])
-        assert result.exit_code == 1 and "Error: VW does not take the arguments '--cb_explore_adf --bogus 3'" in (
+        assert result.exit_code == 1 and f"Error: VW does not take the arguments '{refused}'" in (result.output), (
             result.output
-        ), result.output
+        )
         assert not (tmp_path / "bad").exists()
 
 

@@ -27,7 +27,7 @@ RANK = {"Ocp-Apim-Subscription-Key": RANK_KEY}
 V1 = "/personalizer/v1.0"
 K, SEGMENTS, EVENTS = 4, 4, 800
 LEARNER = {"name": "learner", "arguments": "--cb_explore_adf --epsilon 0.05 --cb_type mtr -q ::"}
-BOGUS = "--cb_explore_adf --bogus 3"  # VW does not take it
+BOGUS = "--cb_explore_adf --softmax --squarecb"  # VW does not take two exploration algorithms
 CONFIG = KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nrewardWaitTime = "PT1S"')
 
 

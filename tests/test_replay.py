@@ -278,9 +278,11 @@ def test_a_worker_killed_mid_replay_fails_the_replay_and_leaves_no_process(world
 def test_arguments_vw_does_not_take_are_bad_input_in_either_process(world, workers, bad_first):
     """On two processes one of the two candidates learns in the worker: either way the replay says which
     arguments VW refused, as a ValueError (the CLI's and the API's bad input), and leaves no process behind."""
-    bad = Candidate("bad", "--cb_explore_adf --bogus 3")
+    bad = Candidate("bad", "--cb_explore_adf --softmax --squarecb")
     candidates = [*BUILT_INS, bad, LEARNER] if bad_first else [*BUILT_INS, LEARNER, bad]
-    with pytest.raises(ValueError, match="VW does not take the arguments '--cb_explore_adf --bogus 3'.*bogus"):
+    with pytest.raises(
+        ValueError, match="VW does not take the arguments '--cb_explore_adf --softmax --squarecb'.*prediction type"
+    ):
         replay(world.log(), candidates, reward_model=None, workers=workers)
     assert _worker_processes() == []
 

@@ -77,7 +77,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -88,6 +87,7 @@ from typing import Any
 
 import numpy as np
 
+from ranker import vwoptions
 from ranker.engine import IO_OPTIONS, OTHER_EXPLORATION, drop_options, is_multislot
 from ranker.evaluation.estimators import LoggedData, evaluate
 from ranker.evaluation.learners import Chosen, Group, Learners, Worker
@@ -136,12 +136,13 @@ class Candidate:
             if self.name not in (ONLINE, BASELINE, RANDOM):
                 raise ValueError(f"{self.name!r}: give VW arguments, or use {ONLINE}, {BASELINE} or {RANDOM}")
             return
-        words = drop_options(shlex.split(self.arguments), set(), IO_OPTIONS)
         try:
+            words = vwoptions.split(self.arguments)
             policy_kind(words)
+            vwoptions.check(words)
         except ValueError as exc:
             raise ValueError(f"{self.name!r}: {exc}") from None
-        object.__setattr__(self, "arguments", " ".join(words))
+        object.__setattr__(self, "arguments", " ".join(drop_options(words, set(), IO_OPTIONS)))
 
     @property
     def multislot(self) -> bool | None:
@@ -264,7 +265,7 @@ def parse_group(arguments: str) -> tuple[str, ...] | None:
     under the same cost estimator). None for a multi-slot workspace, which parses its own lines."""
     if is_multislot(arguments):
         return None
-    key = drop_options(shlex.split(arguments), _LEARNING_OPTIONS)
+    key = drop_options(vwoptions.split(arguments), _LEARNING_OPTIONS)
     return tuple("--cb_explore_adf" if word == "--cb_adf" else word for word in key)
 
 
@@ -284,7 +285,7 @@ def regressor(arguments: str) -> tuple[str, ...] | None:
     (exploration that does not change what is learned). Equal for a reward model and a policy, the policy's
     workspace reports the reward model's scores (:class:`~ranker.evaluation.learners.Learners`, which reads them
     as MTR's update leaves them; other cost estimators are not paired). Else None."""
-    words = shlex.split(arguments)
+    words = vwoptions.split(arguments)
     if "--cb_explore_adf" in words:
         if OTHER_EXPLORATION.intersection(words) or "--first_only" in words:
             return None
@@ -299,7 +300,7 @@ def regressor(arguments: str) -> tuple[str, ...] | None:
 def _served(jobs: Sequence[str]) -> dict[int, int]:
     """The ``--cb_adf`` reward models among ``jobs`` whose scores a policy's workspace reports, as {model: policy}:
     a policy of the same :func:`regressor`, each at most one."""
-    keys = [(regressor(arguments), "--cb_explore_adf" in shlex.split(arguments)) for arguments in jobs]
+    keys = [(regressor(arguments), "--cb_explore_adf" in vwoptions.split(arguments)) for arguments in jobs]
     policies: dict[tuple[str, ...], int] = {}
     for i, (key, policy) in enumerate(keys):
         if key is not None and policy:
