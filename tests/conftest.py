@@ -64,7 +64,14 @@ def free_port() -> int:
 class Server:
     """A real ``ranker serve`` (gunicorn master + workers) on a free loopback port."""
 
-    def __init__(self, data_dir: Path, config: str | None = None, **settings: str):
+    def __init__(
+        self,
+        data_dir: Path,
+        config: str | None = None,
+        python: str = sys.executable,
+        cwd: Path | None = None,
+        **settings: str,
+    ):
         self.data_dir = data_dir
         self.workers = int(settings.get("workers", 2))
         self.port = free_port()
@@ -72,13 +79,13 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
         env.update({"RANKER_DATA_DIR": str(data_dir), "RANKER_PORT": str(self.port)})
         env.update({f"RANKER_{k.upper()}": str(v) for k, v in settings.items()})
-        argv = [sys.executable, "-m", "ranker", "serve"]
+        argv = [python, "-m", "ranker", "serve"]
         if config is not None:
             path = data_dir / "ranker.toml"
             path.write_text(config)
             argv += ["--config", str(path)]
         self.log = open(data_dir / "server.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             self.wait_ready()
         except BaseException:
@@ -102,7 +109,7 @@ class Server:
 
     def children(self, pid: int) -> list[tuple[int, str]]:
         """(pid, command line) of a process's children."""
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
+        out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
         rows = [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
         return [(int(row[0]), row[1] if len(row) > 1 else "") for row in rows]
 
