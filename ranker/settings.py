@@ -24,11 +24,8 @@ from .rules import Rules
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
-PACKAGE_POLICIES = next(
-    (path for path in (Path(__file__).resolve().parent / "policies", Path(__file__).resolve().parent.parent / "policies")
-     if path.is_dir()),
-    Path(__file__).resolve().parent.parent / "policies",
-)  # fmt: skip
+_HERE = Path(__file__).resolve().parent
+PACKAGE_POLICIES = _HERE / "policies" if (_HERE / "policies").is_dir() else _HERE.parent / "policies"
 MAX_DURATION = timedelta(days=3650)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
