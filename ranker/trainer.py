@@ -256,18 +256,21 @@ class Trainer:
         budget = self.checkpoint_events
         while budget > 0 and not self._stopping():
             limit = min(BATCH, budget)
-            heads = self._conn.execute(
+            # Read row by row and stop at the first decision not yet due: an idle trainer polls every 0.2 s,
+            # and reading a whole batch of decisions still waiting for their rewards cost it more than learning.
+            cursor = self._conn.execute(
                 "SELECT id, created_at FROM decisions WHERE loop = ? AND id > ? ORDER BY id LIMIT ?",
                 (loop.name, loop.last_id, limit),
-            ).fetchall()
-            due = 0
-            for _, created_at in heads:
+            )
+            due, last_due, waiting = 0, 0, False
+            for decision_id, created_at in cursor:
                 if parse_time(created_at) > cutoff:
+                    waiting = True
                     break
-                due += 1
+                due, last_due = due + 1, decision_id
+            cursor.close()
             if due == 0:
                 return False
-            last_due = heads[due - 1][0]
             self._learn_range(loop, last_due, report)
             budget -= due
             if (
@@ -278,7 +281,7 @@ class Trainer:
                 version = self._maybe_publish(loop, clock())
                 if version is not None:
                     report["published"] = version
-            if due < len(heads) or len(heads) < limit:
+            if waiting or due < limit:
                 return False
         return budget <= 0
 
