@@ -19,7 +19,7 @@ from flask import Blueprint, Response
 
 from . import loopconfig, models, trainer, vwoptions
 from .api import caller, json_body, json_response, request_bytes, service
-from .engine import is_multislot
+from .engine import fresh_model, is_multislot
 from .errors import ApiError
 from .schemas import validate
 from .service import Loop, timestamp
@@ -64,16 +64,16 @@ def _change_config(loop: Loop, change) -> None:
             "policy": json.dumps(stored_policy) if stored_policy else None,
             "updated_at": timestamp(datetime.now(UTC)),
         }
-        _, before = trainer.learning_fingerprint(*effective(loop)[:2])
+        _, before = loopconfig.learning_fingerprint(*effective(loop)[:2])
         settings, policy, _ = loopconfig.effective(service().settings, loop.name, row)
-        arguments, after = trainer.learning_fingerprint(settings, policy)
+        arguments, after = loopconfig.learning_fingerprint(settings, policy)
         if after != before:
             check_vw(arguments, None, "InvalidPolicyConfiguration")
         values = (loop.name, *row.values())
         service().store.write(lambda conn: conn.execute(loopconfig.UPSERT, values))
         if after != before:
             # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
-            models.publish(service().settings.data_dir, loop.name, trainer.fresh_model(arguments))
+            models.publish(service().settings.data_dir, loop.name, fresh_model(arguments))
     loop.checked_at = 0.0  # this worker applies it now; the others within REFRESH_SECONDS
     service().refresh(loop)
 
@@ -162,7 +162,7 @@ def export_model() -> Response:
     """The model the workers serve: the last published version, or a fresh one before any."""
     loop = caller(admin=True)
     current = models.current(service().settings.data_dir, loop.name)
-    data = current[1].read_bytes() if current else trainer.fresh_model(loop.arguments)
+    data = current[1].read_bytes() if current else fresh_model(loop.arguments)
     return Response(data, 200, mimetype="application/octet-stream")
 
 
@@ -174,7 +174,7 @@ def import_model() -> Response:
     if not data:
         raise ApiError(400, "InvalidModelImportFormat", "the body is empty; send the VW model file")
     settings, policy, _ = effective(loop)
-    arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
+    arguments, fingerprint = loopconfig.learning_fingerprint(settings, policy)
     # VW takes options from a model's header as from its arguments: they are checked before any VW reads it.
     try:
         header = vwoptions.check_model(data)
@@ -193,8 +193,8 @@ def import_model() -> Response:
 def reset_model() -> Response:
     loop = caller(admin=True)
     settings, policy, _ = effective(loop)
-    arguments, fingerprint = trainer.learning_fingerprint(settings, policy)
-    _replace_model(loop, trainer.fresh_model(arguments), fingerprint)
+    arguments, fingerprint = loopconfig.learning_fingerprint(settings, policy)
+    _replace_model(loop, fresh_model(arguments), fingerprint)
     return Response(status=204)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 import shlex
+import tempfile
 import threading
+from pathlib import Path
 
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
@@ -150,3 +152,13 @@ class Engine:
 
     def close(self) -> None:
         self._vw.finish()
+
+
+def fresh_model(arguments: str) -> bytes:
+    """The bytes of an untrained model with these VW arguments."""
+    ws = vowpalwabbit.Workspace(f"{arguments} --quiet")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fresh.vw"
+        ws.save(str(path))
+        ws.finish()
+        return path.read_bytes()

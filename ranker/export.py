@@ -65,7 +65,6 @@ from .join import COMMIT_GRACE, Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
 from .store import connect, migrate, parse_time, timestamp
-from .trainer import learning_fingerprint
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
@@ -270,7 +269,7 @@ def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[
         if is_multislot(policy.arguments):
             refused = f"loop {loop!r} is multi-slot (--ccb_explore_adf): ranker import reads single-slot lines only"
             return 0, [(number, refused) for number, line in enumerate(lines, start=1) if line.strip()]
-        parser = _Parser(learning_fingerprint(loop_settings, policy)[0])
+        parser = _Parser(loopconfig.learning_fingerprint(loop_settings, policy)[0])
         try:
             batch: list[tuple[int, Imported]] = []
             for number, line in enumerate(lines, start=1):

@@ -11,9 +11,10 @@ import json
 import sqlite3
 from typing import Any
 
+from .engine import vw_arguments
 from .errors import ApiError
 from .schemas import validate
-from .settings import LoopSettings, Policy, Settings
+from .settings import LoopSettings, Policy, Settings, parse_duration
 
 # The service configuration fields the API shows and may change (Personalizer's names).
 SERVICE_FIELDS = (
@@ -44,6 +45,21 @@ def effective(settings: Settings, loop: str, row: tuple | dict | None) -> tuple[
         if stored_policy:
             policy = Policy.model_validate_json(stored_policy)
     return loop_settings, policy or settings.policy(loop), stamp
+
+
+def learning_fingerprint(settings: LoopSettings, policy: Policy) -> tuple[str, str]:
+    """(VW arguments, fingerprint) of what the model learns with; a change resets the model."""
+    arguments = vw_arguments(policy.arguments, settings.exploration_percentage)
+    fingerprint = json.dumps(
+        {
+            "arguments": arguments,
+            "rewardWaitTime": parse_duration(settings.reward_wait_time).total_seconds(),
+            "rewardAggregation": settings.reward_aggregation,
+            "defaultReward": settings.default_reward,
+        },
+        sort_keys=True,
+    )
+    return arguments, fingerprint
 
 
 def read(conn: sqlite3.Connection, settings: Settings, loop: str) -> tuple[LoopSettings, Policy, str | None]:

@@ -62,9 +62,12 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig, models
-from .engine import is_multislot, pmf_of, slot_scores_of, vw_arguments
+from .engine import is_multislot, pmf_of, slot_scores_of
+from .evaluation import jobs
+from .evaluation.replay import LoopLog
+from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
-from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
+from .settings import LoopSettings, Settings, SettingsError, load_settings, parse_duration
 from .store import connect, migrate, parse_time, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
@@ -194,15 +197,13 @@ class Trainer:
 
         Only one trainer per data folder works at a time: another one waits for the lease and takes
         over when the first one stops or dies. Between learning passes it runs the evaluation and feature
-        importance jobs (:mod:`ranker.evaluations`), one at a time: whenever idle, and every JOBS_EVERY seconds.
+        importance jobs (:mod:`ranker.evaluation.jobs`), one at a time: whenever idle, and every JOBS_EVERY seconds.
         """
-        from . import evaluations  # it imports this module
-
         with self.lease(stop_event) as held:
             if not held:
                 return
             self._stop = stop_event
-            evaluations.requeue_interrupted(self._conn)
+            jobs.requeue_interrupted(self._conn)
             jobs_at = time.monotonic()
             try:
                 while not stop_event.is_set():
@@ -215,7 +216,7 @@ class Trainer:
                     if idle or time.monotonic() - jobs_at >= JOBS_EVERY:
                         # evaluations and feature importances, one at a time between learning passes
                         jobs_at = time.monotonic()
-                        if evaluations.run_pending(self.settings, conn=self._conn):
+                        if jobs.run_pending(self.settings, conn=self._conn):
                             continue
                     if idle:
                         stop_event.wait(poll)
@@ -405,7 +406,7 @@ class Trainer:
     def _learning(self, name: str) -> tuple[LoopSettings, str, str]:
         """The loop's effective settings (file + API), VW arguments and learning-settings fingerprint."""
         settings, policy, _ = loopconfig.read(self._conn, self.settings, name)
-        arguments, fingerprint = learning_fingerprint(settings, policy)
+        arguments, fingerprint = loopconfig.learning_fingerprint(settings, policy)
         return settings, arguments, fingerprint
 
     def _workspace(self, arguments: str, model: bytes | None) -> vowpalwabbit.Workspace:
@@ -510,8 +511,6 @@ class Trainer:
         ):
             return
         loop.graduation_checked_at = now
-        from .evaluation.replay import LoopLog  # the replay imports the export, which imports this module
-        from .evaluation.search import graduation
 
         evidence = graduation(LoopLog(self.settings, loop.name, now=now), loop.arguments, needed)
         if not evidence["graduate"]:
@@ -579,21 +578,6 @@ class Trainer:
         return self._stop is not None and self._stop.is_set()
 
 
-def learning_fingerprint(settings: LoopSettings, policy: Policy) -> tuple[str, str]:
-    """(VW arguments, fingerprint) of what the model learns with; a change resets the model."""
-    arguments = vw_arguments(policy.arguments, settings.exploration_percentage)
-    fingerprint = json.dumps(
-        {
-            "arguments": arguments,
-            "rewardWaitTime": parse_duration(settings.reward_wait_time).total_seconds(),
-            "rewardAggregation": settings.reward_aggregation,
-            "defaultReward": settings.default_reward,
-        },
-        sort_keys=True,
-    )
-    return arguments, fingerprint
-
-
 def apprentice_metrics(stored: str | None) -> dict[str, Any] | None:
     """Personalizer's ``latestApprenticeModeMetrics`` from a checkpoint's Apprentice window.
 
@@ -611,16 +595,6 @@ def apprentice_metrics(stored: str | None) -> dict[str, Any] | None:
         "sumOfImitatedRewards": sum(reward for _, matched, reward in events if matched),
     }
     return {"startTime": events[0][0], "lastProcessedEventTime": events[-1][0], **window, "lastBatchMetrics": window}
-
-
-def fresh_model(arguments: str) -> bytes:
-    """The bytes of an untrained model with these VW arguments."""
-    ws = vowpalwabbit.Workspace(f"{arguments} --quiet")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "fresh.vw"
-        ws.save(str(path))
-        ws.finish()
-        return path.read_bytes()
 
 
 def _learn(ws: vowpalwabbit.Workspace, line: str) -> None:

@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from conftest import ADMIN_KEY, KEYED_CONFIG, RANK_KEY
 
 from ranker.app import create_app
-from ranker.evaluations import requeue_interrupted, run_pending
+from ranker.evaluation.jobs import requeue_interrupted, run_pending
 from ranker.schemas import RankRequest
 from ranker.service import timestamp
 from ranker.settings import load_settings

@@ -17,6 +17,7 @@ from ranker import dsjson
 from ranker.app import create_app
 from ranker.engine import Engine
 from ranker.evaluation.importance import importance
+from ranker.evaluation.jobs import run_pending
 from ranker.evaluation.replay import (
     BUILT_INS,
     Candidate,
@@ -28,7 +29,6 @@ from ranker.evaluation.replay import (
     write,
 )
 from ranker.evaluation.search import graduation, grid, search
-from ranker.evaluations import run_pending
 from ranker.export import export, import_dsjson
 from ranker.schemas import MultiSlotRankRequest
 from ranker.service import Service
