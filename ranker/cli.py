@@ -262,36 +262,32 @@ def evaluate_command(
 
 
 def _search(settings, loop, path, start, end, seconds, apply_best, workers, output) -> None:
-    from .admin import set_policy
-    from .api import service
-    from .app import create_app
-    from .loopconfig import effective
+    from . import administration
+    from .service import Service
     from .settings import Policy
 
     name = _loop(settings, loop)
-    app = create_app(settings)
-    with app.app_context():
-        current = effective(settings, name, service().stored_config(name))[1].arguments
-        source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
-        try:
-            result = search(source, seconds, current=current, workers=workers)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        online, best = result.online, result.best_row
-        click.echo(f"{result.tried} policies over {result.events} events in {result.seconds:.1f} s")
-        for label, row in (("Online", online), ("best", best)):
-            lo, hi = row["interval"]
-            snips = "-" if row["snips"] is None else f"{row['snips']:.4f}"
-            click.echo(f"{label:7} SNIPS {snips}  interval [{lo:.4f}, {hi:.4f}]  {row['arguments'] or ''}")
-        folder = Path(output)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        click.echo(f"wrote {folder / 'search.json'}")
-        if apply_best:
-            policy = Policy(name="optimized", arguments=result.best["arguments"])
-            target = service().loops[name]
-            set_policy(target, policy.model_dump())
-            click.echo(f"loop {name}: policy set to {policy.arguments}")
+    service = Service(settings)
+    current = administration.effective(service, service.loops[name])[1].arguments
+    source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
+    try:
+        result = search(source, seconds, current=current, workers=workers)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    online, best = result.online, result.best_row
+    click.echo(f"{result.tried} policies over {result.events} events in {result.seconds:.1f} s")
+    for label, row in (("Online", online), ("best", best)):
+        lo, hi = row["interval"]
+        snips = "-" if row["snips"] is None else f"{row['snips']:.4f}"
+        click.echo(f"{label:7} SNIPS {snips}  interval [{lo:.4f}, {hi:.4f}]  {row['arguments'] or ''}")
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    click.echo(f"wrote {folder / 'search.json'}")
+    if apply_best:
+        policy = Policy(name="optimized", arguments=result.best["arguments"])
+        administration.set_policy(service, service.loops[name], policy.model_dump())
+        click.echo(f"loop {name}: policy set to {policy.arguments}")
 
 
 @cli.command("importance")

@@ -39,8 +39,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
 
-from . import loopconfig
-from .admin import check_vw, effective, set_policy
+from . import administration, loopconfig
 from .api import caller, json_body, json_response, service
 from .engine import is_multislot
 from .errors import ApiError
@@ -114,7 +113,13 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
                 raise ApiError(
                     400, "InvalidPolicyConfiguration", f"policy name {policy.name!r} is taken", target=f"policies[{i}]"
                 )
-            check_vw(policy.arguments, None, "InvalidPolicyConfiguration", target=f"policies[{i}]")
+            administration.check_vw(
+                service().settings.data_dir,
+                policy.arguments,
+                None,
+                "InvalidPolicyConfiguration",
+                target=f"policies[{i}]",
+            )
             checked.append(policy.model_dump())
         definition["policies"] = checked
         optimize = body.get("enablePolicyOptimization", False)
@@ -134,7 +139,7 @@ def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
         job_id = body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None
     job_id = _job_id(job_id, target)
     definition = _definition(body, kind)
-    settings, policy, _ = effective(loop)
+    settings, policy, _ = administration.effective(service(), loop)
     multislot = is_multislot(policy.arguments)
     for i, candidate in enumerate(definition.get("policies", [])):
         if is_multislot(candidate["arguments"]) != multislot:
@@ -304,7 +309,7 @@ def apply_from_evaluation() -> Response:
             404, "ResourceNotFound", f"no policy {name!r} in evaluation {evaluation_id!r}", target="policyName"
         )
     policy = validate(Policy, policies[name], "InvalidPolicyConfiguration")
-    set_policy(loop, policy.model_dump())
+    administration.set_policy(service(), loop, policy.model_dump())
     return Response(status=204)
 
 

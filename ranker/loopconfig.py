@@ -15,6 +15,7 @@ from .engine import vw_arguments
 from .errors import ApiError
 from .schemas import validate
 from .settings import LoopSettings, Policy, Settings, parse_duration
+from .store import loop_config_row
 
 # The service configuration fields the API shows and may change (Personalizer's names).
 SERVICE_FIELDS = (
@@ -25,12 +26,6 @@ SERVICE_FIELDS = (
     "modelExportFrequency",
     "logRetentionDays",
     "learningMode",
-)
-SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
-UPSERT = (
-    "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
-    "updated_at = excluded.updated_at"
 )
 
 
@@ -62,8 +57,27 @@ def learning_fingerprint(settings: LoopSettings, policy: Policy) -> tuple[str, s
     return arguments, fingerprint
 
 
+def apprentice_metrics(stored: str | None) -> dict[str, Any] | None:
+    """Personalizer's ``latestApprenticeModeMetrics`` from a checkpoint's Apprentice window.
+
+    Over the most recent Apprentice decisions learned (the trainer keeps APPRENTICE_WINDOW): how many, the reward the
+    baseline earned (``sumOfRewards``), how many the model would have chosen the same way
+    (``numberOfImitatedEvents``) and the reward on those (``sumOfImitatedRewards``).
+    """
+    events = json.loads(stored or "[]")
+    if not events:
+        return None
+    window = {
+        "numberOfEvents": len(events),
+        "sumOfRewards": sum(reward for _, _, reward in events),
+        "numberOfImitatedEvents": sum(1 for _, matched, _ in events if matched),
+        "sumOfImitatedRewards": sum(reward for _, matched, reward in events if matched),
+    }
+    return {"startTime": events[0][0], "lastProcessedEventTime": events[-1][0], **window, "lastBatchMetrics": window}
+
+
 def read(conn: sqlite3.Connection, settings: Settings, loop: str) -> tuple[LoopSettings, Policy, str | None]:
-    return effective(settings, loop, conn.execute(SELECT, (loop,)).fetchone())
+    return effective(settings, loop, loop_config_row(conn, loop))
 
 
 def service_body(loop_settings: LoopSettings, stamp: str | None) -> dict[str, Any]:

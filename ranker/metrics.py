@@ -248,8 +248,7 @@ class LearningState:
         )
         if not rows:
             return 0.0
-        config = store.read(loopconfig.SELECT, (loop,))
-        loop_settings, _, _ = loopconfig.effective(self.service.settings, loop, config[0] if config else None)
+        loop_settings, _, _ = loopconfig.effective(self.service.settings, loop, store.loop_config(loop))
         due = datetime.fromisoformat(rows[0]["created_at"]) + parse_duration(loop_settings.reward_wait_time)
         return max(0.0, (now - due - timedelta(seconds=COMMIT_GRACE)).total_seconds())
 

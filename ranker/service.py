@@ -176,8 +176,7 @@ class Service:
     # -- published models ---------------------------------------------------------------------
 
     def stored_config(self, name: str) -> dict[str, Any] | None:
-        rows = self.store.read(loopconfig.SELECT, (name,))
-        return rows[0] if rows else None
+        return self.store.loop_config(name)
 
     def refresh(self, loop: Loop) -> None:
         """Apply configuration changed through the API, and start loading a newly published model.

@@ -31,6 +31,13 @@ from .errors import StoreUnavailable
 from .migrations import migrations
 
 BATCH_LIMIT = 512
+# A loop's configuration set through the API (ranker.loopconfig combines it with the settings file).
+LOOP_CONFIG_SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
+LOOP_CONFIG_UPSERT = (
+    "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
+    "updated_at = excluded.updated_at"
+)
 
 
 def timestamp(moment: datetime) -> str:
@@ -86,6 +93,15 @@ def write_turn(path: Path) -> Iterator[None]:
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def loop_config_row(conn: sqlite3.Connection, loop: str) -> tuple | None:
+    """The loop's ``(service, policy, updated_at)`` set through the API, read on an open connection."""
+    return conn.execute(LOOP_CONFIG_SELECT, (loop,)).fetchone()
+
+
+def save_loop_config(conn: sqlite3.Connection, loop: str, service: str | None, policy: str | None, at: str) -> None:
+    conn.execute(LOOP_CONFIG_UPSERT, (loop, service, policy, at))
 
 
 def migrate(path: Path) -> list[str]:
@@ -333,3 +349,58 @@ class Store:
             "SELECT (SELECT count(*) FROM decisions) AS decisions, (SELECT count(*) FROM rewards) AS rewards"
         )[0]
         return dict(row)
+
+    # -- a loop's configuration and learning state ---------------------------------------------
+
+    def loop_config(self, loop: str) -> dict[str, Any] | None:
+        """The loop's configuration set through the API: ``{"service", "policy", "updated_at"}``, or None."""
+        rows = self.read(LOOP_CONFIG_SELECT, (loop,))
+        return rows[0] if rows else None
+
+    def save_loop_config(self, loop: str, service: str | None, policy: str | None, updated_at: str) -> None:
+        """Store the loop's configuration set through the API (JSON texts; None for none)."""
+        self.write(lambda conn: save_loop_config(conn, loop, service, policy, updated_at))
+
+    def apprentice_window(self, loop: str) -> str | None:
+        """The trainer's stored Apprentice window of the loop (JSON), or None."""
+        rows = self.read("SELECT apprentice FROM trainer_state WHERE loop = ?", (loop,))
+        return rows[0]["apprentice"] if rows else None
+
+    def reset_learning(self, loop: str, fingerprint: str, model: bytes, publish: Callable[[], str]) -> str:
+        """Make ``model`` the trainer's starting point for the decisions logged from now on, and ``publish`` it
+        in the same write turn (a trainer that learned on from the previous model then finds the generation
+        raised and cannot publish over it). Returns what ``publish`` returned."""
+        now = timestamp(datetime.now(UTC))
+        published: list[str] = []
+
+        def reset(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?) ON CONFLICT(loop) DO NOTHING",
+                (loop, fingerprint, now),
+            )
+            conn.execute(
+                "UPDATE trainer_state SET settings = ?, model = ?, learned = 0, skipped = 0, published_learned = 0, "
+                "last_decision_id = (SELECT coalesce(max(id), 0) FROM decisions WHERE loop = ?), "
+                "generation = generation + 1, updated_at = ? WHERE loop = ?",
+                (fingerprint, model, loop, now, loop),
+            )
+            published.append(publish())
+
+        self.write(reset)
+        return published[-1]
+
+    def log_range(self, loop: str) -> tuple[str | None, str | None]:
+        """The times of the loop's first and last logged decisions (None, None when there is none)."""
+        row = self.read(
+            "SELECT min(created_at) AS first, max(created_at) AS last FROM decisions WHERE loop = ?", (loop,)
+        )
+        return row[0]["first"], row[0]["last"]
+
+    def delete_log(self, loop: str) -> None:
+        """Delete the loop's decisions and their rewards."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE loop = ?)", (loop,))
+            conn.execute("DELETE FROM decisions WHERE loop = ?", (loop,))
+
+        self.write(delete)

@@ -68,7 +68,7 @@ from .evaluation.replay import LoopLog
 from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, SettingsError, load_settings, parse_duration
-from .store import connect, migrate, parse_time, timestamp, write_turn
+from .store import connect, loop_config_row, migrate, parse_time, save_loop_config, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
 
@@ -516,12 +516,12 @@ class Trainer:
         if not evidence["graduate"]:
             log.info("loop %s: stays in Apprentice mode: %s", loop.name, evidence["reason"])
             return
-        row = self._conn.execute(loopconfig.SELECT, (loop.name,)).fetchone()
+        row = loop_config_row(self._conn, loop.name)
         service = {**json.loads((row and row[0]) or "{}"), "learningMode": "Online"}
         stamp = timestamp(now)
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute(loopconfig.UPSERT, (loop.name, json.dumps(service), row and row[1], stamp))
+            save_loop_config(self._conn, loop.name, json.dumps(service), row and row[1], stamp)
             self._conn.execute(
                 "INSERT INTO mode_switches (loop, switched_at, from_mode, to_mode, evidence) VALUES (?, ?, ?, ?, ?)",
                 (loop.name, stamp, "Apprentice", "Online", json.dumps(evidence)),
@@ -576,25 +576,6 @@ class Trainer:
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
-
-
-def apprentice_metrics(stored: str | None) -> dict[str, Any] | None:
-    """Personalizer's ``latestApprenticeModeMetrics`` from a checkpoint's Apprentice window.
-
-    Over the most recent APPRENTICE_WINDOW Apprentice decisions learned: how many, the reward the
-    baseline earned (``sumOfRewards``), how many the model would have chosen the same way
-    (``numberOfImitatedEvents``) and the reward on those (``sumOfImitatedRewards``).
-    """
-    events = json.loads(stored or "[]")
-    if not events:
-        return None
-    window = {
-        "numberOfEvents": len(events),
-        "sumOfRewards": sum(reward for _, _, reward in events),
-        "numberOfImitatedEvents": sum(1 for _, matched, _ in events if matched),
-        "sumOfImitatedRewards": sum(reward for _, matched, reward in events if matched),
-    }
-    return {"startTime": events[0][0], "lastProcessedEventTime": events[-1][0], **window, "lastBatchMetrics": window}
 
 
 def _learn(ws: vowpalwabbit.Workspace, line: str) -> None:

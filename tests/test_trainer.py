@@ -23,10 +23,11 @@ import vowpalwabbit
 from ranker import dsjson, models
 from ranker.engine import Engine, vw_arguments
 from ranker.join import aggregate
+from ranker.loopconfig import apprentice_metrics
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
 from ranker.settings import Settings, load_settings
-from ranker.trainer import APPRENTICE_WINDOW, Supervisor, Trainer, apprentice_metrics
+from ranker.trainer import APPRENTICE_WINDOW, Supervisor, Trainer
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # every decision made at T0 is due by then
