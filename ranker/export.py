@@ -45,7 +45,6 @@ never-activated decisions, unlabeled and invalid lines are :class:`Skipped`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import sqlite3
@@ -64,7 +63,7 @@ from .engine import is_multislot
 from .join import COMMIT_GRACE, Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
-from .store import connect, migrate, parse_time, timestamp
+from .store import connect, log, migrate, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
@@ -306,52 +305,26 @@ def _write(
     batch: list[tuple[int, Imported]],
     errors: list[tuple[int, str]],
 ) -> int:
-    """One transaction; each line under its own savepoint, so a refused line leaves nothing behind."""
-    written = 0
-    # The service's writers take this lock around each of their transactions (ranker.store): holding it
-    # makes them wait for the import's commit instead of retrying in SQLite's busy handler.
-    with open(settings.database_path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for number, d in batch:
-                conn.execute("SAVEPOINT line")
-                try:
-                    decision_id = conn.execute(
-                        "INSERT INTO decisions (loop, event_id, created_at, record, action_ids, reward_action_id, "
-                        "probability, explanation, model_version, policy, learning_mode, deferred, activated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 'Online', ?, NULL)",
-                        (
-                            loop,
-                            d.event_id,
-                            d.created_at,
-                            d.record,
-                            json.dumps(d.action_ids),
-                            d.action_ids[d.chosen],
-                            d.probability,
-                            EXPLANATION,
-                            int(not d.shown),
-                        ),
-                    ).lastrowid
-                    if d.reward is not None:
-                        conn.execute(
-                            "INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)",
-                            (decision_id, d.reward, d.created_at),
-                        )
-                except sqlite3.IntegrityError as exc:
-                    conn.execute("ROLLBACK TO line")
-                    conn.execute("RELEASE line")
-                    duplicate = "decisions.loop, decisions.event_id" in str(exc)
-                    message = f"EventId {d.event_id!r} is already in loop {loop!r}" if duplicate else str(exc)
-                    errors.append((number, f"not written: {message}"))
-                    continue
-                conn.execute("RELEASE line")
-                written += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    """One transaction; a refused line leaves nothing behind (:func:`ranker.store.log.import_decisions`)."""
+    rows = [
+        (
+            number,
+            {
+                "event_id": d.event_id,
+                "created_at": d.created_at,
+                "record": d.record,
+                "action_ids": d.action_ids,
+                "reward_action_id": d.action_ids[d.chosen],
+                "probability": d.probability,
+                "explanation": EXPLANATION,
+                "deferred": int(not d.shown),
+                "reward": d.reward,
+            },
+        )
+        for number, d in batch
+    ]
+    written, refused = log.import_decisions(conn, settings.database_path, loop, rows)
+    errors.extend((number, f"not written: {reason}") for number, reason in refused)
     return written
 
 
@@ -417,15 +390,11 @@ class LoopLog:
 
     def size(self) -> int:
         """An upper bound of the events: the loop's decisions in the time range (for a progress bar)."""
-        sql, params = "SELECT count(*) FROM decisions WHERE loop = ?", [self.loop]
-        for condition, moment in (("created_at >= ?", self.start), ("created_at < ?", self.end)):
-            if moment is not None:
-                sql += f" AND {condition}"
-                params.append(log_time(moment))
+        start, end = (log_time(moment) if moment is not None else None for moment in (self.start, self.end))
         migrate(self.settings.database_path)
         conn = connect(self.settings.database_path)
         try:
-            return conn.execute(sql, params).fetchone()[0]
+            return log.count_decisions(conn, self.loop, start, end)
         finally:
             conn.close()
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from . import dsjson
 from .settings import LoopSettings, parse_duration
-from .store import parse_time
+from .store import log, parse_time
 
 COMMIT_GRACE = 1.0  # seconds a reward stamped inside its window may take to be committed
 BATCH = 1000  # decisions read per query
@@ -126,29 +126,9 @@ def joined(
 ) -> Iterator[Joined]:
     """The loop's decisions with ``after_id < id <= through_id`` and ``start <= created_at < end`` (timestamps
     in the log's format), in id order, each joined with its rewards by ``join``; read ``batch`` at a time."""
-    where, params = ["loop = ?"], [loop]
-    for condition, value in (("id <= ?", through_id), ("created_at >= ?", start), ("created_at < ?", end)):
-        if value is not None:
-            where.append(condition)
-            params.append(value)
-    sql = (
-        "SELECT id, created_at, record, deferred, activated_at, learning_mode FROM decisions "
-        f"WHERE {' AND '.join(where)} AND id > ? ORDER BY id LIMIT ?"
-    )
-    while True:
-        rows = conn.execute(sql, (*params, after_id, batch)).fetchall()
-        if not rows:
-            return
-        rewards: dict[int, list[tuple[float, str, str | None]]] = {}
-        for decision_id, value, received_at, slot_id in conn.execute(
-            "SELECT decision_id, value, received_at, slot_id FROM rewards WHERE decision_id >= ? AND decision_id <= ? "
-            "ORDER BY decision_id, received_at, id",
-            (rows[0][0], rows[-1][0]),
-        ):
-            rewards.setdefault(decision_id, []).append((value, received_at, slot_id))
+    for rows, rewards in log.decision_batches(
+        conn, loop, after_id=after_id, through_id=through_id, start=start, end=end, batch=batch
+    ):
         for decision_id, created_at, record, deferred, activated_at, mode in rows:
             outcome = join.outcome(created_at, record, deferred, activated_at, mode, rewards.get(decision_id))
             yield Joined(decision_id, created_at, record, mode, outcome)
-        if len(rows) < batch:
-            return
-        after_id = rows[-1][0]

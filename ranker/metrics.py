@@ -200,10 +200,7 @@ class LearningState:
             labels=["loop"],
         )
         try:
-            states = {
-                row["loop"]: row
-                for row in store.read("SELECT loop, last_decision_id, learned, skipped FROM trainer_state")
-            }
+            states = store.learning_counts()
             now = datetime.now(UTC)
             for name in settings.loops:
                 state = states.get(name) or {"last_decision_id": 0, "learned": 0, "skipped": 0}
@@ -224,32 +221,23 @@ class LearningState:
         decisions (retention, ``DELETE logs``), which moves the first id: then everything is counted again.
         """
         store = self.service.store
-        row = store.read(
-            "SELECT (SELECT min(id) FROM decisions WHERE loop = :loop) AS first, "
-            "(SELECT max(id) FROM decisions WHERE loop = :loop) AS last",
-            {"loop": loop},
-        )[0]
-        first, last = row["first"], row["last"]
+        first, last = store.id_range(loop)
         if first is None:
             self._counted.pop(loop, None)
             return 0
         known = self._counted.get(loop)
         since, count = (known[1], known[2]) if known and known[0] == first and known[1] <= last else (0, 0)
-        count += store.read(
-            "SELECT count(*) AS n FROM decisions WHERE loop = ? AND id > ? AND id <= ?", (loop, since, last)
-        )[0]["n"]
+        count += store.count_ids(loop, since, last)
         self._counted[loop] = (first, last, count)
         return count
 
     def _lag(self, loop: str, last_id: int, now: datetime) -> float:
         store = self.service.store
-        rows = store.read(
-            "SELECT created_at FROM decisions WHERE loop = ? AND id > ? ORDER BY id LIMIT 1", (loop, last_id)
-        )
-        if not rows:
+        created_at = store.next_decision_time(loop, last_id)
+        if created_at is None:
             return 0.0
         loop_settings, _, _ = loopconfig.effective(self.service.settings, loop, store.loop_config(loop))
-        due = datetime.fromisoformat(rows[0]["created_at"]) + parse_duration(loop_settings.reward_wait_time)
+        due = datetime.fromisoformat(created_at) + parse_duration(loop_settings.reward_wait_time)
         return max(0.0, (now - due - timedelta(seconds=COMMIT_GRACE)).total_seconds())
 
 

@@ -68,7 +68,7 @@ from .evaluation.replay import LoopLog
 from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, SettingsError, load_settings, parse_duration
-from .store import connect, loop_config_row, migrate, parse_time, save_loop_config, timestamp, write_turn
+from .store import connect, learning, loop_config_row, migrate, parse_time, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
 
@@ -225,18 +225,11 @@ class Trainer:
 
     def state(self, loop: str) -> dict[str, Any] | None:
         """The stored checkpoint of a loop, without the model bytes (with their size)."""
-        cursor = self._conn.execute(
-            "SELECT loop, settings, last_decision_id, length(model) AS model_bytes, learned, skipped, updated_at, "
-            "published_version, published_learned, published_at, apprentice FROM trainer_state WHERE loop = ?",
-            (loop,),
-        )
-        row = cursor.fetchone()
-        return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
+        return learning.state(self._conn, loop)
 
     def model(self, loop: str) -> bytes | None:
         """The checkpointed model bytes of a loop (None before anything was learned)."""
-        row = self._conn.execute("SELECT model FROM trainer_state WHERE loop = ?", (loop,)).fetchone()
-        return None if row is None else row[0]
+        return learning.model(self._conn, loop)
 
     def close(self) -> None:
         for name in list(self._loops):
@@ -259,17 +252,12 @@ class Trainer:
             limit = min(BATCH, budget)
             # Read row by row and stop at the first decision not yet due: an idle trainer polls every 0.2 s,
             # and reading a whole batch of decisions still waiting for their rewards cost it more than learning.
-            cursor = self._conn.execute(
-                "SELECT id, created_at FROM decisions WHERE loop = ? AND id > ? ORDER BY id LIMIT ?",
-                (loop.name, loop.last_id, limit),
-            )
             due, last_due, waiting = 0, 0, False
-            for decision_id, created_at in cursor:
+            for decision_id, created_at in learning.decision_times(self._conn, loop.name, loop.last_id, limit):
                 if parse_time(created_at) > cutoff:
                     waiting = True
                     break
                 due, last_due = due + 1, decision_id
-            cursor.close()
             if due == 0:
                 return False
             self._learn_range(loop, last_due, report)
@@ -354,9 +342,7 @@ class Trainer:
         if loop is not None and loop.pending:
             return loop  # mid-run: the checkpoint's compare-and-set settles whether it is still current
         if loop is not None:
-            row = self._conn.execute(
-                "SELECT settings, last_decision_id, learned, generation FROM trainer_state WHERE loop = ?", (name,)
-            ).fetchone()
+            row = learning.stamp(self._conn, name)
             current = (self._learning(name)[2], loop.last_id, loop.learned, loop.generation)
             if row == current and row[0] == loop.fingerprint:
                 return loop
@@ -374,24 +360,12 @@ class Trainer:
             export=parse_duration(settings.model_export_frequency),
             multislot=is_multislot(arguments),
         )
-        self._conn.execute(
-            "INSERT OR IGNORE INTO trainer_state (loop, settings, updated_at) VALUES (?, ?, ?)",
-            (name, fingerprint, timestamp(datetime.now(UTC))),
-        )
         stored, last_id, model, learned, skipped, published_learned, published_at, generation, apprentice = (
-            self._conn.execute(
-                "SELECT settings, last_decision_id, model, learned, skipped, published_learned, published_at, "
-                "generation, apprentice FROM trainer_state WHERE loop = ?",
-                (name,),
-            ).fetchone()
+            learning.open_checkpoint(self._conn, name, fingerprint, timestamp(datetime.now(UTC)))
         )
         if stored != fingerprint:
             log.warning("loop %s: learning settings changed; the model restarts from the retained log", name)
-            self._conn.execute(
-                "UPDATE trainer_state SET settings = ?, last_decision_id = 0, model = NULL, learned = 0, "
-                "skipped = 0, published_learned = 0, apprentice = NULL, updated_at = ? WHERE loop = ?",
-                (fingerprint, timestamp(datetime.now(UTC)), name),
-            )
+            learning.restart(self._conn, name, fingerprint, timestamp(datetime.now(UTC)))
             last_id, model, learned, skipped, published_learned, apprentice = 0, None, 0, 0, 0, None
         loop.generation = generation
         loop.apprentice = [tuple(event) for event in json.loads(apprentice or "[]")]
@@ -424,23 +398,20 @@ class Trainer:
         with self._scratch_file() as path:
             loop.ws.save(str(path))
             model = path.read_bytes()
-        cursor = self._conn.execute(
-            "UPDATE trainer_state SET last_decision_id = ?, model = ?, learned = ?, skipped = ?, apprentice = ?, "
-            "updated_at = ? WHERE loop = ? AND settings = ? AND last_decision_id = ? AND generation = ?",
-            (
-                loop.last_id,
-                model,
-                loop.learned,
-                loop.skipped,
-                json.dumps(loop.apprentice),
-                timestamp(datetime.now(UTC)),
-                loop.name,
-                loop.fingerprint,
-                loop.checkpoint_id,
-                loop.generation,
-            ),
+        saved = learning.save_checkpoint(
+            self._conn,
+            loop.name,
+            fingerprint=loop.fingerprint,
+            from_id=loop.checkpoint_id,
+            generation=loop.generation,
+            last_id=loop.last_id,
+            model=model,
+            learned=loop.learned,
+            skipped=loop.skipped,
+            apprentice=json.dumps(loop.apprentice),
+            now=timestamp(datetime.now(UTC)),
         )
-        if cursor.rowcount != 1:
+        if not saved:
             raise CheckpointConflict(f"loop {loop.name}: the stored checkpoint changed under the trainer")
         loop.model, loop.checkpoint_id = model, loop.last_id
         loop.pending = 0
@@ -456,17 +427,10 @@ class Trainer:
             return None
         # In the log's write turn, as a model import or reset is: neither publishes over the other.
         with write_turn(self.settings.database_path):
-            (generation,) = self._conn.execute(
-                "SELECT generation FROM trainer_state WHERE loop = ?", (loop.name,)
-            ).fetchone()
-            if generation != loop.generation:
+            if learning.generation(self._conn, loop.name) != loop.generation:
                 raise CheckpointConflict(f"loop {loop.name}: the model was imported or reset under the trainer")
             version = models.publish(self.data_dir, loop.name, loop.model)
-            self._conn.execute(
-                "UPDATE trainer_state SET published_version = ?, published_learned = ?, published_at = ? "
-                "WHERE loop = ?",
-                (version, loop.learned, timestamp(now), loop.name),
-            )
+            learning.record_publication(self._conn, loop.name, version, loop.learned, timestamp(now))
         loop.published_learned, loop.published_at = loop.learned, now
         models.prune(self.data_dir, loop.name, self.keep_versions)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
@@ -478,20 +442,8 @@ class Trainer:
         if days < 0 or (loop.retained_at is not None and timedelta(0) <= now - loop.retained_at < RETENTION_EVERY):
             return
         loop.retained_at = now
-        old = (
-            "loop = ? AND created_at < ? AND id <= ?",
-            (loop.name, timestamp(now - timedelta(days=days)), loop.checkpoint_id),
-        )
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.execute(
-                f"DELETE FROM rewards WHERE decision_id IN (SELECT id FROM decisions WHERE {old[0]})", old[1]
-            )
-            deleted = self._conn.execute(f"DELETE FROM decisions WHERE {old[0]}", old[1]).rowcount
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        before = timestamp(now - timedelta(days=days))
+        deleted = learning.delete_older(self._conn, loop.name, before, loop.checkpoint_id)
         if deleted:
             log.info("loop %s: deleted %d decisions older than %d days", loop.name, deleted, days)
 
@@ -518,18 +470,16 @@ class Trainer:
             return
         row = loop_config_row(self._conn, loop.name)
         service = {**json.loads((row and row[0]) or "{}"), "learningMode": "Online"}
-        stamp = timestamp(now)
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            save_loop_config(self._conn, loop.name, json.dumps(service), row and row[1], stamp)
-            self._conn.execute(
-                "INSERT INTO mode_switches (loop, switched_at, from_mode, to_mode, evidence) VALUES (?, ?, ?, ?, ?)",
-                (loop.name, stamp, "Apprentice", "Online", json.dumps(evidence)),
-            )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        learning.switch_mode(
+            self._conn,
+            loop.name,
+            service=json.dumps(service),
+            policy=row and row[1],
+            at=timestamp(now),
+            from_mode="Apprentice",
+            to_mode="Online",
+            evidence=json.dumps(evidence),
+        )
         log.warning("loop %s: switched from Apprentice to Online: %s", loop.name, json.dumps(evidence))
 
     def _drop(self, name: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import StoreUnavailable
+from ..errors import StoreUnavailable
 from .migrations import migrations
 
 BATCH_LIMIT = 512
@@ -93,6 +93,19 @@ def write_turn(path: Path) -> Iterator[None]:
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection (a trainer's, an import's): committed when the block
+    ends, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def loop_config_row(conn: sqlite3.Connection, loop: str) -> tuple | None:
@@ -404,3 +417,30 @@ class Store:
             conn.execute("DELETE FROM decisions WHERE loop = ?", (loop,))
 
         self.write(delete)
+
+    # -- counts for the metrics ------------------------------------------------------------------
+
+    def learning_counts(self) -> dict[str, dict[str, Any]]:
+        """Per loop the trainer has state for: ``{"last_decision_id", "learned", "skipped"}``."""
+        rows = self.read("SELECT loop, last_decision_id, learned, skipped FROM trainer_state")
+        return {row["loop"]: row for row in rows}
+
+    def id_range(self, loop: str) -> tuple[int | None, int | None]:
+        """The loop's first and last decision ids (None, None when it has none)."""
+        row = self.read(
+            "SELECT (SELECT min(id) FROM decisions WHERE loop = :loop) AS first, "
+            "(SELECT max(id) FROM decisions WHERE loop = :loop) AS last",
+            {"loop": loop},
+        )[0]
+        return row["first"], row["last"]
+
+    def count_ids(self, loop: str, after_id: int, through_id: int) -> int:
+        """How many of the loop's decisions have ``after_id < id <= through_id``."""
+        sql = "SELECT count(*) AS n FROM decisions WHERE loop = ? AND id > ? AND id <= ?"
+        return self.read(sql, (loop, after_id, through_id))[0]["n"]
+
+    def next_decision_time(self, loop: str, after_id: int) -> str | None:
+        """When the loop's first decision after ``after_id`` was made, or None."""
+        sql = "SELECT created_at FROM decisions WHERE loop = ? AND id > ? ORDER BY id LIMIT 1"
+        rows = self.read(sql, (loop, after_id))
+        return rows[0]["created_at"] if rows else None

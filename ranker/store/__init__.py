@@ -1,0 +1,31 @@
+"""The store: the only place that speaks SQL.
+
+- :mod:`ranker.store.sqlite`: the decision log in SQLite (WAL) and its group commit (:class:`Store`), the
+  connection, migration and transaction helpers, a loop's API configuration;
+- :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;
+- :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
+"""
+
+from .sqlite import (
+    Store,
+    connect,
+    loop_config_row,
+    migrate,
+    parse_time,
+    save_loop_config,
+    timestamp,
+    transaction,
+    write_turn,
+)
+
+__all__ = [
+    "Store",
+    "connect",
+    "loop_config_row",
+    "migrate",
+    "parse_time",
+    "save_loop_config",
+    "timestamp",
+    "transaction",
+    "write_turn",
+]
