@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import selectors
 import socket
 import time
@@ -43,6 +44,7 @@ STOP_LINGER_SECONDS = 2.0
 SWEEP_SECONDS = 0.25
 RECV_BYTES = 65536
 ACCEPTS_PER_EVENT = 16
+BARE_LF = re.compile(rb"(?<!\r)\n")
 
 # Parse errors of gunicorn's request parser that are the client's: (status, message prefix)
 CLIENT_ERRORS: dict[type[Exception], int] = {
@@ -180,8 +182,8 @@ class Conn:
     """A client connection while the poller reads a request from it, or lingers before closing it."""
 
     __slots__ = (
-        "sock", "client", "server", "buf", "deadline", "idle", "req", "length", "chunked", "requests", "out",
-        "closing",
+        "sock", "client", "server", "buf", "scanned", "deadline", "idle", "req", "length", "chunked", "requests",
+        "out", "closing",
     )  # fmt: skip
 
     def __init__(self, sock: socket.socket, client, server):
@@ -189,6 +191,7 @@ class Conn:
         self.client = client
         self.server = server
         self.buf = bytearray()
+        self.scanned = 0  # bytes of buf already searched for the end of the headers
         self.deadline = 0.0
         self.idle = False  # kept alive, no byte of the next request yet
         self.req: Request | None = None  # headers read, body still coming
@@ -310,16 +313,21 @@ class BufferingWorker(ThreadWorker):
 
     def read_head(self, conn: Conn) -> bool:
         buf = conn.buf
-        end = buf.find(b"\r\n\r\n")
+        # Only what arrived since the last look is searched (and the 3 bytes before it, which may begin
+        # the blank line): a head sent a byte at a time is not scanned again for every byte.
+        start = max(0, conn.scanned - 3)
+        conn.scanned = len(buf)
+        end = buf.find(b"\r\n\r\n", start)
         if end < 0:
             line_limit = self.cfg.limit_request_line or 8190
             if len(buf) > line_limit + 2 and buf.find(b"\r\n", 0, line_limit + 2) < 0:
                 raise gerrors.LimitRequestLine(len(buf), line_limit)
             if len(buf) > self.max_header_bytes:
                 raise http_error(431, f"the request line and headers are longer than {self.max_header_bytes} bytes")
-            if buf.count(b"\n") != buf.count(b"\r\n"):
+            if BARE_LF.search(buf, start):
                 raise http_error(400, "bare LF as line terminator")
             return False
+        conn.scanned = 0
         if end + 4 > self.max_header_bytes:
             raise http_error(431, f"the request line and headers are longer than {self.max_header_bytes} bytes")
         head = bytes(buf[: end + 4])

@@ -203,6 +203,17 @@ def test_a_valid_chunked_rank_is_answered_and_the_connection_kept(server):
     assert first.json()["rewardActionId"] in ("a", "b")
 
 
+def test_a_request_sent_in_small_pieces_within_the_deadlines_is_answered(server):
+    data = rank_request()
+    cut = data.index(b"\r\n\r\n") + 2  # the blank line that ends the headers split over two sends
+    pieces = [data[i : min(i + 7, cut)] for i in range(0, cut, 7)] + [data[cut : cut + 1], data[cut + 1 :]]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.005)
+        assert read_answer(sock, bytearray()).status == 201
+
+
 def test_pipelined_requests_are_answered_in_order(server):
     body = json.dumps({"eventId": "pipelined", **json.loads(BODY)}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
