@@ -14,9 +14,12 @@ _settings = load_settings()
 wsgi_app = "ranker.app:create_app()"
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# Threads let concurrent requests of one worker share a group commit of the decision log.
-worker_class = "gthread"
+# Threads let concurrent requests of one worker share a group commit of the decision log. The worker is
+# gthread's, but its poller reads each request whole (under header_timeout and body_timeout) before a
+# thread serves it, so clients that send slowly do not hold the threads (ranker/http_worker.py).
+worker_class = "ranker.http_worker.BufferingWorker"
 threads = _settings.threads
+worker_connections = _settings.max_connections
 # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over them.
 # On one shared socket, the worker that happens to be awake accepts a whole burst of keep-alive
 # connections (a client's or a proxy's pool) and keeps them: measured with 24 connections, every one

@@ -170,6 +170,30 @@ class Settings(BaseModel):
     workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes (one per core is right).")
     threads: int = Field(8, ge=1, le=256, description="Threads per worker; they share group commits.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413.")
+    max_header_bytes: int = Field(
+        65536, ge=4096, le=1_048_576, description="Largest request line and headers together; larger ones get 431."
+    )
+    header_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's line and headers, from connecting or from its "
+        "first byte on a kept-alive connection; a request begun gets 408 after.",
+    )
+    body_timeout: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's body once its headers are in (408 after); also "
+        "the longest an answer waits for a client that does not read it.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=16,
+        le=100_000,
+        description="Connections one worker holds open (being read, answered or kept alive); more wait in the "
+        "kernel's accept queue.",
+    )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",
         description="SQLite synchronous mode. FULL survives power loss; NORMAL survives process kills only.",
