@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import trainer
+from . import supervisor
 from .evaluation.replay import (
     BUILT_INS,
     DEFAULT_REWARD_MODEL,
@@ -65,31 +65,41 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
         if value is not None:
             env[f"RANKER_{name}"] = str(value)
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
-    supervisor = trainer.Supervisor(env=env).start()
+    trainer = supervisor.Supervisor(env=env).start()
 
     def forward(signum: int, _frame: object) -> None:
         if signum != signal.SIGHUP:  # SIGHUP reloads gunicorn's workers; the others stop everything
-            supervisor.halt()
+            trainer.halt()
         server.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     code = server.wait()
-    supervisor.stop()
+    trainer.stop()
     sys.exit(code)
 
 
 @cli.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the decision log and models.")
 @click.option("--once", is_flag=True, help="Learn what is due now, print the counts and exit.")
-def train(config: str | None, once: bool) -> None:
+@click.option("--checkpoint-events", type=click.IntRange(1), help="Checkpoint after this many decisions (5000).")
+@click.option("--checkpoint-seconds", type=click.FloatRange(0), help="... or this long after the last one (1.0).")
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (ranker serve's).")
+def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_pid) -> None:
     """Run the trainer alone: join rewards, learn, publish models, until interrupted.
 
     A second trainer on the same data folder waits, and takes over when the first one stops.
 
     Example: ranker train --config ranker.toml
     """
-    report = trainer.run(_settings(config), once=once)
+    options = {"checkpoint_events": checkpoint_events, "checkpoint_seconds": checkpoint_seconds}
+    report = supervisor.run(
+        _settings(config, data_dir=data_dir),
+        once=once,
+        parent_pid=parent_pid,
+        **{name: value for name, value in options.items() if value is not None},
+    )
     if report is not None:
         click.echo(json.dumps(report))
 

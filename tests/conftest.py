@@ -122,7 +122,7 @@ class Server:
         return [] if master is None else [pid for pid, _ in self.children(master)]
 
     def trainer_pid(self) -> int | None:
-        return next((pid for pid, args in self.children(self.process.pid) if "ranker.trainer" in args), None)
+        return next((pid for pid, args in self.children(self.process.pid) if "-m ranker train" in args), None)
 
     def stop(self) -> None:
         if self.process.poll() is None:

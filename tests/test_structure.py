@@ -59,6 +59,7 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_the_learning_process_does_not_load_the_web_stack():
-    probe = "import sys, ranker.trainer, ranker.evaluation.jobs; print(sorted(m for m in sys.modules if m == 'flask'))"
+    """The trainer runs as `python -m ranker train`: the CLI, the supervisor, the trainer and the job runner."""
+    probe = "import sys, ranker.cli, ranker.supervisor; print(sorted(m for m in sys.modules if m == 'flask'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

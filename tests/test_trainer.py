@@ -27,7 +27,8 @@ from ranker.loopconfig import apprentice_metrics
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
 from ranker.settings import Settings, load_settings
-from ranker.trainer import APPRENTICE_WINDOW, Supervisor, Trainer
+from ranker.supervisor import Supervisor
+from ranker.trainer import APPRENTICE_WINDOW, Trainer
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # every decision made at T0 is due by then
@@ -504,7 +505,7 @@ def handled(data_dir: Path) -> int:
 
 def start_trainer(data_dir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
-    argv = [sys.executable, "-m", "ranker.trainer", "--config", str(data_dir / "ranker.toml")]
+    argv = [sys.executable, "-m", "ranker", "train", "--config", str(data_dir / "ranker.toml")]
     argv += ["--data-dir", str(data_dir), "--checkpoint-events", "25", "--checkpoint-seconds", "0.05"]
     log = open(data_dir / "trainer.log", "ab")  # noqa: SIM115
     try:
@@ -632,7 +633,7 @@ def test_trainer_stops_when_its_parent_is_killed(tmp_path):
     env["RANKER_DATA_DIR"] = str(tmp_path)
     script = (
         "import os, subprocess, sys, time\n"
-        "subprocess.Popen([sys.executable, '-m', 'ranker.trainer', '--parent-pid', str(os.getpid())])\n"
+        "subprocess.Popen([sys.executable, '-m', 'ranker', 'train', '--parent-pid', str(os.getpid())])\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], env=env)
