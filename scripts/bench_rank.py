@@ -35,19 +35,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ranker.settings import Settings
+from ranker.harness import Server
 
 RANK_PATH = "/personalizer/v1.0/rank"
 NULL_PATH = "/null"
@@ -301,121 +296,11 @@ async def open_loop(
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``python -m ranker serve`` on a free loopback port with the null endpoint on."""
-
-    def __init__(self, data_dir: Path, workers: int | None, threads: int | None) -> None:
-        self.data_dir = data_dir
-        self.expected_workers = workers or Settings.model_fields["workers"].default
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
-        env.update(RANKER_DATA_DIR=str(data_dir), RANKER_PORT=str(self.port), RANKER_NULL_ENDPOINT="1")
-        if workers is not None:
-            env["RANKER_WORKERS"] = str(workers)
-        if threads is not None:
-            env["RANKER_THREADS"] = str(threads)
-        self.log_path = data_dir / "server.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
-        argv = [sys.executable, "-m", "ranker", "serve"]
-        self.process = subprocess.Popen(
-            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    ready = response.status == 200
-            except (urllib.error.URLError, OSError):
-                ready = False
-            # Connections made before every worker listens would all go to the first ones.
-            pids = self.workers()
-            if ready and len(pids) == self.expected_workers and all(self.listens(pid) for pid in pids):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit("the server did not become ready")
-
-    def listens(self, pid: int) -> bool:
-        """Whether process ``pid`` holds a socket listening on the server's port (Linux /proc)."""
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                link = os.readlink(fd)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-                if port == self.port and state == "0A" and inode in inodes:
-                    return True
-        return False
-
-    def descendants(self) -> list[int]:
-        """Every process the server runs (Linux /proc): the gunicorn master, its workers, the trainer."""
-        found, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    children = [int(p) for p in (task / "children").read_text().split()]
-                    found += children
-                    todo += children
-            except OSError:
-                continue
-        return found
-
-    def workers(self) -> list[int]:
-        """The gunicorn workers: children of the process running gunicorn whose parent does not."""
-        for pid in [self.process.pid, *self.descendants()]:
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-                parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"gunicorn" in command and b"gunicorn" not in parent_command:
-                return [
-                    int(p)
-                    for task in Path(f"/proc/{pid}/task").iterdir()
-                    for p in (task / "children").read_text().split()
-                ]
-        return []
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far of every process of the server (Linux /proc)."""
-        total = 0
-        for pid in self.descendants():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the server's own session: gunicorn, trainer
-                self.process.wait()
-        self.log.close()
+def start_server(data_dir: Path, workers: int | None, threads: int | None) -> Server:
+    """``ranker serve`` on a free loopback port with the null endpoint on."""
+    settings = {"null_endpoint": 1}
+    settings.update({name: value for name, value in (("workers", workers), ("threads", threads)) if value is not None})
+    return Server(data_dir, **settings)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -521,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
         data_dir = args.data_dir or Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = Server(data_dir, args.workers, args.threads)
+        server = start_server(data_dir, args.workers, args.threads)
         try:
             print(
-                f"ranker serve on {server.url}, {len(server.workers())} workers, data in {data_dir}; "
+                f"ranker serve on {server.url}, {len(server.worker_pids())} workers, data in {data_dir}; "
                 f"{os.cpu_count()} CPUs shared with this client",
                 flush=True,
             )

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +30,7 @@ import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
 from ranker import dsjson, models
+from ranker.harness import Server
 from ranker.schemas import RankRequest
 from ranker.service import Service
 from ranker.settings import load_settings
@@ -110,38 +106,11 @@ def throughput(events: int, folder: Path) -> None:
     print(f"model byte-identical to in-process VW: {all(same.values())}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def lag_under_load(seconds: float, threads: int, folder: Path) -> None:
-    port = free_port()
     folder.mkdir(parents=True)
-    config = folder / "ranker.toml"
-    config.write_text('[loops.default]\nrewardWaitTime = "PT1S"\nmodelExportFrequency = "PT1S"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
-    env.update({"RANKER_DATA_DIR": str(folder), "RANKER_PORT": str(port)})
-    log = open(folder / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ranker", "serve", "--config", str(config)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = Server(folder, '[loops.default]\nrewardWaitTime = "PT1S"\nmodelExportFrequency = "PT1S"\n')
+    url = server.url
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start; see " + str(folder / "server.log")) from None
-                time.sleep(0.2)
         stop = threading.Event()
         published: dict[str, float] = {}
         lags: list[float] = []
@@ -187,9 +156,7 @@ def lag_under_load(seconds: float, threads: int, folder: Path) -> None:
             rows = conn.execute("SELECT created_at, model_version FROM decisions ORDER BY id").fetchall()
         conn.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-        log.close()
+        server.stop()
     served = [(datetime.fromisoformat(at).timestamp(), version) for at, version in rows]
     delays = []
     for version, at in sorted(published.items()):

@@ -35,13 +35,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +54,7 @@ import vowpalwabbit
 
 from ranker import dsjson, rules
 from ranker.engine import reweight, sample, uniform, vw_arguments
+from ranker.harness import Server
 from ranker.settings import Settings, hash_key, load_settings
 
 LOOP = "b2b"
@@ -332,63 +329,6 @@ def drive(url: str, stream: list[Event], threads: int = 4, rate: float = 0.0, ke
 # -- the server ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``python -m ranker serve`` on 127.0.0.1 with its own data folder and config; stopped by ``stop``."""
-
-    def __init__(self, data_dir: Path, config: str, port: int = 0, ready_timeout: float = 60):
-        self.data_dir = Path(data_dir)
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config_path = self.data_dir / "ranker.toml"
-        self.config_path.write_text(config)
-        self.log_path = self.data_dir / "server.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
-        env.update({"RANKER_DATA_DIR": str(self.data_dir), "RANKER_PORT": str(self.port), "RANKER_HOST": "127.0.0.1"})
-        self._log = open(self.log_path, "wb")  # closed by stop()
-        argv = [sys.executable, "-m", "ranker", "serve", "--config", str(self.config_path)]
-        self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready(ready_timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer within {timeout} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 _PUBLISHED = re.compile(r"published model (\d+) \((\d+) events learned\)")
 
 
@@ -491,7 +431,7 @@ def compare(
     stream = make_stream(events, seed, loop.rules)
     in_process = run_in_process(stream, arguments, loop.action_id_feature)
     baseline = run_random(stream)
-    with tempfile.TemporaryDirectory(prefix="ranker-b2b-") as folder, Server(Path(folder), config, port) as server:
+    with tempfile.TemporaryDirectory(prefix="ranker-b2b-") as folder, Server(Path(folder), config, port=port) as server:
         service = drive(server.url, stream, threads, rate, key)
         served = serving_report(Path(folder), stream)
     if service.errors:

@@ -69,6 +69,7 @@ import vowpalwabbit
 
 from ranker import dsjson, models, rules
 from ranker.engine import Engine, slot_scores_of, uniform, vw_arguments
+from ranker.harness import Server
 from ranker.service import choose_slots, slot_options
 from ranker.settings import hash_key
 
@@ -570,7 +571,7 @@ def compare(
     in_process, empty = run_in_process(stream, arguments, loop.action_id_feature)
     baseline = run_random(stream)
     with tempfile.TemporaryDirectory(prefix="ranker-multislot-") as folder:
-        with b2b.Server(Path(folder), config, port) as server:
+        with Server(Path(folder), config, port=port) as server:
             service = drive(server.url, stream, threads, rate, key)
         served = b2b.serving_report(Path(folder), stream)
         # once the server stopped: the trainer no longer prunes the model versions being replayed

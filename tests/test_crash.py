@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 import vowpalwabbit
-from conftest import Server
+
+from ranker.harness import Server
 
 THREADS = 8
 MAX_EVENTS_PER_THREAD = 5000  # the load stops by itself: after this many events per thread

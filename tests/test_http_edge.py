@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
+
+from ranker.harness import Server
 
 RANK = "/personalizer/v1.0/rank"
 JSON = {"Content-Type": "application/json"}

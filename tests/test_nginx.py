@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, free_port
+
+from ranker.harness import Server, free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None or shutil.which("openssl") is None, reason="nginx or openssl is not installed"

@@ -28,10 +28,11 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
 )
-from conftest import KEYED_CONFIG, OTHER_KEY, RANK_KEY, Server
+from conftest import KEYED_CONFIG, OTHER_KEY, RANK_KEY
 from msrest.authentication import CognitiveServicesCredentials
 from msrest.exceptions import HttpOperationError
 
+from ranker.harness import Server
 from ranker.settings import hash_key
 
 CONTEXT = [{"account": {"plan": "enterprise", "seats": 120}}, {"usage": {"logins_7d": 3}}]

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import requests
-from conftest import Server
+
+from ranker.harness import Server
 
 PROJECT = Path(__file__).resolve().parent.parent
 
