@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import supervisor
+from .evaluation.output import write
 from .evaluation.replay import (
     BUILT_INS,
     DEFAULT_REWARD_MODEL,
@@ -22,7 +23,6 @@ from .evaluation.replay import (
     policy_candidates,
     replay,
     source_is_multislot,
-    write,
 )
 from .evaluation.search import search
 from .export import export, import_dsjson

@@ -18,7 +18,9 @@ import pytest
 import vowpalwabbit
 
 from ranker import dsjson
+from ranker.evaluation import scheduling
 from ranker.evaluation.learners import Learners
+from ranker.evaluation.output import write
 from ranker.evaluation.replay import (
     BUILT_INS,
     DEFAULT_REWARD_MODEL,
@@ -27,15 +29,10 @@ from ranker.evaluation.replay import (
     Event,
     LoopLog,
     Skipped,
-    _groups,
-    _served,
-    _shares,
-    parse_groups,
     policy_candidates,
-    regressor,
     replay,
-    write,
 )
+from ranker.evaluation.scheduling import regressor
 from ranker.export import export, read_decision
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
@@ -240,7 +237,7 @@ def test_which_reward_model_a_policy_reports_for():
         assert regressor(arguments) is None, arguments
     # a reward model is read from the first policy of its regressor; one without such a policy learns alone
     jobs = [SHARING[3], SHARING[0], SHARING[1], DEFAULT_REWARD_MODEL, "--cb_adf --cb_type mtr -q ui"]
-    assert _served(jobs) == {3: 1}
+    assert scheduling.served_models(jobs) == {3: 1}
 
 
 def _worker_processes() -> list[int]:
@@ -306,8 +303,8 @@ def test_workspaces_sharing_a_parse_score_as_they_do_alone(world):
     reward model its cost estimates) it reports when it parses every line itself."""
     events = [event for event in world.log().events() if type(event) is Event]
     lines, chosen = [event.line for event in events], [event.chosen for event in events]
-    assert [len(group) for group in parse_groups(SHARING)] == [4, 2, 1, 1]
-    groups, order = _groups(SHARING, range(len(SHARING)))
+    assert [len(group) for group in scheduling.parse_groups(SHARING)] == [4, 2, 1, 1]
+    groups, order = scheduling.learner_groups(SHARING, range(len(SHARING)))
     assert groups[0][1][2] == 0  # the reward model is read from the first policy
     together = Learners(groups)
     try:
@@ -327,17 +324,17 @@ def test_workspaces_sharing_a_parse_score_as_they_do_alone(world):
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 8])
 def test_workspaces_spread_over_processes_by_parse_group(workers):
-    shares = _shares(SHARING, workers)
+    shares = scheduling.spread(SHARING, workers)
     assert 1 <= len(shares) <= workers and all(shares[1:])
     assert sorted(i for share in shares for i in share) == list(range(len(SHARING)))
     # a parse group is split only when there are more processes than groups
-    for group in parse_groups(SHARING):
+    for group in scheduling.parse_groups(SHARING):
         holders = [k for k, share in enumerate(shares) if set(group) & set(share)]
-        assert len(holders) == 1 or workers > len(parse_groups(SHARING))
+        assert len(holders) == 1 or workers > len(scheduling.parse_groups(SHARING))
     # the default evaluation on two processes: the reading one reads, the other learns both policies from one
     # parse, and the reward model through the first (two parses on two busy cores would take longer)
-    assert _shares(SHARING[:3], 2) == [[], [0, 1, 2]]
-    assert _shares(SHARING[:3], 1) == [[0, 1, 2]]
+    assert scheduling.spread(SHARING[:3], 2) == [[], [0, 1, 2]]
+    assert scheduling.spread(SHARING[:3], 1) == [[0, 1, 2]]
 
 
 def test_vw_test_file_and_bad_lines(tmp_path):

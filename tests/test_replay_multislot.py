@@ -18,6 +18,7 @@ from ranker.app import create_app
 from ranker.engine import Engine
 from ranker.evaluation.importance import importance
 from ranker.evaluation.jobs import run_pending
+from ranker.evaluation.output import write
 from ranker.evaluation.replay import (
     BUILT_INS,
     Candidate,
@@ -26,7 +27,6 @@ from ranker.evaluation.replay import (
     MultiSlotEvent,
     policy_candidates,
     replay,
-    write,
 )
 from ranker.evaluation.search import graduation, grid, search
 from ranker.export import export, import_dsjson

@@ -75,22 +75,20 @@ workspace of its own: the policy's reports its scores too (:func:`regressor`).
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ranker import vwoptions
-from ranker.engine import IO_OPTIONS, OTHER_EXPLORATION, drop_options, is_multislot
+from ranker.engine import IO_OPTIONS, drop_options, is_multislot
+from ranker.evaluation import scheduling
 from ranker.evaluation.estimators import LoggedData, evaluate
-from ranker.evaluation.learners import Chosen, Group, Learners, Worker
+from ranker.evaluation.learners import Chosen, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
 
@@ -107,11 +105,9 @@ __all__ = [
     "MultiSlotEvent",
     "Report",
     "Skipped",
-    "plot",
     "policy_candidates",
     "replay",
     "source_is_multislot",
-    "write",
 ]
 
 ONLINE, BASELINE, RANDOM = "Online", "Baseline", "Random"
@@ -252,108 +248,6 @@ class _SlotScan(_Skips):
             self.baseline.append(slot.baseline)
 
 
-# Options that change only how a workspace learns from a parsed example, not how VW parses and sets it up: single-
-# slot workspaces whose arguments differ in nothing else can learn from one parse (see Learners). Checked with
-# VW's outputs (tests/test_replay.py); exploration algorithms and --cb_type are not among them (--bag, --cover and
-# another --cb_type after MTR change the example for the next workspace).
-_LEARNING_OPTIONS = {"-l", "--learning_rate", "--power_t", "--epsilon", "--l2", "--initial_t"}
-
-
-def parse_group(arguments: str) -> tuple[str, ...] | None:
-    """What single-slot workspaces must share to learn from one parse of a line: their arguments without the
-    learning options and their values, ``--cb_adf`` read as ``--cb_explore_adf`` (the reward model's reduction
-    under the same cost estimator). None for a multi-slot workspace, which parses its own lines."""
-    if is_multislot(arguments):
-        return None
-    key = drop_options(vwoptions.split(arguments), _LEARNING_OPTIONS)
-    return tuple("--cb_explore_adf" if word == "--cb_adf" else word for word in key)
-
-
-def parse_groups(arguments: Sequence[str]) -> list[list[int]]:
-    """The indices of ``arguments``, grouped by :func:`parse_group` in order of first appearance."""
-    groups: dict[Any, list[int]] = {}
-    for i, args in enumerate(arguments):
-        key = parse_group(args)
-        groups.setdefault(("own", i) if key is None else key, []).append(i)
-    return list(groups.values())
-
-
-def regressor(arguments: str) -> tuple[str, ...] | None:
-    """The regressor a single-slot workspace learns, when it is VW's MTR one (``--cb_type mtr``, VW's default)
-    and nothing but epsilon-greedy exploration is put on it: a ``--cb_adf`` workspace's arguments, or an
-    epsilon-greedy ``--cb_explore_adf`` policy's with ``--cb_adf`` in its place and without ``--epsilon``
-    (exploration that does not change what is learned). Equal for a reward model and a policy, the policy's
-    workspace reports the reward model's scores (:class:`~ranker.evaluation.learners.Learners`, which reads them
-    as MTR's update leaves them; other cost estimators are not paired). Else None."""
-    words = vwoptions.split(arguments)
-    if "--cb_explore_adf" in words:
-        if OTHER_EXPLORATION.intersection(words) or "--first_only" in words:
-            return None
-        words = ["--cb_adf" if word == "--cb_explore_adf" else word for word in drop_options(words, {"--epsilon"})]
-    if "--cb_adf" not in words:
-        return None
-    cb_types = [value for name, value in zip(words, words[1:], strict=False) if name == "--cb_type"]
-    cb_types += [word.partition("=")[2] for word in words if word.startswith("--cb_type=")]
-    return tuple(words) if cb_types in ([], ["mtr"]) else None
-
-
-def _served(jobs: Sequence[str]) -> dict[int, int]:
-    """The ``--cb_adf`` reward models among ``jobs`` whose scores a policy's workspace reports, as {model: policy}:
-    a policy of the same :func:`regressor`, each at most one."""
-    keys = [(regressor(arguments), "--cb_explore_adf" in vwoptions.split(arguments)) for arguments in jobs]
-    policies: dict[tuple[str, ...], int] = {}
-    for i, (key, policy) in enumerate(keys):
-        if key is not None and policy:
-            policies.setdefault(key, i)
-    return {i: policies.pop(key) for i, (key, policy) in enumerate(keys) if not policy and key in policies}
-
-
-# What a line costs, in units of one VW learn (-q ::, 10 actions; measured): VW's parse of it, this process's
-# reading of it (the source, the built-ins' scan, the pipes), and a reward model's scores read from a policy.
-_PARSE_COST, _READ_COST, _SERVED_COST = 1.45, 1.1, 0.5
-# What each busy core adds to the first one: two processes that are both busy each slow down (scripts/
-# bench_replay.py measures it: two busy cores did 1.46-2.07 times the work of one), so a spread that adds a parse
-# to balance the processes can take longer than one process that parses once. 0.6 picks the spread that was
-# faster in interleaved runs of the default evaluation on a quiet machine (see the README).
-_CORE_GAIN = 0.6
-
-
-def _shares(jobs: Sequence[str], workers: int) -> list[list[int]]:
-    """Which VW workspaces (indices into ``jobs``) learn in which process: this one first (it also reads the
-    source), then up to ``workers`` - 1 others. A parse group (:func:`parse_group`) stays in one process, or is
-    halved when that spreads the work better (each half then parses the lines, on a core of its own); a reward
-    model stays with the policy that reports its scores (:func:`_served`). The groups go largest first, each to
-    the least loaded process. A spread takes as long as its most loaded process, or as all the work on the cores
-    that share it (see ``_CORE_GAIN``); of two spreads as fast, the one with fewer parses."""
-    served = _served(jobs)
-    # a group is a list of units: a workspace, with the reward models it reports for
-    units = {i: [i] + [model for model, policy in served.items() if policy == i] for i in range(len(jobs))}
-
-    def cost(group: list[list[int]]) -> float:
-        return _PARSE_COST + sum(1 + _SERVED_COST * (len(unit) - 1) for unit in group)
-
-    def assign(groups: list[list[list[int]]]) -> tuple[float, int, list[list[int]]]:
-        shares: list[list[int]] = [[] for _ in range(max(1, workers))]
-        loads = [_READ_COST] + [0.0] * (len(shares) - 1)
-        for group in sorted(groups, key=cost, reverse=True):
-            least = loads.index(min(loads))
-            shares[least] += sorted(i for unit in group for i in unit)
-            loads[least] += cost(group)
-        busy = [load for load in loads if load]
-        cores = 1 + _CORE_GAIN * (min(len(busy), os.cpu_count() or 1) - 1)
-        used = [shares[0]] + [share for share in shares[1:] if share]
-        return max(max(busy), sum(busy) / cores), len(groups), used
-
-    groups = [[units[i] for i in group if i not in served] for group in parse_groups(jobs)]
-    best = assign(groups)
-    while 0 < len(groups) < workers and max(map(len, groups)) > 1:
-        largest = max(groups, key=len)
-        half = (len(largest) + 1) // 2
-        groups = [group for group in groups if group is not largest] + [largest[:half], largest[half:]]
-        best = min(best, assign(groups), key=lambda option: option[:2])
-    return best[2]
-
-
 def _passes(
     source: LoopLog | DsjsonFile,
     jobs: Sequence[str],
@@ -363,10 +257,11 @@ def _passes(
 ) -> tuple[Any, list[tuple[array, array]]]:
     """Read the source once, keep what the built-ins need (a :class:`_Scan`, or a :class:`_SlotScan` for a
     multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or shared
-    between this process and up to ``workers`` - 1 others fed through pipes (see :func:`_shares`)."""
+    between this process and up to ``workers`` - 1 others fed through pipes
+    (:func:`~ranker.evaluation.scheduling.spread`)."""
     scan: _Scan | _SlotScan = _SlotScan() if multislot else _Scan()
     kind = MultiSlotEvent if multislot else Event
-    shares = [_groups(jobs, share) for share in _shares(jobs, workers)]
+    shares = [scheduling.learner_groups(jobs, share) for share in scheduling.spread(jobs, workers)]
     others: list[Worker] = []
     local = Learners(shares[0][0]) if shares[0][0] else None
     try:
@@ -410,21 +305,6 @@ def _passes(
             local.close()
         for worker in others:
             worker.close()
-
-
-def _groups(jobs: Sequence[str], share: Sequence[int]) -> tuple[list[Group], list[int]]:
-    """The parse groups of the workspaces ``share`` (indices into ``jobs``) for :class:`Learners`, and those
-    indices in the order of the learners' outputs. A reward model whose scores a policy of its group reports
-    (:func:`_served`, which :func:`_shares` keeps in one process) is that policy's entry index."""
-    served = _served(jobs)
-    out: list[Group] = []
-    order: list[int] = []
-    for group in parse_groups([jobs[i] for i in share]):
-        indices = [share[i] for i in group]
-        entries = [indices.index(served[i]) if i in served else jobs[i] for i in indices]
-        out.append((is_multislot(jobs[indices[0]]), entries))
-        order += indices
-    return out, order
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -538,7 +418,8 @@ def replay(
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
     ``workers`` > 1 runs the VW workspaces in up to that many processes, this one and
-    :class:`~ranker.evaluation.learners.Worker` processes fed the lines through pipes (see :func:`_shares`).
+    :class:`~ranker.evaluation.learners.Worker` processes fed the lines through pipes
+    (:func:`~ranker.evaluation.scheduling.spread`).
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
     no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
     ``reward_model`` is not used on a multi-slot source (no DM or DR there).
@@ -787,63 +668,3 @@ def _cumulative(data: LoggedData) -> tuple[list[int], list[float], list[float | 
     ips = weighted / checkpoints
     snips = [float(x / w) if w > 0 else None for x, w in zip(weighted, weights, strict=True)]
     return checkpoints.tolist(), ips.tolist(), snips
-
-
-# -- output -------------------------------------------------------------------------------------------------
-
-
-def write(report: Report, folder: str | Path) -> tuple[Path, Path | None]:
-    """Write ``report.json`` and, when matplotlib is installed, ``report.png`` into ``folder``; return their
-    paths (None for the plot without matplotlib: ``pip install 'ranker[eval]'``)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "report.json"
-    body = report.to_dict()
-    try:
-        png_path: Path | None = plot(report, folder / "report.png")
-    except ImportError:
-        png_path = None
-        body["plot"] = "matplotlib is not installed: pip install 'ranker[eval]'"
-    else:
-        body["plot"] = png_path.name
-    json_path.write_text(json.dumps(body, indent=2) + "\n")
-    return json_path, png_path
-
-
-def plot(report: Report, path: str | Path) -> Path:
-    """A PNG of each policy's estimate with its interval, and of its cumulative SNIPS estimate over time.
-
-    Needs matplotlib (raises :class:`ImportError` without it); uses its object API, no pyplot or display.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
-    bars, curves = figure.subplots(1, 2, width_ratios=[1, 1.6])
-    names = [row["policy"] for row in report.policies]
-    values = [row["snips"] if row["snips"] is not None else math.nan for row in report.policies]
-    low = [v - row["interval"][0] for v, row in zip(values, report.policies, strict=True)]
-    high = [row["interval"][1] - v for v, row in zip(values, report.policies, strict=True)]
-    positions = list(range(len(names)))
-    bars.errorbar(values, positions, xerr=[low, high], fmt="o", capsize=4)
-    bars.set_yticks(positions, names)
-    bars.invert_yaxis()
-    bars.set_xlabel(f"expected reward (SNIPS, {100 * (1 - report.alpha):g}% Cressie-Read interval)")
-    bars.grid(axis="x", alpha=0.3)
-    cumulative = report.cumulative
-    try:
-        x: list[Any] = [datetime.fromisoformat(stamp) for stamp in cumulative["timestamp"]]
-        curves.set_xlabel("time")
-    except (TypeError, ValueError):
-        x = cumulative["event"]
-        curves.set_xlabel("events")
-    for name in names:
-        y = [math.nan if v is None else v for v in cumulative["snips"][name]]
-        curves.plot(x, y, label=name)
-    curves.set_ylabel("cumulative SNIPS estimate")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize="small")
-    pooled = f", {report.samples} (event, slot) pairs, all slots pooled" if report.multislot else ""
-    figure.suptitle(f"{report.source}: {report.events} events{pooled}")
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    return path
