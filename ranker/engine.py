@@ -14,9 +14,8 @@ import threading
 from pathlib import Path
 
 import vowpalwabbit
-from vowpalwabbit.pyvw import pylibvw
 
-from . import vwoptions
+from . import vwcalls, vwoptions
 from .dsjson import predict_line
 from .settings import POLICY_KINDS
 
@@ -90,18 +89,8 @@ def reweight(pmf: list[float], factors: list[float]) -> list[float]:
 
 
 def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
-    """VW's PMF for one DSJSON line (prediction only), in ``_multi`` order.
-
-    These are pylibvw's calls, which pyvw's parse and predict make too: pyvw also wraps every example in
-    a Python ``Example`` (and looks up its label type), which costs more than VW's own parse and predict
-    of 10 actions. The PMF is the same list that ``Workspace.predict`` returns.
-    """
-    examples = vw._parse(line)
-    try:
-        pylibvw.vw.predict_multi(vw, examples)
-        return list(examples[0].get_action_scores())
-    finally:
-        pylibvw.vw._finish_example_multi_ex(vw, examples)
+    """VW's PMF for one DSJSON line (prediction only), in ``_multi`` order (:func:`ranker.vwcalls.pmf`)."""
+    return vwcalls.pmf(vw, line)
 
 
 def is_multislot(arguments: str) -> bool:
@@ -114,12 +103,7 @@ def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, floa
 
     VW draws each slot's action itself and moves it first; the probabilities are what the caller needs.
     """
-    examples = vw._parse(line)
-    try:
-        pylibvw.vw.predict_multi(vw, examples)
-        return [dict(scores) for scores in examples[0].get_decision_scores()]
-    finally:
-        pylibvw.vw._finish_example_multi_ex(vw, examples)
+    return vwcalls.slot_scores(vw, line)
 
 
 class Engine:

@@ -56,9 +56,8 @@ from typing import Any, NamedTuple, TextIO
 
 import pydantic_core
 import vowpalwabbit
-from vowpalwabbit.pyvw import pylibvw
 
-from . import dsjson, loopconfig
+from . import dsjson, loopconfig, vwcalls
 from .engine import is_multislot
 from .join import COMMIT_GRACE, Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
@@ -239,14 +238,11 @@ class _Parser:
 
     def check(self, line: str, actions: int) -> None:
         try:
-            examples = self._vw._parse(line)
+            read = vwcalls.action_count(self._vw, line)
         except RuntimeError as exc:
             raise ValueError(f"VW cannot parse it: {exc}") from None
-        try:
-            if len(examples) != actions + 1:
-                raise ValueError(f"VW reads {len(examples) - 1} actions where _multi has {actions}")
-        finally:
-            pylibvw.vw._finish_example_multi_ex(self._vw, examples)
+        if read != actions:
+            raise ValueError(f"VW reads {read} actions where _multi has {actions}")
 
     def close(self) -> None:
         self._vw.finish()

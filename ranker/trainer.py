@@ -55,9 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import vowpalwabbit
-from vowpalwabbit.pyvw import pylibvw
 
-from . import dsjson, loopconfig, models
+from . import dsjson, loopconfig, models, vwcalls
 from .engine import is_multislot, pmf_of, slot_scores_of
 from .evaluation import jobs
 from .evaluation.replay import LoopLog
@@ -286,9 +285,9 @@ class Trainer:
                         loop.apprentice.append((created_at, matched, label))
                         del loop.apprentice[:-APPRENTICE_WINDOW]
                     elif outcome.slots is not None:
-                        _learn(ws, dsjson.labeled_slots(record, list(outcome.slots)))
+                        vwcalls.learn(ws, dsjson.labeled_slots(record, list(outcome.slots)))
                     else:
-                        _learn(ws, dsjson.labeled(record, label))
+                        vwcalls.learn(ws, dsjson.labeled(record, label))
                 except RuntimeError as exc:  # VW refused the record: learning it can never succeed
                     log.error("loop %s: decision %d cannot be learned: %s", loop.name, decision_id, exc)
                     label = None
@@ -313,9 +312,9 @@ class Trainer:
         if dsjson.is_multislot(record):
             baselines = dsjson.logged_actions(record)
             greedy = [max(scores, key=lambda m: (scores[m], -m)) for scores in slot_scores_of(ws, record)]
-            _learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
+            vwcalls.learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
             if greedy != baselines and len(greedy) == len(baselines) == len(set(greedy)):
-                _learn(
+                vwcalls.learn(
                     ws,
                     dsjson.with_slot_labels(
                         record, [(g, float(g == b)) for g, b in zip(greedy, baselines, strict=True)]
@@ -325,9 +324,9 @@ class Trainer:
         head = json.loads(record[: record.index(',"c":')] + "}")
         baseline = head["a"][0] - 1
         greedy = _greedy(ws, record)
-        _learn(ws, _with_label(record, baseline, 1.0))
+        vwcalls.learn(ws, _with_label(record, baseline, 1.0))
         if greedy != baseline:
-            _learn(ws, _with_label(record, greedy, 0.0))
+            vwcalls.learn(ws, _with_label(record, greedy, 0.0))
         return greedy == baseline
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -522,19 +521,6 @@ class Trainer:
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
-
-
-def _learn(ws: vowpalwabbit.Workspace, line: str) -> None:
-    """``ws.learn(ws.parse(line))`` then ``ws.finish_example``, through the same pylibvw calls.
-
-    pyvw wraps every parsed example in a Python object, which costs about twice VW's own parse and
-    learn on a 10-action record; the calls underneath are the ones pyvw makes, so the model is the same.
-    """
-    examples = ws._parse(line)
-    try:
-        pylibvw.vw.learn_multi(ws, examples)
-    finally:
-        pylibvw.vw._finish_example_multi_ex(ws, examples)
 
 
 def _with_label(record: str, index: int, reward: float) -> str:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import vowpalwabbit
-from vowpalwabbit.pyvw import pylibvw
+
+from ranker import vwcalls
 
 # (multi-slot, the entries that learn from one parse: a workspace's VW arguments, or the index of the entry whose
 # regressor's scores it reports; see Learners)
@@ -109,8 +110,7 @@ def _learn_shared(
 ) -> None:
     """Learn single-slot lines in workspaces of one group; keep each one's PMF from before its update, and for
     ``regressors`` (workspace, output) the workspace's regressor scores from before it."""
-    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
-    finish = pylibvw.vw._finish_example_multi_ex
+    parse, learn, finish = vwcalls.parse, vwcalls.learn_multi, vwcalls.finish_multi
     parser = workspaces[0]
     reads: list[list[Output]] = [[] for _ in workspaces]
     for k, output in regressors:
@@ -151,7 +151,7 @@ def _logged_score(ws: vowpalwabbit.Workspace, examples: list, logged: int) -> fl
     action alone; None when VW put the line's label on another example."""
     if not 0 <= logged < len(examples) - 1 or examples[1 + logged].get_cbandits_num_costs() != 1:
         return None
-    pylibvw.vw.predict_multi(ws, [examples[0], examples[1 + logged]])
+    vwcalls.predict_multi(ws, [examples[0], examples[1 + logged]])
     return examples[1 + logged].get_partial_prediction()
 
 
@@ -159,8 +159,7 @@ def _learn_slots(
     ws: vowpalwabbit.Workspace, lines: Sequence[str], chosen: list[list[int]], scores: array, counts: array
 ) -> None:
     """Learn multi-slot lines; keep, per slot, VW's probability of the logged action before the update."""
-    parse, learn = vowpalwabbit.Workspace._parse, pylibvw.vw.learn_multi
-    finish = pylibvw.vw._finish_example_multi_ex
+    parse, learn, finish = vwcalls.parse, vwcalls.learn_multi, vwcalls.finish_multi
     for line, logged in zip(lines, chosen, strict=True):
         try:
             examples = parse(ws, line)
