@@ -50,7 +50,7 @@ import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -59,7 +59,7 @@ import vowpalwabbit
 
 from . import dsjson, loopconfig, vwcalls
 from .engine import is_multislot
-from .join import COMMIT_GRACE, Joined, Outcome, RewardJoin, joined
+from .join import Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
 from .store import connect, log, migrate, parse_time, timestamp
@@ -100,7 +100,7 @@ def decisions(
         join = RewardJoin.of(loopconfig.read(conn, settings, loop)[0])
         # due as the trainer has it: made at or before now - rewardWaitTime - commit grace (the log's
         # timestamps have one fixed width, so they compare as strings)
-        due = log_time((now or datetime.now(UTC)) - join.wait - timedelta(seconds=COMMIT_GRACE))
+        due = log_time(join.due_before(now or datetime.now(UTC)))
         start = log_time(start) if start is not None else None
         end = log_time(end) if end is not None else None
         for decision in joined(conn, loop, join, start=start, end=end):

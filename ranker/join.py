@@ -6,7 +6,7 @@ import sqlite3
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from . import dsjson
@@ -72,6 +72,11 @@ class RewardJoin:
     @classmethod
     def of(cls, settings: LoopSettings) -> RewardJoin:
         return cls(parse_duration(settings.reward_wait_time), settings.default_reward, settings.reward_aggregation)
+
+    def due_before(self, now: datetime, grace: timedelta = timedelta(seconds=COMMIT_GRACE)) -> datetime:
+        """The due rule: at ``now``, a decision made at or before this moment is due (its window has closed, and
+        ``grace`` more seconds for a reward received inside the window to be committed), one made after is not."""
+        return now - self.wait - grace
 
     def outcome(
         self,

@@ -31,7 +31,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -45,9 +45,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from . import loopconfig, models
 from .api import api_key
 from .errors import StoreUnavailable
-from .join import COMMIT_GRACE
+from .join import RewardJoin
 from .service import Service
-from .settings import parse_duration
 
 log = logging.getLogger("ranker")
 
@@ -237,8 +236,10 @@ class LearningState:
         if created_at is None:
             return 0.0
         loop_settings, _, _ = loopconfig.effective(self.service.settings, loop, store.loop_config(loop))
-        due = datetime.fromisoformat(created_at) + parse_duration(loop_settings.reward_wait_time)
-        return max(0.0, (now - due - timedelta(seconds=COMMIT_GRACE)).total_seconds())
+        # learnable since the moment the due rule reached its time
+        return max(
+            0.0, (RewardJoin.of(loop_settings).due_before(now) - datetime.fromisoformat(created_at)).total_seconds()
+        )
 
 
 # -- the shared folder under gunicorn ---------------------------------------------------------------

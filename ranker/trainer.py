@@ -241,7 +241,7 @@ class Trainer:
 
     def _advance(self, loop: _Loop, now: datetime, clock: Callable[[], datetime], report: dict[str, Any]) -> bool:
         """Handle up to one checkpoint's worth of due decisions; True when more may be due."""
-        cutoff = now - loop.join.wait - self.commit_grace
+        cutoff = loop.join.due_before(now, self.commit_grace)
         budget = self.checkpoint_events
         while budget > 0 and not self._stopping():
             limit = min(BATCH, budget)
