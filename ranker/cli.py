@@ -64,6 +64,9 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             env[f"RANKER_{name}"] = str(value)
+    # The one moment the decision log is created: the trainer and the workers started beside it (again,
+    # later) only open it, so a log deleted while serving is never replaced by an empty one.
+    migrate(settings.database_path)
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
     supervisor = trainer.Supervisor(env=env).start()
 

@@ -18,6 +18,7 @@ bp = Blueprint("meta", __name__)
 def healthz() -> Response:
     service = current_app.extensions["ranker"]
     try:
+        service.store.check()  # the file it serves is still the database's file
         service.store.read("SELECT 1")
     except StoreUnavailable as exc:
         return Response(json.dumps({"status": "unavailable", "reason": str(exc)}), 503, mimetype="application/json")

@@ -47,6 +47,7 @@ import logging
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -63,9 +64,10 @@ from vowpalwabbit.pyvw import pylibvw
 
 from . import dsjson, loopconfig, models
 from .engine import is_multislot, pmf_of, slot_scores_of, vw_arguments
+from .errors import StoreUnavailable
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
-from .store import connect, migrate, parse_time, timestamp, write_turn
+from .store import connect, file_identity, migrate, parse_time, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
 
@@ -123,15 +125,24 @@ class Trainer:
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
         commit_grace: float = COMMIT_GRACE,
         keep_versions: int = KEEP_VERSIONS,
+        create_database: bool = True,
     ):
+        """``create_database`` False: the decision log must exist (``StoreUnavailable`` otherwise), as for
+        the trainer ``ranker serve`` starts (again) beside its workers."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.checkpoint_events = checkpoint_events
         self.checkpoint_seconds = checkpoint_seconds
         self.commit_grace = timedelta(seconds=commit_grace)
         self.keep_versions = keep_versions
-        migrate(settings.database_path)
-        self._conn = connect(settings.database_path, settings.synchronous)
+        try:
+            migrate(settings.database_path, create=create_database)
+            self._conn = connect(settings.database_path, settings.synchronous, create=create_database)
+            self._identity = file_identity(settings.database_path)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if create_database:
+                raise
+            raise StoreUnavailable(f"the decision log {settings.database_path} cannot be opened: {exc}") from exc
         self._scratch = self.data_dir / ".trainer"
         self._scratch.mkdir(parents=True, exist_ok=True)
         self._loops: dict[str, _Loop] = {}
@@ -206,6 +217,7 @@ class Trainer:
             jobs_at = time.monotonic()
             try:
                 while not stop_event.is_set():
+                    self.check()
                     try:
                         report = self.run_once()
                     except CheckpointConflict as exc:
@@ -221,6 +233,16 @@ class Trainer:
                         stop_event.wait(poll)
             finally:
                 self._stop = None
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` when the decision log's file was deleted or replaced under the trainer:
+        it stops rather than learn from, and write into, a log the server no longer has."""
+        try:
+            found = file_identity(self.settings.database_path)
+        except FileNotFoundError:
+            found = None
+        if found != self._identity:
+            raise StoreUnavailable(f"the decision log {self.settings.database_path} was deleted or replaced")
 
     def state(self, loop: str) -> dict[str, Any] | None:
         """The stored checkpoint of a loop, without the model bytes (with their size)."""
@@ -690,7 +712,9 @@ class Supervisor:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
     ):
-        self.argv = argv or [sys.executable, "-m", "ranker.trainer", "--parent-pid", str(os.getpid())]
+        self.argv = argv or [
+            sys.executable, "-m", "ranker.trainer", "--parent-pid", str(os.getpid()), "--no-create-database"
+        ]  # fmt: skip
         self.env = env
         self.backoff, self.max_backoff = backoff, max_backoff
         self.restarts = 0
@@ -757,19 +781,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-seconds", type=float, default=CHECKPOINT_SECONDS)
     parser.add_argument("--once", action="store_true", help="learn what is due now, print the counts, exit")
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
+    parser.add_argument(
+        "--no-create-database", action="store_true", help="exit when there is no decision log, rather than create one"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [trainer] %(levelname)s %(message)s")
     try:
         settings = load_settings(args.config, overrides={"data_dir": args.data_dir} if args.data_dir else None)
     except SettingsError as exc:
         parser.error(str(exc))
-    report = run(
-        settings,
-        once=args.once,
-        parent_pid=args.parent_pid,
-        checkpoint_events=args.checkpoint_events,
-        checkpoint_seconds=args.checkpoint_seconds,
-    )
+    try:
+        report = run(
+            settings,
+            once=args.once,
+            parent_pid=args.parent_pid,
+            checkpoint_events=args.checkpoint_events,
+            checkpoint_seconds=args.checkpoint_seconds,
+            create_database=not args.no_create_database,
+        )
+    except StoreUnavailable as exc:
+        log.error("%s; stopping", exc)
+        return 1
     if report is not None:
         print(json.dumps(report))
     return 0
