@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from .store import Store, timestamp
 log = logging.getLogger("ranker")
 
 REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat)
+RELEASE_WAIT_SECONDS = 0.5  # how long a model load waits for requests to let go of the replaced model
 
 
 def utcnow() -> datetime:
@@ -45,7 +47,7 @@ def release_memory() -> None:
     Works around glibc's allocator keeping it: a workspace is loaded in one thread and freed in another,
     each thread allocates from its own arena, and the freed weights stay in the arenas as reusable but
     resident memory. With models published every second on two loops a worker grew from 75 to 160 MB
-    over two minutes; trimming after each swap keeps it within a few MB of its start.
+    over two minutes; trimming once the replaced workspace is freed keeps it near 90 MB.
     """
     if _malloc_trim is not None:
         _malloc_trim(0)
@@ -239,10 +241,14 @@ class Service:
             current = models.current(self.settings.data_dir, loop.name)
             if current is not None and current[0] != loop.engine.version:
                 version, path = current
-                # The old engine is finished when the last request using it lets go of it: mostly right
-                # here, else in that request, and its memory is then returned at the next swap.
+                old = weakref.ref(loop.engine)
                 loop.engine = Engine(loop.arguments, str(path), version)
                 log.info("loop %s: serving model %s", loop.name, version)
+                # The old engine is finished when the last request using it lets go of it, after one
+                # prediction; then its memory can go back.
+                deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+                while old() is not None and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 release_memory()
         except (OSError, RuntimeError, ValueError) as exc:  # keep serving the model in hand
             log.error("loop %s: cannot load the published model: %s", loop.name, exc)
