@@ -261,9 +261,19 @@ class Store:
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
         pending = self._queue
-        lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the thread's lifetime)
+        lock = None
         while True:
             batch = [pending.get()]
+            if lock is None:
+                try:
+                    lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held from now on)
+                except OSError as exc:  # e.g. the data folder was deleted: the log is gone, the thread stays
+                    failure = StoreUnavailable(f"the decision log's lock cannot be opened: {exc}")
+                    for op in batch:
+                        if op.claim():
+                            op.result, op.error = None, failure
+                            op.finish()
+                    continue
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 while len(batch) < BATCH_LIMIT:
