@@ -86,6 +86,17 @@ def log_time(value: datetime | str) -> str:
 # -- export -------------------------------------------------------------------------------------------------
 
 
+def open_log(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection to the existing decision log, migrated; a ValueError when there is none.
+
+    A reader never creates the log: it may run in the trainer beside a server whose log was deleted.
+    """
+    if not path.exists():
+        raise ValueError(f"there is no decision log at {path}; ranker serve or ranker migrate creates it")
+    migrate(path, create=False)
+    return connect(path, synchronous, create=False)
+
+
 def decisions(
     settings: Settings,
     loop: str,
@@ -97,8 +108,7 @@ def decisions(
     DSJSON line as :func:`export` writes it (the one reader of export and the replay)."""
     if loop not in settings.loops:
         raise ValueError(f"unknown loop {loop!r}")
-    migrate(settings.database_path)
-    conn = connect(settings.database_path, settings.synchronous)
+    conn = open_log(settings.database_path, settings.synchronous)
     try:
         join = RewardJoin.of(loopconfig.read(conn, settings, loop)[0])
         # due as the trainer has it: made at or before now - rewardWaitTime - commit grace (the log's
@@ -423,8 +433,7 @@ class LoopLog:
             if moment is not None:
                 sql += f" AND {condition}"
                 params.append(log_time(moment))
-        migrate(self.settings.database_path)
-        conn = connect(self.settings.database_path)
+        conn = open_log(self.settings.database_path)
         try:
             return conn.execute(sql, params).fetchone()[0]
         finally:
@@ -432,8 +441,7 @@ class LoopLog:
 
     def multislot(self) -> bool:
         """Whether the loop's policy is multi-slot: its multi-slot decisions are the ones the trainer learns."""
-        migrate(self.settings.database_path)
-        conn = connect(self.settings.database_path)
+        conn = open_log(self.settings.database_path)
         try:
             return is_multislot(loopconfig.read(conn, self.settings, self.loop)[1].arguments)
         finally:
