@@ -44,6 +44,7 @@ from .errors import StoreUnavailable
 from .migrations import migrations
 
 BATCH_LIMIT = 512
+BUSY_SLACK_MS = 100  # how far past a deadline SQLite's busy handler may keep the writer waiting
 
 log = logging.getLogger("ranker")
 
@@ -197,6 +198,7 @@ class Store:
                 raise
             log.error("decision log %s cannot be opened: %s", self.path, exc)
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._busy_ms = 0  # the writer connection's busy timeout
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -291,7 +293,8 @@ class Store:
                     self.check()
                     if conn is None:
                         conn = connect(self.path, self.synchronous, create=False)
-                    self._commit(conn, batch, self.commit_timeout)
+                        self._busy_ms = 30000  # connect's busy timeout
+                    self._commit(conn, batch)
                     self.check()
                 except Exception as exc:
                     failure = exc if isinstance(exc, StoreUnavailable) else None
@@ -308,16 +311,15 @@ class Store:
             for op in batch:
                 op.finish()
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Op], commit_timeout: float) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
         ``StoreUnavailable`` error and nothing of it is written."""
         batch = list(batch)
         while batch:
             deadline = min(op.deadline for op in batch)
-            if Store._begin(conn, deadline):
+            if self._begin(conn, deadline):
                 try:
-                    if _run_merged(conn, batch) or Store._run_one_by_one(conn, batch, deadline):
+                    if _run_merged(conn, batch) or self._run_one_by_one(conn, batch, deadline):
                         if time.monotonic() < deadline:
                             conn.execute("COMMIT")
                             return
@@ -330,16 +332,19 @@ class Store:
             now = time.monotonic()
             for op in batch:
                 if op.deadline <= now:
-                    op.result, op.error = None, StoreUnavailable(f"no commit within {commit_timeout} s")
+                    op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
             batch = [op for op in batch if op.deadline > now]
 
-    @staticmethod
-    def _begin(conn: sqlite3.Connection, deadline: float) -> bool:
+    def _begin(self, conn: sqlite3.Connection, deadline: float) -> bool:
         """Start a write transaction, waiting for SQLite's lock until ``deadline``; False when it stayed taken."""
         wait_ms = int((deadline - time.monotonic()) * 1000)
         if wait_ms <= 0:
             return False
-        conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+        # Set only when it is off by more than BUSY_SLACK_MS: each statement can cost the writer a switch
+        # interval (see _run_merged), and the oldest op's deadline is mostly about commit_timeout away.
+        if abs(self._busy_ms - wait_ms) > BUSY_SLACK_MS:
+            conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+            self._busy_ms = wait_ms
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -348,13 +353,12 @@ class Store:
             raise
         return True
 
-    @staticmethod
-    def _run_one_by_one(conn: sqlite3.Connection, batch: list[_Op], deadline: float) -> bool:
+    def _run_one_by_one(self, conn: sqlite3.Connection, batch: list[_Op], deadline: float) -> bool:
         """Roll back what :func:`_run_merged` did and run the ops again, each under a savepoint; False when
         SQLite's lock could not be had again before ``deadline``."""
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if not Store._begin(conn, deadline):
+        if not self._begin(conn, deadline):
             return False
         for op in batch:
             op.result, op.error = None, None
