@@ -23,13 +23,17 @@ API_PREFIXES = {
 }
 
 
-def create_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
-    """Build the app from ``settings`` (a Settings, or overrides on top of file and environment)."""
+def create_app(settings: Settings | dict[str, Any] | None = None, create_database: bool = True) -> Flask:
+    """Build the app from ``settings`` (a Settings, or overrides on top of file and environment).
+
+    ``ranker serve`` runs ``create_app(create_database=False)`` in its workers: it created the decision log
+    at start-up, and a worker started later must not create an empty one where the log was deleted.
+    """
     if not isinstance(settings, Settings):
         settings = load_settings(overrides=settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    service = app.extensions["ranker"] = Service(settings)
+    service = app.extensions["ranker"] = Service(settings, create_database)
     metrics.Metrics(service).install(app)  # first: its hooks run first before and last after the others
     app.url_map.converters["event_id"] = api.EventIdConverter
     for name, prefix in API_PREFIXES.items():

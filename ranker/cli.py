@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import supervisor
+from .errors import StoreUnavailable
 from .evaluation.output import write
 from .evaluation.replay import (
     BUILT_INS,
@@ -64,6 +65,9 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             env[f"RANKER_{name}"] = str(value)
+    # The one moment the decision log is created: the trainer and the workers started beside it (again,
+    # later) only open it, so a log deleted while serving is never replaced by an empty one.
+    migrate(settings.database_path)
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
     trainer = supervisor.Supervisor(env=env).start()
 
@@ -86,7 +90,8 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
 @click.option("--checkpoint-events", type=click.IntRange(1), help="Checkpoint after this many decisions (5000).")
 @click.option("--checkpoint-seconds", type=click.FloatRange(0), help="... or this long after the last one (1.0).")
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (ranker serve's).")
-def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_pid) -> None:
+@click.option("--no-create-database", is_flag=True, help="Exit when there is no decision log, rather than create one.")
+def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_pid, no_create_database) -> None:
     """Run the trainer alone: join rewards, learn, publish models, until interrupted.
 
     A second trainer on the same data folder waits, and takes over when the first one stops.
@@ -94,12 +99,16 @@ def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_
     Example: ranker train --config ranker.toml
     """
     options = {"checkpoint_events": checkpoint_events, "checkpoint_seconds": checkpoint_seconds}
-    report = supervisor.run(
-        _settings(config, data_dir=data_dir),
-        once=once,
-        parent_pid=parent_pid,
-        **{name: value for name, value in options.items() if value is not None},
-    )
+    try:
+        report = supervisor.run(
+            _settings(config, data_dir=data_dir),
+            once=once,
+            parent_pid=parent_pid,
+            create_database=not no_create_database,
+            **{name: value for name, value in options.items() if value is not None},
+        )
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"{exc}; stopping") from exc
     if report is not None:
         click.echo(json.dumps(report))
 

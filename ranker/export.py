@@ -62,7 +62,7 @@ from .engine import is_multislot
 from .join import Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
-from .store import connect, log, migrate, parse_time, timestamp
+from .store import connect, log, migrate, open_log, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
@@ -94,8 +94,7 @@ def decisions(
     DSJSON line as :func:`export` writes it (the one reader of export and the replay)."""
     if loop not in settings.loops:
         raise ValueError(f"unknown loop {loop!r}")
-    migrate(settings.database_path)
-    conn = connect(settings.database_path, settings.synchronous)
+    conn = open_log(settings.database_path, settings.synchronous)
     try:
         join = RewardJoin.of(loopconfig.read(conn, settings, loop)[0])
         # due as the trainer has it: made at or before now - rewardWaitTime - commit grace (the log's
@@ -387,8 +386,7 @@ class LoopLog:
     def size(self) -> int:
         """An upper bound of the events: the loop's decisions in the time range (for a progress bar)."""
         start, end = (log_time(moment) if moment is not None else None for moment in (self.start, self.end))
-        migrate(self.settings.database_path)
-        conn = connect(self.settings.database_path)
+        conn = open_log(self.settings.database_path)
         try:
             return log.count_decisions(conn, self.loop, start, end)
         finally:
@@ -396,8 +394,7 @@ class LoopLog:
 
     def multislot(self) -> bool:
         """Whether the loop's policy is multi-slot: its multi-slot decisions are the ones the trainer learns."""
-        migrate(self.settings.database_path)
-        conn = connect(self.settings.database_path)
+        conn = open_log(self.settings.database_path)
         try:
             return is_multislot(loopconfig.read(conn, self.settings, self.loop)[1].arguments)
         finally:

@@ -11,7 +11,8 @@ from ranker.store import migrate
 
 _settings = load_settings()
 
-wsgi_app = "ranker.app:create_app()"
+# The workers open the decision log on_starting created; they never create one (see create_app).
+wsgi_app = "ranker.app:create_app(create_database=False)"
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 # Threads let concurrent requests of one worker share a group commit of the decision log. The worker is

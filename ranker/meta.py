@@ -7,7 +7,6 @@ import json
 from flask import Blueprint, Response, current_app
 
 from .api import request_bytes
-from .errors import StoreUnavailable
 from .openapi import openapi
 from .schemas import parse_json
 
@@ -16,11 +15,11 @@ bp = Blueprint("meta", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    """200 while the decision log is readable and still the file the worker opened; else StoreUnavailable (503
+    with the one error body)."""
     service = current_app.extensions["ranker"]
-    try:
-        service.store.read("SELECT 1")
-    except StoreUnavailable as exc:
-        return Response(json.dumps({"status": "unavailable", "reason": str(exc)}), 503, mimetype="application/json")
+    service.store.check()
+    service.store.read("SELECT 1")
     body = {"status": "ok", "loops": sorted(service.loops), "auth": service.settings.auth}
     return Response(json.dumps(body), 200, mimetype="application/json")
 

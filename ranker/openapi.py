@@ -174,7 +174,19 @@ def openapi() -> dict[str, Any]:
     for prefix in PREFIXES:
         paths.update(_operations(prefix))
         paths.update(_admin_operations(prefix))
-    paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {"200": {"description": "Serving."}}}}
+    paths["/healthz"] = {
+        "get": {
+            "operationId": "healthz",
+            "responses": {
+                "200": {"description": "Serving."},
+                "503": {
+                    **_errors(503)["503"],
+                    "description": "StoreUnavailable: the decision log cannot be read, or its file was deleted or "
+                    "replaced while serving.",
+                },
+            },
+        }
+    }
     paths["/metrics"] = {
         "get": {
             "operationId": "metrics",

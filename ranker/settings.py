@@ -199,7 +199,10 @@ class Settings(BaseModel):
         description="SQLite synchronous mode. FULL survives power loss; NORMAL survives process kills only.",
     )
     commit_timeout: float = Field(
-        10.0, gt=0, description="Seconds a request waits for its commit before answering 503."
+        10.0,
+        gt=0,
+        description="Seconds a request waits for its commit (the write turn, another program's lock, the commit "
+        "itself) before answering 503; a write so refused is never written.",
     )
     policy_optimization_seconds: float = Field(
         30.0,

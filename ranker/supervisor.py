@@ -55,7 +55,8 @@ class Supervisor:
 
     ``ranker serve`` runs one beside the gunicorn master. The trainer inherits the environment, so it reads
     the same settings (``RANKER_CONFIG``, ``RANKER_*``). When it exits for any reason it is started again,
-    after ``backoff`` seconds, doubling up to ``max_backoff`` while it keeps dying within a minute.
+    after ``backoff`` seconds, doubling up to ``max_backoff`` while it keeps dying within a minute; started
+    again, it only opens an existing decision log.
     """
 
     def __init__(
@@ -66,6 +67,8 @@ class Supervisor:
         max_backoff: float = 30.0,
     ):
         self.argv = argv or [sys.executable, "-m", "ranker", "train", "--parent-pid", str(os.getpid())]
+        # A trainer started again never creates the decision log: one deleted while serving stays deleted.
+        self.restart_argv = self.argv if argv else [*self.argv, "--no-create-database"]
         self.env = env
         self.backoff, self.max_backoff = backoff, max_backoff
         self.restarts = 0
@@ -102,7 +105,7 @@ class Supervisor:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self.process = subprocess.Popen(self.argv, env=self.env)
+                self.process = subprocess.Popen(self.restart_argv if self.restarts else self.argv, env=self.env)
                 started = time.monotonic()
             while self.process.poll() is None:
                 if self._stop.wait(0.2):

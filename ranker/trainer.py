@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import shlex
+import sqlite3
 import tempfile
 import threading
 import time
@@ -58,12 +59,13 @@ import vowpalwabbit
 
 from . import dsjson, loopconfig, models, vwcalls
 from .engine import is_multislot, pmf_of, slot_scores_of
+from .errors import StoreUnavailable
 from .evaluation import jobs
 from .evaluation.replay import LoopLog
 from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, parse_duration
-from .store import connect, learning, loop_config_row, migrate, parse_time, timestamp, write_turn
+from .store import connect, file_identity, learning, loop_config_row, migrate, parse_time, timestamp, write_turn
 
 log = logging.getLogger("ranker.trainer")
 
@@ -121,15 +123,24 @@ class Trainer:
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
         commit_grace: float = COMMIT_GRACE,
         keep_versions: int = KEEP_VERSIONS,
+        create_database: bool = True,
     ):
+        """``create_database`` False: the decision log must exist (``StoreUnavailable`` otherwise), as for
+        the trainer ``ranker serve`` starts (again) beside its workers."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.checkpoint_events = checkpoint_events
         self.checkpoint_seconds = checkpoint_seconds
         self.commit_grace = timedelta(seconds=commit_grace)
         self.keep_versions = keep_versions
-        migrate(settings.database_path)
-        self._conn = connect(settings.database_path, settings.synchronous)
+        try:
+            migrate(settings.database_path, create=create_database)
+            self._conn = connect(settings.database_path, settings.synchronous, create=create_database)
+            self._identity = file_identity(settings.database_path)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if create_database:
+                raise
+            raise StoreUnavailable(f"the decision log {settings.database_path} cannot be opened: {exc}") from exc
         self._scratch = self.data_dir / ".trainer"
         self._scratch.mkdir(parents=True, exist_ok=True)
         self._loops: dict[str, _Loop] = {}
@@ -202,6 +213,7 @@ class Trainer:
             jobs_at = time.monotonic()
             try:
                 while not stop_event.is_set():
+                    self.check()
                     try:
                         report = self.run_once()
                     except CheckpointConflict as exc:
@@ -217,6 +229,16 @@ class Trainer:
                         stop_event.wait(poll)
             finally:
                 self._stop = None
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` when the decision log's file was deleted or replaced under the trainer:
+        it stops rather than learn from, and write into, a log the server no longer has."""
+        try:
+            found = file_identity(self.settings.database_path)
+        except FileNotFoundError:
+            found = None
+        if found != self._identity:
+            raise StoreUnavailable(f"the decision log {self.settings.database_path} was deleted or replaced")
 
     def state(self, loop: str) -> dict[str, Any] | None:
         """The stored checkpoint of a loop, without the model bytes (with their size)."""

@@ -17,7 +17,7 @@ from ranker.evaluation.importance import importance
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
 from ranker.settings import Settings
-from ranker.store import connect, migrate, timestamp
+from ranker.store import open_log, timestamp
 
 log = logging.getLogger("ranker.evaluations")
 
@@ -38,8 +38,7 @@ def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | N
     ``conn`` is an open connection to the migrated database (the trainer's); without one, one is opened."""
     own = conn is None
     if conn is None:
-        migrate(settings.database_path)
-        conn = connect(settings.database_path, settings.synchronous)
+        conn = open_log(settings.database_path, settings.synchronous)
     ran = 0
     try:
         while ran < limit:

@@ -9,8 +9,10 @@
 from .sqlite import (
     Store,
     connect,
+    file_identity,
     loop_config_row,
     migrate,
+    open_log,
     parse_time,
     save_loop_config,
     timestamp,
@@ -21,8 +23,10 @@ from .sqlite import (
 __all__ = [
     "Store",
     "connect",
+    "file_identity",
     "loop_config_row",
     "migrate",
+    "open_log",
     "parse_time",
     "save_loop_config",
     "timestamp",

@@ -9,6 +9,16 @@ each transaction. SQLite's own lock would serialise them too, but a writer that 
 the busy handler (1, 2, 5, ... up to 100 ms at a time) instead of waking when it is released: that made
 hundreds of milliseconds of tail latency with two workers. Waiting on the flock also lets the queue of the
 waiting process grow, so its next transaction carries more requests.
+
+``commit_timeout`` bounds how long a request waits for its commit, whatever holds it up: the write turn,
+SQLite's lock taken by another program, or a batch ahead of it. A request whose op the writer has not
+taken by then answers 503 and its op is never written; once taken, the writer gives up the transaction
+(rolled back, never half written) when the earliest deadline of its batch passes before ``COMMIT``.
+
+The store also watches the database file itself: a store serves the file it opened, and when that file is
+deleted or replaced under it (the path names another inode, or nothing), writes are not acknowledged (503)
+and ``check`` fails. Only ``ranker serve`` and ``ranker migrate`` create a database at start-up; a gunicorn
+worker started later opens an existing one or none, so it never makes an empty log beside a deleted one.
 """
 
 from __future__ import annotations
@@ -16,14 +26,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -38,6 +51,9 @@ LOOP_CONFIG_UPSERT = (
     "ON CONFLICT(loop) DO UPDATE SET service = excluded.service, policy = excluded.policy, "
     "updated_at = excluded.updated_at"
 )
+BUSY_SLACK_MS = 100  # how far past a deadline SQLite's busy handler may keep the writer waiting
+
+log = logging.getLogger("ranker")
 
 
 def timestamp(moment: datetime) -> str:
@@ -54,11 +70,14 @@ def parse_time(text: str) -> datetime:
 class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
-    __slots__ = ("fn", "insert", "result", "error", "_done", "_claim")
+    __slots__ = ("fn", "insert", "deadline", "result", "error", "_done", "_claim")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None, deadline: float
+    ) -> None:
         self.fn = fn
         self.insert = insert
+        self.deadline = deadline  # time.monotonic() by which it is committed, or its request answers 503
         self.result: Any = None
         self.error: BaseException | None = None
         # A bare lock, held until the op is committed: cheaper to make, wait on and release than an Event.
@@ -77,8 +96,10 @@ class _Op:
         self._done.release()
 
 
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+def connect(path: Path, synchronous: str = "FULL", create: bool = True) -> sqlite3.Connection:
+    """Open the decision log; with ``create`` False a missing file is an error, not a new empty database."""
+    uri = f"file:{quote(str(Path(path).absolute()))}?mode={'rwc' if create else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -93,6 +114,17 @@ def write_turn(path: Path) -> Iterator[None]:
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def open_log(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection to the existing decision log, migrated; a ValueError when there is none.
+
+    A reader never creates the log: it may run in the trainer beside a server whose log was deleted.
+    """
+    if not path.exists():
+        raise ValueError(f"there is no decision log at {path}; ranker serve or ranker migrate creates it")
+    migrate(path, create=False)
+    return connect(path, synchronous, create=False)
 
 
 @contextlib.contextmanager
@@ -117,11 +149,15 @@ def save_loop_config(conn: sqlite3.Connection, loop: str, service: str | None, p
     conn.execute(LOOP_CONFIG_UPSERT, (loop, service, policy, at))
 
 
-def migrate(path: Path) -> list[str]:
-    """Apply pending migrations (serialised across processes by the write turn); return their names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def migrate(path: Path, create: bool = True) -> list[str]:
+    """Apply pending migrations (serialised across processes by the write turn); return their names.
+
+    With ``create`` False the database must exist: ``sqlite3.OperationalError`` otherwise.
+    """
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     with write_turn(path):
-        conn = connect(path)
+        conn = connect(path, create=create)
         try:
             db = sqlite_utils.Database(conn)
             pending = [m.name for m in migrations.pending(db)]
@@ -172,21 +208,58 @@ def _run_merged(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
     return True
 
 
-class Store:
-    """Writes of one process go through one writer thread; reads use their own connection."""
+def file_identity(path: Path) -> tuple[int, int]:
+    """What tells one file from another at ``path``: its device and inode (``FileNotFoundError`` if none)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
-    def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0):
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class Store:
+    """Writes of one process go through one writer thread; reads use their own connection.
+
+    ``create`` False (gunicorn's workers): the database must exist already; a store that finds none answers
+    503 to every write and fails :meth:`check` instead of creating one.
+    """
+
+    def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
         self.path = Path(path)
         self.synchronous = synchronous
         self.commit_timeout = commit_timeout
-        migrate(self.path)
+        self.identity: tuple[int, int] | None = None  # the file this store serves
+        try:
+            migrate(self.path, create=create)
+            self.identity = file_identity(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            if create:
+                raise
+            log.error("decision log %s cannot be opened: %s", self.path, exc)
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._busy_ms = 0  # the writer connection's busy timeout
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._read_pid: int | None = None
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
+
+        One stat; the writer calls it before and after each transaction, ``/healthz`` on each call.
+        """
+        if self.identity is None:
+            raise StoreUnavailable(f"the decision log {self.path} did not exist when this worker started")
+        try:
+            found = file_identity(self.path)
+        except FileNotFoundError:
+            found = None
+        if found != self.identity:
+            what = "deleted" if found is None else "replaced by another file"
+            raise StoreUnavailable(f"the decision log {self.path} was {what} while serving; restart the server")
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -196,15 +269,19 @@ class Store:
         ``fn`` may run a second time after its batch was rolled back, so it must only run SQL on ``conn``.
         ``insert`` describes ``fn`` when it is a single-row ``INSERT OR IGNORE`` returning whether the row
         went in: the statement up to ``VALUES `` and the row's values. Such ops of one batch go out as
-        one multi-row statement.
+        one multi-row statement. Raises ``StoreUnavailable`` when it is not committed within
+        ``commit_timeout`` seconds; it is then not written either.
         """
         self._ensure_writer()
-        op = _Op(fn, insert)
+        deadline = time.monotonic() + self.commit_timeout
+        op = _Op(fn, insert, deadline)
         self._queue.put(op)
         if not op.wait(self.commit_timeout):
             if op.claim():  # the writer never took it, and now never will: nothing was written
                 raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
-            op.wait(-1)  # it is inside a transaction already: answer with what that transaction did
+            # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
+            # wait lasts at most as long as a COMMIT that started just before it.
+            op.wait(-1)
         if isinstance(op.error, sqlite3.Error):  # e.g. a full disk: the log is what failed, not the request
             raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
@@ -226,9 +303,19 @@ class Store:
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
         pending = self._queue
-        lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the thread's lifetime)
+        lock = None
         while True:
             batch = [pending.get()]
+            if lock is None:
+                try:
+                    lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held from now on)
+                except OSError as exc:  # e.g. the data folder was deleted: the log is gone, the thread stays
+                    failure = StoreUnavailable(f"the decision log's lock cannot be opened: {exc}")
+                    for op in batch:
+                        if op.claim():
+                            op.result, op.error = None, failure
+                            op.finish()
+                    continue
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 while len(batch) < BATCH_LIMIT:
@@ -241,14 +328,20 @@ class Store:
                 if not batch:
                     continue
                 try:
+                    # Never write into a file the server no longer serves, and never acknowledge a commit
+                    # that went into one: the file may go between the two checks, not after the second.
+                    self.check()
                     if conn is None:
-                        conn = connect(self.path, self.synchronous)
+                        conn = connect(self.path, self.synchronous, create=False)
+                        self._busy_ms = 30000  # connect's busy timeout
                     self._commit(conn, batch)
+                    self.check()
                 except Exception as exc:
-                    failure = StoreUnavailable(f"the decision log could not commit: {exc}")
+                    failure = exc if isinstance(exc, StoreUnavailable) else None
+                    failure = failure or StoreUnavailable(f"the decision log could not commit: {exc}")
                     for op in batch:
                         op.result, op.error = None, failure
-                    if conn is not None:
+                    if conn is not None:  # open again next time: the file may be back, or a new one in place
                         try:
                             conn.close()
                         finally:
@@ -258,41 +351,76 @@ class Store:
             for op in batch:
                 op.finish()
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if _run_merged(conn, batch):
-                conn.execute("COMMIT")
-                return
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                op.result, op.error = None, None
-                conn.execute("SAVEPOINT op")
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
+        ``StoreUnavailable`` error and nothing of it is written."""
+        batch = list(batch)
+        while batch:
+            deadline = min(op.deadline for op in batch)
+            if self._begin(conn, deadline):
                 try:
-                    op.result = op.fn(conn)
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # one failing op does not sink its batch
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    op.error = exc
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                    if _run_merged(conn, batch) or self._run_one_by_one(conn, batch, deadline):
+                        if time.monotonic() < deadline:
+                            conn.execute("COMMIT")
+                            return
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            now = time.monotonic()
+            for op in batch:
+                if op.deadline <= now:
+                    op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
+            batch = [op for op in batch if op.deadline > now]
+
+    def _begin(self, conn: sqlite3.Connection, deadline: float) -> bool:
+        """Start a write transaction, waiting for SQLite's lock until ``deadline``; False when it stayed taken."""
+        wait_ms = int((deadline - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            return False
+        # Set only when it is off by more than BUSY_SLACK_MS: each statement can cost the writer a switch
+        # interval (see _run_merged), and the oldest op's deadline is mostly about commit_timeout away.
+        if abs(self._busy_ms - wait_ms) > BUSY_SLACK_MS:
+            conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+            self._busy_ms = wait_ms
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return False
             raise
+        return True
+
+    def _run_one_by_one(self, conn: sqlite3.Connection, batch: list[_Op], deadline: float) -> bool:
+        """Roll back what :func:`_run_merged` did and run the ops again, each under a savepoint; False when
+        SQLite's lock could not be had again before ``deadline``."""
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if not self._begin(conn, deadline):
+            return False
+        for op in batch:
+            op.result, op.error = None, None
+            conn.execute("SAVEPOINT op")
+            try:
+                op.result = op.fn(conn)
+                conn.execute("RELEASE op")
+            except Exception as exc:  # one failing op does not sink its batch
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                op.error = exc
+        return True
 
     # -- reads --------------------------------------------------------------------------------
 
     def read(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
         with self._read_lock:
-            if self._read_conn is None or self._read_pid != os.getpid():
-                self._read_conn = connect(self.path, self.synchronous)
-                self._read_conn.row_factory = sqlite3.Row
-                self._read_pid = os.getpid()
             try:
+                if self._read_conn is None or self._read_pid != os.getpid():
+                    self._read_conn = connect(self.path, self.synchronous, create=False)
+                    self._read_conn.row_factory = sqlite3.Row
+                    self._read_pid = os.getpid()
                 return [dict(row) for row in self._read_conn.execute(sql, params)]
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
