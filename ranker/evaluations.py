@@ -37,19 +37,20 @@ import sqlite3
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, request
 
 from . import trainer
 from .admin import check_vw, effective, set_policy
-from .api import caller, json_body, json_response, service
+from .api import caller, json_body, json_response, path_id, service
 from .engine import is_multislot
 from .errors import ApiError
 from .evaluation.importance import importance
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from .evaluation.search import search
 from .export import log_time
-from .schemas import validate
+from .schemas import ID_RULE, is_id, validate
 from .service import timestamp
 from .settings import POLICY_KINDS, Policy, Settings
 from .store import connect, migrate
@@ -61,7 +62,6 @@ bp = Blueprint("evaluations", __name__)
 EVALUATION, IMPORTANCE = "evaluation", "featureImportance"
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 MAX_POLICIES = 20
-MAX_ID = 256
 TIMESERIES_POINTS = 20  # points of each policy's cumulative estimate in an evaluation's timeseries
 SOURCES = {ONLINE: "Online", BASELINE: "Baseline", RANDOM: "Random"}
 OPTIMIZED = "OfflineExperimentation"  # Personalizer's policySource of the policy its optimization found
@@ -90,8 +90,9 @@ def _moment(body: dict[str, Any], name: str) -> datetime:
 
 
 def _job_id(value: Any, target: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or any(ord(ch) < 32 for ch in value):
-        raise ApiError(400, "BadRequest", "an id has 1-256 characters and no control characters", target=target)
+    """An id from the body, checked with the one id rule (ids from the path go through ``path_id``)."""
+    if not is_id(value):
+        raise ApiError(400, "BadRequest", ID_RULE, target=target)
     return value
 
 
@@ -133,13 +134,14 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
     return definition
 
 
-def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
+def _create(kind: str, job_id: str | None, target: str) -> dict[str, Any]:
     """Queue a job; its id from the path, or (``job_id`` None) from the body's ``id`` or a new one."""
     loop = caller(admin=True)
+    if job_id is not None:
+        job_id = path_id(job_id, "BadRequest", target)
     body = json_body()
     if job_id is None:
-        job_id = body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None
-    job_id = _job_id(job_id, target)
+        job_id = _job_id(body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None, target)
     definition = _definition(body, kind)
     settings, policy, _ = effective(loop)
     multislot = is_multislot(policy.arguments)
@@ -236,8 +238,9 @@ def _list(kind: str) -> Response:
     return json_response({"value": [_body(kind, row, full=False) for row in rows]}, 200)
 
 
-def _delete(kind: str, job_id: str) -> Response:
+def _delete(kind: str, job_id: str, target: str) -> Response:
     loop = caller(admin=True)
+    job_id = path_id(job_id, "BadRequest", target)
     deleted = service().store.write(
         lambda conn: (
             conn.execute("DELETE FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop.name, kind, job_id)).rowcount
@@ -251,7 +254,7 @@ def _delete(kind: str, job_id: str) -> Response:
 # -- evaluations ------------------------------------------------------------------------------------
 
 
-@bp.put("/evaluations/<evaluation_id>")
+@bp.put("/evaluations/<id:evaluation_id>")
 def create_evaluation(evaluation_id: str) -> Response:
     return json_response(_create(EVALUATION, evaluation_id, "evaluationId"), 200)
 
@@ -261,13 +264,14 @@ def submit_evaluation() -> Response:
     """The same, with the id in the body (or a new one): 201 with the evaluation and its Location."""
     created = _create(EVALUATION, None, "id")
     response = json_response(created, 201)
-    response.headers["Location"] = f"{request.path}/{created['id']}"
+    response.headers["Location"] = f"{request.path}/{quote(created['id'], safe='')}"
     return response
 
 
-@bp.get("/evaluations/<evaluation_id>")
+@bp.get("/evaluations/<id:evaluation_id>")
 def get_evaluation(evaluation_id: str) -> Response:
     loop = caller(admin=True)
+    evaluation_id = path_id(evaluation_id, "BadRequest", "evaluationId")
     return json_response(_body(EVALUATION, _row(loop.name, EVALUATION, evaluation_id)), 200)
 
 
@@ -276,9 +280,9 @@ def list_evaluations() -> Response:
     return _list(EVALUATION)
 
 
-@bp.delete("/evaluations/<evaluation_id>")
+@bp.delete("/evaluations/<id:evaluation_id>")
 def delete_evaluation(evaluation_id: str) -> Response:
-    return _delete(EVALUATION, evaluation_id)
+    return _delete(EVALUATION, evaluation_id, "evaluationId")
 
 
 @bp.post("/configurations/applyFromEvaluation")
@@ -318,14 +322,15 @@ def apply_from_evaluation() -> Response:
 # -- feature importances ----------------------------------------------------------------------------
 
 
-@bp.put("/featureImportances/<feature_importance_id>")
+@bp.put("/featureImportances/<id:feature_importance_id>")
 def create_feature_importance(feature_importance_id: str) -> Response:
     return json_response(_create(IMPORTANCE, feature_importance_id, "featureImportanceId"), 200)
 
 
-@bp.get("/featureImportances/<feature_importance_id>")
+@bp.get("/featureImportances/<id:feature_importance_id>")
 def get_feature_importance(feature_importance_id: str) -> Response:
     loop = caller(admin=True)
+    feature_importance_id = path_id(feature_importance_id, "BadRequest", "featureImportanceId")
     return json_response(_body(IMPORTANCE, _row(loop.name, IMPORTANCE, feature_importance_id)), 200)
 
 
@@ -334,9 +339,9 @@ def list_feature_importances() -> Response:
     return _list(IMPORTANCE)
 
 
-@bp.delete("/featureImportances/<feature_importance_id>")
+@bp.delete("/featureImportances/<id:feature_importance_id>")
 def delete_feature_importance(feature_importance_id: str) -> Response:
-    return _delete(IMPORTANCE, feature_importance_id)
+    return _delete(IMPORTANCE, feature_importance_id, "featureImportanceId")
 
 
 # -- running the jobs -------------------------------------------------------------------------------

@@ -19,7 +19,24 @@ from .errors import ApiError
 MAX_NUMBER = 1e15  # VW computes in float32; larger values overflow under quadratic interactions
 MAX_DEPTH = 8
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_ID = 256
+# The one rule for every id (event, action, slot, evaluation, feature importance): 1-256 characters, no C0 or C1
+# control character or DEL, and routable: split at '/', a segment is never '.' or '..' (URL clients remove
+# such segments before sending, RFC 3986 5.2.4) and one segment at least is not empty (routing needs a
+# character other than '/'). Ids in paths are percent-encoded, '/' included, as the SDKs do.
+_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
+_NOT_DOT = r"[^/.\x00-\x1f\x7f-\x9f]"
+_SEGMENT = rf"(?:{_CHAR}*{_NOT_DOT}{_CHAR}*|\.{{3,}})"
+ID_PATTERN = rf"^/*{_SEGMENT}(?:/+{_SEGMENT})*/*$"
+ID_RULE = "an id has 1-256 characters, no control characters, and no '.' or '..' between slashes"
+_ID = re.compile(ID_PATTERN)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+
+
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is a valid id (the rule of :data:`Id`, for ids outside a pydantic model)."""
+    return type(value) is str and len(value) <= MAX_ID and _ID.fullmatch(value) is not None
 
 
 def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
@@ -157,13 +174,14 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_json(raw: bytes) -> Any:
-    """Decode a JSON body, refusing non-UTF-8 bytes, unpaired surrogates and NaN/Infinity literals."""
+    """Decode a JSON body, refusing non-UTF-8 bytes, unpaired surrogates, NaN/Infinity literals and a key
+    repeated in one object (parsers differ on which value wins, so the caller and ranker could disagree)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "BadRequest", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_object)
         if _SURROGATE_ESCAPE.search(text):
             _check_unicode(value)
     except RecursionError as exc:
@@ -173,6 +191,17 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as exc:
         raise ApiError(400, "BadRequest", f"the body is not valid JSON: {exc}") from exc
     return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(400, "BadRequest", f"the key {key!r} appears twice in one object of the body")
+            seen.add(key)
+    return obj
 
 
 def _check_unicode(value: Any) -> None:
