@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -50,7 +51,15 @@ from .evaluation.importance import importance
 from .evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from .evaluation.search import search
 from .export import log_time
-from .schemas import ID_RULE, is_id, validate
+from .schemas import (
+    ID_RULE,
+    ApplyFromEvaluationRequest,
+    EvaluationRequest,
+    EvaluationSubmission,
+    JobRequest,
+    is_id,
+    validate,
+)
 from .service import timestamp
 from .settings import POLICY_KINDS, Policy, Settings
 from .store import connect, migrate
@@ -61,7 +70,6 @@ bp = Blueprint("evaluations", __name__)
 
 EVALUATION, IMPORTANCE = "evaluation", "featureImportance"
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-MAX_POLICIES = 20
 TIMESERIES_POINTS = 20  # points of each policy's cumulative estimate in an evaluation's timeseries
 SOURCES = {ONLINE: "Online", BASELINE: "Baseline", RANDOM: "Random"}
 OPTIMIZED = "OfflineExperimentation"  # Personalizer's policySource of the policy its optimization found
@@ -96,23 +104,17 @@ def _job_id(value: Any, target: str) -> str:
     return value
 
 
-def _definition(body: Any, kind: str) -> dict[str, Any]:
+def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]:
     """The stored job definition: name, time range and, for an evaluation, the policies to replay."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "BadRequest", "name is required", target="name")
+    validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
+    name = body["name"]
     start, end = _moment(body, "startTime"), _moment(body, "endTime")
     if start >= end:
         raise ApiError(400, "BadRequest", "startTime must be before endTime", target="startTime")
     definition: dict[str, Any] = {"name": name, "startTime": log_time(start), "endTime": log_time(end)}
     if kind == EVALUATION:
-        policies = body.get("policies") or []
-        if not isinstance(policies, list) or len(policies) > MAX_POLICIES:
-            raise ApiError(400, "BadRequest", f"policies is a list of at most {MAX_POLICIES}", target="policies")
         checked = []
-        for i, policy in enumerate(policies):
+        for i, policy in enumerate(body.get("policies") or []):
             policy = validate(Policy, policy, "InvalidPolicyConfiguration")
             try:
                 Candidate(policy.name, policy.arguments)
@@ -125,12 +127,7 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
             check_vw(policy.arguments, None, "InvalidPolicyConfiguration", target=f"policies[{i}]")
             checked.append(policy.model_dump())
         definition["policies"] = checked
-        optimize = body.get("enablePolicyOptimization", False)
-        if not isinstance(optimize, bool):
-            raise ApiError(
-                400, "BadRequest", "enablePolicyOptimization is true or false", target="enablePolicyOptimization"
-            )
-        definition["enablePolicyOptimization"] = optimize
+        definition["enablePolicyOptimization"] = body.get("enablePolicyOptimization", False)
     return definition
 
 
@@ -142,7 +139,8 @@ def _create(kind: str, job_id: str | None, target: str) -> dict[str, Any]:
     body = json_body()
     if job_id is None:
         job_id = _job_id(body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None, target)
-    definition = _definition(body, kind)
+    model = JobRequest if kind == IMPORTANCE else EvaluationRequest if job_id is not None else EvaluationSubmission
+    definition = _definition(body, kind, model)
     settings, policy, _ = effective(loop)
     multislot = is_multislot(policy.arguments)
     for i, candidate in enumerate(definition.get("policies", [])):
@@ -219,11 +217,10 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
 
 def _list(kind: str) -> Response:
     loop = caller(admin=True)
-    try:
-        skip = int(request.args.get("skip", 0))
-        top = int(request.args["top"]) if "top" in request.args else -1
-    except ValueError:
-        raise ApiError(400, "BadRequest", "top and skip are integers") from None
+    text = {name: request.args.get(name, default) for name, default in (("skip", "0"), ("top", "-1"))}
+    if not all(re.fullmatch(r"-?[0-9]+", value) for value in text.values()):  # int() also takes ' 1', '+1', '1_0'
+        raise ApiError(400, "BadRequest", "top and skip are integers")
+    skip, top = int(text["skip"]), int(text["top"])
     if not 0 <= skip <= 2**62 or not -1 <= top <= 2**62:
         raise ApiError(
             400,
@@ -290,12 +287,9 @@ def apply_from_evaluation() -> Response:
     """Make a policy of a finished evaluation the loop's policy (as ``PUT configurations/policy``)."""
     loop = caller(admin=True)
     body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
-    evaluation_id = _job_id(body.get("evaluationId"), "evaluationId")
-    name = body.get("policyName")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "BadRequest", "policyName is required", target="policyName")
+    validate(ApplyFromEvaluationRequest, body, "BadRequest")
+    evaluation_id = body["evaluationId"]
+    name = body["policyName"]
     row = _row(loop.name, EVALUATION, evaluation_id)
     if row["status"] != SUCCEEDED:
         raise ApiError(409, "Conflict", f"evaluation {evaluation_id!r} is {row['status']}, not Succeeded")

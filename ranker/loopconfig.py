@@ -8,12 +8,14 @@ loop's settings from the file here, in one place.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from typing import Any
+from typing import Annotated, Any
 
-from .errors import ApiError
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
 from .schemas import validate
-from .settings import LoopSettings, Policy, Settings
+from .settings import _DURATION, LoopSettings, Policy, Settings
 
 # The service configuration fields the API shows and may change (Personalizer's names).
 SERVICE_FIELDS = (
@@ -25,6 +27,25 @@ SERVICE_FIELDS = (
     "logRetentionDays",
     "learningMode",
 )
+# The syntax of an ISO 8601 duration, in a pattern both Python and ECMA-262 (JSON Schema) read
+DURATION_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", _DURATION.pattern)
+
+
+def _service_configuration() -> type[BaseModel]:
+    """Personalizer's ServiceConfiguration: the changeable fields of LoopSettings, with their types and bounds
+    and no coercion ("0.5" is not a number); other fields are accepted and ignored."""
+    fields: dict[str, Any] = {}
+    for field in LoopSettings.model_fields.values():
+        if field.alias in SERVICE_FIELDS:
+            extra = {"pattern": DURATION_PATTERN} if field.annotation is str else None
+            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            fields[field.alias] = (kind, Field(field.default, description=field.description, json_schema_extra=extra))
+    config = ConfigDict(strict=True, extra="allow")
+    return create_model("ServiceConfiguration", __config__=config, **fields)
+
+
+ServiceConfiguration = _service_configuration()
+
 SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
 UPSERT = (
     "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "
@@ -65,8 +86,7 @@ def validated_service(loop_settings: LoopSettings, body: Any) -> dict[str, Any]:
     Fields Personalizer had and this service does not use (log mirroring, auto-optimization,
     modelRetrainDays, lastConfigurationEditDate) are accepted and ignored, so an unchanged client round-trips.
     """
-    if not isinstance(body, dict):
-        raise ApiError(400, "InvalidServiceConfiguration", "the body must be a ServiceConfiguration object")
+    validate(ServiceConfiguration, body, "InvalidServiceConfiguration")
     changes = {name: body[name] for name in SERVICE_FIELDS if name in body}
     validate(LoopSettings, {**loop_settings.model_dump(by_alias=True), **changes}, "InvalidServiceConfiguration")
     return changes
