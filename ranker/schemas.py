@@ -127,7 +127,8 @@ def _feature_object(depth: int, ref: Callable[[type[BaseModel]], dict[str, Any]]
         "description": "Feature names are not empty and do not start with '_'; the name of an object or array "
         "starts with an ASCII character.",
         "propertyNames": {"minLength": 1, "pattern": "^[^_]"},
-        "patternProperties": {"^[\\x00-\\x7f]": {"anyOf": values}, "^[^\\x00-\\x7f]": _PLAIN},
+        "patternProperties": {"^[\\x00-\\x7f]": {"anyOf": values}},
+        "additionalProperties": _PLAIN,  # a name starting with a non-ASCII character
     }
 
 
