@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.routing import PathConverter
 
 from .errors import ApiError
-from .schemas import MultiSlotRankRequest, MultiSlotRewardRequest, RankRequest, RewardRequest, parse_json, validate
+from .schemas import (
+    ID_RULE,
+    MultiSlotRankRequest,
+    MultiSlotRewardRequest,
+    RankRequest,
+    RewardRequest,
+    is_id,
+    parse_json,
+    validate,
+)
 from .service import Loop, Service
 
 bp = Blueprint("api", __name__)
@@ -20,12 +30,14 @@ def service() -> Service:
 
 
 def api_key() -> str | None:
-    key = request.headers.get("Ocp-Apim-Subscription-Key")
-    if key is None:
+    """The key of the request: Ocp-Apim-Subscription-Key, else a bearer token. An empty subscription-key
+    header counts as absent (a client or proxy that sends the header unset), so a bearer key beside it applies."""
+    key = request.headers.get("Ocp-Apim-Subscription-Key", "").strip()
+    if not key:
         auth = request.headers.get("Authorization", "")
         if auth[:7].lower() == "bearer ":
             key = auth[7:].strip()
-    return key
+    return key or None
 
 
 def caller(admin: bool = False) -> Loop:
@@ -61,33 +73,44 @@ def rank() -> Response:
     return json_response(service().rank(loop, req), 201)
 
 
-class EventIdConverter(PathConverter):
-    """``path`` (the SDKs percent-encode '/' in event ids and the server decodes it before routing) that
-    also matches a newline, so an event id holding one gets the 400 below instead of a routing 404, and
-    leading slashes, so an id such as ``/lead`` is not redirected to the event ``lead``."""
+class IdConverter(PathConverter):
+    """An id in a path: ``path`` (the SDKs percent-encode '/' in ids and the server decodes it before routing)
+    that also matches a newline, so an id holding one gets the 400 of :func:`path_id` instead of a routing 404,
+    and leading slashes, so an id such as ``/lead`` is not redirected to ``lead``."""
 
     regex = r"(?s:/*[^/].*?)"
 
 
-def checked_event_id(event_id: str, code: str) -> str:
-    if len(event_id) > 256 or any(ord(ch) < 32 or ord(ch) == 127 for ch in event_id):
-        raise ApiError(400, code, "an event id has 1-256 characters and no control characters", target="eventId")
-    return event_id
+def path_id(value: str, code: str, target: str) -> str:
+    """An id taken from the path, checked with the one id rule (:data:`ranker.schemas.Id`); 400 ``code``
+    otherwise. werkzeug decodes percent-encoded bytes that are not UTF-8 to U+FFFD (so ``%FF%FE`` would name
+    the event ``\ufffd\ufffd``): when one appears, the path as sent decides."""
+    if not is_id(value):
+        raise ApiError(400, code, ID_RULE, target=target)
+    if "\ufffd" in value:
+        environ = request.environ
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")  # gunicorn's and werkzeug's, as sent
+        path = unquote_to_bytes(raw.split("?", 1)[0]) if raw else environ["PATH_INFO"].encode("latin-1")
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, code, "the path is not UTF-8 once percent-decoded", target=target) from None
+    return value
 
 
-@bp.post("/events/<event_id:event_id>/reward")
+@bp.post("/events/<id:event_id>/reward")
 def reward(event_id: str) -> Response:
     loop = caller()
-    event_id = checked_event_id(event_id, "InvalidRewardRequest")
+    event_id = path_id(event_id, "InvalidRewardRequest", "eventId")
     req = validate(RewardRequest, json_body(), "InvalidRewardRequest")
     service().reward(loop, event_id, req.value)
     return Response(status=204)
 
 
-@bp.post("/events/<event_id:event_id>/activate")
+@bp.post("/events/<id:event_id>/activate")
 def activate(event_id: str) -> Response:
     loop = caller()
-    event_id = checked_event_id(event_id, "InvalidEventIdToActivate")
+    event_id = path_id(event_id, "InvalidEventIdToActivate", "eventId")
     service().activate(loop, event_id)
     return Response(status=204)
 
@@ -99,18 +122,18 @@ def rank_multislot() -> Response:
     return json_response(service().rank_multislot(loop, req), 201)
 
 
-@bp.post("/multislot/events/<event_id:event_id>/reward")
+@bp.post("/multislot/events/<id:event_id>/reward")
 def reward_multislot(event_id: str) -> Response:
     loop = caller()
-    event_id = checked_event_id(event_id, "InvalidRewardRequest")
+    event_id = path_id(event_id, "InvalidRewardRequest", "eventId")
     req = validate(MultiSlotRewardRequest, json_body(), "InvalidRewardRequest")
     service().reward_slots(loop, event_id, [(r.slotId, r.value) for r in req.reward])
     return Response(status=204)
 
 
-@bp.post("/multislot/events/<event_id:event_id>/activate")
+@bp.post("/multislot/events/<id:event_id>/activate")
 def activate_multislot(event_id: str) -> Response:
     loop = caller()
-    event_id = checked_event_id(event_id, "InvalidEventIdToActivate")
+    event_id = path_id(event_id, "InvalidEventIdToActivate", "eventId")
     service().activate(loop, event_id, multislot=True)
     return Response(status=204)

@@ -35,7 +35,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None, create_databas
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     service = app.extensions["ranker"] = Service(settings, create_database)
     metrics.Metrics(service).install(app)  # first: its hooks run first before and last after the others
-    app.url_map.converters["event_id"] = api.EventIdConverter
+    app.url_map.converters["id"] = api.IdConverter
     for name, prefix in API_PREFIXES.items():
         app.register_blueprint(api.bp, url_prefix=prefix, name=name)
         app.register_blueprint(admin.bp, url_prefix=prefix, name=f"admin_{name}")

@@ -32,30 +32,37 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
 
 from . import administration, loopconfig
-from .api import caller, json_body, json_response, service
+from .api import caller, json_body, json_response, path_id, service
 from .engine import is_multislot
 from .errors import ApiError
 from .evaluation import jobs
 from .evaluation.jobs import EVALUATION, IMPORTANCE, PENDING, SOURCES, SUCCEEDED
 from .evaluation.replay import BASELINE, ONLINE, RANDOM, Candidate
 from .export import log_time
-from .schemas import validate
+from .schemas import (
+    ID_RULE,
+    ApplyFromEvaluationRequest,
+    EvaluationRequest,
+    EvaluationSubmission,
+    JobRequest,
+    is_id,
+    validate,
+)
 from .settings import POLICY_KINDS, Policy
 
 log = logging.getLogger("ranker.evaluations")
 
 bp = Blueprint("evaluations", __name__)
-
-MAX_POLICIES = 20
-MAX_ID = 256
 
 
 def _moment(body: dict[str, Any], name: str) -> datetime:
@@ -77,28 +84,23 @@ def _moment(body: dict[str, Any], name: str) -> datetime:
 
 
 def _job_id(value: Any, target: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or any(ord(ch) < 32 for ch in value):
-        raise ApiError(400, "BadRequest", "an id has 1-256 characters and no control characters", target=target)
+    """An id from the body, checked with the one id rule (ids from the path go through ``path_id``)."""
+    if not is_id(value):
+        raise ApiError(400, "BadRequest", ID_RULE, target=target)
     return value
 
 
-def _definition(body: Any, kind: str) -> dict[str, Any]:
+def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]:
     """The stored job definition: name, time range and, for an evaluation, the policies to replay."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "BadRequest", "name is required", target="name")
+    validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
+    name = body["name"]
     start, end = _moment(body, "startTime"), _moment(body, "endTime")
     if start >= end:
         raise ApiError(400, "BadRequest", "startTime must be before endTime", target="startTime")
     definition: dict[str, Any] = {"name": name, "startTime": log_time(start), "endTime": log_time(end)}
     if kind == EVALUATION:
-        policies = body.get("policies") or []
-        if not isinstance(policies, list) or len(policies) > MAX_POLICIES:
-            raise ApiError(400, "BadRequest", f"policies is a list of at most {MAX_POLICIES}", target="policies")
         checked = []
-        for i, policy in enumerate(policies):
+        for i, policy in enumerate(body.get("policies") or []):
             try:
                 policy = Policy.model_validate(policy)
                 Candidate(policy.name, policy.arguments)
@@ -113,32 +115,24 @@ def _definition(body: Any, kind: str) -> dict[str, Any]:
                 raise ApiError(
                     400, "InvalidPolicyConfiguration", f"policy name {policy.name!r} is taken", target=f"policies[{i}]"
                 )
-            administration.check_vw(
-                service().settings.data_dir,
-                policy.arguments,
-                None,
-                "InvalidPolicyConfiguration",
-                target=f"policies[{i}]",
-            )
+            data_dir = service().settings.data_dir
+            administration.check_vw(data_dir, policy.arguments, None, "InvalidPolicyConfiguration", f"policies[{i}]")
             checked.append(policy.model_dump())
         definition["policies"] = checked
-        optimize = body.get("enablePolicyOptimization", False)
-        if not isinstance(optimize, bool):
-            raise ApiError(
-                400, "BadRequest", "enablePolicyOptimization is true or false", target="enablePolicyOptimization"
-            )
-        definition["enablePolicyOptimization"] = optimize
+        definition["enablePolicyOptimization"] = body.get("enablePolicyOptimization", False)
     return definition
 
 
-def _create(kind: str, job_id: Any | None, target: str) -> dict[str, Any]:
+def _create(kind: str, job_id: str | None, target: str) -> dict[str, Any]:
     """Queue a job; its id from the path, or (``job_id`` None) from the body's ``id`` or a new one."""
     loop = caller(admin=True)
+    if job_id is not None:
+        job_id = path_id(job_id, "BadRequest", target)
     body = json_body()
     if job_id is None:
-        job_id = body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None
-    job_id = _job_id(job_id, target)
-    definition = _definition(body, kind)
+        job_id = _job_id(body.get("id", str(uuid.uuid4())) if isinstance(body, dict) else None, target)
+    model = JobRequest if kind == IMPORTANCE else EvaluationRequest if job_id is not None else EvaluationSubmission
+    definition = _definition(body, kind, model)
     settings, policy, _ = administration.effective(service(), loop)
     multislot = is_multislot(policy.arguments)
     for i, candidate in enumerate(definition.get("policies", [])):
@@ -215,11 +209,10 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
 
 def _list(kind: str) -> Response:
     loop = caller(admin=True)
-    try:
-        skip = int(request.args.get("skip", 0))
-        top = int(request.args["top"]) if "top" in request.args else -1
-    except ValueError:
-        raise ApiError(400, "BadRequest", "top and skip are integers") from None
+    text = {name: request.args.get(name, default) for name, default in (("skip", "0"), ("top", "-1"))}
+    if not all(re.fullmatch(r"-?[0-9]+", value) for value in text.values()):  # int() also takes ' 1', '+1', '1_0'
+        raise ApiError(400, "BadRequest", "top and skip are integers")
+    skip, top = int(text["skip"]), int(text["top"])
     if not 0 <= skip <= 2**62 or not -1 <= top <= 2**62:
         raise ApiError(
             400,
@@ -234,8 +227,9 @@ def _list(kind: str) -> Response:
     return json_response({"value": [_body(kind, row, full=False) for row in rows]}, 200)
 
 
-def _delete(kind: str, job_id: str) -> Response:
+def _delete(kind: str, job_id: str, target: str) -> Response:
     loop = caller(admin=True)
+    job_id = path_id(job_id, "BadRequest", target)
     deleted = service().store.write(
         lambda conn: (
             conn.execute("DELETE FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop.name, kind, job_id)).rowcount
@@ -249,7 +243,7 @@ def _delete(kind: str, job_id: str) -> Response:
 # -- evaluations ------------------------------------------------------------------------------------
 
 
-@bp.put("/evaluations/<evaluation_id>")
+@bp.put("/evaluations/<id:evaluation_id>")
 def create_evaluation(evaluation_id: str) -> Response:
     return json_response(_create(EVALUATION, evaluation_id, "evaluationId"), 200)
 
@@ -259,13 +253,14 @@ def submit_evaluation() -> Response:
     """The same, with the id in the body (or a new one): 201 with the evaluation and its Location."""
     created = _create(EVALUATION, None, "id")
     response = json_response(created, 201)
-    response.headers["Location"] = f"{request.path}/{created['id']}"
+    response.headers["Location"] = f"{request.path}/{quote(created['id'], safe='')}"
     return response
 
 
-@bp.get("/evaluations/<evaluation_id>")
+@bp.get("/evaluations/<id:evaluation_id>")
 def get_evaluation(evaluation_id: str) -> Response:
     loop = caller(admin=True)
+    evaluation_id = path_id(evaluation_id, "BadRequest", "evaluationId")
     return json_response(_body(EVALUATION, _row(loop.name, EVALUATION, evaluation_id)), 200)
 
 
@@ -274,9 +269,9 @@ def list_evaluations() -> Response:
     return _list(EVALUATION)
 
 
-@bp.delete("/evaluations/<evaluation_id>")
+@bp.delete("/evaluations/<id:evaluation_id>")
 def delete_evaluation(evaluation_id: str) -> Response:
-    return _delete(EVALUATION, evaluation_id)
+    return _delete(EVALUATION, evaluation_id, "evaluationId")
 
 
 @bp.post("/configurations/applyFromEvaluation")
@@ -284,12 +279,9 @@ def apply_from_evaluation() -> Response:
     """Make a policy of a finished evaluation the loop's policy (as ``PUT configurations/policy``)."""
     loop = caller(admin=True)
     body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
-    evaluation_id = _job_id(body.get("evaluationId"), "evaluationId")
-    name = body.get("policyName")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "BadRequest", "policyName is required", target="policyName")
+    validate(ApplyFromEvaluationRequest, body, "BadRequest")
+    evaluation_id = body["evaluationId"]
+    name = body["policyName"]
     row = _row(loop.name, EVALUATION, evaluation_id)
     if row["status"] != SUCCEEDED:
         raise ApiError(409, "Conflict", f"evaluation {evaluation_id!r} is {row['status']}, not Succeeded")
@@ -316,14 +308,15 @@ def apply_from_evaluation() -> Response:
 # -- feature importances ----------------------------------------------------------------------------
 
 
-@bp.put("/featureImportances/<feature_importance_id>")
+@bp.put("/featureImportances/<id:feature_importance_id>")
 def create_feature_importance(feature_importance_id: str) -> Response:
     return json_response(_create(IMPORTANCE, feature_importance_id, "featureImportanceId"), 200)
 
 
-@bp.get("/featureImportances/<feature_importance_id>")
+@bp.get("/featureImportances/<id:feature_importance_id>")
 def get_feature_importance(feature_importance_id: str) -> Response:
     loop = caller(admin=True)
+    feature_importance_id = path_id(feature_importance_id, "BadRequest", "featureImportanceId")
     return json_response(_body(IMPORTANCE, _row(loop.name, IMPORTANCE, feature_importance_id)), 200)
 
 
@@ -332,6 +325,6 @@ def list_feature_importances() -> Response:
     return _list(IMPORTANCE)
 
 
-@bp.delete("/featureImportances/<feature_importance_id>")
+@bp.delete("/featureImportances/<id:feature_importance_id>")
 def delete_feature_importance(feature_importance_id: str) -> Response:
-    return _delete(IMPORTANCE, feature_importance_id)
+    return _delete(IMPORTANCE, feature_importance_id, "featureImportanceId")

@@ -8,13 +8,15 @@ loop's settings from the file here, in one place.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .engine import vw_arguments
-from .errors import ApiError
 from .schemas import validate
-from .settings import LoopSettings, Policy, Settings, parse_duration
+from .settings import _DURATION, LoopSettings, Policy, Settings, parse_duration
 from .store import loop_config_row
 
 # The service configuration fields the API shows and may change (Personalizer's names).
@@ -27,6 +29,24 @@ SERVICE_FIELDS = (
     "logRetentionDays",
     "learningMode",
 )
+# The syntax of an ISO 8601 duration, in a pattern both Python and ECMA-262 (JSON Schema) read
+DURATION_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", _DURATION.pattern)
+
+
+def _service_configuration() -> type[BaseModel]:
+    """Personalizer's ServiceConfiguration: the changeable fields of LoopSettings, with their types and bounds
+    and no coercion ("0.5" is not a number); other fields are accepted and ignored."""
+    fields: dict[str, Any] = {}
+    for field in LoopSettings.model_fields.values():
+        if field.alias in SERVICE_FIELDS:
+            extra = {"pattern": DURATION_PATTERN} if field.annotation is str else None
+            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            fields[field.alias] = (kind, Field(field.default, description=field.description, json_schema_extra=extra))
+    config = ConfigDict(strict=True, extra="allow")
+    return create_model("ServiceConfiguration", __config__=config, **fields)
+
+
+ServiceConfiguration = _service_configuration()
 
 
 def effective(settings: Settings, loop: str, row: tuple | dict | None) -> tuple[LoopSettings, Policy, str | None]:
@@ -95,8 +115,7 @@ def validated_service(loop_settings: LoopSettings, body: Any) -> dict[str, Any]:
     Fields Personalizer had and this service does not use (log mirroring, auto-optimization,
     modelRetrainDays, lastConfigurationEditDate) are accepted and ignored, so an unchanged client round-trips.
     """
-    if not isinstance(body, dict):
-        raise ApiError(400, "InvalidServiceConfiguration", "the body must be a ServiceConfiguration object")
+    validate(ServiceConfiguration, body, "InvalidServiceConfiguration")
     changes = {name: body[name] for name in SERVICE_FIELDS if name in body}
     validate(LoopSettings, {**loop_settings.model_dump(by_alias=True), **changes}, "InvalidServiceConfiguration")
     return changes

@@ -10,16 +10,45 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    RootModel,
+    StringConstraints,
+    ValidationError,
+)
 
 from .errors import ApiError
+from .settings import Policy
 
 MAX_NUMBER = 1e15  # VW computes in float32; larger values overflow under quadratic interactions
 MAX_DEPTH = 8
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_ID = 256
+# The one rule for every id (event, action, slot, evaluation, feature importance): 1-256 characters, no C0 or C1
+# control character or DEL, and routable: split at '/', a segment is never '.' or '..' (URL clients remove
+# such segments before sending, RFC 3986 5.2.4) and one segment at least is not empty (routing needs a
+# character other than '/'). Ids in paths are percent-encoded, '/' included, as the SDKs do.
+_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
+_NOT_DOT = r"[^/.\x00-\x1f\x7f-\x9f]"
+_SEGMENT = rf"(?:{_CHAR}*{_NOT_DOT}{_CHAR}*|\.{{3,}})"
+ID_PATTERN = rf"^/*{_SEGMENT}(?:/+{_SEGMENT})*/*$"
+ID_RULE = "an id has 1-256 characters, no control characters, and no '.' or '..' between slashes"
+_ID = re.compile(ID_PATTERN)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+
+
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is a valid id (the rule of :data:`Id`, for ids outside a pydantic model)."""
+    return type(value) is str and len(value) <= MAX_ID and _ID.fullmatch(value) is not None
 
 
 def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
@@ -71,7 +100,61 @@ def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-Features = Annotated[list[dict[str, Any]], AfterValidator(_features)]
+class Documented:
+    """Annotation metadata: the JSON Schema of a type, built by ``build(ref)``, where ``ref(model)`` gives a
+    ``$ref`` to a model's schema (added to the document's schemas). For what is checked by code, not by the
+    type's own schema (features, policies validated one by one)."""
+
+    def __init__(self, build: Callable[[Callable[[type[BaseModel]], dict[str, Any]]], dict[str, Any]]):
+        self.build = build
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        # generate_inner, not the handler: the handler would inline the model instead of referring to it
+        return self.build(lambda model: handler.generate_json_schema.generate_inner(model.__pydantic_core_schema__))
+
+
+_NUMBER = {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER}
+_PLAIN = {"anyOf": [{"type": ["string", "boolean", "null"]}, _NUMBER]}
+
+
+def _feature_object(depth: int, ref: Callable[[type[BaseModel]], dict[str, Any]]) -> dict[str, Any]:
+    values = [_PLAIN, {"type": "array", "items": _NUMBER}]
+    if depth < MAX_DEPTH:
+        deeper = ref(_FEATURE_OBJECTS[depth + 1])
+        values += [deeper, {"type": "array", "items": deeper}]
+    return {
+        "type": "object",
+        "description": "Feature names are not empty and do not start with '_'; the name of an object or array "
+        "starts with an ASCII character.",
+        "propertyNames": {"minLength": 1, "pattern": "^[^_]"},
+        "patternProperties": {"^[\\x00-\\x7f]": {"anyOf": values}},
+        "additionalProperties": _PLAIN,  # a name starting with a non-ASCII character
+    }
+
+
+# FeatureObject0 to FeatureObject8: what check_features accepts at each nesting level (JSON Schema has no depth
+# limit of its own, so one schema per level). For the document only: features are checked by _check_object.
+_FEATURE_OBJECTS = [
+    type(
+        f"FeatureObject{depth}",
+        (RootModel[dict[str, Any]],),
+        {
+            "__module__": __name__,
+            "__get_pydantic_json_schema__": classmethod(
+                lambda cls, core_schema, handler, depth=depth: Documented(
+                    partial(_feature_object, depth)
+                ).__get_pydantic_json_schema__(core_schema, handler)
+            ),
+        },
+    )
+    for depth in range(MAX_DEPTH + 1)
+]
+
+Features = Annotated[
+    list[dict[str, Any]],
+    AfterValidator(_features),
+    Documented(lambda ref: {"type": "array", "items": ref(_FEATURE_OBJECTS[0])}),
+]
 
 
 class Strict(BaseModel):
@@ -85,7 +168,10 @@ class RankableAction(Strict):
 
 class RankRequest(Strict):
     contextFeatures: Features = Field(default_factory=list, description="Feature objects of the context.")
-    actions: list[RankableAction] = Field(min_length=1, description="Candidate actions.")
+    actions: list[RankableAction] = Field(
+        min_length=1,
+        description="Candidate actions with different ids, at most the loop's maxActions (500 by default).",
+    )
     excludedActions: list[Id] = Field(default_factory=list, description="Action ids not to choose this time.")
     eventId: Id | None = Field(None, description="Unique id of this decision; generated when absent.")
     deferActivation: bool = Field(False, description="Learn from this event only after Activate.")
@@ -152,18 +238,56 @@ class MultiSlotRewardRequest(Strict):
     reward: list[SlotReward] = Field(min_length=1, max_length=MAX_SLOTS, description="One reward per slot at most.")
 
 
+class JobRequest(BaseModel):
+    """A feature importance's request (an evaluation's adds policies); fields this service does not use are
+    ignored, as Personalizer's other fields are."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str = Field(min_length=1, description="A name for people.")
+    startTime: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="Start of the decisions' time range (ISO 8601; UTC when without offset), before endTime.",
+    )
+    endTime: str = Field(json_schema_extra={"format": "date-time"}, description="End of the time range, excluded.")
+
+
+MAX_POLICIES = 20
+
+
+class EvaluationRequest(JobRequest):
+    # each policy is validated as a Policy on its own, so that its errors name it (InvalidPolicyConfiguration)
+    policies: Annotated[
+        list[dict[str, Any]] | None,
+        Documented(
+            lambda ref: {"anyOf": [{"type": "array", "maxItems": MAX_POLICIES, "items": ref(Policy)}, {"type": "null"}]}
+        ),
+    ] = Field(None, max_length=MAX_POLICIES, description="Policies to replay besides Online, Baseline and Random.")
+    enablePolicyOptimization: bool = Field(False, description="Also search VW arguments and replay the best found.")
+
+
+class EvaluationSubmission(EvaluationRequest):
+    id: Id = Field(None, description="The evaluation's id; generated when absent.")  # type: ignore[assignment]
+
+
+class ApplyFromEvaluationRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    evaluationId: Id = Field(description="A Succeeded evaluation of this loop.")
+    policyName: str = Field(min_length=1, description="One of its policies (Online included).")
+
+
 # Only a \uD800-\uDFFF escape can put a surrogate into the decoded text; UTF-8 bytes cannot encode one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_json(raw: bytes) -> Any:
-    """Decode a JSON body, refusing non-UTF-8 bytes, unpaired surrogates and NaN/Infinity literals."""
+    """Decode a JSON body, refusing non-UTF-8 bytes, unpaired surrogates, NaN/Infinity literals and a key
+    repeated in one object (parsers differ on which value wins, so the caller and ranker could disagree)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "BadRequest", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_object)
         if _SURROGATE_ESCAPE.search(text):
             _check_unicode(value)
     except RecursionError as exc:
@@ -173,6 +297,17 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as exc:
         raise ApiError(400, "BadRequest", f"the body is not valid JSON: {exc}") from exc
     return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(400, "BadRequest", f"the key {key!r} appears twice in one object of the body")
+            seen.add(key)
+    return obj
 
 
 def _check_unicode(value: Any) -> None:

@@ -158,6 +158,19 @@ def test_keys_select_the_loop_and_loops_are_isolated(keyed):
     assert service.store.rewards("other", "shared-id") == []
 
 
+@pytest.mark.parametrize("empty", ["", " "], ids=["empty", "blank"])
+def test_an_empty_subscription_key_header_leaves_the_bearer_key_in_charge(keyed, empty):
+    # a client or proxy may send the header unset beside the bearer token that carries the key
+    client, service = keyed
+    headers = {"Ocp-Apim-Subscription-Key": empty, "Authorization": f"Bearer {RANK_KEY}"}
+    response = client.post("/personalizer/v1.0/rank", json=rank_body(eventId="bearer"), headers=headers)
+    assert response.status_code == 201
+    assert service.store.decision("cards", "bearer") is not None
+    assert client.get("/personalizer/v1.0/configurations/policy", headers=headers).status_code == 403  # a rank key
+    alone = client.post("/personalizer/v1.0/rank", json=rank_body(), headers={"Ocp-Apim-Subscription-Key": empty})
+    assert alone.status_code == 401
+
+
 def test_healthz(client):
     assert client.get("/healthz").get_json() == {"status": "ok", "loops": ["default"], "auth": False}
 

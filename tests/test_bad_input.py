@@ -66,6 +66,9 @@ class Case:
 
 
 KEY = {"Ocp-Apim-Subscription-Key": RANK_KEY}
+EVALUATIONS = "/personalizer/v1.0/evaluations"
+IMPORTANCES = "/personalizer/v1.0/featureImportances"
+JOB = {"name": "n", "startTime": "2024-01-01T00:00:00Z", "endTime": "2024-01-02T00:00:00Z"}
 BAD = 400, "BadRequest"
 RANK_400 = 400, "InvalidRankRequest"
 REWARD_400 = 400, "InvalidRewardRequest"
@@ -253,6 +256,62 @@ CASES = [
     Case("activate-url-event-id-257-chars", 400, "InvalidEventIdToActivate", path=event_url("e" * 257, "activate")),
     Case("reward-url-event-id-with-nul", *REWARD_400, {"value": 1}, path=event_url("known\x00", "reward")),
     Case("reward-url-event-id-with-newline", *REWARD_400, {"value": 1}, path=event_url("known\n", "reward")),
+    # -- ids: one rule for event, action, slot, evaluation and feature-importance ids -----------
+    Case("event-id-with-c1-next-line", *RANK_400, rank_body(eventId="e\x85")),
+    Case("event-id-with-c1-csi", *RANK_400, rank_body(eventId="e\x9b2J")),
+    Case("event-id-dot-dot", *RANK_400, rank_body(eventId="..")),
+    Case("event-id-with-a-dot-segment", *RANK_400, rank_body(eventId="a/./b")),
+    Case("event-id-only-slashes", *RANK_400, rank_body(eventId="//")),
+    Case("action-id-with-c1", *RANK_400, rank_body(actions=[{"id": "a\x9b"}])),
+    Case("reward-url-event-id-with-c1", *REWARD_400, {"value": 1}, path=event_url("known\x85", "reward")),
+    # werkzeug decodes %FF%FE to U+FFFD U+FFFD, which would name another event
+    Case("reward-url-event-id-not-utf8", *REWARD_400, {"value": 1}, path="/personalizer/v1.0/events/%FF%FE/reward"),
+    Case(
+        "activate-url-event-id-dot-dot",
+        400,
+        "InvalidEventIdToActivate",
+        path="/personalizer/v1.0/events/%2E%2E/activate",
+        content_type=None,
+    ),
+    Case("evaluation-id-dot-dot-segments-in-body", *BAD, {**JOB, "id": "../../x"}, path=EVALUATIONS),
+    Case("evaluation-id-with-del-in-body", *BAD, {**JOB, "id": "e\x7f"}, path=EVALUATIONS),
+    Case("evaluation-id-dot-dot-segments-in-url", *BAD, JOB, path=EVALUATIONS + "/..%2F..%2Fx", method="PUT"),
+    Case("evaluation-id-with-c1-in-url", *BAD, JOB, path=EVALUATIONS + "/e%C2%85", method="PUT"),
+    Case("get-evaluation-url-id-not-utf8", *BAD, path=EVALUATIONS + "/%FF", method="GET", content_type=None),
+    Case("delete-evaluation-url-id-dot", *BAD, path=EVALUATIONS + "/%2E", method="DELETE", content_type=None),
+    Case("feature-importance-id-with-del-in-url", *BAD, JOB, path=IMPORTANCES + "/f%7F", method="PUT"),
+    Case(
+        "get-feature-importance-url-id-257-chars",
+        *BAD,
+        path=IMPORTANCES + "/" + "f" * 257,
+        method="GET",
+        content_type=None,
+    ),
+    Case(
+        "apply-from-evaluation-id-with-c1",
+        *BAD,
+        {"evaluationId": "e\x85", "policyName": "p"},
+        path="/personalizer/v1.0/configurations/applyFromEvaluation",
+    ),
+    # -- a key given twice in one object: which value counts would depend on the parser ---------
+    Case("duplicate-key-event-id", *BAD, b'{"eventId": "a", "eventId": "b", "actions": [{"id": "a"}]}'),
+    Case("duplicate-key-actions", *BAD, b'{"actions": [{"id": "a"}], "actions": [{"id": "b"}]}'),
+    Case(
+        "duplicate-key-in-a-feature-object",
+        *BAD,
+        b'{"contextFeatures": [{"plan": "pro", "plan": "free"}], "actions": [{"id": "a"}]}',
+    ),
+    Case("duplicate-key-in-an-action", *BAD, b'{"actions": [{"id": "a", "id": "b"}]}'),
+    Case("duplicate-key-reward-value", *BAD, b'{"value": 1, "value": -1}', path=REWARD),
+    Case("duplicate-key-evaluation-id", *BAD, b'{"id": "a", "id": "b", "name": "n"}', path=EVALUATIONS),
+    Case(
+        "empty-key-and-unknown-bearer",
+        401,
+        "Unauthorized",
+        rank_body(),
+        headers={"Ocp-Apim-Subscription-Key": "", "Authorization": "Bearer nope"},
+        app="keyed",
+    ),
 ]
 
 
