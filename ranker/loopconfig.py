@@ -24,6 +24,7 @@ SERVICE_FIELDS = (
     "modelExportFrequency",
     "logRetentionDays",
     "learningMode",
+    "isInferenceExplainabilityEnabled",
 )
 SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
 UPSERT = (

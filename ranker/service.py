@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import dsjson, loopconfig, models, rules
+from . import discovery, dsjson, explain, loopconfig, models, rules
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError
 from .schemas import MultiSlotRankRequest, RankRequest
@@ -142,6 +142,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout)
+        self.exposures = discovery.Exposures(self.store, settings.discovery_refresh_seconds)
         self.loops: dict[str, Loop] = {}
         for name in settings.loops:
             loop_settings, policy, stamp = loopconfig.effective(settings, name, self.stored_config(name))
@@ -262,6 +263,9 @@ class Service:
         stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
+        explaining = settings.is_inference_explainability_enabled
+        parsed = was_explored = None
+        raised_by: dict[str, dict[str, Any]] = {}
 
         probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
@@ -274,11 +278,24 @@ class Service:
                 chosen = 0
             else:
                 try:
-                    model_pmf = engine.predict(c_json, len(eligible))
+                    if explaining:
+                        model_pmf, parsed = explain.predict_parsed(
+                            engine, dsjson.predict_line(c_json, len(eligible)), explain.read_cb
+                        )
+                        if len(model_pmf) != len(eligible):
+                            raise ValueError(f"VW read {len(model_pmf)} actions where {len(eligible)} were given")
+                    else:
+                        model_pmf = engine.predict(c_json, len(eligible))
                 except (RuntimeError, ValueError) as exc:  # VW refused the features
                     raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
                 pmf = reweight(model_pmf, verdict.factors)
+                if verdict.discovery:
+                    ids_eligible = [action_id for action_id, _ in eligible]
+                    floors, why = discovery.floors(self.exposures, loop.name, verdict, ids_eligible, now)
+                    pmf, raised = discovery.floor(pmf, floors)
+                    raised_by = {ids_eligible[i]: why[i] for i in sorted(raised)}
                 chosen = sample(pmf, event_id)
+                was_explored = explain.explored(model_pmf, chosen)
             order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])
             for i, (action_id, _) in enumerate(eligible):
                 probabilities[action_id] = pmf[i]
@@ -292,7 +309,7 @@ class Service:
             "action_ids": json.dumps(ids),
             "reward_action_id": chosen_id,
             "probability": chosen_p,
-            "explanation": json.dumps({"excluded": verdict.excluded, "reweighted": verdict.reweighted}),
+            "explanation": json.dumps(explain.logged(verdict, raised_by, was_explored)),
             "model_version": engine.version,
             "policy": policy.name,
             "learning_mode": settings.learning_mode,
@@ -303,11 +320,25 @@ class Service:
 
         ranked = [ids[verdict.eligible[i]] for i in order]
         ranked += [i for i in ids if i in verdict.excluded]
-        return {
+        answer = {
             "eventId": event_id,
             "rewardActionId": chosen_id,
             "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
         }
+        if explaining:
+            answer.update(explain.logged(verdict, raised_by, was_explored, answer=True))
+            if parsed is not None:
+                answer["inferenceExplanation"] = explain.rank_explanation(
+                    explain.model_of(engine),
+                    parsed,
+                    context,
+                    [actions[i] for i in verdict.eligible],
+                    order,
+                    settings.action_id_feature,
+                    self.settings.explanation_features,
+                    raised_by,
+                )
+        return answer
 
     def rank_multislot(self, loop: Loop, request: MultiSlotRankRequest, now: datetime | None = None) -> dict[str, Any]:
         """Fill the request's slots in order, each with a different action, log the decision durably, and

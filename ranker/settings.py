@@ -144,6 +144,12 @@ class LoopSettings(BaseModel):
         description="In Apprentice mode, switch to Online once a replay over at least this many logged events "
         "puts the model's lower confidence bound above the baseline's estimate; 0 never switches.",
     )
+    is_inference_explainability_enabled: bool = Field(
+        False,
+        alias="isInferenceExplainabilityEnabled",
+        description="Rank answers with inferenceExplanation (each ranked action's largest feature contributions), "
+        "explored and the rules' part.",
+    )
     rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
     keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
 
@@ -180,6 +186,20 @@ class Settings(BaseModel):
         le=86400,
         description="Time budget of the policy search an evaluation runs when enablePolicyOptimization is true.",
     )
+    explanation_features: int = Field(
+        10, ge=1, le=1000, description="Feature contributions listed per action in an explanation, largest first."
+    )
+    explanation_retention: str = Field(
+        "P7D",
+        description="ISO 8601 duration: model versions that served a decision this recently are kept, so the "
+        "decision can still be explained (GET events/{eventId}?explain=true).",
+    )
+    discovery_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How old a worker's exposure shares for discovery rules may get before it reads the log again.",
+    )
     null_endpoint: bool = Field(
         False, description="Serve POST /null (parses JSON, writes nothing); for the Rank benchmark."
     )
@@ -199,6 +219,12 @@ class Settings(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
                 raise ValueError(f"loop name {name!r}: letters, digits, '.', '_' and '-' only")
         return loops
+
+    @field_validator("explanation_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
     @model_validator(mode="after")
     def _default_loop_exists(self) -> Settings:

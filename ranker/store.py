@@ -333,3 +333,21 @@ class Store:
             "SELECT (SELECT count(*) FROM decisions) AS decisions, (SELECT count(*) FROM rewards) AS rewards"
         )[0]
         return dict(row)
+
+    # -- explanations and discovery -----------------------------------------------------------
+
+    def exposures(self, loop: str, since: str) -> tuple[int, dict[str, int]]:
+        """The loop's decisions from ``since`` on: how many, and how many chose each action (single-slot)."""
+        rows = self.read(
+            "SELECT reward_action_id AS action, count(*) AS n FROM decisions "
+            "WHERE loop = ? AND created_at >= ? GROUP BY reward_action_id",
+            (loop, since),
+        )
+        return sum(r["n"] for r in rows), {r["action"]: r["n"] for r in rows if r["action"] is not None}
+
+    def served_versions(self, loop: str, since: str) -> set[str]:
+        """The model versions that served the loop's decisions from ``since`` on."""
+        rows = self.read(
+            "SELECT DISTINCT model_version FROM decisions WHERE loop = ? AND created_at >= ?", (loop, since)
+        )
+        return {r["model_version"] for r in rows if r["model_version"] is not None}
