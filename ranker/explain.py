@@ -514,19 +514,54 @@ def rank_explanation(
 
 
 def logged(
-    verdict: Any, raised: dict[str, dict[str, Any]], was_explored: bool | None, answer: bool = False
+    verdict: Any, raised: dict[str, dict[str, Any]], was_explored: bool | None = None, answer: bool = False
 ) -> dict[str, Any]:
     """The rules' part of a decision (what the log's ``explanation`` keeps): exclusions and priority factors
-    with the rule that set them, discovery floors that raised an action, and whether the chosen action was
-    explored. ``answer``: the shape Rank answers with (the rules under ``rules``, ``explored`` beside them)."""
+    with the rule that set them, and discovery floors that raised an action. ``answer``: the shape Rank
+    answers with (the rules under ``rules``, and ``explored`` beside them)."""
     rules = {"excluded": verdict.excluded, "reweighted": verdict.reweighted}
     if raised:
         rules["discovery"] = raised
     if not answer:
-        return rules if was_explored is None else {**rules, "explored": was_explored}
+        return rules
     out: dict[str, Any] = {"rules": rules}
     if was_explored is not None:
         out["explored"] = was_explored
         if was_explored:
             out["explorationNote"] = EXPLORED_NOTE
+    return out
+
+
+def slots_explanation(
+    model: Model,
+    predicted: list[tuple[list[dict[int, float]], Parsed]],
+    filling: Any,
+    context: dict[str, Any],
+    offered: list[tuple[str, dict[str, Any]]],
+    id_feature: bool,
+    top: int,
+) -> list[dict[str, Any]]:
+    """Multi-slot Rank's ``inferenceExplanation``: per filled slot, the chosen action's explanation and
+    whether it was explored. ``predicted`` holds each filled slot's prediction, in order (``choose_slots``
+    predicts once per filled slot, that slot last)."""
+    entries = [action_entry(i, f, id_feature) for i, f in offered]
+    out = []
+    filled = [c for c in filling.chosen if c is not None]
+    flags = dict(slots_explored(predicted, filling))
+    for (_, parsed), slot, (chosen, _) in zip(predicted, filling.slots, filled, strict=True):
+        found = explain_ccb(model, parsed, context, entries, slot, chosen, top)
+        body = {"slotId": slot["_id"], **found.body(offered[chosen][0]), "explored": flags[slot["_id"]]}
+        out.append(body)
+    return out
+
+
+def slots_explored(predicted: list[tuple[list[dict[int, float]], Any]], filling: Any) -> list[tuple[str, bool]]:
+    """(slot id, explored) of each filled slot a model predicted: whether its action is not the one VW's
+    distribution for the slot favours most."""
+    filled = [c for c in filling.chosen if c is not None]
+    out = []
+    for (per_slot, _), slot, (chosen, _) in zip(predicted, filling.slots, filled, strict=False):
+        scores = per_slot[-1] if per_slot else {}
+        candidates = slot["_inc"]
+        out.append((slot["_id"], explored([scores.get(m, 0.0) for m in candidates], candidates.index(chosen))))
     return out

@@ -309,7 +309,8 @@ class Service:
             "action_ids": json.dumps(ids),
             "reward_action_id": chosen_id,
             "probability": chosen_p,
-            "explanation": json.dumps(explain.logged(verdict, raised_by, was_explored)),
+            "explanation": json.dumps(explain.logged(verdict, raised_by)),
+            "explored": None if was_explored is None else int(was_explored),
             "model_version": engine.version,
             "policy": policy.name,
             "learning_mode": settings.learning_mode,
@@ -395,9 +396,17 @@ class Service:
         offered, slots = slot_options(slot_ids, slot_features, verdicts, baselines)
         c_json = dsjson.context_json(context, [actions[i] for i in offered], settings.action_id_feature)
 
+        explaining = settings.is_inference_explainability_enabled
+        predicted: list[tuple[list[dict[int, float]], explain.Parsed | None]] = []  # per filled slot
+
         def predict(c: str) -> list[dict[int, float]]:
             try:
-                return engine.predict_slots(c)
+                if not explaining:
+                    per_slot, parsed = engine.predict_slots(c), None
+                else:
+                    per_slot, parsed = explain.predict_parsed(engine, c, lambda e: explain.read_ccb(e, len(offered)))
+                predicted.append((per_slot, parsed))
+                return per_slot
             except (RuntimeError, ValueError) as exc:  # VW refused the features
                 raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
@@ -426,7 +435,9 @@ class Service:
                 "action_ids": json.dumps(ids),
                 "reward_action_id": None,
                 "probability": None,
-                "explanation": json.dumps({"slots": explanation}),
+                "explanation": json.dumps(
+                    {"slots": explanation, "explored": dict(explain.slots_explored(predicted, filling))}
+                ),
                 "model_version": engine.version,
                 "policy": policy.name,
                 "learning_mode": settings.learning_mode,
@@ -435,7 +446,20 @@ class Service:
                 "slots": json.dumps(answers),
             },
         )
-        return {"eventId": event_id, "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers]}
+        answer = {"eventId": event_id, "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers]}
+        if explaining:
+            answer["rules"] = explanation
+            if predicted and predicted[0][1] is not None:
+                answer["inferenceExplanation"] = explain.slots_explanation(
+                    explain.model_of(engine),
+                    predicted,
+                    filling,
+                    context,
+                    [actions[i] for i in offered],
+                    settings.action_id_feature,
+                    self.settings.explanation_features,
+                )
+        return answer
 
     # -- Reward and Activate ------------------------------------------------------------------
 
