@@ -446,7 +446,10 @@ class Service:
                 "slots": json.dumps(answers),
             },
         )
-        answer = {"eventId": event_id, "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers]}
+        answer = {
+            "eventId": event_id,
+            "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers],
+        }
         if explaining:
             answer["rules"] = explanation
             if predicted and predicted[0][1] is not None:
