@@ -345,9 +345,18 @@ class Store:
         )
         return sum(r["n"] for r in rows), {r["action"]: r["n"] for r in rows if r["action"] is not None}
 
-    def served_versions(self, loop: str, since: str) -> set[str]:
-        """The model versions that served the loop's decisions from ``since`` on."""
-        rows = self.read(
-            "SELECT DISTINCT model_version FROM decisions WHERE loop = ? AND created_at >= ?", (loop, since)
+    def event_rewards(self, loop: str, event_id: str) -> list[dict[str, Any]]:
+        """Every reward of a decision, in the order received, with its slot (null for a single-slot decision)."""
+        return self.read(
+            "SELECT r.value, r.received_at, r.slot_id FROM rewards r JOIN decisions d ON d.id = r.decision_id "
+            "WHERE d.loop = ? AND d.event_id = ? ORDER BY r.id",
+            (loop, event_id),
         )
-        return {r["model_version"] for r in rows if r["model_version"] is not None}
+
+
+def served_versions(conn: sqlite3.Connection, loop: str, since: str) -> set[str]:
+    """The model versions that served the loop's decisions from ``since`` on (the trainer's connection)."""
+    rows = conn.execute(
+        "SELECT DISTINCT model_version FROM decisions WHERE loop = ? AND created_at >= ?", (loop, since)
+    ).fetchall()
+    return {version for (version,) in rows if version is not None}

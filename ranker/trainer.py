@@ -61,7 +61,7 @@ from typing import Any
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
-from . import dsjson, loopconfig, models
+from . import dsjson, loopconfig, models, store
 from .engine import is_multislot, pmf_of, slot_scores_of, vw_arguments
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Policy, Settings, SettingsError, load_settings, parse_duration
@@ -464,7 +464,10 @@ class Trainer:
                 (version, loop.learned, timestamp(now), loop.name),
             )
         loop.published_learned, loop.published_at = loop.learned, now
-        models.prune(self.data_dir, loop.name, self.keep_versions)
+        # versions that served recent decisions stay, so those decisions can be explained (ranker.events)
+        since = timestamp(now - parse_duration(self.settings.explanation_retention))
+        served = store.served_versions(self._conn, loop.name, since)
+        models.prune(self.data_dir, loop.name, self.keep_versions, also_keep=served)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
         return version
 
