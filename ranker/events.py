@@ -26,7 +26,7 @@ from .store import Store
 
 bp = Blueprint("events", __name__)
 
-_engines: OrderedDict[tuple[str, str], Engine] = OrderedDict()  # (loop, version) -> engine, most recent last
+_engines: OrderedDict[tuple[str, int], Engine] = OrderedDict()  # (model file, inode) -> engine, most recent last
 _engines_lock = threading.Lock()
 ENGINES_KEPT = 4
 
@@ -34,18 +34,23 @@ ENGINES_KEPT = 4
 def engine_of(settings: Settings, loop: str, version: str) -> Engine | None:
     """A predict-only engine on a stored model version (its own options, read from its header), or None
     when the version is no longer stored."""
-    key = (loop, version)
-    with _engines_lock:
-        if key in _engines:
-            _engines.move_to_end(key)
-            return _engines[key]
     path = models.loop_dir(settings.data_dir, loop) / f"{version}.vw"
     try:
+        key = (str(path.resolve()), path.stat().st_ino)
+        with _engines_lock:
+            if key in _engines:
+                _engines.move_to_end(key)
+                return _engines[key]
         data = path.read_bytes()
-    except (FileNotFoundError, OSError):
+    except OSError:  # not stored (any more)
         return None
-    header = vwoptions.check_model(data) if b"--ccb_explore_adf" not in data[:4096] else vwoptions.model_header(data)
-    engine = Engine(" ".join(header.options), str(path), version)
+    header = vwoptions.model_header(data)
+    vwoptions.check(header.options)
+    # VW takes the rest of the options from the model's header; naming the reductions VW wrote there (cb_adf,
+    # csoaa_ldf, ...) would build another stack
+    kind = "--ccb_explore_adf" if "--ccb_explore_adf" in header.options else "--cb_explore_adf"
+    engine = Engine(kind, str(path), version)
+    explain.model_of(engine, " ".join(header.options))
     with _engines_lock:
         _engines[key] = engine
         while len(_engines) > ENGINES_KEPT:
@@ -192,3 +197,60 @@ def get_event(event_id: str) -> Response:
     if body is None:
         raise ApiError(404, "ResourceNotFound", f"no decision with event id {event_id!r} in this loop")
     return json_response(body, 200)
+
+
+def describe(body: dict[str, Any], rows: int = 8) -> str:
+    """A lookup for a person (``ranker explain``): what was chosen and why, most important first."""
+    lines = [
+        f"event {body['eventId']} at {body['time']}: model {body['modelVersion']}, policy {body['policy']}, "
+        f"{body['learningMode']}"
+    ]
+    explained = {e.get("slotId", e["id"]): e for e in body.get("inferenceExplanation", [])}
+
+    def why(entry: dict[str, Any] | None, indent: str) -> None:
+        if entry is None:
+            return
+        lines.append(
+            f"{indent}score {entry['score']:+.4f} = constant {entry['constant']:+.4f} + contributions; largest:"
+        )
+        for term in entry["features"][:rows]:
+            lines.append(f"{indent}  {term['score']:+9.4f}  {term['name']}")
+
+    def rules_part(rules: dict[str, Any], indent: str) -> None:
+        for action, reasons in rules.get("excluded", {}).items():
+            lines.append(f"{indent}excluded {action}: {', '.join(reasons)}")
+        for action, factors in rules.get("reweighted", {}).items():
+            named = ", ".join(f"{f['rule']} x{f['factor']:g}" for f in factors)
+            lines.append(f"{indent}reweighted {action}: {named}")
+        for action, found in rules.get("discovery", {}).items():
+            lines.append(f"{indent}discovery {found['rule']} raised {action} to {found['floor']:g}")
+
+    if "slots" in body:
+        for slot in body["slots"]:
+            explored = {True: " (explored)", False: "", None: ""}[slot["explored"]]
+            p = "" if slot["probability"] is None else f" p={slot['probability']:.3f}"
+            lines.append(f"slot {slot['id']}: {slot['rewardActionId']}{p}{explored}")
+            rules_part(slot["rules"], "  ")
+            why(explained.get(slot["id"]), "  ")
+    else:
+        chosen = body["rewardActionId"]
+        explored = {True: " (explored: not the model's first choice)", False: "", None: ""}[body["explored"]]
+        p = "" if body["probability"] is None else f" p={body['probability']:.3f}"
+        lines.append(f"chosen: {chosen}{p}{explored}")
+        rules_part(body["rules"], "  ")
+        why(explained.get(chosen), "  ")
+        others = [a for a in body["eligible"] if a["id"] != chosen]
+        if others:
+            lines.append("others: " + ", ".join(f"{a['id']} p={a['probability']:.3f}" for a in others[:rows]))
+    if "inferenceExplanationUnavailable" in body:
+        lines.append(f"no feature contributions: {body['inferenceExplanationUnavailable']}")
+    rewards = ", ".join(
+        f"{r['value']:g}" + (f" ({r['slotId']})" if "slotId" in r else "") + f" at {r['receivedAt']}"
+        for r in body["rewards"]
+    )
+    lines.append(f"rewards: {rewards or 'none yet'}")
+    activation = "activated" if body["activated"] else "deferred, not activated"
+    if body["activatedAt"]:
+        activation += f" at {body['activatedAt']}"
+    lines.append(f"activation: {activation}")
+    return "\n".join(lines)

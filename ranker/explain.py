@@ -17,8 +17,10 @@ VW's slot index feature (``_ccb_slot_index^index<k>``) with the interactions VW 
 come from the model's own table (``json_weights``), read once per served model. tests/test_explain.py
 checks names, indices and values against VW's audit output and the sums against VW's raw scores.
 
-When a term cannot be rebuilt (an option this module does not model), the difference to VW's score is
-reported as one more term, ``(not attributed)``, so that the sum still holds and nothing is hidden.
+VW adds the terms in single precision, so its score differs from the exact sum of the terms by a rounding
+(about 1e-7 of the score, at most TOLERANCE): ``constant`` carries it, and the parts add up to VW's score.
+When a term cannot be rebuilt (an option this module does not model), a larger difference is reported as
+one more term, ``(not attributed)``, so that the sum still holds and nothing is hidden.
 """
 
 from __future__ import annotations
@@ -263,12 +265,13 @@ _models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _models_lock = threading.Lock()
 
 
-def model_of(engine: Any) -> Model:
-    """The engine's :class:`Model`, built on first use (reading its weights takes a few milliseconds)."""
+def model_of(engine: Any, arguments: str | None = None) -> Model:
+    """The engine's :class:`Model`, built on first use (reading its weights takes a few milliseconds);
+    ``arguments``: the VW options the model was trained with, when the engine was not given them all."""
     with _models_lock:
         model = _models.get(engine)
         if model is None:
-            model = _models[engine] = Model(engine.workspace, engine.arguments, engine.multislot)
+            model = _models[engine] = Model(engine.workspace, arguments or engine.arguments, engine.multislot)
         return model
 
 
@@ -389,7 +392,10 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
         best = sorted((i for i in best.tolist() if scores[i] != 0), key=lambda i: -abs(scores[i]))
         listed = [Term("*".join(f.names[p] for p in groups[i]), float(scores[i])) for i in best]
     count = len(scores)
-    if abs(rest) > TOLERANCE * max(1.0, abs(score)):
+    if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
+        # VW adds the terms in single precision; the constant carries that rounding, so the parts add up
+        constant += rest
+    else:
         listed.append(Term(NOT_ATTRIBUTED, rest))
         listed.sort(key=lambda t: -abs(t.score))
         listed = listed[: max(top, 1)] if listed[0].name == NOT_ATTRIBUTED else listed[:top]

@@ -146,6 +146,7 @@ class LoopSettings(BaseModel):
     )
     is_inference_explainability_enabled: bool = Field(
         False,
+        strict=True,
         alias="isInferenceExplainabilityEnabled",
         description="Rank answers with inferenceExplanation (each ranked action's largest feature contributions), "
         "explored and the rules' part.",
