@@ -306,7 +306,8 @@ def test_cli_explain_prints_the_decision_most_important_first(tmp_path, runner, 
     app.test_client().post(f"{V1}/rank", json=rank_body("cli"))
     config = tmp_path / "ranker.toml"
     config.write_text(
-        f'data_dir = "{tmp_path}"\nexplanation_features = 5\n[loops.l]\npolicy = {{ name = "p", arguments = "{SINGLE}" }}\n'
+        f'data_dir = "{tmp_path}"\nexplanation_features = 5\n'
+        f'[loops.l]\npolicy = {{ name = "p", arguments = "{SINGLE}" }}\n'
     )
     result = runner.invoke(cli, ["explain", "--loop", "l", "--config", str(config), "cli"])
     assert result.exit_code == 0, result.output
