@@ -175,7 +175,7 @@ def _explained(
         pinned = [{**s, "_inc": [chosen[j]]} for j, s in enumerate(slots[:k])] + [slot]
         line = dsjson.with_slots(c_json, pinned)
         _, parsed = explain.predict_parsed(engine, line, lambda e: explain.read_ccb(e, len(multi)))
-        found = explain.explain_ccb(model, parsed, context, multi, slot, chosen[k], top)
+        found = explain.explain_ccb(model, parsed, context, multi, slot, k, chosen[k], top)
         out.append({"slotId": slot["_id"], **found.body(multi[chosen[k]]["_id"])})
     return {"inferenceExplanation": out}
 

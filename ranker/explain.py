@@ -44,6 +44,7 @@ CONSTANT_NAMESPACE = 128
 CCB_SLOT_NAMESPACE = 139
 CCB_ID_NAMESPACE = 140
 WILDCARD = ord(":")
+PAD = 255  # the namespace of padding in batched arrays: no interaction, no linear term
 NOT_ATTRIBUTED = "(not attributed)"
 # A rebuilt score further than this from VW's own (relative to the score's size) leaves a remainder term.
 TOLERANCE = 1e-5
@@ -81,40 +82,31 @@ class Explanation:
 # -- what VW parsed ----------------------------------------------------------------------------------
 
 
-def example_features(ex: Any) -> list[tuple[int, list[int], list[float]]]:
-    """(namespace, indices, values) of a parsed example, in VW's namespace order."""
-    out = []
-    for i in range(ex.num_namespaces()):
-        ns = ex.namespace(i)
-        n = ex.num_features_in(ns)
-        out.append((ns, [ex.feature(ns, j) for j in range(n)], [ex.feature_weight(ns, j) for j in range(n)]))
-    return out
-
-
 @dataclass
 class Parsed:
-    """What one prediction read: each example's features and each action's raw score (VW's cost)."""
+    """What explaining reads of one prediction: each action's raw score (VW's cost) and what VW multiplied
+    feature hashes by (its weights per feature and stride, read off an action's constant feature)."""
 
-    shared: list[tuple[int, list[int], list[float]]]
-    actions: list[list[tuple[int, list[int], list[float]]]]
-    slots: list[list[tuple[int, list[int], list[float]]]]
     costs: list[float]
+    multiplier: int = 1
+
+
+def _multiplier_of(ex: Any) -> int:
+    if ex.num_features_in(CONSTANT_NAMESPACE):
+        return max(1, ex.feature(CONSTANT_NAMESPACE, 0) // CONSTANT_HASH)
+    return 1
 
 
 def read_cb(examples: list[Any]) -> Parsed:
     """Read a single-slot prediction (after ``predict_multi``, before the examples are finished)."""
-    actions = [example_features(ex) for ex in examples[1:]]
-    costs = [ex.get_partial_prediction() for ex in examples[1:]]
-    return Parsed(example_features(examples[0]), actions, [], costs)
+    return Parsed([ex.get_partial_prediction() for ex in examples[1:]], _multiplier_of(examples[1]))
 
 
 def read_ccb(examples: list[Any], n_actions: int) -> Parsed:
     """Read a multi-slot prediction: shared, ``n_actions`` actions, then the slots. The actions' raw scores
     are those of the last slot VW predicted."""
-    actions = [example_features(ex) for ex in examples[1 : 1 + n_actions]]
-    slots = [example_features(ex) for ex in examples[1 + n_actions :]]
-    costs = [ex.get_partial_prediction() for ex in examples[1 : 1 + n_actions]]
-    return Parsed(example_features(examples[0]), actions, slots, costs)
+    actions = examples[1 : 1 + n_actions]
+    return Parsed([ex.get_partial_prediction() for ex in actions], _multiplier_of(actions[0]))
 
 
 # -- the model: weights, interactions, names -----------------------------------------------------------
@@ -208,6 +200,10 @@ class Model:
         self.shift = np.uint64(stride.bit_length() - 1)
         self.mask = np.uint64((ws.num_weights() << int(self.shift)) - 1)
         self.specs, self.ignore_linear = interaction_specs(arguments, multislot)
+        self.pairs, self.triples, self.fast = _tables(self.specs, multislot)
+        self.linear = np.ones(256, dtype=bool)
+        self.linear[[*self.ignore_linear, CONSTANT_NAMESPACE, PAD]] = False
+        self.constant = "--noconstant" not in vwoptions.split(arguments)
         self._hashes: dict[tuple[str, str], int] = {}
         self._space: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -230,35 +226,55 @@ class Model:
             found = self._hashes[key] = self.ws.hash_feature(name, self.space(ns))
         return found
 
-    def names(self, obj: dict[str, Any], multiplier: int, slot: bool = False) -> dict[tuple[int, int], str]:
-        """(namespace, index) -> VW's audit name of each feature VW's JSON parser makes of ``obj``.
+    def features(self, obj: dict[str, Any], slot: bool = False) -> dict[int, list[tuple[int, float, str]]]:
+        """The features VW's JSON parser makes of ``obj``, per namespace index in parse order: (hash, value,
+        VW's audit name). Nested objects are namespaces named by their key; a string is the feature
+        key+value, true and non-zero numbers the feature key; false, null and 0 make none; an array of numbers
+        is anonymous features ``key^[i]``; a slot's top-level features go to VW's slot namespace (139)."""
+        out: dict[int, list[tuple[int, float, str]]] = {}
+        self._walk(obj, " ", out, CCB_SLOT_NAMESPACE if slot else DEFAULT_NAMESPACE)
+        return out
 
-        A slot's top-level features land in VW's slot namespace (139)."""
-        names: dict[tuple[int, int], str] = {}
-        self._walk(obj, " ", names, multiplier, CCB_SLOT_NAMESPACE if slot else None)
-        return names
-
-    def _walk(self, obj: dict[str, Any], ns: str, out: dict, multiplier: int, default_to: int | None) -> None:
-        index = ord(ns[0]) if ns != " " or default_to is None else default_to
+    def _walk(self, obj: dict[str, Any], ns: str, out: dict, index: int) -> None:
         prefix = "" if ns == " " else ns + "^"
+        here = out.setdefault(index, [])
         for key, value in obj.items():
             if key[:1] == "_":
                 continue
             kind = type(value)
-            if kind is dict:
-                self._walk(value, key, out, multiplier, None)
+            if kind is str:
+                here.append((self.feature_hash(ns, key + value), 1.0, prefix + key + value))
+            elif kind is dict:
+                self._walk(value, key, out, ord(key[0]))
             elif kind is list:
                 if all(type(v) is dict for v in value):
                     for item in value:
-                        self._walk(item, key, out, multiplier, None)
+                        self._walk(item, key, out, ord(key[0]))
                 else:
                     base = self.space(key)
-                    for i in range(len(value)):
-                        out[(ord(key[0]), ((base + i) * multiplier) & 0xFFFFFFFFFFFFFFFF)] = f"{key}^[{i}]"
-            elif kind is str:
-                out[(index, self.feature_hash(ns, key + value) * multiplier)] = prefix + key + value
-            elif value is True or (kind is not bool and value is not None):
-                out[(index, self.feature_hash(ns, key) * multiplier)] = prefix + key
+                    group = out.setdefault(ord(key[0]), [])
+                    group += [(base + i, float(v), f"{key}^[{i}]") for i, v in enumerate(value) if v]
+            elif value is True or (kind is not bool and value):
+                here.append((self.feature_hash(ns, key), float(value), prefix + key))
+
+
+def _tables(specs: list[list[int]], multislot: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The interactions as lookup tables over (namespace, namespace): ``pairs[a, b]`` when (a, b) is an
+    interaction, ``triples[a, b]`` when (a, b, slot index) is one; and whether that is all of them (otherwise
+    :func:`terms` computes interactions one by one). Wildcards expand over every namespace they can cover,
+    which gives the same terms as VW's expansion over the namespaces it has seen (the others have none)."""
+    every = [ns for ns in range(256) if _interaction_namespace(ns)]
+    pairs = np.zeros((256, 256), dtype=bool)
+    triples = np.zeros((256, 256), dtype=bool)
+    fast = True
+    for inter in compile_interactions(specs, every):
+        if len(inter) == 2:
+            pairs[inter] = True
+        elif len(inter) == 3 and inter[2] == CCB_ID_NAMESPACE and multislot:
+            triples[inter[:2]] = True
+        else:
+            fast = False
+    return pairs, triples, fast
 
 
 _models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -291,44 +307,23 @@ class _Features:
 
 def merged_features(
     model: Model,
-    own: list[tuple[int, list[int], list[float]]],
-    shared: list[tuple[int, list[int], list[float]]],
-    names: dict[tuple[int, int], str],
+    own: dict[int, list[tuple[int, float, str]]],
+    shared: dict[int, list[tuple[int, float, str]]],
+    multiplier: int,
 ) -> _Features:
-    """The action's features after VW merges the shared ones into it: per namespace the action's own
-    features, then the shared ones; the shared constant is not merged (the action has its own)."""
-    groups: dict[int, tuple[list[int], list[float]]] = {}
-    for ns, idx, val in own:
-        g = groups.setdefault(ns, ([], []))
-        g[0].extend(idx)
-        g[1].extend(val)
-    for ns, idx, val in shared:
-        if ns == CONSTANT_NAMESPACE:
-            continue
-        g = groups.setdefault(ns, ([], []))
-        g[0].extend(idx)
-        g[1].extend(val)
-    order = sorted(groups)
-    ns_list: list[int] = []
-    idx_list: list[int] = []
-    val_list: list[float] = []
-    name_list: list[str] = []
-    for ns in order:
-        idx, val = groups[ns]
-        ns_list += [ns] * len(idx)
-        idx_list += idx
-        val_list += val
-        for i in idx:
-            name = names.get((ns, i))
-            if name is None:
-                name = "Constant" if ns == CONSTANT_NAMESPACE else f"{chr(ns) if ns < 128 else ns}^#{i}"
-            name_list.append(name)
-    return _Features(
-        np.array(ns_list, dtype=np.uint8),
-        np.array(idx_list, dtype=np.uint64),
-        np.array(val_list, dtype=np.float32),
-        name_list,
-    )
+    """The action's features as VW's learner sees them once the shared ones are merged in: per namespace the
+    action's own features, then the shared ones, and the action's constant."""
+    merged = []
+    for ns in sorted(own.keys() | shared.keys()):
+        for h, v, name in own.get(ns, ()):
+            merged.append((ns, h, v, name))
+        for h, v, name in shared.get(ns, ()):
+            merged.append((ns, h, v, name))
+    if model.constant:
+        merged.append((CONSTANT_NAMESPACE, CONSTANT_HASH, 1.0, "Constant"))
+    ns_, h_, v_, names = zip(*merged, strict=True) if merged else ((), (), (), ())
+    index = np.array(h_, dtype=np.uint64) * np.uint64(multiplier)
+    return _Features(np.array(ns_, dtype=np.uint8), index, np.array(v_, dtype=np.float32), list(names))
 
 
 def terms(model: Model, f: _Features) -> tuple[np.ndarray, list[tuple[int, ...]], float]:
@@ -403,31 +398,72 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
     return Explanation(score, constant, listed, count)
 
 
-def _multiplier(parsed: Parsed) -> int:
-    """What VW multiplied the parsed hashes by (its weights per feature and stride), read off the constant."""
-    for ns, idx, _ in parsed.actions[0] if parsed.actions else parsed.shared:
-        if ns == CONSTANT_NAMESPACE and idx:
-            return max(1, idx[0] // CONSTANT_HASH)
-    return 1
+def explain_batch(model: Model, feats: list[_Features], costs: list[float], top: int) -> list[Explanation]:
+    """:func:`explain_action` for several actions at once, with every interaction of every action in one grid
+    of feature pairs (VW's pair order: a namespace with itself pairs each feature with itself and the later
+    ones); a model with interactions the grid does not cover takes :func:`explain_action`."""
+    if not model.fast:
+        return [explain_action(model, f, c, top) for f, c in zip(feats, costs, strict=True)]
+    n, m = len(feats), max(len(f.index) for f in feats)
+    ns = np.full((n, m), PAD, dtype=np.uint8)
+    index = np.zeros((n, m), dtype=np.uint64)
+    value = np.zeros((n, m), dtype=np.float32)
+    for k, f in enumerate(feats):
+        ns[k, : len(f.ns)], index[k, : len(f.ns)], value[k, : len(f.ns)] = f.ns, f.index, f.value
+    later = np.triu(np.ones((m, m), dtype=bool))
+    same = ns[:, :, None] == ns[:, None, :]
+    order_ok = ~same | later
+    pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
+    pair_value = value[:, :, None] * value[:, None, :]
+    allowed = model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok
+    pair_scores = np.where(allowed, -(model.weights(pair_hash) * pair_value), np.float32(0))
+    parts = [np.where(model.linear[ns], -(model.weights(index) * value), np.float32(0)), pair_scores.reshape(n, -1)]
+    slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
+    cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
+    if cubic:  # (a, b, slot index): VW's chain hash with the slot index feature last
+        slot_index = index[np.arange(n), slot_at]
+        allowed3 = model.triples[ns[:, :, None], ns[:, None, :]] & order_ok
+        hashed = (pair_hash * FNV_PRIME) ^ slot_index[:, None, None]
+        slot_value = value[np.arange(n), slot_at][:, None, None]
+        parts.append(np.where(allowed3, -(model.weights(hashed) * (pair_value * slot_value)), 0).reshape(n, -1))
+    scores = np.concatenate(parts, axis=1).astype(np.float64)
+    constants = np.where(ns == CONSTANT_NAMESPACE, -(model.weights(index) * value), 0).sum(axis=1, dtype=np.float64)
+    k = min(top, scores.shape[1])
+    best = np.argpartition(-np.abs(scores), k - 1, axis=1)[:, :k] if k < scores.shape[1] else None
+    out = []
+    for a, f in enumerate(feats):
+        row = scores[a]
+        chosen = best[a].tolist() if best is not None else list(range(len(row)))
+        chosen = sorted((i for i in chosen if row[i] != 0), key=lambda i: -abs(row[i]))
+        listed = []
+        for i in chosen:
+            if i < m:
+                members = (i,)
+            elif i < m + m * m:
+                members = divmod(i - m, m)
+            else:
+                members = (*divmod(i - m - m * m, m), int(slot_at[a]))
+            listed.append(Term("*".join(f.names[p] for p in members), float(row[i])))
+        score = 0.0 - float(costs[a])
+        constant = float(constants[a]) + 0.0
+        rest = score - constant - float(row.sum())
+        count = int(np.count_nonzero(row))
+        if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
+            constant += rest  # VW adds in single precision: the constant carries the rounding
+        else:
+            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t.score))[: max(top, 1)]
+            count += 1
+        out.append(Explanation(score, constant, listed, count))
+    return out
 
 
 def explain_cb(
     model: Model, parsed: Parsed, context: dict[str, Any], actions: list[dict[str, Any]], which: list[int], top: int
 ) -> dict[int, Explanation]:
     """Explanations of the actions ``which`` (``_multi`` indices) of a single-slot prediction."""
-    multiplier = _multiplier(parsed)
-    shared_names = model.names(context, multiplier)
-    out = {}
-    for i in which:
-        names = {**shared_names, **model.names(actions[i], multiplier)}
-        f = merged_features(model, parsed.actions[i], parsed.shared, names)
-        out[i] = explain_action(model, f, parsed.costs[i], top)
-    return out
-
-
-def slot_id_feature(model: Model, k: int, multiplier: int) -> tuple[int, list[int], list[float]]:
-    """VW's slot index feature of the k-th slot (namespace 140, ``index<k>`` hashed in ``_id``)."""
-    return CCB_ID_NAMESPACE, [model.ws.hash_feature(f"index{k}", model.space("_id")) * multiplier], [1.0]
+    shared = model.features(context)
+    feats = [merged_features(model, model.features(actions[i]), shared, parsed.multiplier) for i in which]
+    return dict(zip(which, explain_batch(model, feats, [parsed.costs[i] for i in which], top), strict=True))
 
 
 def explain_ccb(
@@ -436,24 +472,20 @@ def explain_ccb(
     context: dict[str, Any],
     actions: list[dict[str, Any]],
     slot: dict[str, Any],
+    k: int,
     action: int,
     top: int,
 ) -> Explanation:
-    """The explanation of ``_multi`` action ``action`` in the last slot of a multi-slot prediction: its
-    features, the context's, the slot's (its top-level ones in VW's slot namespace) and the slot index."""
-    multiplier = _multiplier(parsed)
-    k = len(parsed.slots) - 1
-    names = {**model.names(context, multiplier), **model.names(slot, multiplier, slot=True)}
-    names.update(model.names(actions[action], multiplier))
-    names[(CCB_ID_NAMESPACE, slot_id_feature(model, k, multiplier)[1][0])] = f"_ccb_slot_index^index{k}"
-    shared = list(parsed.shared)
-    for ns, idx, val in parsed.slots[k]:
-        if ns == CONSTANT_NAMESPACE:
-            continue
-        shared.append((CCB_SLOT_NAMESPACE if ns == DEFAULT_NAMESPACE else ns, idx, val))
-    shared.append(slot_id_feature(model, k, multiplier))
-    f = merged_features(model, parsed.actions[action], shared, names)
-    return explain_action(model, f, parsed.costs[action], top)
+    """The explanation of ``_multi`` action ``action`` in slot ``k``, the last slot of a multi-slot
+    prediction: its features, the context's, the slot's (its top-level ones in VW's slot namespace, the others
+    in their own) and VW's slot index feature ``_ccb_slot_index^index<k>``."""
+    shared = {ns: list(group) for ns, group in model.features(context).items()}
+    for ns, group in model.features(slot, slot=True).items():
+        shared.setdefault(ns, []).extend(group)
+    slot_hash = model.ws.hash_feature(f"index{k}", model.space("_id"))
+    shared[CCB_ID_NAMESPACE] = [(slot_hash, 1.0, f"_ccb_slot_index^index{k}")]
+    f = merged_features(model, model.features(actions[action]), shared, parsed.multiplier)
+    return explain_batch(model, [f], [parsed.costs[action]], top)[0]
 
 
 def predict_parsed(engine: Any, line: str, read: Any) -> tuple[Any, Parsed]:
@@ -554,8 +586,8 @@ def slots_explanation(
     out = []
     filled = [c for c in filling.chosen if c is not None]
     flags = dict(slots_explored(predicted, filling))
-    for (_, parsed), slot, (chosen, _) in zip(predicted, filling.slots, filled, strict=True):
-        found = explain_ccb(model, parsed, context, entries, slot, chosen, top)
+    for k, ((_, parsed), slot, (chosen, _)) in enumerate(zip(predicted, filling.slots, filled, strict=True)):
+        found = explain_ccb(model, parsed, context, entries, slot, k, chosen, top)
         body = {"slotId": slot["_id"], **found.body(offered[chosen][0]), "explored": flags[slot["_id"]]}
         out.append(body)
     return out
