@@ -209,7 +209,10 @@ class Model:
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
-        return self.table[((index & self.mask) >> self.shift).astype(np.int64)]
+        slots = index & self.mask
+        if self.shift:
+            slots >>= self.shift
+        return self.table.take(slots.astype(np.intp))
 
     def space(self, name: str) -> int:
         found = self._space.get(name)
@@ -226,24 +229,29 @@ class Model:
             found = self._hashes[key] = self.ws.hash_feature(name, self.space(ns))
         return found
 
-    def features(self, obj: dict[str, Any], slot: bool = False) -> dict[int, list[tuple[int, float, str]]]:
-        """The features VW's JSON parser makes of ``obj``, per namespace index in parse order: (hash, value,
-        VW's audit name). Nested objects are namespaces named by their key; a string is the feature
+    def features(self, obj: dict[str, Any], slot: bool = False) -> dict[int, tuple[list, list, list]]:
+        """The features VW's JSON parser makes of ``obj``, per namespace index in parse order, as (hashes,
+        values, VW's audit names). Nested objects are namespaces named by their key; a string is the feature
         key+value, true and non-zero numbers the feature key; false, null and 0 make none; an array of numbers
         is anonymous features ``key^[i]``; a slot's top-level features go to VW's slot namespace (139)."""
-        out: dict[int, list[tuple[int, float, str]]] = {}
+        out: dict[int, tuple[list, list, list]] = {}
         self._walk(obj, " ", out, CCB_SLOT_NAMESPACE if slot else DEFAULT_NAMESPACE)
         return out
 
     def _walk(self, obj: dict[str, Any], ns: str, out: dict, index: int) -> None:
         prefix = "" if ns == " " else ns + "^"
-        here = out.setdefault(index, [])
+        hashes, values, names = out.setdefault(index, ([], [], []))
+        hashed = self._hashes
         for key, value in obj.items():
             if key[:1] == "_":
                 continue
             kind = type(value)
             if kind is str:
-                here.append((self.feature_hash(ns, key + value), 1.0, prefix + key + value))
+                name = key + value
+                h = hashed.get((ns, name))
+                hashes.append(h if h is not None else self.feature_hash(ns, name))
+                values.append(1.0)
+                names.append(prefix + name)
             elif kind is dict:
                 self._walk(value, key, out, ord(key[0]))
             elif kind is list:
@@ -252,10 +260,17 @@ class Model:
                         self._walk(item, key, out, ord(key[0]))
                 else:
                     base = self.space(key)
-                    group = out.setdefault(ord(key[0]), [])
-                    group += [(base + i, float(v), f"{key}^[{i}]") for i, v in enumerate(value) if v]
+                    group = out.setdefault(ord(key[0]), ([], [], []))
+                    for i, v in enumerate(value):
+                        if v:
+                            group[0].append(base + i)
+                            group[1].append(float(v))
+                            group[2].append(f"{key}^[{i}]")
             elif value is True or (kind is not bool and value):
-                here.append((self.feature_hash(ns, key), float(value), prefix + key))
+                h = hashed.get((ns, key))
+                hashes.append(h if h is not None else self.feature_hash(ns, key))
+                values.append(float(value))
+                names.append(prefix + key)
 
 
 def _tables(specs: list[list[int]], multislot: bool) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -296,39 +311,54 @@ def model_of(engine: Any, arguments: str | None = None) -> Model:
 
 @dataclass
 class _Features:
-    """One action's features as VW's learner sees them: namespaces in order, each feature's index, value
-    and name."""
+    """One action's features as VW's learner sees them: each feature's namespace, index (the hash times VW's
+    multiplier, applied in :func:`explain_batch`), value and name, namespaces in order."""
 
-    ns: np.ndarray  # uint8 per feature
-    index: np.ndarray  # uint64
-    value: np.ndarray  # float32
+    ns: list[int]
+    index: list[int]
+    value: list[float]
     names: list[str]
+    multiplier: int = 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index = np.array(self.index, dtype=np.uint64) * np.uint64(self.multiplier)
+        return np.array(self.ns, dtype=np.uint8), index, np.array(self.value, dtype=np.float32)
 
 
 def merged_features(
-    model: Model,
-    own: dict[int, list[tuple[int, float, str]]],
-    shared: dict[int, list[tuple[int, float, str]]],
-    multiplier: int,
+    model: Model, own: dict[int, tuple[list, list, list]], shared: dict[int, tuple[list, list, list]], multiplier: int
 ) -> _Features:
     """The action's features as VW's learner sees them once the shared ones are merged in: per namespace the
     action's own features, then the shared ones, and the action's constant."""
-    merged = []
+    f = _Features([], [], [], [], multiplier)
+    empty = ([], [], [])
     for ns in sorted(own.keys() | shared.keys()):
-        for h, v, name in own.get(ns, ()):
-            merged.append((ns, h, v, name))
-        for h, v, name in shared.get(ns, ()):
-            merged.append((ns, h, v, name))
+        oh, ov, on = own.get(ns, empty)
+        sh, sv, sn = shared.get(ns, empty)
+        f.ns += [ns] * (len(oh) + len(sh))
+        f.index += oh + sh
+        f.value += ov + sv
+        f.names += on + sn
     if model.constant:
-        merged.append((CONSTANT_NAMESPACE, CONSTANT_HASH, 1.0, "Constant"))
-    ns_, h_, v_, names = zip(*merged, strict=True) if merged else ((), (), (), ())
-    index = np.array(h_, dtype=np.uint64) * np.uint64(multiplier)
-    return _Features(np.array(ns_, dtype=np.uint8), index, np.array(v_, dtype=np.float32), list(names))
+        f.ns.append(CONSTANT_NAMESPACE)
+        f.index.append(CONSTANT_HASH)
+        f.value.append(1.0)
+        f.names.append("Constant")
+    return f
+
+
+@dataclass
+class _Arrays:
+    ns: np.ndarray
+    index: np.ndarray
+    value: np.ndarray
+    names: list[str]
 
 
 def terms(model: Model, f: _Features) -> tuple[np.ndarray, list[tuple[int, ...]], float]:
     """Every term of the action's score as (scores, the features of each term, the constant's score);
     scores have the sign turned (−weight × value)."""
+    f = _Arrays(*f.arrays(), f.names)
     scores: list[np.ndarray] = []
     members: list[np.ndarray] = []
     constant = 0.0
@@ -410,14 +440,16 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     value = np.zeros((n, m), dtype=np.float32)
     for k, f in enumerate(feats):
         ns[k, : len(f.ns)], index[k, : len(f.ns)], value[k, : len(f.ns)] = f.ns, f.index, f.value
+    index *= np.uint64(feats[0].multiplier)
     later = np.triu(np.ones((m, m), dtype=bool))
     same = ns[:, :, None] == ns[:, None, :]
     order_ok = ~same | later
     pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
     pair_value = value[:, :, None] * value[:, None, :]
     allowed = model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok
-    pair_scores = np.where(allowed, -(model.weights(pair_hash) * pair_value), np.float32(0))
-    parts = [np.where(model.linear[ns], -(model.weights(index) * value), np.float32(0)), pair_scores.reshape(n, -1)]
+    pair_scores = model.weights(pair_hash) * pair_value
+    pair_scores *= np.where(allowed, np.float32(-1), np.float32(0))
+    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores.reshape(n, -1)]
     slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
     cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
     if cubic:  # (a, b, slot index): VW's chain hash with the slot index feature last
@@ -479,11 +511,14 @@ def explain_ccb(
     """The explanation of ``_multi`` action ``action`` in slot ``k``, the last slot of a multi-slot
     prediction: its features, the context's, the slot's (its top-level ones in VW's slot namespace, the others
     in their own) and VW's slot index feature ``_ccb_slot_index^index<k>``."""
-    shared = {ns: list(group) for ns, group in model.features(context).items()}
-    for ns, group in model.features(slot, slot=True).items():
-        shared.setdefault(ns, []).extend(group)
+    shared = {ns: (h[:], v[:], n[:]) for ns, (h, v, n) in model.features(context).items()}
+    for ns, (h, v, n) in model.features(slot, slot=True).items():
+        group = shared.setdefault(ns, ([], [], []))
+        group[0].extend(h)
+        group[1].extend(v)
+        group[2].extend(n)
     slot_hash = model.ws.hash_feature(f"index{k}", model.space("_id"))
-    shared[CCB_ID_NAMESPACE] = [(slot_hash, 1.0, f"_ccb_slot_index^index{k}")]
+    shared[CCB_ID_NAMESPACE] = ([slot_hash], [1.0], [f"_ccb_slot_index^index{k}"])
     f = merged_features(model, model.features(actions[action]), shared, parsed.multiplier)
     return explain_batch(model, [f], [parsed.costs[action]], top)[0]
 
