@@ -302,7 +302,9 @@ def model_of(engine: Any, arguments: str | None = None) -> Model:
     with _models_lock:
         model = _models.get(engine)
         if model is None:
-            model = _models[engine] = Model(engine.workspace, arguments or engine.arguments, engine.multislot)
+            with engine.lock:  # VW reads its weights for json_weights; no prediction meanwhile
+                model = Model(engine.workspace, arguments or engine.arguments, engine.multislot)
+            _models[engine] = model
         return model
 
 
