@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api, evaluations, meta, metrics
+from . import admin, api, evaluations, events, meta, metrics
 from .errors import ApiError, StoreUnavailable
 from .service import Service
 from .settings import Settings, load_settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None, create_databas
         app.register_blueprint(api.bp, url_prefix=prefix, name=name)
         app.register_blueprint(admin.bp, url_prefix=prefix, name=f"admin_{name}")
         app.register_blueprint(evaluations.bp, url_prefix=prefix, name=f"evaluations_{name}")
+        app.register_blueprint(events.bp, url_prefix=prefix, name=f"events_{name}")
     app.register_blueprint(meta.bp)
     if settings.null_endpoint:
         app.add_url_rule("/null", "null", meta.null, methods=["POST"])

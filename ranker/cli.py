@@ -341,3 +341,26 @@ def importance_command(loop, path, start, end, arguments, features, output, conf
         click.echo(f"{row['score']:6.1f}  {part}  (SNIPS {row['estimate']:.4f} without, {row['full']:.4f} with)")
     if output is not None:
         json.dump(rows, output, indent=2)
+
+
+@cli.command("explain")
+@click.argument("event_id")
+@click.option("--loop", help="The decision's loop (default: default_loop).")
+@click.option("--features/--no-features", default=True, help="Compute feature contributions (default: on).")
+@click.option("--json", "as_json", is_flag=True, help="Print GET events/{eventId}'s JSON instead of a table.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def explain_command(event_id: str, loop: str | None, features: bool, as_json: bool, config: str | None) -> None:
+    """Say why a decision came out as it did: rules, chosen action, exploration, rewards, and the features
+    that pushed each ranked action up or down (with the model version that served it, while stored).
+
+    Example: ranker explain --loop cards 3f2a9c0e
+    """
+    from . import events
+    from .store import Store
+
+    settings = _settings(config)
+    name = _loop(settings, loop)
+    body = events.lookup(Store(settings.database_path), settings, name, event_id, features)
+    if body is None:
+        raise click.ClickException(f"no decision {event_id!r} in loop {name!r}")
+    click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))

@@ -121,6 +121,15 @@ class Engine:
         self._vw = vowpalwabbit.Workspace(options)
         self._lock = threading.Lock()
 
+    @property
+    def workspace(self) -> vowpalwabbit.Workspace:
+        """The VW workspace; use it holding :attr:`lock` (ranker.explain reads parsed examples with it)."""
+        return self._vw
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
     def predict(self, c_json: str, n_actions: int) -> list[float]:
         """VW's PMF over the ``_multi`` actions, in their order."""
         with self._lock:

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from .durations import _DURATION, parse_duration
 from .engine import vw_arguments
 from .schemas import validate
-from .settings import _DURATION, LoopSettings, Policy, Settings, parse_duration
+from .settings import LoopSettings, Policy, Settings
 from .store import loop_config_row
 
 # The service configuration fields the API shows and may change (Personalizer's names).
@@ -28,6 +29,7 @@ SERVICE_FIELDS = (
     "modelExportFrequency",
     "logRetentionDays",
     "learningMode",
+    "isInferenceExplainabilityEnabled",
 )
 # The syntax of an ISO 8601 duration, in a pattern both Python and ECMA-262 (JSON Schema) read
 DURATION_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", _DURATION.pattern)

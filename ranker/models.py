@@ -103,8 +103,9 @@ def stamp(data_dir: str | os.PathLike, loop: str) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def prune(data_dir: str | os.PathLike, loop: str, keep: int = 5) -> list[str]:
-    """Delete all but the newest ``keep`` versions (never the current one); return the deleted versions.
+def prune(data_dir: str | os.PathLike, loop: str, keep: int = 5, also_keep: set[str] = frozenset()) -> list[str]:
+    """Delete all but the newest ``keep`` versions (never the current one, nor those in ``also_keep``); return
+    the deleted versions.
 
     A worker that still has a pruned model open keeps using it: the file only disappears from the folder.
     """
@@ -117,7 +118,7 @@ def prune(data_dir: str | os.PathLike, loop: str, keep: int = 5) -> list[str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stored = versions(data_dir, loop)
         pointed = current(data_dir, loop)
-        kept = set(stored[-keep:])
+        kept = set(stored[-keep:]) | set(also_keep)
         if pointed is not None:
             kept.add(pointed[0])
         deleted = [v for v in stored if v not in kept]

@@ -129,6 +129,16 @@ def _operations(prefix: str) -> dict[str, Any]:
                 "responses": {"204": {"description": "Activation committed."}, **_errors(400, 401, 404, 503)},
             }
         }
+    explain = {"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean"}}
+    paths[f"{prefix}/events/{{eventId}}"] = {
+        "get": {
+            "operationId": f"getEvent[{tag}]",
+            "summary": "The decision as served: context, eligible and excluded actions with the rules' reasons, "
+            "the chosen action, explored, rewards, activation; with explain=true the feature contributions.",
+            "parameters": [event, explain, *version],
+            "responses": {"200": {"description": "The decision."}, **_errors(400, 401, 404, 503)},
+        }
+    }
     return paths
 
 

@@ -13,11 +13,13 @@ a time zone are read as UTC.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .durations import parse_duration
 
 _MISSING = object()
 # Combined priority factors outside this range are rescaled (in log space) so that the largest is 1:
@@ -136,11 +138,36 @@ class Priority(BaseModel):
     when: list[Condition] = Field(default_factory=list)
 
 
+class Discovery(BaseModel):
+    """Give each matched action at least ``min_probability`` while it was chosen in less than ``max_share`` of
+    the loop's decisions over the last ``window`` (ISO 8601 duration), when ``when`` holds.
+
+    The floor is mixed into the final distribution before the draw (:func:`ranker.discovery.floor`), so the
+    probability logged is the one the action was drawn with. Entitlements and availability come first: an
+    excluded action gets no floor."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    actions: ActionMatch
+    min_probability: float = Field(gt=0, le=1)
+    max_share: float = Field(gt=0, le=1)
+    window: str = "P7D"
+    when: list[Condition] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _window(self) -> Discovery:
+
+        if parse_duration(self.window).total_seconds() < 1:
+            raise ValueError(f"discovery {self.name!r}: window must be at least 1 second")
+        return self
+
+
 class Rules(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entitlements: list[Entitlement] = Field(default_factory=list)
     availability: list[Availability] = Field(default_factory=list)
     priority: list[Priority] = Field(default_factory=list)
+    discovery: list[Discovery] = Field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -151,6 +178,8 @@ class Verdict:
     factors: list[float]  # one per eligible action
     excluded: dict[str, list[str]]  # action id -> reasons
     reweighted: dict[str, list[dict[str, Any]]]  # action id -> [{"rule", "factor"}]
+    # eligible position -> the discovery rules that match the action and whose ``when`` holds
+    discovery: dict[int, list[Discovery]] = field(default_factory=dict)
 
 
 def apply(
@@ -161,11 +190,13 @@ def apply(
     now: datetime,
 ) -> Verdict:
     """Decide which actions may be offered for this context and with which priority factors."""
-    if not (rules.entitlements or rules.availability or rules.priority or excluded_ids):
+    if not (rules.entitlements or rules.availability or rules.priority or rules.discovery or excluded_ids):
         return Verdict(list(range(len(actions))), [1.0] * len(actions), {}, {})
     withdrawn_all = [r for r in rules.availability if r.withdraws(now)]
     failed_entitlements = [r for r in rules.entitlements if not all(c.holds(context) for c in r.requires)]
     active_priority = [r for r in rules.priority if all(c.holds(context) for c in r.when)]
+    active_discovery = [r for r in rules.discovery if all(c.holds(context) for c in r.when)]
+    discovery: dict[int, list[Discovery]] = {}
     eligible, factors = [], []
     excluded: dict[str, list[str]] = {}
     reweighted: dict[str, list[dict[str, Any]]] = {}
@@ -179,9 +210,12 @@ def apply(
         applied = [rule for rule in active_priority if rule.actions.matches(action_id, features)]
         if applied:
             reweighted[action_id] = [{"rule": rule.name, "factor": rule.factor} for rule in applied]
+        found = [rule for rule in active_discovery if rule.actions.matches(action_id, features)]
+        if found:
+            discovery[len(eligible)] = found
         eligible.append(index)
         factors.append([rule.factor for rule in applied])
-    return Verdict(eligible=eligible, factors=_combine(factors), excluded=excluded, reweighted=reweighted)
+    return Verdict(eligible, _combine(factors), excluded, reweighted, discovery)
 
 
 def _combine(factor_lists: list[list[float]]) -> list[float]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import dsjson, loopconfig, models, rules
+from . import discovery, dsjson, explain, loopconfig, models, rules
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError, StoreUnavailable
 from .schemas import MultiSlotRankRequest, RankRequest
@@ -164,6 +164,7 @@ class Service:
         """``create_database`` False: the decision log must exist (see :class:`Store`)."""
         self.settings = settings
         self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout, create_database)
+        self.exposures = discovery.Exposures(self.store, settings.discovery_refresh_seconds)
         self.loops: dict[str, Loop] = {}
         for name in settings.loops:
             try:
@@ -294,6 +295,9 @@ class Service:
         stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
+        explaining = settings.is_inference_explainability_enabled
+        parsed = was_explored = None
+        raised_by: dict[str, dict[str, Any]] = {}
 
         probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
@@ -306,11 +310,24 @@ class Service:
                 chosen = 0
             else:
                 try:
-                    model_pmf = engine.predict(c_json, len(eligible))
+                    if explaining:
+                        model_pmf, parsed = explain.predict_parsed(
+                            engine, dsjson.predict_line(c_json, len(eligible)), explain.read_cb
+                        )
+                        if len(model_pmf) != len(eligible):
+                            raise ValueError(f"VW read {len(model_pmf)} actions where {len(eligible)} were given")
+                    else:
+                        model_pmf = engine.predict(c_json, len(eligible))
                 except (RuntimeError, ValueError) as exc:  # VW refused the features
                     raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
                 pmf = reweight(model_pmf, verdict.factors)
+                if verdict.discovery:
+                    ids_eligible = [action_id for action_id, _ in eligible]
+                    floors, why = discovery.floors(self.exposures, loop.name, verdict, ids_eligible, now)
+                    pmf, raised = discovery.floor(pmf, floors)
+                    raised_by = {ids_eligible[i]: why[i] for i in sorted(raised)}
                 chosen = sample(pmf, event_id)
+                was_explored = explain.explored(model_pmf, chosen)
             order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])
             for i, (action_id, _) in enumerate(eligible):
                 probabilities[action_id] = pmf[i]
@@ -324,7 +341,8 @@ class Service:
             "action_ids": json.dumps(ids),
             "reward_action_id": chosen_id,
             "probability": chosen_p,
-            "explanation": json.dumps({"excluded": verdict.excluded, "reweighted": verdict.reweighted}),
+            "explanation": json.dumps(explain.logged(verdict, raised_by)),
+            "explored": None if was_explored is None else int(was_explored),
             "model_version": engine.version,
             "policy": policy.name,
             "learning_mode": settings.learning_mode,
@@ -335,11 +353,25 @@ class Service:
 
         ranked = [ids[verdict.eligible[i]] for i in order]
         ranked += [i for i in ids if i in verdict.excluded]
-        return {
+        answer = {
             "eventId": event_id,
             "rewardActionId": chosen_id,
             "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
         }
+        if explaining:
+            answer.update(explain.logged(verdict, raised_by, was_explored, answer=True))
+            if parsed is not None:
+                answer["inferenceExplanation"] = explain.rank_explanation(
+                    explain.model_of(engine),
+                    parsed,
+                    context,
+                    [actions[i] for i in verdict.eligible],
+                    order,
+                    settings.action_id_feature,
+                    self.settings.explanation_features,
+                    raised_by,
+                )
+        return answer
 
     def rank_multislot(self, loop: Loop, request: MultiSlotRankRequest, now: datetime | None = None) -> dict[str, Any]:
         """Fill the request's slots in order, each with a different action, log the decision durably, and
@@ -396,9 +428,17 @@ class Service:
         offered, slots = slot_options(slot_ids, slot_features, verdicts, baselines)
         c_json = dsjson.context_json(context, [actions[i] for i in offered], settings.action_id_feature)
 
+        explaining = settings.is_inference_explainability_enabled
+        predicted: list[tuple[list[dict[int, float]], explain.Parsed | None]] = []  # per filled slot
+
         def predict(c: str) -> list[dict[int, float]]:
             try:
-                return engine.predict_slots(c)
+                if not explaining:
+                    per_slot, parsed = engine.predict_slots(c), None
+                else:
+                    per_slot, parsed = explain.predict_parsed(engine, c, lambda e: explain.read_ccb(e, len(offered)))
+                predicted.append((per_slot, parsed))
+                return per_slot
             except (RuntimeError, ValueError) as exc:  # VW refused the features
                 raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
@@ -427,7 +467,9 @@ class Service:
                 "action_ids": json.dumps(ids),
                 "reward_action_id": None,
                 "probability": None,
-                "explanation": json.dumps({"slots": explanation}),
+                "explanation": json.dumps(
+                    {"slots": explanation, "explored": dict(explain.slots_explored(predicted, filling))}
+                ),
                 "model_version": engine.version,
                 "policy": policy.name,
                 "learning_mode": settings.learning_mode,
@@ -436,7 +478,23 @@ class Service:
                 "slots": json.dumps(answers),
             },
         )
-        return {"eventId": event_id, "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers]}
+        answer = {
+            "eventId": event_id,
+            "slots": [{"id": a["id"], "rewardActionId": a["rewardActionId"]} for a in answers],
+        }
+        if explaining:
+            answer["rules"] = explanation
+            if predicted and predicted[0][1] is not None:
+                answer["inferenceExplanation"] = explain.slots_explanation(
+                    explain.model_of(engine),
+                    predicted,
+                    filling,
+                    context,
+                    [actions[i] for i in offered],
+                    settings.action_id_feature,
+                    self.settings.explanation_features,
+                )
+        return answer
 
     # -- Reward and Activate ------------------------------------------------------------------
 

@@ -20,36 +20,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import vwoptions
+from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
 from .rules import Rules
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
 _HERE = Path(__file__).resolve().parent
 PACKAGE_POLICIES = _HERE / "policies" if (_HERE / "policies").is_dir() else _HERE.parent / "policies"
-MAX_DURATION = timedelta(days=3650)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-_DURATION = re.compile(
-    r"^P(?!$)(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?=\d)(?:(?P<h>\d+(?:\.\d+)?)H)?"
-    r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse an ISO 8601 duration of days, hours, minutes and seconds (``PT10M``, ``P1DT2H``)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT10M or PT1S")
-    parts = {k: float(v) for k, v in match.groupdict().items() if v}
-    try:
-        duration = timedelta(
-            days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
-        )
-    except OverflowError as exc:
-        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days} days") from exc
-    if duration > MAX_DURATION:
-        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days} days")
-    return duration
 
 
 def hash_key(key: str) -> str:
@@ -147,6 +125,13 @@ class LoopSettings(BaseModel):
         description="In Apprentice mode, switch to Online once a replay over at least this many logged events "
         "puts the model's lower confidence bound above the baseline's estimate; 0 never switches.",
     )
+    is_inference_explainability_enabled: bool = Field(
+        False,
+        strict=True,
+        alias="isInferenceExplainabilityEnabled",
+        description="Rank answers with inferenceExplanation (each ranked action's largest feature contributions), "
+        "explored and the rules' part.",
+    )
     rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
     keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
 
@@ -210,6 +195,20 @@ class Settings(BaseModel):
         le=86400,
         description="Time budget of the policy search an evaluation runs when enablePolicyOptimization is true.",
     )
+    explanation_features: int = Field(
+        10, ge=1, le=1000, description="Feature contributions listed per action in an explanation, largest first."
+    )
+    explanation_retention: str = Field(
+        "P7D",
+        description="ISO 8601 duration: model versions that served a decision this recently are kept, so the "
+        "decision can still be explained (GET events/{eventId}?explain=true).",
+    )
+    discovery_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How old a worker's exposure shares for discovery rules may get before it reads the log again.",
+    )
     null_endpoint: bool = Field(
         False, description="Serve POST /null (parses JSON, writes nothing); for the Rank benchmark."
     )
@@ -229,6 +228,12 @@ class Settings(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
                 raise ValueError(f"loop name {name!r}: letters, digits, '.', '_' and '-' only")
         return loops
+
+    @field_validator("explanation_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
     @model_validator(mode="after")
     def _default_loop_exists(self) -> Settings:

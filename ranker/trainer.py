@@ -449,7 +449,10 @@ class Trainer:
             version = models.publish(self.data_dir, loop.name, loop.model)
             learning.record_publication(self._conn, loop.name, version, loop.learned, timestamp(now))
         loop.published_learned, loop.published_at = loop.learned, now
-        models.prune(self.data_dir, loop.name, self.keep_versions)
+        # versions that served recent decisions stay, so those decisions can be explained (ranker.events)
+        since = timestamp(now - parse_duration(self.settings.explanation_retention))
+        served = learning.served_versions(self._conn, loop.name, since)
+        models.prune(self.data_dir, loop.name, self.keep_versions, also_keep=served)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
         return version
 

@@ -39,6 +39,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,6 +304,20 @@ def start_server(data_dir: Path, workers: int | None, threads: int | None) -> Se
     return Server(data_dir, **settings)
 
 
+def explanations(server: Server, on: bool) -> None:
+    """Switch the default loop's isInferenceExplainabilityEnabled (workers follow within 0.1 s)."""
+    body = json.dumps({"isInferenceExplainabilityEnabled": on}).encode()
+    request = urllib.request.Request(
+        server.url + "/personalizer/v1.0/configurations/service",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["isInferenceExplainabilityEnabled"] is on
+    time.sleep(0.5)
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -356,14 +371,32 @@ async def benchmark(server: Server, args) -> tuple[list[Phase], int]:
 
     for path, ids, phase in ((NULL_PATH, null_ids, Phase("warm-up null")), (RANK_PATH, rank_ids, rank("warm-up"))):
         await closed_loop(port, conns, path, parts, ids, phase, int(args.warmup * 500), args.warmup)
-    nulls, ranks = [], []
+    nulls, ranks, explained = [], [], []
     for r in range(1, args.rounds + 1):
         phase = Phase(f"null, closed loop #{r}")
         nulls.append(await measure(server, phase, closed_loop(port, conns, NULL_PATH, parts, null_ids, phase, n, s)))
         print(describe(phase), flush=True)
+        if args.explain:
+            explanations(server, False)
         phase = rank(f"rank, closed loop #{r}")
         ranks.append(await measure(server, phase, closed_loop(port, conns, RANK_PATH, parts, rank_ids, phase, n, s)))
         print(describe(phase), flush=True)
+        if args.explain:  # the same server, explanations switched on through the API
+            explanations(server, True)
+            phase = rank(f"rank explained #{r}")
+            run = closed_loop(port, conns, RANK_PATH, parts, rank_ids, phase, n, s)
+            explained.append(await measure(server, phase, run))
+            print(describe(phase), flush=True)
+    if explained:
+        off = sum(p.server_cpu for p in ranks) / sum(p.done for p in ranks)
+        on = sum(p.server_cpu for p in explained) / sum(p.done for p in explained)
+        rate = max(p.rate for p in explained) / max(p.rate for p in ranks)
+        print(
+            f"explanations on / off: server CPU {1e3 * on:.2f} / {1e3 * off:.2f} ms per Rank = "
+            f"{100 * (on / off - 1):+.0f} %, best rate {100 * rate:.0f} %  (target <= +50 % CPU)",
+            flush=True,
+        )
+        explanations(server, False)
     for conn in conns:
         conn.close()
     best_null = max(nulls, key=lambda p: p.rate)
@@ -401,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
     parser.add_argument("--data-dir", type=Path, help="keep the server's data here (default: a temporary folder)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--explain", action="store_true", help="each round also runs Rank with explanations on (same server)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:

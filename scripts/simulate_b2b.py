@@ -421,6 +421,7 @@ def compare(
     rate: float = 100.0,
     port: int = 0,
     policy: str = "default",
+    keep: Path | None = None,
 ) -> Comparison:
     """Generate the stream, run in-process VW and the random baseline on it, then drive a fresh server."""
     key = secrets.token_hex(16)
@@ -431,9 +432,14 @@ def compare(
     stream = make_stream(events, seed, loop.rules)
     in_process = run_in_process(stream, arguments, loop.action_id_feature)
     baseline = run_random(stream)
-    with tempfile.TemporaryDirectory(prefix="ranker-b2b-") as folder, Server(Path(folder), config, port=port) as server:
-        service = drive(server.url, stream, threads, rate, key)
-        served = serving_report(Path(folder), stream)
+    with tempfile.TemporaryDirectory(prefix="ranker-b2b-") as tmp:
+        folder = keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        with Server(folder, config, port=port) as server:
+            service = drive(server.url, stream, threads, rate, key)
+        if keep is not None:  # `ranker explain --config DIR/explain.toml --loop b2b EVENT_ID` reads it afterwards
+            (folder / "explain.toml").write_text(f'data_dir = "{folder.resolve()}"\n' + config)
+        served = serving_report(folder, stream)
     if service.errors:
         raise RuntimeError(f"the service failed: {service.errors[0]}")
     return Comparison(
@@ -451,11 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=Path("b2b-learning.png"), help="reward curves")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--policy", default="default", help="policy name in policies/")
+    parser.add_argument("--keep", type=Path, help="keep the server's data (log, models) in this folder")
     args = parser.parse_args(argv)
 
     began = time.monotonic()
     try:
-        run = compare(args.events, args.seed, args.threads, args.rate, args.port, args.policy)
+        run = compare(args.events, args.seed, args.threads, args.rate, args.port, args.policy, args.keep)
     except RuntimeError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

@@ -136,3 +136,11 @@ def switch_mode(
             "INSERT INTO mode_switches (loop, switched_at, from_mode, to_mode, evidence) VALUES (?, ?, ?, ?, ?)",
             (loop, at, from_mode, to_mode, evidence),
         )
+
+
+def served_versions(conn: sqlite3.Connection, loop: str, since: str) -> set[str]:
+    """The model versions that served the loop's decisions from ``since`` on (kept for explanations)."""
+    rows = conn.execute(
+        "SELECT DISTINCT model_version FROM decisions WHERE loop = ? AND created_at >= ?", (loop, since)
+    ).fetchall()
+    return {version for (version,) in rows if version is not None}

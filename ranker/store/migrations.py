@@ -116,3 +116,11 @@ def add_slots(db: Database) -> None:
     # multi-slot decision's explanation is {"slots": {slot id: {"excluded": ..., "reweighted": ...}}}.
     db["decisions"].add_column("slots", str)  # JSON [{"id", "rewardActionId", "probability"}]; null: single-slot
     db["rewards"].add_column("slot_id", str)  # null for a single-slot decision
+
+
+@migrations()
+def add_explored(db: Database) -> None:
+    # Whether a single-slot decision's action was not the model's first choice (exploration, or a priority or
+    # discovery rule moved it); null when no model chose (no eligible action, Apprentice). A multi-slot
+    # decision keeps it per slot in its explanation: {"slots": ..., "explored": {slot id: bool}}.
+    db["decisions"].add_column("explored", int)

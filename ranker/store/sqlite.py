@@ -572,3 +572,22 @@ class Store:
         sql = "SELECT created_at FROM decisions WHERE loop = ? AND id > ? ORDER BY id LIMIT 1"
         rows = self.read(sql, (loop, after_id))
         return rows[0]["created_at"] if rows else None
+
+    # -- explanations and discovery -----------------------------------------------------------
+
+    def exposures(self, loop: str, since: str) -> tuple[int, dict[str, int]]:
+        """The loop's decisions from ``since`` on: how many, and how many chose each action (single-slot)."""
+        rows = self.read(
+            "SELECT reward_action_id AS action, count(*) AS n FROM decisions "
+            "WHERE loop = ? AND created_at >= ? GROUP BY reward_action_id",
+            (loop, since),
+        )
+        return sum(r["n"] for r in rows), {r["action"]: r["n"] for r in rows if r["action"] is not None}
+
+    def event_rewards(self, loop: str, event_id: str) -> list[dict[str, Any]]:
+        """Every reward of a decision, in the order received, with its slot (null for a single-slot decision)."""
+        return self.read(
+            "SELECT r.value, r.received_at, r.slot_id FROM rewards r JOIN decisions d ON d.id = r.decision_id "
+            "WHERE d.loop = ? AND d.event_id = ? ORDER BY r.id",
+            (loop, event_id),
+        )
