@@ -59,6 +59,7 @@ from .schemas import (
     validate,
 )
 from .settings import POLICY_KINDS, Policy
+from .store import jobs as store_jobs
 
 log = logging.getLogger("ranker.evaluations")
 
@@ -150,26 +151,17 @@ def _create(kind: str, job_id: str | None, target: str) -> dict[str, Any]:
         "learning": loopconfig.learning_fingerprint(settings, policy)[0],
     }
     now = jobs.now()
-    values = (loop.name, kind, job_id, json.dumps(definition), PENDING, now, now)
-    inserted = service().store.write(
-        lambda conn: (
-            conn.execute(
-                "INSERT OR IGNORE INTO jobs (loop, kind, id, request, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                values,
-            ).rowcount
-        )
-    )
+    inserted = store_jobs.create(service().store, loop.name, kind, job_id, json.dumps(definition), PENDING, now)
     if not inserted:
         raise ApiError(409, "ResourceExists", f"{kind} {job_id!r} exists already; delete it first", target="id")
     return _body(kind, _row(loop.name, kind, job_id))
 
 
 def _row(loop: str, kind: str, job_id: str) -> dict[str, Any]:
-    rows = service().store.read("SELECT * FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop, kind, job_id))
-    if not rows:
+    row = store_jobs.get(service().store, loop, kind, job_id)
+    if row is None:
         raise ApiError(404, "ResourceNotFound", f"no {kind} with id {job_id!r} in this loop", target="id")
-    return rows[0]
+    return row
 
 
 def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
@@ -220,21 +212,14 @@ def _list(kind: str) -> Response:
             "skip is 0 to 2^62 and top -1 to 2^62",
             target="skip" if skip < 0 or skip > 2**62 else "top",
         )
-    rows = service().store.read(
-        "SELECT * FROM jobs WHERE loop = ? AND kind = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
-        (loop.name, kind, top, skip),
-    )
+    rows = store_jobs.page(service().store, loop.name, kind, top, skip)
     return json_response({"value": [_body(kind, row, full=False) for row in rows]}, 200)
 
 
 def _delete(kind: str, job_id: str, target: str) -> Response:
     loop = caller(admin=True)
     job_id = path_id(job_id, "BadRequest", target)
-    deleted = service().store.write(
-        lambda conn: (
-            conn.execute("DELETE FROM jobs WHERE loop = ? AND kind = ? AND id = ?", (loop.name, kind, job_id)).rowcount
-        )
-    )
+    deleted = store_jobs.delete(service().store, loop.name, kind, job_id)
     if not deleted:
         raise ApiError(404, "ResourceNotFound", f"no {kind} with id {job_id!r} in this loop", target="id")
     return Response(status=204)

@@ -19,7 +19,7 @@ def healthz() -> Response:
     with the one error body)."""
     service = current_app.extensions["ranker"]
     service.store.check()
-    service.store.read("SELECT 1")
+    service.store.ping()
     body = {"status": "ok", "loops": sorted(service.loops), "auth": service.settings.auth}
     return Response(json.dumps(body), 200, mimetype="application/json")
 

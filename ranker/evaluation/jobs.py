@@ -17,6 +17,7 @@ from ranker.evaluation.importance import importance
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
 from ranker.settings import Settings
+from ranker.store import jobs as store_jobs
 from ranker.store import open_log, timestamp
 
 log = logging.getLogger("ranker.evaluations")
@@ -42,18 +43,9 @@ def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | N
     ran = 0
     try:
         while ran < limit:
-            cursor = conn.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1", (PENDING,))
-            found = cursor.fetchone()
-            if found is None:
+            row = store_jobs.claim_oldest(conn, PENDING, RUNNING, now())
+            if row is None:
                 break
-            row = dict(zip([d[0] for d in cursor.description], found, strict=True))
-            key = (row["loop"], row["kind"], row["id"])
-            claimed = conn.execute(
-                "UPDATE jobs SET status = ?, updated_at = ? WHERE loop = ? AND kind = ? AND id = ? AND status = ?",
-                (RUNNING, now(), *key, PENDING),
-            ).rowcount
-            if not claimed:
-                continue
             ran += 1
             try:
                 if row["loop"] not in settings.loops:
@@ -64,11 +56,7 @@ def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | N
             except Exception as exc:  # the job fails with its reason; the caller goes on
                 log.warning("%s %s of loop %s failed: %s", row["kind"], row["id"], row["loop"], exc)
                 status, result = FAILED, {"error": str(exc) or type(exc).__name__}
-            # a job deleted while it ran stays deleted
-            conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, updated_at = ? WHERE loop = ? AND kind = ? AND id = ?",
-                (status, json.dumps(result), now(), *key),
-            )
+            store_jobs.finish(conn, row, status, json.dumps(result), now())
     finally:
         if own:
             conn.close()
@@ -77,9 +65,7 @@ def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | N
 
 def requeue_interrupted(conn: sqlite3.Connection) -> int:
     """Queue again the jobs left Running by a process that stopped (the trainer calls it when it takes over)."""
-    return conn.execute(
-        "UPDATE jobs SET status = ?, updated_at = ? WHERE status = ?", (PENDING, now(), RUNNING)
-    ).rowcount
+    return store_jobs.requeue(conn, RUNNING, PENDING, now())
 
 
 def _source(settings: Settings, loop: str, definition: dict[str, Any]) -> LoopLog:

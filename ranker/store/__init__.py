@@ -3,6 +3,8 @@
 - :mod:`ranker.store.sqlite`: the decision log in SQLite (WAL) and its group commit (:class:`Store`), the
   connection, migration and transaction helpers, a loop's API configuration;
 - :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;
+- :mod:`ranker.store.log`: the decisions in order with their rewards (join, export, replay), and imports;
+- :mod:`ranker.store.jobs`: the queue of evaluation and feature-importance jobs;
 - :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
 """
 

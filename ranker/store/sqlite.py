@@ -548,6 +548,10 @@ class Store:
 
     # -- counts for the metrics ------------------------------------------------------------------
 
+    def ping(self) -> None:
+        """A read of the log (StoreUnavailable when it cannot be read)."""
+        self.read("SELECT 1")
+
     def learning_counts(self) -> dict[str, dict[str, Any]]:
         """Per loop the trainer has state for: ``{"last_decision_id", "learned", "skipped"}``."""
         rows = self.read("SELECT loop, last_decision_id, learned, skipped FROM trainer_state")
