@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ranker"
@@ -63,3 +65,21 @@ def test_the_learning_process_does_not_load_the_web_stack():
     probe = "import sys, ranker.cli, ranker.supervisor; print(sorted(m for m in sys.modules if m == 'flask'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+SQL = re.compile(
+    r"^[rbuf]*[\"']{1,3}\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|CREATE|PRAGMA)\b"
+)
+
+
+def test_sql_is_spoken_only_by_the_store():
+    """Every SQL statement of the package is under ranker/store, the one place a second engine replaces."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "store":
+            continue
+        with open(path, "rb") as file:
+            for token in tokenize.tokenize(file.readline):
+                if token.type == tokenize.STRING and SQL.match(token.string):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{token.start[0]}")
+    assert found == []
