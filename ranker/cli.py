@@ -326,3 +326,73 @@ def importance_command(loop, path, start, end, arguments, features, output, conf
         click.echo(f"{row['score']:6.1f}  {part}  (SNIPS {row['estimate']:.4f} without, {row['full']:.4f} with)")
     if output is not None:
         json.dump(rows, output, indent=2)
+
+
+@cli.group("signals")
+def signals_group() -> None:
+    """Entity attributes and features: import a CRM file, rebuild features, prune old events.
+
+    Example: ranker signals import --type account crm.csv
+    """
+
+
+def _signals(config: str | None):
+    from .signals.service import Signals
+    from .store import Store
+
+    settings = _settings(config)
+    return Signals(settings.signals, Store(settings.database_path, settings.synchronous, settings.commit_timeout))
+
+
+@signals_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--type", "entity", required=True, help="Entity type of the rows: account or user.")
+@click.option(
+    "--format", "kind", type=click.Choice(["csv", "jsonl"]), help="File format (default: from the name, else csv)."
+)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_import(file, entity: str, kind: str | None, config: str | None) -> None:
+    """Merge entity attributes from a CSV file (a header row with 'id' and one column per attribute; dotted
+    names nest: contract.renewalDate) or JSON lines ({"id": ..., "attributes": {...}}).
+
+    Bad rows are reported with their line number and skipped (exit status 1); a rerun of the same file
+    changes nothing.
+
+    Example: ranker signals import --type account crm.csv
+    """
+    from datetime import UTC, datetime
+
+    kind = kind or ("jsonl" if file.name.endswith((".jsonl", ".json", ".ndjson")) else "csv")
+    signals = _signals(config)
+    try:
+        report = signals.import_entities(entity, file.read(), kind, datetime.now(UTC))
+    except (ValueError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report))
+    if report["errors"]:
+        sys.exit(1)
+
+
+@signals_group.command("rebuild")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_rebuild(config: str | None) -> None:
+    """Recompute every feature from the raw events kept (after feature definitions changed).
+
+    Example: ranker signals rebuild --config ranker.toml
+    """
+    from datetime import UTC, datetime
+
+    events = _signals(config).rebuild(datetime.now(UTC))
+    click.echo(f"features rebuilt from {events} events")
+
+
+@signals_group.command("prune")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_prune(config: str | None) -> None:
+    """Delete events, buckets and attribute history older than signals.retention_days.
+
+    Example: ranker signals prune --config ranker.toml
+    """
+    from datetime import UTC, datetime
+
+    click.echo(json.dumps(_signals(config).prune(datetime.now(UTC))))

@@ -116,3 +116,60 @@ def add_slots(db: Database) -> None:
     # multi-slot decision's explanation is {"slots": {slot id: {"excluded": ..., "reweighted": ...}}}.
     db["decisions"].add_column("slots", str)  # JSON [{"id", "rewardActionId", "probability"}]; null: single-slot
     db["rewards"].add_column("slot_id", str)  # null for a single-slot decision
+
+
+@migrations()
+def create_signals(db: Database) -> None:
+    # Entities (accounts, users): attributes as JSON with each leaf's update time; ``version`` is raised by
+    # every change their features could see (attributes, new events, a rebuild), which is what the workers'
+    # caches of computed features compare.
+    db.execute(
+        """
+        CREATE TABLE signal_entities (
+            type TEXT NOT NULL,
+            id TEXT NOT NULL,
+            attributes TEXT NOT NULL,   -- JSON object
+            times TEXT NOT NULL,        -- JSON {leaf path: ISO time of its last update}
+            version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,   -- last change of the attributes
+            PRIMARY KEY (type, id)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE signal_entity_history (
+            type TEXT NOT NULL, id TEXT NOT NULL, updated_at TEXT NOT NULL, attributes TEXT NOT NULL,
+            times TEXT NOT NULL, PRIMARY KEY (type, id, updated_at)
+        ) WITHOUT ROWID
+        """
+    )
+    # Raw events, one row per entity they name; the key is the log record's identity (a hash of its resource,
+    # scope and record), so a redelivered record is ignored.
+    db.execute(
+        """
+        CREATE TABLE signal_events (
+            type TEXT NOT NULL, entity_id TEXT NOT NULL, at INTEGER NOT NULL, key BLOB NOT NULL,
+            name TEXT NOT NULL, attributes TEXT NOT NULL, PRIMARY KEY (type, entity_id, at, key)
+        ) WITHOUT ROWID
+        """
+    )
+    # Per (entity, feature, UTC day since 1970): count, sum/min/max of a numeric field, the newest event's
+    # time (ns) and its field value as JSON (for ``last``); distinct values apart.
+    db.execute(
+        """
+        CREATE TABLE signal_buckets (
+            type TEXT NOT NULL, entity_id TEXT NOT NULL, feature TEXT NOT NULL, day INTEGER NOT NULL,
+            count INTEGER NOT NULL, total REAL NOT NULL, low REAL, high REAL, newest INTEGER NOT NULL,
+            last_value TEXT, PRIMARY KEY (type, entity_id, day, feature)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE signal_distinct (
+            type TEXT NOT NULL, entity_id TEXT NOT NULL, feature TEXT NOT NULL, day INTEGER NOT NULL,
+            value TEXT NOT NULL, PRIMARY KEY (type, entity_id, day, feature, value)
+        ) WITHOUT ROWID
+        """
+    )

@@ -14,6 +14,7 @@ from .schemas import (
     RankResponse,
     RewardRequest,
 )
+from .signals.openapi import signals_paths
 
 ERROR = {
     "type": "object",
@@ -174,6 +175,7 @@ def openapi() -> dict[str, Any]:
     for prefix in PREFIXES:
         paths.update(_operations(prefix))
         paths.update(_admin_operations(prefix))
+    paths.update(signals_paths())
     paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {"200": {"description": "Serving."}}}}
     paths["/metrics"] = {
         "get": {
