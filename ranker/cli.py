@@ -380,9 +380,7 @@ def signals_rebuild(config: str | None) -> None:
 
     Example: ranker signals rebuild --config ranker.toml
     """
-    from datetime import UTC, datetime
-
-    events = _signals(config).rebuild(datetime.now(UTC))
+    events = _signals(config).rebuild()
     click.echo(f"features rebuilt from {events} events")
 
 

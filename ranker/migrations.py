@@ -120,9 +120,7 @@ def add_slots(db: Database) -> None:
 
 @migrations()
 def create_signals(db: Database) -> None:
-    # Entities (accounts, users): attributes as JSON with each leaf's update time; ``version`` is raised by
-    # every change their features could see (attributes, new events, a rebuild), which is what the workers'
-    # caches of computed features compare.
+    # Entities (accounts, users): attributes as JSON with each leaf's update time.
     db.execute(
         """
         CREATE TABLE signal_entities (
@@ -130,11 +128,17 @@ def create_signals(db: Database) -> None:
             id TEXT NOT NULL,
             attributes TEXT NOT NULL,   -- JSON object
             times TEXT NOT NULL,        -- JSON {leaf path: ISO time of its last update}
-            version INTEGER NOT NULL,
             updated_at TEXT NOT NULL,   -- last change of the attributes
             PRIMARY KEY (type, id)
         ) WITHOUT ROWID
         """
+    )
+    # Every entity with attributes or events, and a version raised by every change its features could see
+    # (attributes, new events, a rebuild): what the workers' caches of computed features compare. Narrow,
+    # so raising it for each event batch does not rewrite the attributes.
+    db.execute(
+        "CREATE TABLE signal_versions (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, "
+        "PRIMARY KEY (type, id)) WITHOUT ROWID"
     )
     db.execute(
         """
@@ -144,16 +148,19 @@ def create_signals(db: Database) -> None:
         ) WITHOUT ROWID
         """
     )
-    # Raw events, one row per entity they name; the key is the log record's identity (a hash of its resource,
-    # scope and record), so a redelivered record is ignored.
+    # Raw events, one row per log record, with the account and user it names; the key is the record's
+    # identity (a hash of its resource, scope and record), so a redelivered record is ignored. A rowid table
+    # appends cheaply; the indexes serve the reads of one entity's events over a time range.
     db.execute(
         """
         CREATE TABLE signal_events (
-            type TEXT NOT NULL, entity_id TEXT NOT NULL, at INTEGER NOT NULL, key BLOB NOT NULL,
-            name TEXT NOT NULL, attributes TEXT NOT NULL, PRIMARY KEY (type, entity_id, at, key)
-        ) WITHOUT ROWID
+            id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE, at INTEGER NOT NULL, name TEXT NOT NULL,
+            account TEXT, user TEXT, attributes TEXT NOT NULL
+        )
         """
     )
+    db.execute("CREATE INDEX signal_events_account ON signal_events (account, at) WHERE account IS NOT NULL")
+    db.execute("CREATE INDEX signal_events_user ON signal_events (user, at) WHERE user IS NOT NULL")
     # Per (entity, feature, UTC day since 1970): count, sum/min/max of a numeric field, the newest event's
     # time (ns) and its field value as JSON (for ``last``); distinct values apart.
     db.execute(

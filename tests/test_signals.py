@@ -334,3 +334,14 @@ def test_feature_definitions_are_checked_when_settings_load(tmp_path):
             load_settings(config, environ={})
         assert "reporting_api_calls_30d" in str(error.value) or "aggregate" in str(error.value)
         assert said in str(error.value)
+
+
+def test_forgetting_a_user_keeps_what_its_events_told_about_the_account(client):
+    now = time.time_ns()
+    send(client, logs(record("api.call", now, **{"api.name": "reporting", "account.id": "acme", "user.id": "u1"})))
+    assert client.delete("/entities/user/u1", headers=SIGNALS).status_code == 204
+    assert client.get("/entities/user/u1", headers=SIGNALS).status_code == 404
+    account = client.get("/entities/account/acme", headers=SIGNALS).json
+    assert account["features"]["reporting_api_calls_30d"]["value"] == 1
+    past = client.get("/entities/account/acme", query_string={"at": datetime.now(UTC).isoformat()}, headers=SIGNALS)
+    assert past.json["features"]["reporting_api_calls_30d"]["value"] == 1

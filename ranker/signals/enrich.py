@@ -6,7 +6,7 @@ context is what the rules test, what VW sees and what the decision record logs.
 
 Cost on the Rank path: one indexed query for the entities of the request (their version), and, only when an
 entity changed since this worker last computed it (a new event, an attribute update, a rebuild) or a UTC day
-boundary passed (windows move by days), a read of its buckets. Feature values then come from the worker's
+boundary passed (windows move by days), a read of its attributes and buckets. Feature values then come from the worker's
 cache; they are exact, not stale, because every change they depend on raises the version.
 """
 
@@ -35,14 +35,16 @@ class Enricher:
         self._cache: dict[tuple[str, str], tuple[int, int, dict[str, Any], dict[str, float]]] = {}
         self._lock = threading.Lock()
 
-    def values(self, entity: str, entity_id: str, row: dict[str, Any], now_ns: int):
-        """(values, times) of an entity from its current row: attributes and features, and the epoch seconds
-        of the newest signal behind each (by dotted path within the entity)."""
+    def values(self, entity: str, entity_id: str, version: int, now_ns: int, row: dict[str, Any] | None = None):
+        """(values, times) of an entity at ``version``: attributes and features, and the epoch seconds of the
+        newest signal behind each (by dotted path within the entity). ``row``: its attributes and times, when
+        the caller read them already."""
         day = now_ns // DAY_NS
         key = (entity, entity_id)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] == row["version"] and cached[1] == day:
+        if cached is not None and cached[0] == version and cached[1] == day:
             return cached[2], cached[3]
+        row = row or self.store.entity(entity, entity_id) or {"attributes": "{}", "times": "{}", "version": version}
         attributes = json.loads(row["attributes"])
         times = {path: parse_time(t).timestamp() for path, t in json.loads(row["times"]).items()}
         buckets, distinct = self.store.buckets(entity, entity_id, day - self.days + 1) if self.days else ([], [])
@@ -51,11 +53,11 @@ class Enricher:
         )
         values = {**attributes, **features}
         times.update(feature_times)
-        if self.settings.cache_entities:
+        if self.settings.cache_entities and row["version"] == version:
             with self._lock:
                 if len(self._cache) >= self.settings.cache_entities:
                     self._cache.clear()
-                self._cache[key] = (row["version"], day, values, times)
+                self._cache[key] = (version, day, values, times)
         return values, times
 
     def enrich(
@@ -70,17 +72,17 @@ class Enricher:
                 wanted.append((entity, entity_id, path.rpartition(".")[0]))
         if not wanted:
             return context, None
-        rows = {(r["type"], r["id"]): r for r in self.store.entity_rows([(e, i) for e, i, _ in wanted])}
-        if not rows:
+        versions = self.store.versions([(e, i) for e, i, _ in wanted])
+        if not versions:
             return context, None
         now_s = now.timestamp()
         now_ns = int(now_s * 1e9)
         signal_times: dict[str, float] = {}
         for entity, entity_id, namespace in wanted:
-            row = rows.get((entity, entity_id))
-            if row is None:
+            version = versions.get((entity, entity_id))
+            if version is None:
                 continue
-            values, times = self.values(entity, entity_id, row, now_ns)
+            values, times = self.values(entity, entity_id, version, now_ns)
             sent = lookup(context, namespace)
             context = _put(context, namespace.split("."), _merge(values, sent))
             signal_times.update({f"{namespace}.{path}": t for path, t in times.items()})

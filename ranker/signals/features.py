@@ -57,6 +57,10 @@ class Definitions:
         self.by_event = {name: dict(types) for name, types in self.by_event.items()}
         self.by_entity = {entity: settings.of(entity) for entity in ("account", "user")}
 
+    def reads(self, entity: str, name: str) -> bool:
+        """Whether a feature of the entity type reads events of this name."""
+        return bool(self.by_event.get(name, {}).get(entity))
+
     def contributions(self, entity: str, name: str, attributes: dict[str, Any]) -> list[Contribution]:
         """What an event adds to its entity's features: ``(feature, value)`` for each feature reading it."""
         features = self.by_event.get(name, {}).get(entity)

@@ -28,7 +28,8 @@ class Batch:
     """The events of one request, what each adds to its features, and the records refused (by reason)."""
 
     rows: list[EventRow] = field(default_factory=list)
-    contributions: dict[int, list[Contribution]] = field(default_factory=dict)  # id(row) -> what it adds
+    # id(row) -> what it adds: [(entity type, id, contributions)]
+    contributions: dict[int, list[tuple[str, str, list[Contribution]]]] = field(default_factory=dict)
     records: int = 0
     refused: Counter = field(default_factory=Counter)
 
@@ -48,7 +49,8 @@ class Batch:
         def run(rows: list[EventRow]) -> tuple[list[tuple], list[tuple]]:
             buckets = Buckets()
             for row in rows:
-                buckets.fold(row[0], row[1], row[2], self.contributions[id(row)], kinds)
+                for entity, entity_id, contributions in self.contributions[id(row)]:
+                    buckets.fold(entity, entity_id, row[1], contributions, kinds)
             return buckets.bucket_rows(), buckets.distinct_rows()
 
         return run
@@ -88,25 +90,26 @@ def extract(request: Any, settings: SignalSettings, definitions: Definitions, no
                 if time_ns < earliest:
                     refused[f"older than the retention ({settings.retention_days} days)"] += 1
                     continue
-                entities = []
+                ids: dict[str, str] = {}
                 problem = None
                 for entity, attribute in id_attributes:
                     if attribute in attributes:
                         try:
-                            entities.append((entity, check_id(attributes[attribute], attribute)))
+                            ids[entity] = check_id(attributes[attribute], attribute)
                         except ValueError as exc:
                             problem = f"whose {exc}"
                             break
-                if problem is not None or not entities:
+                if problem is not None or not ids:
                     refused[problem or f"without an entity id ({' or '.join(a for _, a in id_attributes)})"] += 1
                     continue
                 body = prefix + record.SerializeToString(deterministic=True)
                 key = hashlib.blake2b(body, digest_size=16).digest()
-                text = dumps(attributes)
-                for entity, entity_id in entities:
-                    row = (entity, entity_id, time_ns, key, name, text)
-                    batch.rows.append(row)
-                    batch.contributions[id(row)] = definitions.contributions(entity, name, attributes)
+                row = (key, time_ns, name, ids.get("account"), ids.get("user"), dumps(attributes))
+                batch.rows.append(row)
+                batch.contributions[id(row)] = [
+                    (entity, entity_id, definitions.contributions(entity, name, attributes))
+                    for entity, entity_id in ids.items()
+                ]
     return batch
 
 
@@ -121,8 +124,14 @@ def fold_stored(definitions: Definitions, kinds: dict[tuple[str, str], str]):
 
 
 def fold_into(buckets: Buckets, rows, definitions: Definitions, kinds) -> Buckets:
-    for entity, entity_id, time_ns, _, name, text in rows:
-        contributions = definitions.contributions(entity, name, json.loads(text))
-        if contributions:
-            buckets.fold(entity, entity_id, time_ns, contributions, kinds)
+    """Add stored event rows to ``buckets``, for each entity they name."""
+    for _, time_ns, name, account, user, text in rows:
+        attributes = None
+        for entity, entity_id in (("account", account), ("user", user)):
+            if entity_id is None or not definitions.reads(entity, name):
+                continue
+            attributes = json.loads(text) if attributes is None else attributes
+            contributions = definitions.contributions(entity, name, attributes)
+            if contributions:
+                buckets.fold(entity, entity_id, time_ns, contributions, kinds)
     return buckets

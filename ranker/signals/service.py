@@ -24,7 +24,7 @@ class UnknownEntityType(LookupError):
 @dataclass
 class Ingested:
     records: int
-    new: int  # events kept (one per entity a record names); redeliveries are not new
+    new: int  # events kept; redeliveries are not new
     rejected: int
     message: str
 
@@ -52,7 +52,7 @@ class Signals:
     def ingest(self, request: Any, now: datetime) -> Ingested:
         """Keep the events of an ``ExportLogsServiceRequest``, committed before this returns."""
         batch = extract(request, self.settings, self.definitions, ns(now))
-        new = self.store.record_events(batch.rows, batch.fold(self.kinds), timestamp(now)) if batch.rows else 0
+        new = self.store.record_events(batch.rows, batch.fold(self.kinds)) if batch.rows else 0
         return Ingested(batch.records, new, batch.rejected, batch.message())
 
     # -- entities -------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Signals:
         attributes = json.loads(row["attributes"])
         attribute_times = json.loads(row["times"])
         if at is None:
-            values, times = self.enricher.values(entity, entity_id, row, ns(now))
+            values, times = self.enricher.values(entity, entity_id, row["version"], ns(now), row)
             features = {f.name: values.get(f.name) for f in self.enricher.features[entity]}
         else:
             features, times = self.features_at(entity, entity_id, attributes, attribute_times, at)
@@ -131,8 +131,9 @@ class Signals:
 
     # -- maintenance ----------------------------------------------------------------------------
 
-    def rebuild(self, now: datetime) -> int:
-        return self.store.rebuild(fold_stored(self.definitions, self.kinds), timestamp(now))
+    def rebuild(self) -> int:
+        """Recompute every feature's buckets from the raw events; the number of events read."""
+        return self.store.rebuild(fold_stored(self.definitions, self.kinds))
 
     def prune(self, now: datetime) -> dict[str, int]:
         before = ns(now) - self.settings.retention_days * DAY_NS

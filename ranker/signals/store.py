@@ -3,8 +3,9 @@
 Writes go through the decision log's group commit (:meth:`ranker.store.Store.write`): an ingested batch is
 one op, committed before its answer. Tables (``ranker.migrations``): ``signal_entities`` (current attributes,
 each leaf's update time, a version raised by every change the entity's features could see),
-``signal_entity_history`` (attributes as of each update, for point-in-time reads), ``signal_events`` (raw
-events, one row per entity, keyed by the record's identity so redeliveries are ignored),
+``signal_entity_history`` (attributes as of each update, for point-in-time reads), ``signal_versions`` (a
+version per entity, raised by every change), ``signal_events`` (raw events, one row per log record naming its
+account and user, unique by the record's identity so redeliveries are ignored),
 ``signal_buckets`` and ``signal_distinct`` (see :mod:`ranker.signals.features`).
 """
 
@@ -17,8 +18,10 @@ from typing import Any
 
 from ..store import Store
 
-# (entity type, entity id, event time ns, identity key, event name, attributes JSON)
-EventRow = tuple[str, str, int, bytes, str, str]
+# (identity key, event time ns, event name, account id or None, user id or None, attributes JSON)
+EventRow = tuple[bytes, int, str, str | None, str | None, str]
+# the events column holding each entity type's id (a fixed mapping: these names go into SQL text)
+ID_COLUMN = {"account": "account", "user": "user"}
 # what new events add: (bucket rows, distinct rows) as ranker.signals.features.Buckets gives them
 Fold = Callable[[list[EventRow]], tuple[list[tuple], list[tuple]]]
 
@@ -33,11 +36,12 @@ _BUCKET_UPSERT = (
     "newest = max(newest, excluded.newest)"
 )
 _EVENT_INSERT = (
-    "INSERT OR IGNORE INTO signal_events (type, entity_id, at, key, name, attributes) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO signal_events (key, at, name, account, user, attributes) VALUES (?, ?, ?, ?, ?, ?)"
 )
+_EVENT_COLUMNS = "key, at, name, account, user, attributes"
 _DISTINCT_INSERT = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, feature, day, value) VALUES (?, ?, ?, ?, ?)"
 _TOUCH = (
-    "INSERT INTO signal_entities (type, id, attributes, times, version, updated_at) VALUES (?, ?, '{}', '{}', 1, ?) "
+    "INSERT INTO signal_versions (type, id, version) VALUES (?, ?, 1) "
     "ON CONFLICT (type, id) DO UPDATE SET version = version + 1"
 )
 
@@ -71,11 +75,12 @@ class SignalStore:
                 return attributes, times, False
             texts = (json.dumps(attributes), json.dumps(times))
             conn.execute(
-                "INSERT INTO signal_entities (type, id, attributes, times, version, updated_at) "
-                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (type, id) DO UPDATE SET attributes = excluded.attributes, "
-                "times = excluded.times, version = version + 1, updated_at = excluded.updated_at",
+                "INSERT INTO signal_entities (type, id, attributes, times, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (type, id) DO UPDATE SET attributes = excluded.attributes, times = excluded.times, "
+                "updated_at = excluded.updated_at",
                 (entity, entity_id, *texts, at),
             )
+            conn.execute(_TOUCH, (entity, entity_id))
             conn.execute(
                 "INSERT OR REPLACE INTO signal_entity_history (type, id, updated_at, attributes, times) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -90,7 +95,9 @@ class SignalStore:
         log's format); None when it has none and no events."""
         if at is None:
             rows = self.store.read(
-                "SELECT attributes, times, version FROM signal_entities WHERE type = ? AND id = ?",
+                "SELECT coalesce(e.attributes, '{}') AS attributes, coalesce(e.times, '{}') AS times, v.version "
+                "FROM signal_versions v LEFT JOIN signal_entities e ON e.type = v.type AND e.id = v.id "
+                "WHERE v.type = ? AND v.id = ?",
                 (entity, entity_id),
             )
             return rows[0] if rows else None
@@ -101,51 +108,71 @@ class SignalStore:
         )
         if rows:
             return rows[0]
-        known = self.store.read("SELECT 1 FROM signal_entities WHERE type = ? AND id = ?", (entity, entity_id))
+        known = self.store.read("SELECT 1 FROM signal_versions WHERE type = ? AND id = ?", (entity, entity_id))
         return {"attributes": "{}", "times": "{}"} if known else None
 
-    def entity_rows(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Current rows (type, id, attributes, times, version) of several entities, in one indexed query."""
+    def versions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The versions of several entities (the known ones), in one indexed query."""
         where = " OR ".join(["(type = ? AND id = ?)"] * len(keys))
         params = tuple(part for key in keys for part in key)
-        sql = f"SELECT type, id, attributes, times, version FROM signal_entities WHERE {where}"
-        return self.store.read(sql, params)
+        rows = self.store.read(f"SELECT type, id, version FROM signal_versions WHERE {where}", params)
+        return {(row["type"], row["id"]): row["version"] for row in rows}
 
     def delete_entity(self, entity: str, entity_id: str) -> bool:
-        """Forget the entity: attributes, history, events and buckets. False when there was nothing."""
+        """Forget the entity: attributes, history, buckets, and its id in events (an event of an account and a
+        user stays the other's). False when there was nothing."""
+        column = ID_COLUMN[entity]
 
         def run(conn: sqlite3.Connection) -> bool:
             found = False
-            for table, column in (
+            for table, id_column in (
+                ("signal_versions", "id"),
                 ("signal_entities", "id"),
                 ("signal_entity_history", "id"),
-                ("signal_events", "entity_id"),
                 ("signal_buckets", "entity_id"),
                 ("signal_distinct", "entity_id"),
             ):
-                sql = f"DELETE FROM {table} WHERE type = ? AND {column} = ?"
+                sql = f"DELETE FROM {table} WHERE type = ? AND {id_column} = ?"
                 found = conn.execute(sql, (entity, entity_id)).rowcount > 0 or found
+            found = (
+                conn.execute(f"UPDATE signal_events SET {column} = NULL WHERE {column} = ?", (entity_id,)).rowcount > 0
+                or found
+            )
+            conn.execute("DELETE FROM signal_events WHERE account IS NULL AND user IS NULL")
             return found
 
         return self.store.write(run)
 
     # -- events ---------------------------------------------------------------------------------
 
-    def record_events(self, events: list[EventRow], fold: Fold, at: str) -> int:
-        """Keep the events not seen before (by entity and identity) and add them to the buckets, in one
-        commit; return how many were new. Redeliveries and duplicates within the batch count once."""
+    def record_events(self, events: list[EventRow], fold: Fold) -> int:
+        """Keep the events not seen before (by identity) and add them to the buckets, in one commit; return
+        how many were new. Redeliveries and duplicates within the batch count once."""
+
+        # What they add if all are new (the usual case), worked out before the write turn: the writer thread
+        # holds the lock all processes take turns on, so it should run SQL only.
+        all_new = fold(events)
 
         def run(conn: sqlite3.Connection) -> int:
-            insert = conn.execute
-            sql = _EVENT_INSERT
-            new = [event for event in events if insert(sql, event).rowcount == 1]
+            # Usually every event is new: one statement for all. When some were seen before, redo them one
+            # by one to learn which (only new ones count).
+            conn.execute("SAVEPOINT events")
+            before = conn.total_changes
+            conn.executemany(_EVENT_INSERT, events)
+            if conn.total_changes - before == len(events):
+                new = events
+            else:
+                conn.execute("ROLLBACK TO events")
+                new = [event for event in events if conn.execute(_EVENT_INSERT, event).rowcount == 1]
+            conn.execute("RELEASE events")
             if not new:
                 return 0
-            buckets, distinct = fold(new)
+            buckets, distinct = all_new if new is events else fold(new)
             conn.executemany(_BUCKET_UPSERT, buckets)
             if distinct:
                 conn.executemany(_DISTINCT_INSERT, distinct)
-            conn.executemany(_TOUCH, [(entity, entity_id, at) for entity, entity_id in {e[:2] for e in new}])
+            touched = {("account", e[3]) for e in new if e[3] is not None} | {("user", e[4]) for e in new if e[4]}
+            conn.executemany(_TOUCH, sorted(touched))
             return len(new)
 
         return self.store.write(run)
@@ -166,42 +193,43 @@ class SignalStore:
 
     def events(self, entity: str, entity_id: str, since_ns: int, until_ns: int) -> list[EventRow]:
         """The entity's raw events in ``[since_ns, until_ns]``, oldest first."""
+        column = ID_COLUMN[entity]
         rows = self.store.read(
-            "SELECT type, entity_id, at, key, name, attributes FROM signal_events "
-            "WHERE type = ? AND entity_id = ? AND at >= ? AND at <= ? ORDER BY at",
-            (entity, entity_id, since_ns, until_ns),
+            f"SELECT {_EVENT_COLUMNS} FROM signal_events WHERE {column} = ? AND at >= ? AND at <= ? ORDER BY at",
+            (entity_id, since_ns, until_ns),
         )
         return [tuple(r.values()) for r in rows]
 
     def counts(self) -> dict[str, int]:
         return self.store.read(
-            "SELECT (SELECT count(*) FROM signal_entities) AS entities, (SELECT count(*) FROM signal_events) AS events"
+            "SELECT (SELECT count(*) FROM signal_versions) AS entities, (SELECT count(*) FROM signal_events) AS events"
         )[0]
 
     # -- maintenance ----------------------------------------------------------------------------
 
-    def rebuild(self, fold: Fold, at: str, chunk: int = 20_000) -> int:
+    def rebuild(self, fold: Fold, chunk: int = 20_000) -> int:
         """Recompute every bucket from the raw events (after feature definitions changed), in one commit;
         return the number of events read."""
 
         def run(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM signal_buckets")
             conn.execute("DELETE FROM signal_distinct")
-            cursor = conn.execute("SELECT type, entity_id, at, key, name, attributes FROM signal_events")
+            cursor = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM signal_events")
             total = 0
             while rows := cursor.fetchmany(chunk):
                 total += len(rows)
                 buckets, distinct = fold(rows)
                 conn.executemany(_BUCKET_UPSERT, buckets)
                 conn.executemany(_DISTINCT_INSERT, distinct)
-            conn.execute("UPDATE signal_entities SET version = version + 1")
+            conn.execute("UPDATE signal_versions SET version = version + 1")
             return total
 
         return self.store.write(run)
 
     def prune(self, before_ns: int, before_day: int, before: str) -> dict[str, int]:
         """Delete events, buckets and attribute history older than the retention (the latest history row of
-        each entity stays: it is the attributes as of any later time)."""
+        each entity stays: it is the attributes as of any later time). Events are found by a scan: this is
+        maintenance, and an index on their time would cost every ingestion."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             return {
