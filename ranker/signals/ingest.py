@@ -22,6 +22,8 @@ from .features import DAY_NS, Buckets, Contribution, Definitions
 from .otlp import attributes_of
 from .store import EventRow
 
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
 
 @dataclass
 class Batch:
@@ -63,7 +65,7 @@ def extract(request: Any, settings: SignalSettings, definitions: Definitions, no
     most = settings.max_attributes
     latest, earliest = now_ns + DAY_NS, now_ns - settings.retention_days * DAY_NS
     refused = batch.refused
-    dumps = json.dumps
+    dumps = _dumps
     for resource_logs in request.resource_logs:
         resource = resource_logs.resource
         too_many = len(resource.attributes) > most

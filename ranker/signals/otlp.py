@@ -129,7 +129,18 @@ def value_of(any_value) -> Any:
 
 
 def attributes_of(key_values) -> dict[str, Any]:
-    return {kv.key: value_of(kv.value) for kv in key_values}
+    """Attributes as a dict (the strings and integers most attributes hold, without a call each)."""
+    out = {}
+    for kv in key_values:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind == "int_value":
+            out[kv.key] = value.int_value
+        else:
+            out[kv.key] = value_of(value)
+    return out
 
 
 def response(content_type: str, rejected: int = 0, message: str = "") -> bytes:
