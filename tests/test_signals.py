@@ -18,7 +18,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
-from signals_config import ACTIONS, CONFIG, FEATURES, SIGNALS_KEY
+from signals_config import ACTIONS, CONFIG, SIGNALS_KEY
 
 from ranker.app import create_app
 from ranker.cli import cli
@@ -317,23 +317,21 @@ def test_prune_forgets_events_older_than_the_retention(signals_app, client):
     assert signals.store.counts()["events"] == 1
 
 
-def test_feature_definitions_are_checked_when_settings_load(tmp_path):
-    from ranker.settings import SettingsError
-
-    for bad, said in (
-        ('aggregate = "count"\nwindow = "P30D"', "median"),
-        ('aggregate = "count"\nwindow = "P30D"', "PT5M"),
-    ):
-        config = tmp_path / "bad.toml"
-        config.write_text(
-            FEATURES.replace(
-                bad, bad.replace("count", "median") if said == "median" else bad.replace("P30D", "PT5M"), 1
-            )
-        )
-        with pytest.raises(SettingsError) as error:
-            load_settings(config, environ={})
-        assert "reporting_api_calls_30d" in str(error.value) or "aggregate" in str(error.value)
-        assert said in str(error.value)
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (('aggregate = "count"', 'aggregate = "median"'), "unknown aggregate 'median'"),
+        (('window = "P30D"', 'window = "PT5M"'), "window 'PT5M' must be whole days"),
+        (('window = "P30D"', 'window = "P500D"'), "more days than retention_days"),
+        (('aggregate = "count"', 'aggregate = "sum"'), "needs field"),
+    ],
+)
+def test_the_settings_check_names_a_bad_feature_definition(tmp_path, runner, change, said):
+    config = tmp_path / "ranker.toml"
+    config.write_text(CONFIG.replace(*change, 1))
+    result = runner.invoke(cli, ["settings", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "reporting_api_calls_30d" in result.output and said in result.output
 
 
 def test_forgetting_a_user_keeps_what_its_events_told_about_the_account(client):

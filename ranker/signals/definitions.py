@@ -4,7 +4,7 @@ definitions, which are data (``[[signals.features]]``), checked when the setting
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -17,6 +17,7 @@ EntityType = Literal["account", "user"]
 # Aggregates over the events of a window, and over an entity attribute holding a date.
 EVENT_AGGREGATES = ("count", "sum", "min", "max", "distinct", "last", "days_since_last", "change")
 ATTRIBUTE_AGGREGATES = ("days_until", "days_since")
+AGGREGATES = EVENT_AGGREGATES + ATTRIBUTE_AGGREGATES
 NEEDS_FIELD = {"sum", "min", "max", "distinct", "last", "days_until", "days_since"}
 _WINDOW = re.compile(r"^P(\d+)([DW])$")
 
@@ -47,6 +48,15 @@ class Feature(BaseModel):
     field: str | None = Field(None, min_length=1, description="Event attribute (or entity attribute) it reads.")
     window: str | None = Field(None, description="Whole days or weeks (P30D, P4W); default: the retention.")
     _days: int | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_aggregate(cls, data: Any) -> Any:
+        # named here, so the settings check says which definition is wrong, not only its position
+        if isinstance(data, dict) and "aggregate" in data and data["aggregate"] not in AGGREGATES:
+            known = ", ".join(AGGREGATES)
+            raise ValueError(f"feature {data.get('name')!r}: unknown aggregate {data['aggregate']!r}; one of {known}")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Feature:
