@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +26,7 @@ from ranker.cli import cli
 from ranker.export import export
 from ranker.schemas import RankRequest
 from ranker.settings import load_settings
+from ranker.signals.definitions import AGGREGATES
 
 DAY_NS = 86_400 * 10**9
 SIGNALS = {"Ocp-Apim-Subscription-Key": SIGNALS_KEY}
@@ -343,3 +345,13 @@ def test_forgetting_a_user_keeps_what_its_events_told_about_the_account(client):
     assert account["features"]["reporting_api_calls_30d"]["value"] == 1
     past = client.get("/entities/account/acme", query_string={"at": datetime.now(UTC).isoformat()}, headers=SIGNALS)
     assert past.json["features"]["reporting_api_calls_30d"]["value"] == 1
+
+
+def test_the_readme_feature_examples_are_valid_settings(tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[[signals.features]]" in b]
+    assert blocks
+    config = tmp_path / "ranker.toml"
+    config.write_text(blocks[0])
+    features = load_settings(config, environ={}).signals.features
+    assert {f.aggregate for f in features} == set(AGGREGATES)  # an example of each aggregate
