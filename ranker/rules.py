@@ -187,6 +187,12 @@ class Rules(BaseModel):
     availability: list[Availability] = Field(default_factory=list)
     priority: list[Priority] = Field(default_factory=list)
 
+    @property
+    def test_freshness(self) -> bool:
+        """Whether a condition on the context uses ``fresh_within`` (so Rank needs the signal times)."""
+        conditions = [c for r in self.entitlements for c in r.requires] + [c for r in self.priority for c in r.when]
+        return any(c.fresh_within is not None for c in conditions)
+
 
 @dataclass(slots=True)
 class Verdict:

@@ -271,7 +271,9 @@ class Service:
         event_id = request.eventId or uuid.uuid4().hex
         times = None
         if settings.entities:  # the stored values join the context before the rules, VW and the record
-            context, times = self.signals.enricher.enrich(settings.entities, context, now)
+            context, times = self.signals.enricher.enrich(
+                settings.entities, context, now, settings.rules.test_freshness
+            )
         verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now, times)
 
         probabilities = dict.fromkeys(ids, 0.0)
@@ -370,7 +372,9 @@ class Service:
         slot_features = [dsjson.merge(slot.features, f"slots[{k}].features") for k, slot in enumerate(request.slots)]
         times = None
         if settings.entities:
-            context, times = self.signals.enricher.enrich(settings.entities, context, now)
+            context, times = self.signals.enricher.enrich(
+                settings.entities, context, now, settings.rules.test_freshness
+            )
         verdicts = [
             rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now, times)
             for slot, features in zip(request.slots, slot_features, strict=True)

@@ -61,10 +61,10 @@ class Enricher:
         return values, times
 
     def enrich(
-        self, entities: dict[str, str], context: dict[str, Any], now: datetime
+        self, entities: dict[str, str], context: dict[str, Any], now: datetime, with_times: bool = True
     ) -> tuple[dict[str, Any], dict[str, float] | None]:
-        """The context with the named entities' values merged in, and the signal times of the paths added
-        (for the rules' ``fresh_within``); the context itself when it names no known entity."""
+        """The context with the named entities' values merged in, and (``with_times``) the signal times of the
+        paths added, for the rules' ``fresh_within``; the context itself when it names no known entity."""
         wanted = []
         for entity, path in entities.items():
             entity_id = lookup(context, path)
@@ -85,9 +85,10 @@ class Enricher:
             values, times = self.values(entity, entity_id, version, now_ns)
             sent = lookup(context, namespace)
             context = _put(context, namespace.split("."), _merge(values, sent))
-            signal_times.update({f"{namespace}.{path}": t for path, t in times.items()})
-            signal_times.update({f"{namespace}.{path}": now_s for path in leaves(sent)})  # the caller's: now
-        return context, signal_times
+            if with_times:
+                signal_times.update({f"{namespace}.{path}": t for path, t in times.items()})
+                signal_times.update({f"{namespace}.{path}": now_s for path in leaves(sent)})  # the caller's: now
+        return context, signal_times if with_times else None
 
 
 def _merge(stored: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
