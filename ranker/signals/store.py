@@ -113,9 +113,10 @@ class SignalStore:
 
     def versions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The versions of several entities (the known ones), in one indexed query."""
-        where = " OR ".join(["(type = ? AND id = ?)"] * len(keys))
+        # one primary-key search per entity (an OR of the pairs plans a costlier multi-index search)
+        one = "SELECT type, id, version FROM signal_versions WHERE type = ? AND id = ?"
         params = tuple(part for key in keys for part in key)
-        rows = self.store.read(f"SELECT type, id, version FROM signal_versions WHERE {where}", params)
+        rows = self.store.read(" UNION ALL ".join([one] * len(keys)), params)
         return {(row["type"], row["id"]): row["version"] for row in rows}
 
     def delete_entity(self, entity: str, entity_id: str) -> bool:
