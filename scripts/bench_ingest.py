@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load (default 15)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up first (default 2)")
     parser.add_argument("--batch", type=int, default=512, help="records per request (default 512)")
-    parser.add_argument("--concurrency", type=int, default=4, help="connections (default 4)")
+    parser.add_argument("--concurrency", type=int, default=8, help="sending connections (default 8)")
     parser.add_argument("--rate-guess", type=int, default=40_000, help="records/s to prepare batches for")
     parser.add_argument(
         "--spread-days", type=float, default=1.0, help="record times spread over this many past days (default 1)"
