@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=2_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--workers", type=int, help="RANKER_WORKERS (default: the setting's)")
+    parser.add_argument("--threads", type=int, help="RANKER_THREADS (default: the setting's)")
     parser.add_argument("--check", action="store_true", help="exit 1 when under 20,000 records/s")
     args = parser.parse_args(argv)
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(tmp)
         config = data_dir / "ranker.toml"
         config.write_text(CONFIG)
-        server = Server(data_dir, args.workers, None, config)
+        server = Server(data_dir, args.workers, args.threads, config)
         try:
             print(f"ranker serve on {server.url}, {len(server.workers())} workers; {os.cpu_count()} CPUs", flush=True)
             warm = int(args.warmup * args.rate_guess / args.batch)
