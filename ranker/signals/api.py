@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ..api import api_key, json_body, json_response
-from ..errors import ApiError
+from ..errors import ApiError, StoreUnavailable
 from ..store import parse_time
 from . import otlp
 from .service import Signals, UnknownEntityType
@@ -58,6 +58,9 @@ def export_logs() -> Response:
         return _status(answer_type, exc.status, exc.message)
     except otlp.OtlpError as exc:
         return _status(answer_type, exc.status, exc.message)
+    except StoreUnavailable as exc:  # retryable for OTLP senders; nothing of the batch was kept
+        current_app.logger.error("signals not stored: %s", exc)
+        return _status(answer_type, 503, f"the events could not be committed: {exc}")
     body = otlp.response(answer_type, result.rejected, result.message)
     return Response(body, 200, mimetype=answer_type)
 
