@@ -8,12 +8,15 @@ import json
 import re
 import sqlite3
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import ADMIN_KEY, RANK_KEY
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
@@ -355,3 +358,40 @@ def test_the_readme_feature_examples_are_valid_settings(tmp_path):
     config.write_text(blocks[0])
     features = load_settings(config, environ={}).signals.features
     assert {f.aggregate for f in features} == set(AGGREGATES)  # an example of each aggregate
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(
+        st.tuples(st.integers(0, 70), st.sampled_from(["reporting", "billing", "search"])), min_size=1, max_size=25
+    ),
+    order=st.randoms(use_true_random=False),
+)
+def test_features_equal_a_recount_whatever_the_order_and_redeliveries(client, events, order):
+    """Out-of-order and repeated deliveries: the buckets (a Rank's values) and the raw events (a point-in-time
+    read) both give what a recount of the distinct records in the window gives."""
+    account = f"acme-{uuid.uuid4().hex}"  # the app outlives the examples: each has an account of its own
+    now = time.time_ns()
+    records = [
+        record("api.call", now - days * DAY_NS - i, **{"api.name": api, "account.id": account})
+        for i, (days, api) in enumerate(events)
+    ]
+    deliveries = records + order.sample(records, k=len(records) // 2)  # the exporter retries some
+    order.shuffle(deliveries)
+    for start in range(0, len(deliveries), 7):
+        assert send(client, logs(*deliveries[start : start + 7])).json == {}
+    today = now // DAY_NS
+    day = [(now - days * DAY_NS - i) // DAY_NS for i, (days, _) in enumerate(events)]
+    in_window = [i for i in range(len(events)) if day[i] > today - 30]
+    before = [i for i in range(len(events)) if today - 60 < day[i] <= today - 30]
+    calls = sum(events[i][1] == "reporting" for i in in_window)
+    calls_before = sum(events[i][1] == "reporting" for i in before)
+    expected = {
+        "reporting_api_calls_30d": calls,
+        "reporting_api_trend": (calls - calls_before) / max(calls_before, 1),
+        "apis_used_30d": len({events[i][1] for i in in_window}),
+    }
+    at = datetime.fromtimestamp(now / 1e9 + 1, UTC).isoformat()
+    for query in ({}, {"at": at}):
+        features = client.get(f"/entities/account/{account}", query_string=query, headers=SIGNALS).json["features"]
+        assert {name: features[name]["value"] for name in expected} == pytest.approx(expected)
