@@ -25,9 +25,9 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _HEX = {"traceId": re.compile(r"^[0-9a-fA-F]{32}$"), "spanId": re.compile(r"^[0-9a-fA-F]{16}$")}
 
-# google.rpc.Code values used in Status bodies
-INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE = 3, 16, 7, 8, 14
-CODES = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 413: INVALID_ARGUMENT, 415: 3, 503: 14}
+# google.rpc.Code of a Status body, by HTTP status (google/rpc/code.proto)
+INVALID_ARGUMENT, PERMISSION_DENIED, UNAVAILABLE, UNAUTHENTICATED = 3, 7, 14, 16
+CODES = {401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 503: UNAVAILABLE}
 
 
 class OtlpError(Exception):
