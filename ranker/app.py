@@ -13,6 +13,7 @@ from . import admin, api, evaluations, events, meta, metrics
 from .errors import ApiError, StoreUnavailable
 from .service import Service
 from .settings import Settings, load_settings
+from .signals import api as signals_api
 
 log = logging.getLogger("ranker")
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None, create_databas
         app.register_blueprint(evaluations.bp, url_prefix=prefix, name=f"evaluations_{name}")
         app.register_blueprint(events.bp, url_prefix=prefix, name=f"events_{name}")
     app.register_blueprint(meta.bp)
+    app.register_blueprint(signals_api.bp)  # OTLP's /v1/logs and /entities, at the root
     if settings.null_endpoint:
         app.add_url_rule("/null", "null", meta.null, methods=["POST"])
 

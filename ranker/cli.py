@@ -126,7 +126,7 @@ def migrate_command(config: str | None) -> None:
 
 
 @cli.command("new-key")
-@click.option("--role", type=click.Choice(["rank", "admin"]), default="rank", show_default=True)
+@click.option("--role", type=click.Choice(["rank", "admin", "signals"]), default="rank", show_default=True)
 def new_key(role: str) -> None:
     """Make a random API key; print it once, and the hashed entry for the config file.
 
@@ -364,3 +364,71 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
     if body is None:
         raise click.ClickException(f"no decision {event_id!r} in loop {name!r}")
     click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))
+
+
+@cli.group("signals")
+def signals_group() -> None:
+    """Entity attributes and features: import a CRM file, rebuild features, prune old events.
+
+    Example: ranker signals import --type account crm.csv
+    """
+
+
+def _signals(config: str | None):
+    from .signals.service import Signals
+    from .store import Store
+
+    settings = _settings(config)
+    return Signals(settings.signals, Store(settings.database_path, settings.synchronous, settings.commit_timeout))
+
+
+@signals_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--type", "entity", required=True, help="Entity type of the rows: account or user.")
+@click.option(
+    "--format", "kind", type=click.Choice(["csv", "jsonl"]), help="File format (default: from the name, else csv)."
+)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_import(file, entity: str, kind: str | None, config: str | None) -> None:
+    """Merge entity attributes from a CSV file (a header row with 'id' and one column per attribute; dotted
+    names nest: contract.renewalDate) or JSON lines ({"id": ..., "attributes": {...}}).
+
+    Bad rows are reported with their line number and skipped (exit status 1); a rerun of the same file
+    changes nothing.
+
+    Example: ranker signals import --type account crm.csv
+    """
+    from datetime import UTC, datetime
+
+    kind = kind or ("jsonl" if file.name.endswith((".jsonl", ".json", ".ndjson")) else "csv")
+    signals = _signals(config)
+    try:
+        report = signals.import_entities(entity, file.read(), kind, datetime.now(UTC))
+    except (ValueError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report))
+    if report["errors"]:
+        sys.exit(1)
+
+
+@signals_group.command("rebuild")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_rebuild(config: str | None) -> None:
+    """Recompute every feature from the raw events kept (after feature definitions changed).
+
+    Example: ranker signals rebuild --config ranker.toml
+    """
+    events = _signals(config).rebuild()
+    click.echo(f"features rebuilt from {events} events")
+
+
+@signals_group.command("prune")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def signals_prune(config: str | None) -> None:
+    """Delete events, buckets and attribute history older than signals.retention_days.
+
+    Example: ranker signals prune --config ranker.toml
+    """
+    from datetime import UTC, datetime
+
+    click.echo(json.dumps(_signals(config).prune(datetime.now(UTC))))

@@ -23,6 +23,7 @@ from .schemas import (
     RewardRequest,
 )
 from .settings import Policy
+from .signals.openapi import signals_paths
 
 ERROR = {
     "type": "object",
@@ -310,6 +311,7 @@ def openapi() -> dict[str, Any]:
     for prefix in PREFIXES:
         paths.update(_operations(prefix))
         paths.update(_admin_operations(prefix))
+    paths.update(signals_paths())
     paths["/healthz"] = {
         "get": {
             "operationId": "healthz",

@@ -8,6 +8,11 @@ the reasons, so a person can ask why an action was or was not offered.
 Conditions compare JSON values: a boolean never equals a number, ``gte``/``lte`` hold only for numbers,
 and a condition on a missing path holds only for ``not_in`` and ``exists = false``. Date windows without
 a time zone are read as UTC.
+
+``fresh_within`` (an ISO 8601 duration) tests how old the signal behind a value is: it holds when the
+newest signal behind the path (an entity attribute's update or a feature's newest event, from Rank-time
+enrichment, :mod:`ranker.signals.enrich`) is at most that old; a value with no signal time fails it.
+It may stand alone or go with one other test, and then both must hold.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .durations import parse_duration
 
 _MISSING = object()
+MISSING = _MISSING  # what :func:`lookup` answers for an absent path, for callers of :meth:`Condition.test`
 # Combined priority factors outside this range are rescaled (in log space) so that the largest is 1:
 # products of many factors would otherwise overflow to inf or underflow to 0 and break renormalisation.
 _FACTOR_RANGE = (1e-200, 1e200)
@@ -37,8 +43,17 @@ def lookup(features: dict[str, Any], path: str) -> Any:
     return value
 
 
+def signal_time(times: dict[str, float], path: str) -> float | None:
+    """The newest signal time behind ``path``: its own, or the newest of the values under it."""
+    if path in times:
+        return times[path]
+    prefix = path + "."
+    under = [t for p, t in times.items() if p.startswith(prefix)]
+    return max(under) if under else None
+
+
 class Condition(BaseModel):
-    """A test on the value at ``path``: exactly one of equals, in, not_in, gte, lte, exists."""
+    """A test on the value at ``path``: one of equals, in, not_in, gte, lte, exists; and/or fresh_within."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     path: str = Field(min_length=1)
@@ -48,18 +63,46 @@ class Condition(BaseModel):
     gte: float | None = Field(None, strict=True, allow_inf_nan=False)
     lte: float | None = Field(None, strict=True, allow_inf_nan=False)
     exists: bool | None = None
+    fresh_within: str | None = None
+    _max_age: float | None = PrivateAttr(None)  # fresh_within in seconds
+    _tests: bool = PrivateAttr(True)  # whether a test other than fresh_within is set
+
+    @field_validator("fresh_within")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
         tests = [
             name for name in ("equals", "in_", "not_in", "gte", "lte", "exists") if getattr(self, name) is not None
         ]
-        if len(tests) != 1:
-            raise ValueError(f"condition on {self.path!r} needs exactly one of equals, in, not_in, gte, lte, exists")
+        if len(tests) > 1 or not tests and self.fresh_within is None:
+            raise ValueError(
+                f"condition on {self.path!r} needs exactly one of equals, in, not_in, gte, lte, exists "
+                "(fresh_within may stand alone or go with one of them)"
+            )
+        self._max_age = parse_duration(self.fresh_within).total_seconds() if self.fresh_within else None
+        self._tests = bool(tests)
         return self
 
-    def holds(self, features: dict[str, Any]) -> bool:
-        value = lookup(features, self.path)
+    def holds(
+        self, features: dict[str, Any], times: dict[str, float] | None = None, now: datetime | None = None
+    ) -> bool:
+        """Whether the condition holds on ``features``; ``times`` maps paths to the epoch seconds of their
+        newest signal, which ``fresh_within`` compares with ``now``."""
+        if self._max_age is not None:
+            newest = signal_time(times or {}, self.path)
+            if newest is None or now is None or _utc(now).timestamp() - newest > self._max_age:
+                return False
+            if not self._tests:
+                return True
+        return self.test(lookup(features, self.path))
+
+    def test(self, value: Any) -> bool:
+        """The test on a value already looked up (:data:`MISSING` when absent); ``fresh_within`` aside."""
         if self.exists is not None:
             return (value is not _MISSING) == self.exists
         if value is _MISSING:
@@ -169,6 +212,12 @@ class Rules(BaseModel):
     priority: list[Priority] = Field(default_factory=list)
     discovery: list[Discovery] = Field(default_factory=list)
 
+    @property
+    def test_freshness(self) -> bool:
+        """Whether a condition on the context uses ``fresh_within`` (so Rank needs the signal times)."""
+        conditions = [c for r in self.entitlements for c in r.requires] + [c for r in self.priority for c in r.when]
+        return any(c.fresh_within is not None for c in conditions)
+
 
 @dataclass(slots=True)
 class Verdict:
@@ -188,14 +237,18 @@ def apply(
     actions: list[tuple[str, dict[str, Any]]],
     excluded_ids: set[str],
     now: datetime,
+    times: dict[str, float] | None = None,
 ) -> Verdict:
-    """Decide which actions may be offered for this context and with which priority factors."""
+    """Decide which actions may be offered for this context and with which priority factors.
+
+    ``times``: the newest signal time (epoch seconds) of context paths that enrichment added, for
+    ``fresh_within``."""
     if not (rules.entitlements or rules.availability or rules.priority or rules.discovery or excluded_ids):
         return Verdict(list(range(len(actions))), [1.0] * len(actions), {}, {})
     withdrawn_all = [r for r in rules.availability if r.withdraws(now)]
-    failed_entitlements = [r for r in rules.entitlements if not all(c.holds(context) for c in r.requires)]
-    active_priority = [r for r in rules.priority if all(c.holds(context) for c in r.when)]
-    active_discovery = [r for r in rules.discovery if all(c.holds(context) for c in r.when)]
+    failed_entitlements = [r for r in rules.entitlements if not all(c.holds(context, times, now) for c in r.requires)]
+    active_priority = [r for r in rules.priority if all(c.holds(context, times, now) for c in r.when)]
+    active_discovery = [r for r in rules.discovery if all(c.holds(context, times, now) for c in r.when)]
     discovery: dict[int, list[Discovery]] = {}
     eligible, factors = [], []
     excluded: dict[str, list[str]] = {}

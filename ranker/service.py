@@ -23,6 +23,7 @@ from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError, StoreUnavailable
 from .schemas import MultiSlotRankRequest, RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
+from .signals.service import Signals
 from .store import Store, timestamp
 
 log = logging.getLogger("ranker")
@@ -165,6 +166,7 @@ class Service:
         self.settings = settings
         self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout, create_database)
         self.exposures = discovery.Exposures(self.store, settings.discovery_refresh_seconds)
+        self.signals = Signals(settings.signals, self.store)
         self.loops: dict[str, Loop] = {}
         for name in settings.loops:
             try:
@@ -182,8 +184,9 @@ class Service:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def authenticate(self, key: str | None, admin: bool = False) -> Loop:
-        """The loop a key belongs to; 401 for a missing or unknown key, 403 for a rank key on admin calls."""
+    def authenticate(self, key: str | None, admin: bool = False, signals: bool = False) -> Loop:
+        """The loop a key belongs to; 401 for a missing or unknown key, 403 for a rank key on admin calls and
+        for a signals key on anything but signals calls (``signals``: ingestion and entities; admin keys too)."""
         if not self.settings.auth:
             return self.loops[self.settings.default_loop]
         if not key:
@@ -196,7 +199,12 @@ class Service:
         if found is None:
             raise ApiError(401, "Unauthorized", "the key is not valid for any loop")
         loop, role = found
-        if admin and role != "admin":
+        if signals:
+            if role not in ("signals", "admin"):
+                raise ApiError(403, "OperationNotAllowed", "this operation needs a signals or admin key")
+        elif role == "signals":
+            raise ApiError(403, "OperationNotAllowed", "a signals key may only send signals and read entities")
+        elif admin and role != "admin":
             raise ApiError(403, "OperationNotAllowed", "this operation needs the loop's admin key")
         return self.loops[loop]
 
@@ -294,7 +302,12 @@ class Service:
         now = now or utcnow()
         stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
-        verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now)
+        times = None
+        if settings.entities:  # the stored values join the context before the rules, VW and the record
+            context, times = self.signals.enricher.enrich(
+                settings.entities, context, now, settings.rules.test_freshness
+            )
+        verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now, times)
         explaining = settings.is_inference_explainability_enabled
         parsed = was_explored = None
         raised_by: dict[str, dict[str, Any]] = {}
@@ -421,8 +434,13 @@ class Service:
         stamp = timestamp(now)
         event_id = request.eventId or uuid.uuid4().hex
         slot_features = [dsjson.merge(slot.features, f"slots[{k}].features") for k, slot in enumerate(request.slots)]
+        times = None
+        if settings.entities:
+            context, times = self.signals.enricher.enrich(
+                settings.entities, context, now, settings.rules.test_freshness
+            )
         verdicts = [
-            rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now)
+            rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now, times)
             for slot, features in zip(request.slots, slot_features, strict=True)
         ]
         offered, slots = slot_options(slot_ids, slot_features, verdicts, baselines)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from . import vwoptions
 from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
 from .rules import Rules
+from .signals.definitions import ENTITY_TYPES, SignalSettings
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
@@ -69,8 +70,9 @@ class Key(BaseModel):
     """An API key of a loop, stored as its SHA-256 (``ranker hash-key`` prints it)."""
 
     model_config = ConfigDict(extra="forbid")
-    role: Literal["rank", "admin"] = Field(
-        description="rank: Rank, Reward and Activate; admin: also configuration, model and log operations"
+    role: Literal["rank", "admin", "signals"] = Field(
+        description="rank: Rank, Reward and Activate; admin: also configuration, model and log operations; "
+        "signals: only ingestion (POST /v1/logs) and the entities API, which admin may use too"
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, lowercase hex")
 
@@ -133,7 +135,23 @@ class LoopSettings(BaseModel):
         "explored and the rules' part.",
     )
     rules: Rules = Field(default_factory=Rules, description="Business rules applied before the model.")
+    entities: dict[str, str] = Field(
+        default_factory=dict,
+        description='Where entity ids sit in the context, e.g. {account = "account.id"}: a Rank naming a known '
+        "entity gets its attributes and features merged into the object holding the id (the caller's values win).",
+    )
     keys: list[Key] = Field(default_factory=list, description="API keys of this loop, stored hashed.")
+
+    @field_validator("entities")
+    @classmethod
+    def _entity_paths(cls, entities: dict[str, str]) -> dict[str, str]:
+        for entity, path in entities.items():
+            if entity not in ENTITY_TYPES:
+                raise ValueError(f"entities: no entity type {entity!r}; the types are {', '.join(ENTITY_TYPES)}")
+            parts = path.split(".")
+            if len(parts) < 2 or not all(parts):
+                raise ValueError(f"entities.{entity}: {path!r} must be a dotted path such as 'account.id'")
+        return entities
 
     @field_validator("reward_wait_time", "model_export_frequency")
     @classmethod
@@ -218,6 +236,9 @@ class Settings(BaseModel):
     loops: dict[str, LoopSettings] = Field(
         default_factory=lambda: {"default": LoopSettings()}, description="The decision points."
     )
+    signals: SignalSettings = Field(
+        default_factory=SignalSettings, description="Ingestion, entity attributes and feature definitions."
+    )
 
     @field_validator("loops")
     @classmethod
@@ -264,7 +285,7 @@ class Settings(BaseModel):
             raise ValueError(f"loop {loop!r}: cannot read policy {path}: {exc}") from exc
 
 
-SCALAR_SETTINGS = [name for name in Settings.model_fields if name != "loops"]
+SCALAR_SETTINGS = [name for name in Settings.model_fields if name not in ("loops", "signals")]
 
 
 class SettingsError(ValueError):
@@ -303,8 +324,10 @@ def documentation() -> list[tuple[str, str, str]]:
     """(name, default, help) of every setting, server-wide then per loop."""
     rows = []
     for name, field in Settings.model_fields.items():
-        if name != "loops":
+        if name not in ("loops", "signals"):
             rows.append((name, _default(field), field.description or ""))
+    for name, field in SignalSettings.model_fields.items():
+        rows.append((f"signals.{name}", _default(field), field.description or ""))
     for name, field in LoopSettings.model_fields.items():
         rows.append((f"loops.<name>.{field.alias or name}", _default(field), field.description or ""))
     return rows

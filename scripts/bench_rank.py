@@ -25,8 +25,15 @@ Each phase also reports the CPU time the server's processes spent per request, t
 a CPU, and the CPU that other processes of the machine took meanwhile (from /proc): the throughput
 figures only mean something when that last one is small.
 
+With ``--enrichment`` it compares instead, interleaved round by round in one run, the server CPU per Rank
+of three variants on one server: a loop without enrichment (the body above), a loop whose Rank names an
+account and a user, to which the server adds 2 x 20 features and their attributes (``loops.<name>.entities``),
+and the plain loop with that same merged context sent inline by the caller (so the difference between the
+last two is the lookup and merge alone, the rest being the cost of a larger context in VW and the log).
+
 Example:
     python scripts/bench_rank.py --concurrency 24 --duration 8 --requests 50000
+    python scripts/bench_rank.py --enrichment --rounds 3
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sqlite3
 import sys
 import tempfile
@@ -44,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ranker.harness import Server
+from ranker.settings import hash_key
 
 RANK_PATH = "/personalizer/v1.0/rank"
 NULL_PATH = "/null"
@@ -80,7 +89,7 @@ ACTIONS = [
 ]
 
 
-def rank_body_parts() -> tuple[bytes, bytes]:
+def rank_body_parts(context: list | None = None) -> tuple[bytes, bytes]:
     """The Rank body around its eventId: ``head + event_id + tail``."""
     actions = [
         {
@@ -91,15 +100,16 @@ def rank_body_parts() -> tuple[bytes, bytes]:
         }
         for a in ACTIONS
     ]
-    body = {"contextFeatures": CONTEXT, "actions": actions, "eventId": "\x00"}
+    body = {"contextFeatures": CONTEXT if context is None else context, "actions": actions, "eventId": "\x00"}
     head, tail = json.dumps(body, separators=(",", ":")).split('"\\u0000"')
     return (head + '"').encode(), ('"' + tail).encode()
 
 
-def request_bytes(path: str, port: int, head: bytes, event_id: str, tail: bytes) -> bytes:
+def request_bytes(path: str, port: int, head: bytes, event_id: str, tail: bytes, key: str = "") -> bytes:
     body = head + event_id.encode() + tail
+    auth = f"Ocp-Apim-Subscription-Key: {key}\r\n" if key else ""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -212,14 +222,15 @@ async def closed_loop(
     port: int,
     conns: list[Connection],
     path: str,
-    parts: tuple[bytes, bytes],
+    parts: tuple,
     ids: EventIds,
     phase: Phase,
     limit: int,
     seconds: float,
 ) -> None:
     """Each connection sends its next request as soon as the last one is answered."""
-    head, tail = parts
+    head, tail, *rest = parts  # (body head, body tail[, key])
+    key = rest[0] if rest else ""
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + seconds
@@ -229,7 +240,7 @@ async def closed_loop(
         nonlocal last
         while phase.sent < limit and loop.time() < deadline:
             phase.sent += 1
-            data = request_bytes(path, port, head, ids(), tail)
+            data = request_bytes(path, port, head, ids(), tail, key)
             sent = loop.time()
             try:
                 if conns[i].closed:
@@ -249,7 +260,7 @@ async def open_loop(
     port: int,
     conns: list[Connection],
     path: str,
-    parts: tuple[bytes, bytes],
+    parts: tuple,
     ids: EventIds,
     phase: Phase,
     rate: float,
@@ -260,7 +271,8 @@ async def open_loop(
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for conn in conns:
         idle.put_nowait(conn)
-    head, tail = parts
+    head, tail, *rest = parts  # (body head, body tail[, key])
+    key = rest[0] if rest else ""
     loop = asyncio.get_running_loop()
     total = min(limit, int(rate * seconds))
     tasks = set()
@@ -285,7 +297,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         phase.lags.append(loop.time() - due)
         phase.sent += 1
-        task = asyncio.ensure_future(one(due, request_bytes(path, port, head, ids(), tail)))
+        task = asyncio.ensure_future(one(due, request_bytes(path, port, head, ids(), tail, key)))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await finish(asyncio.gather(*tasks), 0, phase)
@@ -297,11 +309,11 @@ async def open_loop(
 # -- the server --------------------------------------------------------------------------------
 
 
-def start_server(data_dir: Path, workers: int | None, threads: int | None) -> Server:
-    """``ranker serve`` on a free loopback port with the null endpoint on."""
+def start_server(data_dir: Path, workers: int | None, threads: int | None, config: str | None = None) -> Server:
+    """``ranker serve`` on a free loopback port with the null endpoint on (and a settings file's text)."""
     settings = {"null_endpoint": 1}
     settings.update({name: value for name, value in (("workers", workers), ("threads", threads)) if value is not None})
-    return Server(data_dir, **settings)
+    return Server(data_dir, config, **settings)
 
 
 def explanations(server: Server, on: bool) -> None:
@@ -410,6 +422,152 @@ async def benchmark(server: Server, args) -> tuple[list[Phase], int]:
     return [best_null, best_rank, phase], ok
 
 
+# -- enrichment mode ---------------------------------------------------------------------------
+
+PLAIN_KEY, ENRICHED_KEY, SIGNALS_KEY = "bench-plain-key-0123", "bench-enriched-key-0123", "bench-signals-key-0123"
+_AGGREGATES = [
+    ("count", None, "P7D"),
+    ("count", None, "P30D"),
+    ("change", None, "P7D"),
+    ("change", None, "P30D"),
+    ("sum", "rows", "P7D"),
+    ("sum", "rows", "P30D"),
+    ("max", "rows", "P30D"),
+    ("min", "rows", "P30D"),
+    ("distinct", "api.name", "P7D"),
+    ("distinct", "api.name", "P30D"),
+    ("last", "api.name", None),
+    ("days_since_last", None, None),
+]
+_EVENTS = ["api.call", "report.export", "dashboard.view"]
+
+
+def enrichment_config() -> str:
+    """Two loops with the same policy: ``plain`` and ``enriched`` (2 entities x 20 features)."""
+    lines = [
+        "[loops.plain]",
+        f'keys = [{{ role = "rank", sha256 = "{hash_key(PLAIN_KEY)}" }}]',
+        "[loops.enriched]",
+        'entities = { account = "account.id", user = "user.id" }',
+        f'keys = [{{ role = "rank", sha256 = "{hash_key(ENRICHED_KEY)}" }}, '
+        f'{{ role = "signals", sha256 = "{hash_key(SIGNALS_KEY)}" }}]',
+        "[signals]",
+    ]
+    for entity in ("account", "user"):
+        definitions = [("days_until", "contract.renewalDate", None), ("days_since", "contract.startDate", None)]
+        definitions += [_AGGREGATES[i % len(_AGGREGATES)] for i in range(18)]
+        for i, (aggregate, field_, window) in enumerate(definitions):
+            lines += ["[[signals.features]]", f'name = "f{i:02d}_{aggregate}"', f'entity = "{entity}"']
+            lines.append(f'aggregate = "{aggregate}"')
+            if aggregate not in ("days_until", "days_since"):
+                lines.append(f'event = "{_EVENTS[i % len(_EVENTS)]}"')
+                if i % 4 == 1:
+                    lines.append('where = [{ path = "api.name", in = ["reporting", "billing"] }]')
+            if field_:
+                lines.append(f'field = "{field_}"')
+            if window:
+                lines.append(f'window = "{window}"')
+    return "\n".join(lines) + "\n"
+
+
+def _post(url: str, data: bytes, content_type: str, method: str = "POST") -> None:
+    request = urllib.request.Request(
+        url, data, {"Content-Type": content_type, "Ocp-Apim-Subscription-Key": SIGNALS_KEY}, method=method
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def seed(server: Server, account: str, user: str, events: int = 600) -> dict:
+    """Attributes and 30 days of events for the entities the enriched Rank names; the context the
+    server then builds (what the inline variant sends itself)."""
+    now = time.time_ns()
+    rng = random.Random(7)
+    records = []
+    for i in range(events):
+        attributes = {"account.id": account, "user.id": user, "api.name": rng.choice(["reporting", "billing", "x"])}
+        records.append(
+            {
+                "timeUnixNano": str(now - rng.randrange(30 * 86_400 * 10**9) - i),
+                "eventName": rng.choice(_EVENTS),
+                "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attributes.items()]
+                + [{"key": "rows", "value": {"intValue": str(rng.randrange(1, 1000))}}],
+            }
+        )
+    body = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
+    _post(server.url + "/v1/logs", json.dumps(body).encode(), "application/json")
+    attributes = {
+        "plan": "enterprise",
+        "segment": "fintech",
+        "csm": "ana",
+        "contract": {"renewalDate": "2027-06-30", "startDate": "2023-07-01"},
+    }
+    _post(
+        server.url + f"/entities/account/{account}",
+        json.dumps({"attributes": attributes}).encode(),
+        "application/json",
+        "PUT",
+    )
+    user_attributes = {"role": "admin", "contract": {"renewalDate": "2027-06-30", "startDate": "2024-01-01"}}
+    _post(
+        server.url + f"/entities/user/{user}",
+        json.dumps({"attributes": user_attributes}).encode(),
+        "application/json",
+        "PUT",
+    )
+    merged = {}
+    for entity, entity_id in (("account", account), ("user", user)):
+        request = urllib.request.Request(
+            server.url + f"/entities/{entity}/{entity_id}", headers={"Ocp-Apim-Subscription-Key": SIGNALS_KEY}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            view = json.loads(response.read())
+        values = {name: f["value"] for name, f in view["features"].items() if f["value"] is not None}
+        merged[entity] = {**view["attributes"], **values}
+    return merged
+
+
+async def enrichment_benchmark(server: Server, args) -> tuple[dict[str, list[Phase]], int]:
+    """Rank on the plain loop, on the enriched loop (ids only, the server adds 2 x 20 features and the
+    attributes) and on the plain loop with the same merged context sent inline, interleaved round by round.
+    Returns the phases by variant and the 201s of the warm-up."""
+    account, user = "acct-bench", "user-bench"
+    merged = seed(server, account, user)
+    base = CONTEXT[0]
+    enriched_context = [{**base, "account": {**base["account"], "id": account}, "user": {"id": user}}]
+    inline_context = [
+        {
+            **base,
+            "account": {**merged["account"], **base["account"], "id": account},
+            "user": {**merged["user"], "id": user},
+        }
+    ]
+    variants = {
+        "plain": (*rank_body_parts(), PLAIN_KEY),
+        "enriched": (*rank_body_parts(enriched_context), ENRICHED_KEY),
+        "inline": (*rank_body_parts(inline_context), PLAIN_KEY),
+    }
+    run_id = os.urandom(4).hex()
+    ids = EventIds(f"bench-{run_id}")
+    port, n, s = server.port, args.requests, args.duration
+    conns = [await connect(port) for _ in range(args.concurrency)]
+    phases: dict[str, list[Phase]] = {name: [] for name in variants}
+    warm = [Phase(f"warm-up {name}") for name in variants]
+    for phase, parts in zip(warm, variants.values(), strict=True):
+        await closed_loop(port, conns, RANK_PATH, parts, ids, phase, int(args.warmup * 500), args.warmup)
+    for r in range(1, args.rounds + 1):
+        order = list(variants) if r % 2 else list(reversed(variants))
+        for name in order:
+            phase = Phase(f"{name} #{r}")
+            phases[name].append(
+                await measure(server, phase, closed_loop(port, conns, RANK_PATH, variants[name], ids, phase, n, s))
+            )
+            print(describe(phase), flush=True)
+    for conn in conns:
+        conn.close()
+    return phases, sum(p.statuses.get(201, 0) for p in warm)
+
+
 def committed_decisions(data_dir: Path) -> int:
     conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
     try:
@@ -437,7 +595,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--explain", action="store_true", help="each round also runs Rank with explanations on (same server)"
     )
+    parser.add_argument(
+        "--enrichment",
+        action="store_true",
+        help="compare Rank without enrichment, with 2 entities x 20 features added by the server, and with the "
+        "same context sent inline, interleaved (instead of Rank against /null)",
+    )
     args = parser.parse_args(argv)
+    if args.enrichment:
+        return enrichment_main(args)
 
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
         data_dir = args.data_dir or Path(tmp)
@@ -480,6 +646,37 @@ def main(argv: list[str] | None = None) -> int:
     if not consistent:
         return 2
     return 1 if args.check and not met else 0
+
+
+def enrichment_main(args) -> int:
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = start_server(data_dir, args.workers, args.threads, enrichment_config())
+        try:
+            print(f"ranker serve on {server.url}, {len(server.worker_pids())} workers; enrichment mode", flush=True)
+            phases, warm_ok = asyncio.run(enrichment_benchmark(server, args))
+        finally:
+            server.stop()
+        rows = committed_decisions(data_dir)
+    cpu = {}
+    for name, runs in phases.items():
+        done = sum(p.done for p in runs)
+        cpu[name] = sum(p.server_cpu for p in runs) / max(done, 1)
+        rate = sum(p.done for p in runs) / sum(p.elapsed for p in runs)
+        print(f"{name:<9} server CPU {1e3 * cpu[name]:.3f} ms/req over {done} Ranks ({rate:.0f} req/s)")
+    errors = sum(p.done - p.statuses.get(201, 0) for runs in phases.values() for p in runs)
+    ok = sum(p.statuses.get(201, 0) for runs in phases.values() for p in runs)
+    extra = cpu["enriched"] / cpu["plain"] - 1
+    print(f"enriched vs plain      {100 * extra:+6.1f} % server CPU per Rank   (target <= +10 %)")
+    print(f"enriched vs inline     {100 * (cpu['enriched'] / cpu['inline'] - 1):+6.1f} % (the lookup and merge alone)")
+    consistent = rows == ok + warm_ok
+    print(f"rows committed         {rows}; 201s answered {ok + warm_ok}: {'OK' if consistent else 'MISMATCH'}")
+    if errors:
+        print(f"non-201 answers        {errors}")
+    if not consistent:
+        return 2
+    return 1 if args.check and extra > 0.10 else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 - :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;
 - :mod:`ranker.store.log`: the decisions in order with their rewards (join, export, replay), and imports;
 - :mod:`ranker.store.jobs`: the queue of evaluation and feature-importance jobs;
+- :mod:`ranker.store.signals`: entities, signal events and their per-day buckets;
 - :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
 """
 

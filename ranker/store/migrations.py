@@ -124,3 +124,67 @@ def add_explored(db: Database) -> None:
     # discovery rule moved it); null when no model chose (no eligible action, Apprentice). A multi-slot
     # decision keeps it per slot in its explanation: {"slots": ..., "explored": {slot id: bool}}.
     db["decisions"].add_column("explored", int)
+
+
+@migrations()
+def create_signals(db: Database) -> None:
+    # Entities (accounts, users): attributes as JSON with each leaf's update time.
+    db.execute(
+        """
+        CREATE TABLE signal_entities (
+            type TEXT NOT NULL,
+            id TEXT NOT NULL,
+            attributes TEXT NOT NULL,   -- JSON object
+            times TEXT NOT NULL,        -- JSON {leaf path: ISO time of its last update}
+            updated_at TEXT NOT NULL,   -- last change of the attributes
+            PRIMARY KEY (type, id)
+        ) WITHOUT ROWID
+        """
+    )
+    # Every entity with attributes or events, and a version raised by every change its features could see
+    # (attributes, new events, a rebuild): what the workers' caches of computed features compare. Narrow,
+    # so raising it for each event batch does not rewrite the attributes.
+    db.execute(
+        "CREATE TABLE signal_versions (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, "
+        "PRIMARY KEY (type, id)) WITHOUT ROWID"
+    )
+    db.execute(
+        """
+        CREATE TABLE signal_entity_history (
+            type TEXT NOT NULL, id TEXT NOT NULL, updated_at TEXT NOT NULL, attributes TEXT NOT NULL,
+            times TEXT NOT NULL, PRIMARY KEY (type, id, updated_at)
+        ) WITHOUT ROWID
+        """
+    )
+    # Raw events, one row per log record, with the account and user it names; the key is the record's
+    # identity (a hash of its resource, scope and record), so a redelivered record is ignored. A rowid table
+    # appends cheaply; the indexes serve the reads of one entity's events over a time range.
+    db.execute(
+        """
+        CREATE TABLE signal_events (
+            id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE, at INTEGER NOT NULL, name TEXT NOT NULL,
+            account TEXT, user TEXT, attributes TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX signal_events_account ON signal_events (account, at) WHERE account IS NOT NULL")
+    db.execute("CREATE INDEX signal_events_user ON signal_events (user, at) WHERE user IS NOT NULL")
+    # Per (entity, feature, UTC day since 1970): count, sum/min/max of a numeric field, the newest event's
+    # time (ns) and its field value as JSON (for ``last``); distinct values apart.
+    db.execute(
+        """
+        CREATE TABLE signal_buckets (
+            type TEXT NOT NULL, entity_id TEXT NOT NULL, feature TEXT NOT NULL, day INTEGER NOT NULL,
+            count INTEGER NOT NULL, total REAL NOT NULL, low REAL, high REAL, newest INTEGER NOT NULL,
+            last_value TEXT, PRIMARY KEY (type, entity_id, day, feature)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE signal_distinct (
+            type TEXT NOT NULL, entity_id TEXT NOT NULL, feature TEXT NOT NULL, day INTEGER NOT NULL,
+            value TEXT NOT NULL, PRIMARY KEY (type, entity_id, day, feature, value)
+        ) WITHOUT ROWID
+        """
+    )

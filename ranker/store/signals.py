@@ -1,0 +1,248 @@
+"""The signals' storage interface: entities, deduplicated events, time buckets. The only SQL of signals.
+
+Writes go through the decision log's group commit (:meth:`ranker.store.Store.write`): an ingested batch is
+one op, committed before its answer. Tables (``ranker.migrations``): ``signal_entities`` (current attributes,
+each leaf's update time, a version raised by every change the entity's features could see),
+``signal_entity_history`` (attributes as of each update, for point-in-time reads), ``signal_versions`` (a
+version per entity, raised by every change), ``signal_events`` (raw events, one row per log record naming its
+account and user, unique by the record's identity so redeliveries are ignored),
+``signal_buckets`` and ``signal_distinct`` (see :mod:`ranker.signals.features`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from .sqlite import Store
+
+# (identity key, event time ns, event name, account id or None, user id or None, attributes JSON)
+EventRow = tuple[bytes, int, str, str | None, str | None, str]
+# the events column holding each entity type's id (a fixed mapping: these names go into SQL text)
+ID_COLUMN = {"account": "account", "user": "user"}
+# what new events add: (bucket rows, distinct rows) as ranker.signals.features.Buckets gives them
+Fold = Callable[[list[EventRow]], tuple[list[tuple], list[tuple]]]
+
+_BUCKET_UPSERT = (
+    "INSERT INTO signal_buckets (type, entity_id, feature, day, count, total, low, high, newest, last_value) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (type, entity_id, day, feature) DO UPDATE SET "
+    "count = count + excluded.count, total = total + excluded.total, "
+    "low = coalesce(min(low, excluded.low), low, excluded.low), "
+    "high = coalesce(max(high, excluded.high), high, excluded.high), "
+    "last_value = CASE WHEN excluded.last_value IS NOT NULL AND (last_value IS NULL OR excluded.newest > newest "
+    "OR (excluded.newest = newest AND excluded.last_value > last_value)) THEN excluded.last_value ELSE last_value END, "
+    "newest = max(newest, excluded.newest)"
+)
+_EVENT_INSERT = (
+    "INSERT OR IGNORE INTO signal_events (key, at, name, account, user, attributes) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_EVENT_COLUMNS = "key, at, name, account, user, attributes"
+_DISTINCT_INSERT = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, feature, day, value) VALUES (?, ?, ?, ?, ?)"
+_TOUCH = (
+    "INSERT INTO signal_versions (type, id, version) VALUES (?, ?, 1) "
+    "ON CONFLICT (type, id) DO UPDATE SET version = version + 1"
+)
+
+
+class SignalStore:
+    """What ingestion, the entities API, enrichment and the ``ranker signals`` commands need of the database."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    # -- entities -------------------------------------------------------------------------------
+
+    def upsert_entity(
+        self,
+        entity: str,
+        entity_id: str,
+        change: Callable[[dict[str, Any], dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
+        at: str,
+    ) -> tuple[dict[str, Any], dict[str, str], bool]:
+        """Apply ``change(attributes, times)`` to the entity's current attributes inside one transaction (so
+        concurrent changes are not lost); keep the result, and a history row, when it differs. Returns
+        (attributes, times, whether it changed)."""
+
+        def run(conn: sqlite3.Connection):
+            row = conn.execute(
+                "SELECT attributes, times FROM signal_entities WHERE type = ? AND id = ?", (entity, entity_id)
+            ).fetchone()
+            before = (json.loads(row[0]), json.loads(row[1])) if row else ({}, {})
+            attributes, times = change(*before)
+            if row is not None and (attributes, times) == before:
+                return attributes, times, False
+            texts = (json.dumps(attributes), json.dumps(times))
+            conn.execute(
+                "INSERT INTO signal_entities (type, id, attributes, times, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (type, id) DO UPDATE SET attributes = excluded.attributes, times = excluded.times, "
+                "updated_at = excluded.updated_at",
+                (entity, entity_id, *texts, at),
+            )
+            conn.execute(_TOUCH, (entity, entity_id))
+            conn.execute(
+                "INSERT OR REPLACE INTO signal_entity_history (type, id, updated_at, attributes, times) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (entity, entity_id, at, *texts),
+            )
+            return attributes, times, True
+
+        return self.store.write(run)
+
+    def entity(self, entity: str, entity_id: str, at: str | None = None) -> dict[str, Any] | None:
+        """The entity's attributes and their times (JSON texts), now or as of ``at`` (an ISO time of the
+        log's format); None when it has none and no events."""
+        if at is None:
+            rows = self.store.read(
+                "SELECT coalesce(e.attributes, '{}') AS attributes, coalesce(e.times, '{}') AS times, v.version "
+                "FROM signal_versions v LEFT JOIN signal_entities e ON e.type = v.type AND e.id = v.id "
+                "WHERE v.type = ? AND v.id = ?",
+                (entity, entity_id),
+            )
+            return rows[0] if rows else None
+        rows = self.store.read(
+            "SELECT attributes, times FROM signal_entity_history WHERE type = ? AND id = ? AND updated_at <= ? "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (entity, entity_id, at),
+        )
+        if rows:
+            return rows[0]
+        known = self.store.read("SELECT 1 FROM signal_versions WHERE type = ? AND id = ?", (entity, entity_id))
+        return {"attributes": "{}", "times": "{}"} if known else None
+
+    def versions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The versions of several entities (the known ones), in one indexed query."""
+        # one primary-key search per entity (an OR of the pairs plans a costlier multi-index search)
+        one = "SELECT type, id, version FROM signal_versions WHERE type = ? AND id = ?"
+        params = tuple(part for key in keys for part in key)
+        rows = self.store.read(" UNION ALL ".join([one] * len(keys)), params)
+        return {(row["type"], row["id"]): row["version"] for row in rows}
+
+    def delete_entity(self, entity: str, entity_id: str) -> bool:
+        """Forget the entity: attributes, history, buckets, and its id in events (an event of an account and a
+        user stays the other's). False when there was nothing."""
+        column = ID_COLUMN[entity]
+
+        def run(conn: sqlite3.Connection) -> bool:
+            found = False
+            for table, id_column in (
+                ("signal_versions", "id"),
+                ("signal_entities", "id"),
+                ("signal_entity_history", "id"),
+                ("signal_buckets", "entity_id"),
+                ("signal_distinct", "entity_id"),
+            ):
+                sql = f"DELETE FROM {table} WHERE type = ? AND {id_column} = ?"
+                found = conn.execute(sql, (entity, entity_id)).rowcount > 0 or found
+            found = (
+                conn.execute(f"UPDATE signal_events SET {column} = NULL WHERE {column} = ?", (entity_id,)).rowcount > 0
+                or found
+            )
+            conn.execute("DELETE FROM signal_events WHERE account IS NULL AND user IS NULL")
+            return found
+
+        return self.store.write(run)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def record_events(self, events: list[EventRow], fold: Fold) -> int:
+        """Keep the events not seen before (by identity) and add them to the buckets, in one commit; return
+        how many were new. Redeliveries and duplicates within the batch count once."""
+
+        # What they add if all are new (the usual case), worked out before the write turn: the writer thread
+        # holds the lock all processes take turns on, so it should run SQL only.
+        all_new = fold(events)
+
+        def run(conn: sqlite3.Connection) -> int:
+            # Usually every event is new: one statement for all. When some were seen before, redo them one
+            # by one to learn which (only new ones count).
+            conn.execute("SAVEPOINT events")
+            before = conn.total_changes
+            conn.executemany(_EVENT_INSERT, events)
+            if conn.total_changes - before == len(events):
+                new = events
+            else:
+                conn.execute("ROLLBACK TO events")
+                new = [event for event in events if conn.execute(_EVENT_INSERT, event).rowcount == 1]
+            conn.execute("RELEASE events")
+            if not new:
+                return 0
+            buckets, distinct = all_new if new is events else fold(new)
+            conn.executemany(_BUCKET_UPSERT, buckets)
+            if distinct:
+                conn.executemany(_DISTINCT_INSERT, distinct)
+            touched = {("account", e[3]) for e in new if e[3] is not None} | {("user", e[4]) for e in new if e[4]}
+            conn.executemany(_TOUCH, sorted(touched))
+            return len(new)
+
+        return self.store.write(run)
+
+    def buckets(self, entity: str, entity_id: str, first_day: int) -> tuple[list[tuple], list[tuple]]:
+        """The entity's bucket rows ``(feature, day, count, total, low, high, newest, last_value)`` and distinct
+        rows ``(feature, day, value)`` from ``first_day`` on."""
+        params = (entity, entity_id, first_day)
+        rows = self.store.read(
+            "SELECT feature, day, count, total, low, high, newest, last_value FROM signal_buckets "
+            "WHERE type = ? AND entity_id = ? AND day >= ?",
+            params,
+        )
+        distinct = self.store.read(
+            "SELECT feature, day, value FROM signal_distinct WHERE type = ? AND entity_id = ? AND day >= ?", params
+        )
+        return [tuple(r.values()) for r in rows], [tuple(r.values()) for r in distinct]
+
+    def events(self, entity: str, entity_id: str, since_ns: int, until_ns: int) -> list[EventRow]:
+        """The entity's raw events in ``[since_ns, until_ns]``, oldest first."""
+        column = ID_COLUMN[entity]
+        rows = self.store.read(
+            f"SELECT {_EVENT_COLUMNS} FROM signal_events WHERE {column} = ? AND at >= ? AND at <= ? ORDER BY at",
+            (entity_id, since_ns, until_ns),
+        )
+        return [tuple(r.values()) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return self.store.read(
+            "SELECT (SELECT count(*) FROM signal_versions) AS entities, (SELECT count(*) FROM signal_events) AS events"
+        )[0]
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def rebuild(self, fold: Fold, chunk: int = 20_000) -> int:
+        """Recompute every bucket from the raw events (after feature definitions changed), in one commit;
+        return the number of events read."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM signal_buckets")
+            conn.execute("DELETE FROM signal_distinct")
+            cursor = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM signal_events")
+            total = 0
+            while rows := cursor.fetchmany(chunk):
+                total += len(rows)
+                buckets, distinct = fold(rows)
+                conn.executemany(_BUCKET_UPSERT, buckets)
+                conn.executemany(_DISTINCT_INSERT, distinct)
+            conn.execute("UPDATE signal_versions SET version = version + 1")
+            return total
+
+        return self.store.write(run)
+
+    def prune(self, before_ns: int, before_day: int, before: str) -> dict[str, int]:
+        """Delete events, buckets and attribute history older than the retention (the latest history row of
+        each entity stays: it is the attributes as of any later time). Events are found by a scan: this is
+        maintenance, and an index on their time would cost every ingestion."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {
+                "events": conn.execute("DELETE FROM signal_events WHERE at < ?", (before_ns,)).rowcount,
+                "buckets": conn.execute("DELETE FROM signal_buckets WHERE day < ?", (before_day,)).rowcount
+                + conn.execute("DELETE FROM signal_distinct WHERE day < ?", (before_day,)).rowcount,
+                "history": conn.execute(
+                    "DELETE FROM signal_entity_history AS h WHERE updated_at < ? AND EXISTS (SELECT 1 FROM "
+                    "signal_entity_history n WHERE n.type = h.type AND n.id = h.id AND n.updated_at > h.updated_at "
+                    "AND n.updated_at <= ?)",
+                    (before, before),
+                ).rowcount,
+            }
+
+        return self.store.write(run)

@@ -1,0 +1,273 @@
+"""Benchmark OTLP/HTTP log ingestion (``POST /v1/logs``) on a real ``ranker serve``.
+
+The server runs as production does (``python -m ranker serve``: gunicorn, 2 workers, ``synchronous =
+FULL``, so every 200 is sent after the events are committed) with 10 feature definitions and a signals key.
+This process is the exporter: it builds protobuf ``ExportLogsServiceRequest`` batches of ``--batch``
+records (512, as the OpenTelemetry SDK's batch processor sends them), gzip-compressed, before measuring, and
+sends them over ``--concurrency`` keep-alive connections, each sending its next batch when the last one is
+answered, for ``--duration`` seconds.
+
+Every record is an event of one of ``--accounts`` accounts and ``--users`` users, with a unique time spread
+over the last ``--spread-days`` (1 by default; 30 sends late events into old buckets all the time, the
+costlier case). It reports records/s, the server's CPU per record and the other processes' share of the
+CPUs, and checks at the end that the log holds exactly one event row per record acknowledged.
+
+Example:
+    python scripts/bench_ingest.py --duration 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_rank import Phase, Server, connect, machine_busy_seconds, percentile
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from ranker.settings import hash_key
+
+KEY = "bench-signals-key-0123456789"
+EVENTS = ["api.call", "report.export", "user.login", "dashboard.view"]
+APIS = ["reporting", "billing", "search", "admin", "export"]
+
+FEATURES = """
+[[signals.features]]
+name = "reporting_api_calls_30d"
+entity = "account"
+event = "api.call"
+where = [{ path = "api.name", equals = "reporting" }]
+aggregate = "count"
+window = "P30D"
+
+[[signals.features]]
+name = "reporting_api_trend"
+entity = "account"
+event = "api.call"
+where = [{ path = "api.name", equals = "reporting" }]
+aggregate = "change"
+window = "P30D"
+
+[[signals.features]]
+name = "api_calls_7d"
+entity = "account"
+event = "api.call"
+aggregate = "count"
+window = "P7D"
+
+[[signals.features]]
+name = "rows_exported_30d"
+entity = "account"
+event = "report.export"
+aggregate = "sum"
+field = "rows"
+window = "P30D"
+
+[[signals.features]]
+name = "largest_export"
+entity = "account"
+event = "report.export"
+aggregate = "max"
+field = "rows"
+
+[[signals.features]]
+name = "apis_used_30d"
+entity = "account"
+event = "api.call"
+aggregate = "distinct"
+field = "api.name"
+window = "P30D"
+
+[[signals.features]]
+name = "days_to_renewal"
+entity = "account"
+aggregate = "days_until"
+field = "contract.renewalDate"
+
+[[signals.features]]
+name = "last_api"
+entity = "user"
+event = "api.call"
+aggregate = "last"
+field = "api.name"
+
+[[signals.features]]
+name = "days_since_login"
+entity = "user"
+event = "user.login"
+aggregate = "days_since_last"
+
+[[signals.features]]
+name = "views_7d"
+entity = "user"
+event = "dashboard.view"
+aggregate = "count"
+window = "P7D"
+"""
+
+CONFIG = f"""
+[loops.default]
+keys = [{{ role = "signals", sha256 = "{hash_key(KEY)}" }}]
+
+[signals]
+{FEATURES}
+"""
+
+
+def batches(count: int, size: int, accounts: int, users: int, spread_days: float = 1, seed: int = 1) -> list[bytes]:
+    """``count`` gzip-compressed protobuf requests of ``size`` records each, every record unique, with times
+    spread over the last ``spread_days``."""
+    rng = random.Random(seed)
+    now = time.time_ns()
+    span = max(1, int(spread_days * 86_400 * 10**9))
+    out = []
+    serial = 0
+    for _ in range(count):
+        request = ExportLogsServiceRequest()
+        resource_logs = request.resource_logs.add()
+        attribute = resource_logs.resource.attributes.add()
+        attribute.key, attribute.value.string_value = "service.name", "dashboard"
+        records = resource_logs.scope_logs.add().log_records
+        for _ in range(size):
+            serial += 1
+            record = records.add()
+            record.time_unix_nano = now - rng.randrange(span) - serial  # unique
+            record.observed_time_unix_nano = now
+            name = rng.choice(EVENTS)
+            record.event_name = name
+            values = {"account.id": f"acct-{rng.randrange(accounts)}", "user.id": f"user-{rng.randrange(users)}"}
+            values["api.name"] = rng.choice(APIS)
+            for key, value in values.items():
+                kv = record.attributes.add()
+                kv.key, kv.value.string_value = key, value
+            kv = record.attributes.add()
+            kv.key, kv.value.int_value = "rows", rng.randrange(1, 10_000)
+        out.append(gzip.compress(request.SerializeToString(), 6))
+    return out
+
+
+def request_bytes(port: int, body: bytes) -> bytes:
+    return (
+        f"POST /v1/logs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-protobuf\r\n"
+        f"Content-Encoding: gzip\r\nOcp-Apim-Subscription-Key: {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def send_all(port: int, payloads: list[bytes], phase: Phase, concurrency: int, seconds: float) -> int:
+    """Closed loop: each connection sends the next batch once the last is answered. Returns batches answered 200."""
+    loop = asyncio.get_running_loop()
+    conns = [await connect(port) for _ in range(concurrency)]
+    queue = list(reversed(payloads))
+    start = loop.time()
+    deadline = start + seconds
+    ok = 0
+
+    async def user(i: int) -> None:
+        nonlocal ok
+        while queue and loop.time() < deadline:
+            data = queue.pop()
+            phase.sent += 1
+            sent = loop.time()
+            status = await conns[i].request(data)
+            phase.latencies.append(loop.time() - sent)
+            phase.count(status)
+            ok += status == 200
+
+    await asyncio.gather(*(user(i) for i in range(concurrency)))
+    phase.elapsed = loop.time() - start
+    for conn in conns:
+        conn.close()
+    return ok
+
+
+def stored_events(data_dir: Path) -> int:
+    conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM signal_events").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of load (default 15)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up first (default 2)")
+    parser.add_argument("--batch", type=int, default=512, help="records per request (default 512)")
+    parser.add_argument("--concurrency", type=int, default=8, help="sending connections (default 8)")
+    parser.add_argument("--rate-guess", type=int, default=40_000, help="records/s to prepare batches for")
+    parser.add_argument(
+        "--spread-days", type=float, default=1.0, help="record times spread over this many past days (default 1)"
+    )
+    parser.add_argument("--accounts", type=int, default=2_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, help="RANKER_WORKERS (default: the setting's)")
+    parser.add_argument("--threads", type=int, help="RANKER_THREADS (default: the setting's)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when under 20,000 records/s")
+    args = parser.parse_args(argv)
+
+    count = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
+    started = time.process_time()
+    payloads = batches(count, args.batch, args.accounts, args.users, args.spread_days)
+    size = sum(len(p) for p in payloads) / len(payloads)
+    print(
+        f"prepared {count} batches of {args.batch} records ({size / 1024:.0f} KiB gzip each) "
+        f"in {time.process_time() - started:.1f} s of CPU",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
+        data_dir = Path(tmp)
+        config = data_dir / "ranker.toml"
+        config.write_text(CONFIG)
+        server = Server(data_dir, args.workers, args.threads, config)
+        try:
+            print(f"ranker serve on {server.url}, {len(server.workers())} workers; {os.cpu_count()} CPUs", flush=True)
+            warm = int(args.warmup * args.rate_guess / args.batch)
+            requests = [request_bytes(server.port, p) for p in payloads]
+            warm_ok = asyncio.run(
+                send_all(server.port, requests[:warm], Phase("warm-up"), args.concurrency, args.warmup)
+            )
+            phase = Phase("ingest")
+            cpu_client, cpu_server, cpu_machine = time.process_time(), server.cpu_seconds(), machine_busy_seconds()
+            ok = asyncio.run(send_all(server.port, requests[warm:], phase, args.concurrency, args.duration))
+            phase.client_cpu = time.process_time() - cpu_client
+            phase.server_cpu = server.cpu_seconds() - cpu_server
+            phase.machine_cpu = machine_busy_seconds() - cpu_machine
+        finally:
+            server.stop()
+        rows = stored_events(data_dir)
+    records = ok * args.batch
+    acknowledged = (ok + warm_ok) * args.batch  # the warm-up's 200s count as well for the rows check
+    lat = sorted(phase.latencies)
+    others = max(0.0, phase.machine_cpu - phase.server_cpu - phase.client_cpu) / phase.elapsed
+    rate = records / phase.elapsed
+    print()
+    print(f"batches answered 200   {ok:8d} of {phase.done} ({phase.statuses})")
+    print(f"records/s              {rate:8.0f}          (target >= 20,000)")
+    print(
+        f"server CPU per record  {1e6 * phase.server_cpu / max(records, 1):8.1f} µs      "
+        f"({phase.server_cpu / phase.elapsed:.2f} CPUs busy)"
+    )
+    print(f"batch latency p50/p99  {1e3 * percentile(lat, 0.5):8.1f} / {1e3 * percentile(lat, 0.99):.1f} ms")
+    print(
+        f"client                 {100 * phase.client_cpu / phase.elapsed:8.0f} % of a CPU; "
+        f"other processes {100 * others:.0f} % of a CPU"
+    )
+    consistent = rows == acknowledged
+    print(
+        f"event rows stored      {rows:8d}          records acknowledged: {acknowledged}  "
+        f"{'OK' if consistent else 'MISMATCH'}"
+    )
+    if not consistent:
+        return 2
+    return 1 if args.check and rate < 20_000 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
