@@ -78,7 +78,7 @@ _PARSE_COST, _READ_COST, _SERVED_COST = 1.45, 1.1, 0.5
 # What each busy core adds to the first one: two processes that are both busy each slow down (scripts/
 # bench_replay.py measures it: two busy cores did 1.46-2.07 times the work of one), so a spread that adds a parse
 # to balance the processes can take longer than one process that parses once. 0.6 picks the spread that was
-# faster in interleaved runs of the default evaluation on a quiet machine (see the README).
+# faster in interleaved runs of the default evaluation on a quiet machine (docs/performance.md).
 _CORE_GAIN = 0.6
 
 
