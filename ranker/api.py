@@ -81,6 +81,14 @@ class IdConverter(PathConverter):
     regex = r"(?s:/*[^/].*?)"
 
 
+class EventIdConverter(IdConverter):
+    """The id of ``GET events/{eventId}``: any id but one that ends in ``/reward`` or ``/activate``, so those paths
+    are only the POST operations (the server decodes ``%2F`` before routing, so the two cannot be told apart; an
+    event whose id ends so is read with ``ranker explain``)."""
+
+    regex = r"(?s:/*[^/].*?)(?<!/reward)(?<!/activate)"
+
+
 def path_id(value: str, code: str, target: str) -> str:
     """An id taken from the path, checked with the one id rule (:data:`ranker.schemas.Id`); 400 ``code``
     otherwise. werkzeug decodes percent-encoded bytes that are not UTF-8 to U+FFFD (so ``%FF%FE`` would name

@@ -37,6 +37,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None, create_databas
     service = app.extensions["ranker"] = Service(settings, create_database)
     metrics.Metrics(service).install(app)  # first: its hooks run first before and last after the others
     app.url_map.converters["id"] = api.IdConverter
+    app.url_map.converters["event_id"] = api.EventIdConverter
     for name, prefix in API_PREFIXES.items():
         app.register_blueprint(api.bp, url_prefix=prefix, name=name)
         app.register_blueprint(admin.bp, url_prefix=prefix, name=f"admin_{name}")

@@ -187,7 +187,7 @@ def _flag(name: str) -> bool:
     return value == "true"
 
 
-@bp.get("/events/<id:event_id>")
+@bp.get("/events/<event_id:event_id>")
 def get_event(event_id: str) -> Response:
     loop = caller()
     if event_id.endswith(("/reward", "/activate")):  # GET of Reward or Activate, not an event id

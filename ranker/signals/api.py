@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ..api import api_key, json_body, json_response
+from ..api import api_key, json_body, json_response, path_id
 from ..errors import ApiError, StoreUnavailable
 from ..store import parse_time
 from . import otlp
@@ -88,23 +88,26 @@ def _attributes_body():
     return body["attributes"]
 
 
-@bp.put("/entities/<entity>/<path:entity_id>")
+@bp.put("/entities/<entity>/<id:entity_id>")
 def put_entity(entity: str, entity_id: str) -> Response:
     authorize()
+    entity_id = path_id(entity_id, "InvalidEntity", "entityId")
     view = _entity_call(signals().put, entity, entity_id, _attributes_body(), utcnow())
     return json_response(view, 200)
 
 
-@bp.patch("/entities/<entity>/<path:entity_id>")
+@bp.patch("/entities/<entity>/<id:entity_id>")
 def patch_entity(entity: str, entity_id: str) -> Response:
     authorize()
+    entity_id = path_id(entity_id, "InvalidEntity", "entityId")
     view = _entity_call(signals().patch, entity, entity_id, _attributes_body(), utcnow())
     return json_response(view, 200)
 
 
-@bp.get("/entities/<entity>/<path:entity_id>")
+@bp.get("/entities/<entity>/<id:entity_id>")
 def get_entity(entity: str, entity_id: str) -> Response:
     authorize()
+    entity_id = path_id(entity_id, "InvalidEntity", "entityId")
     at = None
     if "at" in request.args:
         try:
@@ -117,9 +120,10 @@ def get_entity(entity: str, entity_id: str) -> Response:
     return json_response(view, 200)
 
 
-@bp.delete("/entities/<entity>/<path:entity_id>")
+@bp.delete("/entities/<entity>/<id:entity_id>")
 def delete_entity(entity: str, entity_id: str) -> Response:
     authorize()
+    entity_id = path_id(entity_id, "InvalidEntity", "entityId")
     if not _entity_call(signals().delete, entity, entity_id):
         raise ApiError(404, "ResourceNotFound", f"no {entity} {entity_id!r}")
     return Response(status=204)

@@ -10,20 +10,17 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..schemas import check_features
+from ..schemas import ID_RULE, check_features, is_id
 
-ID = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 MAX_ATTRIBUTE_BYTES = 65_536
 
 
 def check_id(entity_id: Any, what: str = "an entity id") -> str:
-    """A ValueError unless the id is a string of 1-256 characters without control characters."""
+    """A ValueError unless the id is a string that meets the one id rule (:data:`ranker.schemas.Id`)."""
     if type(entity_id) is not str:
         raise ValueError(f"{what} must be a string, not {type(entity_id).__name__}")
-    if 0 < len(entity_id) <= 256 and entity_id.isascii() and entity_id.isprintable():  # the usual id, quickly
-        return entity_id
-    if not ID.match(entity_id):
-        raise ValueError(f"{what} has 1-256 characters and no control characters")
+    if not is_id(entity_id):
+        raise ValueError(f"{what}: {ID_RULE}")
     return entity_id
 
 

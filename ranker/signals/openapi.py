@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..schemas import ID_PATTERN, ID_RULE, MAX_ID
+
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
 _OTLP = {
     "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
@@ -11,13 +13,36 @@ _OTLP = {
 }
 _ENTITY_PARAMETERS = [
     {"name": "entity", "in": "path", "required": True, "schema": {"type": "string", "enum": ["account", "user"]}},
-    {"name": "entityId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}},
+    {
+        "name": "entityId",
+        "in": "path",
+        "required": True,
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID,
+            "pattern": ID_PATTERN,
+            "description": ID_RULE,
+        },
+    },
 ]
+AT = {"type": "string", "format": "date-time", "description": "A point-in-time read: values as of this time."}
 _ATTRIBUTES = {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {"type": "object", "required": ["attributes"], "properties": {"attributes": {"type": "object"}}}
+            "schema": {
+                "type": "object",
+                "required": ["attributes"],
+                "additionalProperties": False,
+                "properties": {
+                    "attributes": {
+                        "$ref": "#/components/schemas/FeatureObject0",
+                        "description": "Features as Rank reads them; names without '.'; at most 64 KiB of JSON; in "
+                        "a PATCH, null removes a value.",
+                    }
+                },
+            }
         }
     },
 }
@@ -28,7 +53,11 @@ def _entity(name: str, summary: str, status: int, body: bool = False, query: boo
         "operationId": name,
         "summary": summary + " Needs a signals or admin key.",
         "parameters": _ENTITY_PARAMETERS
-        + ([{"name": "at", "in": "query", "required": False, "schema": {"type": "string"}}] if query else []),
+        + (
+            [{"name": "at", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}}]
+            if query
+            else []
+        ),
         "responses": {
             str(status): {"description": "Done."},
             **{str(s): {"description": d, **_ERROR} for s, d in ((400, "Invalid."), (401, "No key."), (403, "Role."))},
@@ -37,6 +66,8 @@ def _entity(name: str, summary: str, status: int, body: bool = False, query: boo
     }
     if body:
         operation["requestBody"] = _ATTRIBUTES
+        operation["responses"]["413"] = {"description": "Larger than max_body_bytes.", **_ERROR}
+        operation["responses"]["415"] = {"description": "Not sent as application/json.", **_ERROR}
     return operation
 
 
