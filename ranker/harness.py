@@ -141,12 +141,17 @@ class Server:
         return total / os.sysconf("SC_CLK_TCK")
 
     def listens(self, pid: int) -> bool:
-        """Whether process ``pid`` holds a socket listening on the server's port (Linux /proc)."""
+        """Whether process ``pid`` holds a socket listening on the server's port."""
+        return self.sockets(pid, "0A") > 0
+
+    def sockets(self, pid: int, state: str = "01") -> int:
+        """How many TCP sockets on the server's port process ``pid`` holds in ``state`` (the kernel's code: "01"
+        established, "0A" listening; Linux /proc)."""
         inodes = set()
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
-            return False
+            return 0
         for fd in fds:
             try:
                 link = os.readlink(fd)
@@ -154,13 +159,13 @@ class Server:
                 continue
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
+        count = 0
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-                if port == self.port and state == "0A" and inode in inodes:
-                    return True
-        return False
+                port, found, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                count += port == self.port and found == state and inode in inodes
+        return count
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; closes the log."""

@@ -117,29 +117,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def connections(pid: int, port: int) -> int:
-    """Established TCP connections to ``port`` held by process ``pid`` (from /proc)."""
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port, state, inode = int(fields[1].split(":")[1], 16), fields[3], fields[9]
-        count += local_port == port and state == "01" and inode in inodes
-    return count
-
-
 def kill_busiest_worker(server: Server, load: Load) -> int:
     """SIGKILL the worker holding the most client connections; wait for its replacement and the load to go on."""
     before = set(server.worker_pids())
-    held = {pid: connections(pid, server.port) for pid in before}
+    held = {pid: server.sockets(pid) for pid in before}
     victim = max(held, key=held.__getitem__)
     assert held[victim] > 0, held
     os.kill(victim, signal.SIGKILL)
