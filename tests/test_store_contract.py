@@ -1,0 +1,150 @@
+"""The store's contract: what its callers rely on, written against the interface and parametrized by engine.
+
+Every engine of ``ranker.store`` must pass these (SQLite today; a second engine is added to ``ENGINES``). They
+use the real database; each test opens a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ranker.store import Store, connect, learning, log, migrate, transaction
+from ranker.store import jobs as store_jobs
+
+ENGINES = ["sqlite"]
+T0, T1, T2 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:01.000000Z", "2030-01-01T00:00:02.000000Z"
+
+
+class Opened:
+    """A fresh database: the service's Store (group commit) and a connection of its own, as the trainer has."""
+
+    def __init__(self, engine: str, folder: Path):
+        assert engine == "sqlite"
+        self.path = folder / "ranker.db"
+        migrate(self.path)
+        self.store = Store(self.path)
+        self.conn = connect(self.path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture(params=ENGINES)
+def db(request, tmp_path) -> Iterator[Opened]:
+    opened = Opened(request.param, tmp_path)
+    yield opened
+    opened.close()
+
+
+def decision(event_id: str, at: str = T0, loop: str = "cards") -> dict:
+    return {
+        "loop": loop,
+        "event_id": event_id,
+        "created_at": at,
+        "record": '{"c":{}}',
+        "action_ids": json.dumps(["a", "b"]),
+        "reward_action_id": "a",
+        "probability": 0.5,
+        "explanation": "{}",
+        "model_version": "0",
+        "policy": "default",
+        "learning_mode": "Online",
+        "deferred": 0,
+        "activated_at": None,
+    }
+
+
+def test_an_event_id_is_logged_once_per_loop_and_rewards_need_its_decision(db):
+    assert db.store.record_decision(decision("e1"))
+    assert not db.store.record_decision(decision("e1"))  # the API's 409
+    assert db.store.record_decision(decision("e1", loop="other"))  # ids are per loop
+    assert db.store.add_reward("cards", "e1", 1.0, T1)
+    assert not db.store.add_reward("cards", "nope", 1.0, T1)  # the API's 404
+    assert db.store.counts() == {"decisions": 2, "rewards": 1}
+
+
+def test_decisions_are_read_in_commit_order_with_their_rewards_in_the_order_received(db):
+    for n in range(5):
+        db.store.record_decision(decision(f"e{n}", at=T0))
+    db.store.add_reward("cards", "e3", 0.5, T2)
+    db.store.add_reward("cards", "e3", 1.0, T1)
+    batches = list(log.decision_batches(db.conn, "cards", after_id=1, batch=2))
+    ids = [row[0] for rows, _ in batches for row in rows]
+    assert ids == [2, 3, 4, 5]
+    rewards = {k: v for _, found in batches for k, v in found.items()}
+    assert rewards == {4: [(1.0, T1, None), (0.5, T2, None)]}
+    assert log.count_decisions(db.conn, "cards", start=T0, end=T1) == 5
+    assert log.count_decisions(db.conn, "cards", start=T1) == 0
+
+
+def test_an_import_writes_all_it_can_and_nothing_of_a_refused_row(db, tmp_path):
+    db.store.record_decision(decision("taken"))
+    row = {"created_at": T0, "record": "{}", "action_ids": ["a"], "reward_action_id": "a", "probability": 1.0}
+    row |= {"explanation": "{}", "deferred": 0}
+    rows = [(1, {**row, "event_id": "new", "reward": 1.0}), (2, {**row, "event_id": "taken", "reward": 1.0})]
+    written, refused = log.import_decisions(db.conn, db.path, "cards", rows)
+    assert written == 1 and refused == [(2, "EventId 'taken' is already in loop 'cards'")]
+    assert db.store.counts() == {"decisions": 2, "rewards": 1}  # the refused row's reward is not kept either
+
+
+def test_a_checkpoint_is_saved_only_over_the_one_it_started_from(db):
+    state = learning.open_checkpoint(db.conn, "cards", "fingerprint", T0)
+    assert state[:2] == ("fingerprint", 0)
+    saved = {"fingerprint": "fingerprint", "generation": 0, "model": b"m1", "learned": 1, "skipped": 0}
+    saved |= {"apprentice": "[]", "now": T1}
+    assert learning.save_checkpoint(db.conn, "cards", from_id=0, last_id=7, **saved)
+    assert not learning.save_checkpoint(db.conn, "cards", from_id=0, last_id=9, **saved)  # moved on since
+    assert learning.model(db.conn, "cards") == b"m1" and learning.state(db.conn, "cards")["last_decision_id"] == 7
+    # an import or reset raises the generation: a trainer that started before it can no longer save
+    published = db.store.reset_learning("cards", "fingerprint", b"imported", lambda: "0000000001")
+    assert published == "0000000001" and learning.generation(db.conn, "cards") == 1
+    current = learning.state(db.conn, "cards")["last_decision_id"]
+    assert not learning.save_checkpoint(db.conn, "cards", from_id=current, last_id=99, **saved)
+    assert learning.model(db.conn, "cards") == b"imported"
+
+
+def test_retention_deletes_only_old_decisions_already_learned(db):
+    for n, at in enumerate((T0, T0, T2)):
+        db.store.record_decision(decision(f"e{n}", at=at))
+    db.store.add_reward("cards", "e0", 1.0, T1)
+    assert learning.delete_older(db.conn, "cards", before=T1, through_id=1) == 1  # e1 is old but not learned
+    assert [row[0] for rows, _ in log.decision_batches(db.conn, "cards") for row in rows] == [2, 3]
+    assert db.store.counts()["rewards"] == 0
+
+
+def test_a_job_is_claimed_once_and_requeued_when_its_runner_stopped(db):
+    assert store_jobs.create(db.store, "cards", "evaluation", "j1", "{}", "Pending", T0)
+    assert not store_jobs.create(db.store, "cards", "evaluation", "j1", "{}", "Pending", T1)  # the API's 409
+    assert store_jobs.create(db.store, "cards", "evaluation", "j2", "{}", "Pending", T1)
+    claimed = store_jobs.claim_oldest(db.conn, "Pending", "Running", T2)
+    assert claimed["id"] == "j1" and store_jobs.get(db.store, "cards", "evaluation", "j1")["status"] == "Running"
+    assert store_jobs.claim_oldest(db.conn, "Pending", "Running", T2)["id"] == "j2"
+    assert store_jobs.claim_oldest(db.conn, "Pending", "Running", T2) is None
+    store_jobs.finish(db.conn, claimed, "Succeeded", '{"events": 1}', T2)
+    assert store_jobs.requeue(db.conn, "Running", "Pending", T2) == 1  # j2, whose runner stopped
+    assert [j["status"] for j in store_jobs.page(db.store, "cards", "evaluation", -1, 0)] == ["Succeeded", "Pending"]
+    assert store_jobs.delete(db.store, "cards", "evaluation", "j1") and not store_jobs.get(
+        db.store, "cards", "evaluation", "j1"
+    )
+
+
+def test_a_transaction_that_raises_leaves_nothing(db):
+    db.store.record_decision(decision("kept"))
+    with pytest.raises(RuntimeError), transaction(db.conn):
+        db.conn.execute("DELETE FROM decisions")
+        raise RuntimeError("stop")
+    assert db.store.counts()["decisions"] == 1
+
+
+def test_a_loops_api_configuration_round_trips(db):
+    assert db.store.loop_config("cards") is None
+    db.store.save_loop_config("cards", '{"explorationPercentage": 0.1}', None, T1)
+    assert db.store.loop_config("cards") == {
+        "service": '{"explorationPercentage": 0.1}',
+        "policy": None,
+        "updated_at": T1,
+    }
