@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -98,6 +99,7 @@ def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_
 
     Example: ranker train --config ranker.toml
     """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [trainer] %(levelname)s %(message)s")
     options = {"checkpoint_events": checkpoint_events, "checkpoint_seconds": checkpoint_seconds}
     try:
         report = supervisor.run(

@@ -59,6 +59,10 @@ def test_workers_serve_each_published_model_within_a_second(serve):
         stale = [t - at for t, v in served if v < version and t > at]
         assert max(stale, default=0) <= 1.0, (version, stale)
 
+    # the operator sees what the trainer does in the server's log
+    logged = (server.data_dir / "server.log").read_text()
+    assert any(f"[trainer] INFO loop default: published model {version}" in logged for version in published)
+
     trainer = server.trainer_pid()
     os.kill(trainer, signal.SIGKILL)
     deadline = time.monotonic() + 30
