@@ -128,7 +128,7 @@ def migrate_command(config: str | None) -> None:
 
 
 @cli.command("new-key")
-@click.option("--role", type=click.Choice(["rank", "admin", "signals"]), default="rank", show_default=True)
+@click.option("--role", type=click.Choice(["rank", "admin", "signals", "review"]), default="rank", show_default=True)
 def new_key(role: str) -> None:
     """Make a random API key; print it once, and the hashed entry for the config file.
 

@@ -184,9 +184,10 @@ class Service:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def authenticate(self, key: str | None, admin: bool = False, signals: bool = False) -> Loop:
-        """The loop a key belongs to; 401 for a missing or unknown key, 403 for a rank key on admin calls and
-        for a signals key on anything but signals calls (``signals``: ingestion and entities; admin keys too)."""
+    def authenticate(self, key: str | None, admin: bool = False, signals: bool = False, review: bool = False) -> Loop:
+        """The loop a key belongs to; 401 for a missing or unknown key, 403 for a rank key on admin calls, for a
+        signals key on anything but signals calls (``signals``: ingestion and entities; admin keys too) and for a
+        review key on anything but review calls (``review``: triage items and the review pages; admin too)."""
         if not self.settings.auth:
             return self.loops[self.settings.default_loop]
         if not key:
@@ -202,8 +203,13 @@ class Service:
         if signals:
             if role not in ("signals", "admin"):
                 raise ApiError(403, "OperationNotAllowed", "this operation needs a signals or admin key")
+        elif review:
+            if role not in ("review", "admin"):
+                raise ApiError(403, "OperationNotAllowed", "this operation needs a review or admin key")
         elif role == "signals":
             raise ApiError(403, "OperationNotAllowed", "a signals key may only send signals and read entities")
+        elif role == "review":
+            raise ApiError(403, "OperationNotAllowed", "a review key may only read and decide triage items")
         elif admin and role != "admin":
             raise ApiError(403, "OperationNotAllowed", "this operation needs the loop's admin key")
         return self.loops[loop]

@@ -23,6 +23,7 @@ from . import vwoptions
 from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
 from .rules import Rules
 from .signals.definitions import ENTITY_TYPES, SignalSettings
+from .triage.definitions import TriageSettings
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
@@ -70,9 +71,10 @@ class Key(BaseModel):
     """An API key of a loop, stored as its SHA-256 (``ranker hash-key`` prints it)."""
 
     model_config = ConfigDict(extra="forbid")
-    role: Literal["rank", "admin", "signals"] = Field(
+    role: Literal["rank", "admin", "signals", "review"] = Field(
         description="rank: Rank, Reward and Activate; admin: also configuration, model and log operations; "
-        "signals: only ingestion (POST /v1/logs) and the entities API, which admin may use too"
+        "signals: only ingestion (POST /v1/logs) and the entities API, which admin may use too; "
+        "review: only reading and deciding triage items (the JSON API and the review pages), as admin may"
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, lowercase hex")
 
@@ -239,6 +241,9 @@ class Settings(BaseModel):
     signals: SignalSettings = Field(
         default_factory=SignalSettings, description="Ingestion, entity attributes and feature definitions."
     )
+    triage: TriageSettings = Field(
+        default_factory=TriageSettings, description="The renewal-risk triage: patterns, playbook and reviews."
+    )
 
     @field_validator("loops")
     @classmethod
@@ -264,6 +269,14 @@ class Settings(BaseModel):
             raise ValueError(f"default_loop {self.default_loop!r} is not a loop")
         return self
 
+    @model_validator(mode="after")
+    def _triage(self) -> Settings:
+        if self.triage.entity not in ENTITY_TYPES:
+            raise ValueError(f"triage.entity {self.triage.entity!r}: the entity types are {', '.join(ENTITY_TYPES)}")
+        if self.triage.playbook and self.triage.loop not in self.loops:
+            raise ValueError(f"triage.loop {self.triage.loop!r} is not a loop (its playbook needs one)")
+        return self
+
     @property
     def auth(self) -> bool:
         """Keys are required as soon as any loop has one."""
@@ -285,7 +298,7 @@ class Settings(BaseModel):
             raise ValueError(f"loop {loop!r}: cannot read policy {path}: {exc}") from exc
 
 
-SCALAR_SETTINGS = [name for name in Settings.model_fields if name not in ("loops", "signals")]
+SCALAR_SETTINGS = [name for name in Settings.model_fields if name not in ("loops", "signals", "triage")]
 
 
 class SettingsError(ValueError):
@@ -324,10 +337,12 @@ def documentation() -> list[tuple[str, str, str]]:
     """(name, default, help) of every setting, server-wide then per loop."""
     rows = []
     for name, field in Settings.model_fields.items():
-        if name not in ("loops", "signals"):
+        if name not in ("loops", "signals", "triage"):
             rows.append((name, _default(field), field.description or ""))
     for name, field in SignalSettings.model_fields.items():
         rows.append((f"signals.{name}", _default(field), field.description or ""))
+    for name, field in TriageSettings.model_fields.items():
+        rows.append((f"triage.{name}", _default(field), field.description or ""))
     for name, field in LoopSettings.model_fields.items():
         rows.append((f"loops.<name>.{field.alias or name}", _default(field), field.description or ""))
     return rows
@@ -336,6 +351,8 @@ def documentation() -> list[tuple[str, str, str]]:
 def _default(field) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
+        if isinstance(value, list):
+            value = [item.model_dump(exclude_none=True) if isinstance(item, BaseModel) else item for item in value]
         return json.dumps(value.model_dump() if isinstance(value, BaseModel) else value)
     value = field.default
     if value == PACKAGE_POLICIES:

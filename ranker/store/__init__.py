@@ -6,6 +6,7 @@
 - :mod:`ranker.store.log`: the decisions in order with their rewards (join, export, replay), and imports;
 - :mod:`ranker.store.jobs`: the queue of evaluation and feature-importance jobs;
 - :mod:`ranker.store.signals`: entities, signal events and their per-day buckets;
+- :mod:`ranker.store.outbox`: approved messages waiting for delivery;
 - :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
 """
 

@@ -188,3 +188,29 @@ def create_signals(db: Database) -> None:
         ) WITHOUT ROWID
         """
     )
+
+
+@migrations()
+def create_outbox(db: Database) -> None:
+    # Messages a reviewer approved, waiting for delivery (or for copying when no delivery is set). The key
+    # is the message's idempotency key: one message per key, however often it is enqueued; delivery marks
+    # it sent once and sends it with the key (Message-ID, Idempotency-Key) so a receiver can drop a repeat.
+    db.execute(
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,           -- idempotency key, e.g. "triage:<item id>"
+            source TEXT NOT NULL,               -- what made it, e.g. "triage:<item id>"
+            recipient TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL,                -- pending, sending, sent, failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            sent_at TEXT,
+            last_error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX outbox_due ON outbox (state, next_attempt_at)")
