@@ -362,7 +362,9 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
 
     settings = _settings(config)
     name = _loop(settings, loop)
-    body = events.lookup(Store(settings.database_path), settings, name, event_id, features)
+    if not settings.database_path.exists():  # a reader: never create an empty log where there is none
+        raise click.ClickException(f"there is no decision log at {settings.database_path}")
+    body = events.lookup(Store(settings.database_path, create=False), settings, name, event_id, features)
     if body is None:
         raise click.ClickException(f"no decision {event_id!r} in loop {name!r}")
     click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))

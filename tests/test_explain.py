@@ -319,6 +319,14 @@ def test_cli_explain_prints_the_decision_most_important_first(tmp_path, runner, 
     assert missing.exit_code != 0 and "no decision" in missing.output
 
 
+def test_cli_explain_without_a_log_says_so_and_creates_none(tmp_path, runner):
+    config = tmp_path / "ranker.toml"
+    config.write_text(f'data_dir = "{tmp_path / "empty"}"\n')
+    result = runner.invoke(cli, ["explain", "--config", str(config), "some-event"])
+    assert result.exit_code != 0 and "no decision log" in result.output
+    assert not (tmp_path / "empty" / "ranker.db").exists()
+
+
 def test_the_personalizer_sdk_returns_the_explanation_as_json(tmp_path_factory):
     server = Server(
         tmp_path_factory.mktemp("sdk-explain"),
