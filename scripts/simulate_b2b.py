@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,13 +276,16 @@ class ServiceRun:
     errors: list[str] = field(default_factory=list)
 
 
-def drive(url: str, stream: list[Event], threads: int = 4, rate: float = 0.0, key: str | None = None) -> ServiceRun:
-    """Send each event's Rank, then its Reward, from ``threads`` clients, at most ``rate`` events/s (0: no cap)."""
-    run = ServiceRun(rewards=np.full(len(stream), np.nan), seconds=0.0)
+def clients(
+    count: int, send: Callable[[requests.Session, int], None], threads: int, rate: float, key: str | None
+) -> tuple[float, list[str]]:
+    """Call ``send(session, t)`` for each t in 0..count-1 from ``threads`` clients, at most ``rate`` calls/s
+    (0: no cap); the first error (an exception of ``send``) stops every client. Returns (seconds, errors)."""
     headers = {"Ocp-Apim-Subscription-Key": key} if key else {}
     lock = threading.Lock()
-    counter = iter(range(len(stream)))
+    counter = iter(range(count))
     failed = threading.Event()
+    errors: list[str] = []
     started = time.monotonic()
 
     def client() -> None:
@@ -296,33 +300,47 @@ def drive(url: str, stream: list[Event], threads: int = 4, rate: float = 0.0, ke
                 delay = started + t / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            event = stream[t]
-            body = {"contextFeatures": event.features, "actions": REQUEST_ACTIONS, "eventId": event.event_id}
             try:
-                response = session.post(url + RANK_PATH, json=body, timeout=30)
-                if response.status_code != 201:
-                    raise RuntimeError(f"Rank {event.event_id}: {response.status_code} {response.text[:300]}")
-                chosen = response.json()["rewardActionId"]
-                if chosen not in event.p:
-                    with lock:
-                        run.violations += 1
-                reward = float(event.u < event.p.get(chosen, 0.0))
-                response = session.post(url + REWARD_PATH.format(event.event_id), json={"value": reward}, timeout=30)
-                if response.status_code != 204:
-                    raise RuntimeError(f"Reward {event.event_id}: {response.status_code} {response.text[:300]}")
-            except (requests.RequestException, RuntimeError, ValueError) as exc:
+                send(session, t)
+            except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
                 with lock:
-                    run.errors.append(str(exc))
+                    errors.append(f"{type(exc).__name__}: {exc}")
                 failed.set()
                 return
-            run.rewards[t] = reward
 
     workers = [threading.Thread(target=client, name=f"client-{i}") for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    run.seconds = time.monotonic() - started
+    return time.monotonic() - started, errors
+
+
+def post(session: requests.Session, url: str, body: dict[str, Any], status: int, what: str) -> requests.Response:
+    """POST ``body``; a RuntimeError naming ``what`` unless the answer has ``status``."""
+    response = session.post(url, json=body, timeout=30)
+    if response.status_code != status:
+        raise RuntimeError(f"{what}: {response.status_code} {response.text[:300]}")
+    return response
+
+
+def drive(url: str, stream: list[Event], threads: int = 4, rate: float = 0.0, key: str | None = None) -> ServiceRun:
+    """Send each event's Rank, then its Reward, from ``threads`` clients, at most ``rate`` events/s (0: no cap)."""
+    run = ServiceRun(rewards=np.full(len(stream), np.nan), seconds=0.0)
+    lock = threading.Lock()
+
+    def send(session: requests.Session, t: int) -> None:
+        event = stream[t]
+        body = {"contextFeatures": event.features, "actions": REQUEST_ACTIONS, "eventId": event.event_id}
+        chosen = post(session, url + RANK_PATH, body, 201, f"Rank {event.event_id}").json()["rewardActionId"]
+        if chosen not in event.p:
+            with lock:
+                run.violations += 1
+        reward = float(event.u < event.p.get(chosen, 0.0))
+        post(session, url + REWARD_PATH.format(event.event_id), {"value": reward}, 204, f"Reward {event.event_id}")
+        run.rewards[t] = reward
+
+    run.seconds, run.errors = clients(len(stream), send, threads, rate, key)
     return run
 
 

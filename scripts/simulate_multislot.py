@@ -430,72 +430,41 @@ def drive(url: str, stream: list[Event], threads: int = 4, rate: float = 0.0, ke
     """Send each event's multi-slot Rank, then its slots' Reward, from ``threads`` clients, at most ``rate``
     events/s (0: no cap)."""
     run = ServiceRun(rewards=Rewards.empty(len(stream)), seconds=0.0)
-    headers = {"Ocp-Apim-Subscription-Key": key} if key else {}
     index = {m.id: i for i, m in enumerate(MODULES)}
     lock = threading.Lock()
-    counter = iter(range(len(stream)))
-    failed = threading.Event()
-    started = time.monotonic()
 
-    def client() -> None:
-        session = requests.Session()
-        session.headers.update(headers)
-        while not failed.is_set():
+    def send(session: requests.Session, t: int) -> None:
+        event = stream[t]
+        body = {
+            "contextFeatures": event.features,
+            "actions": REQUEST_ACTIONS,
+            "slots": REQUEST_SLOTS,
+            "eventId": event.event_id,
+        }
+        answer = b2b.post(session, url + RANK_PATH, body, 201, f"Rank {event.event_id}").json()
+        answers = {slot["id"]: slot["rewardActionId"] for slot in answer["slots"]}
+        chosen = [answers[slot_id] for slot_id in SLOTS]
+        allowed = [
+            c is None or index.get(c) in verdict.eligible for c, verdict in zip(chosen, event.verdicts, strict=True)
+        ]
+        filled = [c for c in chosen if c is not None]
+        if not all(allowed) or len(set(filled)) != len(filled):
             with lock:
-                t = next(counter, None)
-            if t is None:
-                return
-            if rate > 0:
-                delay = started + t / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            event = stream[t]
-            body = {
-                "contextFeatures": event.features,
-                "actions": REQUEST_ACTIONS,
-                "slots": REQUEST_SLOTS,
-                "eventId": event.event_id,
-            }
-            try:
-                response = session.post(url + RANK_PATH, json=body, timeout=30)
-                if response.status_code != 201:
-                    raise RuntimeError(f"Rank {event.event_id}: {response.status_code} {response.text[:300]}")
-                answers = {slot["id"]: slot["rewardActionId"] for slot in response.json()["slots"]}
-                chosen = [answers[slot_id] for slot_id in SLOTS]
-                allowed = [
-                    c is None or index.get(c) in verdict.eligible
-                    for c, verdict in zip(chosen, event.verdicts, strict=True)
-                ]
-                filled = [c for c in chosen if c is not None]
-                if not all(allowed) or len(set(filled)) != len(filled):
-                    with lock:
-                        run.violations += 1
-                values = [event.reward(k, c if allowed[k] else None) for k, c in enumerate(chosen)]
-                body = {
-                    "reward": [
-                        {"slotId": slot_id, "value": value}
-                        for slot_id, value, c in zip(SLOTS, values, chosen, strict=True)
-                        if c is not None
-                    ]
-                }
-                if body["reward"]:
-                    response = session.post(url + REWARD_PATH.format(event.event_id), json=body, timeout=30)
-                    if response.status_code != 204:
-                        raise RuntimeError(f"Reward {event.event_id}: {response.status_code} {response.text[:300]}")
-            except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
-                with lock:
-                    run.errors.append(f"{type(exc).__name__}: {exc}")
-                failed.set()
-                return
-            run.rewards.slots[t] = values
-            run.rewards.chosen[t] = [index.get(c, -1) if c is not None else -1 for c in chosen]
+                run.violations += 1
+        values = [event.reward(k, c if allowed[k] else None) for k, c in enumerate(chosen)]
+        rewards = [
+            {"slotId": slot_id, "value": value}
+            for slot_id, value, c in zip(SLOTS, values, chosen, strict=True)
+            if c is not None
+        ]
+        if rewards:
+            b2b.post(
+                session, url + REWARD_PATH.format(event.event_id), {"reward": rewards}, 204, f"Reward {event.event_id}"
+            )
+        run.rewards.slots[t] = values
+        run.rewards.chosen[t] = [index.get(c, -1) if c is not None else -1 for c in chosen]
 
-    workers = [threading.Thread(target=client, name=f"client-{i}") for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    run.seconds = time.monotonic() - started
+    run.seconds, run.errors = b2b.clients(len(stream), send, threads, rate, key)
     return run
 
 
