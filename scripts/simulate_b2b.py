@@ -186,6 +186,21 @@ class Event:
     p: dict[str, float]  # click probability of each eligible action
 
 
+def draw_context(rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One Rank's contextFeatures: an account (segment, plan), a user's role, the daypart, the contract."""
+    return [
+        {
+            "account": {
+                "segment": SEGMENTS[rng.integers(len(SEGMENTS))],
+                "plan": PLANS[rng.choice(len(PLANS), p=PLAN_SHARES)],
+            }
+        },
+        {"user": {"role": ROLES[rng.integers(len(ROLES))]}},
+        {"time": {"daypart": DAYPARTS[rng.integers(len(DAYPARTS))]}},
+        {"contract": {"daysSinceRenewal": int(rng.integers(0, 91))}},
+    ]
+
+
 def make_stream(events: int, seed: int, loop_rules: rules.Rules) -> list[Event]:
     """The contexts, event ids and reward draws of one run, with what the rules allow in each."""
     rng = np.random.default_rng(seed)
@@ -193,17 +208,7 @@ def make_stream(events: int, seed: int, loop_rules: rules.Rules) -> list[Event]:
     now = datetime.now(UTC)
     stream = []
     for t in range(events):
-        features = [
-            {
-                "account": {
-                    "segment": SEGMENTS[rng.integers(len(SEGMENTS))],
-                    "plan": PLANS[rng.choice(len(PLANS), p=PLAN_SHARES)],
-                }
-            },
-            {"user": {"role": ROLES[rng.integers(len(ROLES))]}},
-            {"time": {"daypart": DAYPARTS[rng.integers(len(DAYPARTS))]}},
-            {"contract": {"daysSinceRenewal": int(rng.integers(0, 91))}},
-        ]
+        features = draw_context(rng)
         context = dsjson.merge(features, "contextFeatures")
         verdict = rules.apply(loop_rules, context, actions, set(), now)
         stream.append(

@@ -91,12 +91,6 @@ LOOP = "dashboard"
 RANK_PATH = "/personalizer/v1.0/multislot/rank"
 REWARD_PATH = "/personalizer/v1.0/multislot/events/{}/reward"
 
-SEGMENTS = ("fintech", "healthcare", "retail", "manufacturing")
-ROLES = ("admin", "analyst", "cs-manager", "executive")
-DAYPARTS = ("morning", "afternoon", "evening")
-PLANS = ("starter", "pro", "enterprise")
-PLAN_SHARES = (0.3, 0.4, 0.3)
-
 SLOTS = ("hero", "side", "footer")
 POSITION_FACTORS = (1.0, 0.6, 0.3)  # click probability = relevance × the slot's factor
 BASELINES = ("card-usage-trends", "training-dashboards-101", "nba-health-check-call")  # the dashboard's fixed layout
@@ -235,17 +229,7 @@ def make_stream(events: int, seed: int, loop_rules: rules.Rules) -> list[Event]:
     now = datetime.now(UTC)
     stream = []
     for t in range(events):
-        features = [
-            {
-                "account": {
-                    "segment": SEGMENTS[rng.integers(len(SEGMENTS))],
-                    "plan": PLANS[rng.choice(len(PLANS), p=PLAN_SHARES)],
-                }
-            },
-            {"user": {"role": ROLES[rng.integers(len(ROLES))]}},
-            {"time": {"daypart": DAYPARTS[rng.integers(len(DAYPARTS))]}},
-            {"contract": {"daysSinceRenewal": int(rng.integers(0, 91))}},
-        ]
+        features = b2b.draw_context(rng)
         context = dsjson.merge(features, "contextFeatures")
         verdicts = [
             rules.apply(loop_rules, {**context, **dsjson.merge(slot, "features")}, ACTIONS, set(), now)
