@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from . import dsjson, explain, models, vwoptions
+from . import dsjson, explain, models, vwfeatures, vwoptions
 from .api import caller, json_response, path_id, service
 from .engine import Engine
 from .errors import ApiError
@@ -50,7 +50,7 @@ def engine_of(settings: Settings, loop: str, version: str) -> Engine | None:
     # csoaa_ldf, ...) would build another stack
     kind = "--ccb_explore_adf" if "--ccb_explore_adf" in header.options else "--cb_explore_adf"
     engine = Engine(kind, str(path), version)
-    explain.model_of(engine, " ".join(header.options))
+    vwfeatures.model_of(engine, " ".join(header.options))
     with _engines_lock:
         _engines[key] = engine
         while len(_engines) > ENGINES_KEPT:
@@ -160,12 +160,12 @@ def _explained(
             "inferenceExplanationUnavailable": f"model version {row['model_version']} is no longer stored "
             "(explanation_retention)"
         }
-    model = explain.model_of(engine)
+    model = vwfeatures.model_of(engine)
     top = settings.explanation_features
     c_json = dsjson._dumps({**context, "_multi": multi})
     if row["slots"] is None:
         order = [a - 1 for a in record["a"]]
-        _, parsed = explain.predict_parsed(engine, dsjson.predict_line(c_json, len(multi)), explain.read_cb)
+        _, parsed = vwfeatures.predict_parsed(engine, dsjson.predict_line(c_json, len(multi)), vwfeatures.read_cb)
         found = explain.explain_cb(model, parsed, context, multi, order, top)
         return {"inferenceExplanation": [found[i].body(multi[i]["_id"]) for i in order]}
     out = []
@@ -174,7 +174,7 @@ def _explained(
     for k, slot in enumerate(slots):
         pinned = [{**s, "_inc": [chosen[j]]} for j, s in enumerate(slots[:k])] + [slot]
         line = dsjson.with_slots(c_json, pinned)
-        _, parsed = explain.predict_parsed(engine, line, lambda e: explain.read_ccb(e, len(multi)))
+        _, parsed = vwfeatures.predict_parsed(engine, line, lambda e: vwfeatures.read_ccb(e, len(multi)))
         found = explain.explain_ccb(model, parsed, context, multi, slot, k, chosen[k], top)
         out.append({"slotId": slot["_id"], **found.body(multi[chosen[k]]["_id"])})
     return {"inferenceExplanation": out}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import discovery, dsjson, explain, loopconfig, models, rules
+from . import discovery, dsjson, explain, loopconfig, models, rules, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError, StoreUnavailable
 from .schemas import MultiSlotRankRequest, RankRequest
@@ -330,8 +330,8 @@ class Service:
             else:
                 try:
                     if explaining:
-                        model_pmf, parsed = explain.predict_parsed(
-                            engine, dsjson.predict_line(c_json, len(eligible)), explain.read_cb
+                        model_pmf, parsed = vwfeatures.predict_parsed(
+                            engine, dsjson.predict_line(c_json, len(eligible)), vwfeatures.read_cb
                         )
                         if len(model_pmf) != len(eligible):
                             raise ValueError(f"VW read {len(model_pmf)} actions where {len(eligible)} were given")
@@ -381,7 +381,7 @@ class Service:
             answer.update(explain.logged(verdict, raised_by, was_explored, answer=True))
             if parsed is not None:
                 answer["inferenceExplanation"] = explain.rank_explanation(
-                    explain.model_of(engine),
+                    vwfeatures.model_of(engine),
                     parsed,
                     context,
                     [actions[i] for i in verdict.eligible],
@@ -453,14 +453,16 @@ class Service:
         c_json = dsjson.context_json(context, [actions[i] for i in offered], settings.action_id_feature)
 
         explaining = settings.is_inference_explainability_enabled
-        predicted: list[tuple[list[dict[int, float]], explain.Parsed | None]] = []  # per filled slot
+        predicted: list[tuple[list[dict[int, float]], vwfeatures.Parsed | None]] = []  # per filled slot
 
         def predict(c: str) -> list[dict[int, float]]:
             try:
                 if not explaining:
                     per_slot, parsed = engine.predict_slots(c), None
                 else:
-                    per_slot, parsed = explain.predict_parsed(engine, c, lambda e: explain.read_ccb(e, len(offered)))
+                    per_slot, parsed = vwfeatures.predict_parsed(
+                        engine, c, lambda e: vwfeatures.read_ccb(e, len(offered))
+                    )
                 predicted.append((per_slot, parsed))
                 return per_slot
             except (RuntimeError, ValueError) as exc:  # VW refused the features
@@ -510,7 +512,7 @@ class Service:
             answer["rules"] = explanation
             if predicted and predicted[0][1] is not None:
                 answer["inferenceExplanation"] = explain.slots_explanation(
-                    explain.model_of(engine),
+                    vwfeatures.model_of(engine),
                     predicted,
                     filling,
                     context,
