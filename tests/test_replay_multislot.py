@@ -294,6 +294,10 @@ def test_online_ips_of_each_slot_is_its_mean_logged_reward(world, report):
         lo, hi = online["slots"][slot]["interval"]
         assert lo < mean < hi
     assert online["ips"] == pytest.approx(np.mean([p["reward"] for p in pairs]), abs=1e-12)
+    # each slot's interval is bounded by its own weight bound: 1 / the smallest product of logged probabilities
+    for slot, data in report.slot_data["learner"].items():
+        assert report.policies[3]["slots"][slot]["w_max"] == pytest.approx(1 / np.min(data.logged_probability))
+    assert report.policies[3]["w_max"] == max(row["w_max"] for row in report.policies[3]["slots"].values())
     # lower slots are clicked less, as the world says
     assert online["slots"]["top"]["ips"] > online["slots"]["side"]["ips"] > online["slots"]["bottom"]["ips"]
 

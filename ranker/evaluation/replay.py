@@ -19,7 +19,10 @@ Candidates:
 - ``Random``: uniform over the K eligible actions: 1/K.
 
 Each policy's events become one :class:`~ranker.evaluation.LoggedData` and go through
-:func:`~ranker.evaluation.evaluate` (IPS, SNIPS, the Cressie-Read estimate and its interval, the primary one).
+:func:`~ranker.evaluation.evaluate` (IPS, SNIPS, the Cressie-Read estimate and its interval, the primary one),
+with the importance weight's known bound ``w_max = 1 / min μ`` over those events
+(:func:`~ranker.evaluation.weight_bound`; per slot for a multi-slot source, over the products of logged
+probabilities used there), reported as each row's ``"w_max"`` (None: no bound, every μ was 1).
 With a reward model (default ``--cb_adf --cb_type mtr -q ::``, VW's importance-weighted regression of each
 action's cost, trained progressively on the same lines; its predictions negated and clipped to the reward range),
 DM and DR are added: r̂(x, a) for every action gives r̂_π = Σ_a π(a|x) r̂(x, a) for each policy and
@@ -87,7 +90,7 @@ import numpy as np
 from ranker import vwoptions
 from ranker.engine import IO_OPTIONS, drop_options, is_multislot
 from ranker.evaluation import scheduling
-from ranker.evaluation.estimators import LoggedData, evaluate
+from ranker.evaluation.estimators import LoggedData, evaluate, weight_bound
 from ranker.evaluation.learners import Chosen, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
@@ -484,7 +487,7 @@ def replay(
             }
         logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=target, **model)
         data[candidate.name] = logged
-        policies.append(_row(candidate, evaluate(logged, alpha=alpha, r_min=r_min, r_max=r_max)))
+        policies.append(_row(candidate, _evaluate(logged, alpha, r_min, r_max)))
         checkpoints, curves["ips"][candidate.name], curves["snips"][candidate.name] = _cumulative(logged)
 
     rows = np.nonzero(keep)[0]
@@ -570,7 +573,7 @@ def _replay_slots(
     for candidate in candidates:
         logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=targets[candidate.name])
         data[candidate.name] = logged
-        row = _row(candidate, evaluate(logged, alpha=alpha, r_min=r_min, r_max=r_max))
+        row = _row(candidate, _evaluate(logged, alpha, r_min, r_max))
         curves["ips"][candidate.name], curves["snips"][candidate.name] = _pooled(logged, event, checkpoints)
         row["slots"], slot_data[candidate.name] = {}, {}
         for name, index in reported:
@@ -581,7 +584,7 @@ def _replay_slots(
                 target_probability=logged.target_probability[mask],
             )
             slot_data[candidate.name][name] = part
-            slot_row = _row(candidate, evaluate(part, alpha=alpha, r_min=r_min, r_max=r_max))
+            slot_row = _row(candidate, _evaluate(part, alpha, r_min, r_max))
             row["slots"][name] = {key: value for key, value in slot_row.items() if key not in ("policy", "arguments")}
             ips, snips = _pooled(part, event[mask], checkpoints)
             curves["slots"][name]["ips"][candidate.name], curves["slots"][name]["snips"][candidate.name] = ips, snips
@@ -637,6 +640,15 @@ def _ints(values: array) -> np.ndarray:
     return np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, dtype=np.int64)
 
 
+def _evaluate(data: LoggedData, alpha: float, r_min: float, r_max: float) -> dict[str, dict[str, Any]]:
+    """:func:`~ranker.evaluation.evaluate` with the importance weight's known bound, ``1 / min μ`` over ``data``."""
+    w_max = weight_bound(data.logged_probability)
+    table = evaluate(data, alpha=alpha, r_min=r_min, r_max=r_max, w_max=w_max)
+    for row in table.values():
+        row["w_max"] = w_max
+    return table
+
+
 def _row(candidate: Candidate, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def estimate(name: str) -> float | None:
         return table[name]["estimate"] if name in table else None
@@ -652,6 +664,7 @@ def _row(candidate: Candidate, table: dict[str, dict[str, Any]]) -> dict[str, An
         "cressie_read": estimate("cressie_read"),
         "interval": list(table["ips"]["interval"]),
         "interval_method": table["ips"]["interval_method"],
+        "w_max": table["ips"]["w_max"] if table["ips"]["w_max"] != float("inf") else None,
         "gaussian_interval": {
             name: list(row["gaussian_interval"]) if row["gaussian_interval"] is not None else None
             for name, row in table.items()
