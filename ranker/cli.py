@@ -15,6 +15,7 @@ import click
 
 from . import supervisor
 from .errors import StoreUnavailable
+from .evaluation.compare import describe
 from .evaluation.output import write
 from .evaluation.replay import (
     BUILT_INS,
@@ -227,13 +228,14 @@ def import_command(file, loop: str | None, config: str | None) -> None:
     help="Candidate VW arguments, --cb_explore_adf (--ccb_explore_adf for a multi-slot loop) (repeat).",
 )
 @click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
+@click.option("--reference", help="Also compare every policy with this one (a candidate's name), as with Online.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--search", "search_seconds", type=click.FloatRange(0), help="Search VW arguments for SECONDS instead.")
 @click.option("--apply", "apply_best", is_flag=True, help="With --search: make the best the loop's policy.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def evaluate_command(
-    loop, path, start, end, policies, arguments, no_dr, workers, search_seconds, apply_best, output, config
+    loop, path, start, end, policies, arguments, no_dr, reference, workers, search_seconds, apply_best, output, config
 ) -> None:
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
@@ -241,12 +243,15 @@ def evaluate_command(
     and Random always run, with the policy files (default: every one in policies_dir of the source's kind,
     single- or multi-slot) and --arguments.
     Prints IPS, SNIPS, DR and the 95% Cressie-Read interval (for a multi-slot loop: per slot and overall,
-    without DR), and writes report.json and report.png into --output.
+    without DR), and for each policy its paired difference with Online (and with --reference): the estimate,
+    its 95% interval, better / worse / not distinguishable, and about how many more events would settle it.
+    Writes report.json and report.png into --output.
 
     With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
-    within that time instead, starting with the loop's policy and Personalizer's default; the best by the
-    lower end of its interval is printed against Online and written to search.json; --apply makes it the
-    loop's policy (as PUT configurations/policy does: the model is reset and retrained from the log).
+    within that time instead, starting with the loop's policy and Personalizer's default; the best (one
+    distinguishably better than Online first, then by the lower end of its interval) is printed against Online
+    and written to search.json; --apply makes it the loop's policy (as PUT configurations/policy does: the
+    model is reset and retrained from the log).
 
     Example: ranker evaluate --loop cards --from 2030-01-01 --policy default --arguments "--cb_explore_adf --squarecb"
     """
@@ -272,6 +277,7 @@ def evaluate_command(
                 reward_model=None if no_dr else DEFAULT_REWARD_MODEL,
                 workers=workers,
                 progress=bar.update,
+                reference=reference,
             )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -301,6 +307,7 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
         lo, hi = row["interval"]
         snips = "-" if row["snips"] is None else f"{row['snips']:.4f}"
         click.echo(f"{label:7} SNIPS {snips}  interval [{lo:.4f}, {hi:.4f}]  {row['arguments'] or ''}")
+    click.echo(f"best - Online: {describe(result.improvement.get('versus_online'))}")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")

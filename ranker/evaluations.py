@@ -5,7 +5,11 @@
 for a multi-slot loop: the loop's kind, else 400 ``InvalidPolicyConfiguration``) are replayed over the log
 with :func:`ranker.evaluation.replay.replay`, beside ``Online`` (what was served), ``Baseline`` (the first action)
 and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate and its ``confidenceInterval`` the
-95% Cressie-Read interval ``[lower, upper]``. With ``enablePolicyOptimization`` the job first runs
+95% Cressie-Read interval ``[lower, upper]``; ``summary.comparisons`` (an extension of Personalizer's shape)
+lists, per reference (Online and Baseline), the policy's paired difference with it on the same events
+(:func:`ranker.evaluation.compare.paired_difference`): ``difference``, ``confidenceInterval``, ``verdict``
+(better, worse, not distinguishable) and ``moreEvents``; ``optimalPolicy`` prefers a policy distinguishably
+better than Online, then the highest lower end. With ``enablePolicyOptimization`` the job first runs
 :func:`ranker.evaluation.search.search` over the same decisions for ``policy_optimization_seconds`` and replays
 the best arguments it found as one more policy (``policySource`` ``OfflineExperimentation``, Personalizer's
 name for it). ``POST configurations/applyFromEvaluation`` makes a policy of a finished evaluation (the

@@ -196,7 +196,7 @@ ADMIN: list[tuple[str, str, str, str, int, str | None, tuple[int, ...]]] = [
         "/evaluations/{evaluationId}",
         "get",
         "getEvaluation",
-        "Status and, when done, each policy's estimate.",
+        "Status and, when done, each policy's estimate, interval and paired comparisons with Online and Baseline.",
         200,
         None,
         (400, 404),

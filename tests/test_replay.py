@@ -20,6 +20,7 @@ import vowpalwabbit
 
 from ranker import dsjson
 from ranker.evaluation import cressie_read_interval, scheduling
+from ranker.evaluation.compare import paired_difference
 from ranker.evaluation.learners import Learners
 from ranker.evaluation.output import write
 from ranker.evaluation.replay import (
@@ -209,6 +210,25 @@ def test_intervals_use_the_known_weight_bound_and_are_narrower_for_it(report):
             assert row["interval"][1] - row["interval"][0] < 0.7 * (upper - lower)
             narrowed.append(row["policy"])
     assert narrowed == ["Baseline"]
+
+
+def test_each_policy_is_compared_with_online_and_a_reference_on_the_same_events(world, report):
+    rows = {row["policy"]: row for row in report.policies}
+    # the learner is better than what was served, Random worse (truth: 0.77 at best, 0.24, and Online 0.44)
+    assert rows["learner"]["versus"]["Online"]["verdict"] == "better"
+    assert rows["Random"]["versus"]["Online"]["verdict"] == "worse"
+    assert rows["Online"]["versus"] == {} and report.references == ["Online"]
+    expected = paired_difference(report.data["learner"], report.data["Online"], r_min=0.0, r_max=1.0)
+    assert rows["learner"]["versus"]["Online"] == expected
+    table = report.table().splitlines()
+    assert table[0].split()[-2:] == ["vs", "Online"] and table[4].endswith("better")
+
+    against = replay(world.log(), [*BUILT_INS, LEARNER], reward_model=None, reference="Random")
+    rows = {row["policy"]: row for row in against.policies}
+    assert against.references == ["Online", "Random"] and set(rows["learner"]["versus"]) == {"Online", "Random"}
+    assert rows["learner"]["versus"]["Random"]["verdict"] == "better" and rows["Random"]["versus"].keys() == {"Online"}
+    with pytest.raises(ValueError, match="reference 'Nobody' is not a candidate"):
+        replay(world.log(), BUILT_INS, reference="Nobody")
 
 
 def test_a_dsjson_file_replays_as_the_loop_it_was_exported_from(world, report, tmp_path):

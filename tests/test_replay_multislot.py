@@ -428,8 +428,16 @@ def test_report_json_table_and_cumulative_curves(world, report, tmp_path):
     assert curve["slots"]["side"]["ips"]["Online"][0] == world.rewards[first]["side"]  # weight 1: the reward
 
     table = report.table().splitlines()
-    assert table[0].split() == ["policy", "slot", "n", "IPS", "SNIPS", "95%", "interval"]
+    assert table[0].split() == ["policy", "slot", "n", "IPS", "SNIPS", "95%", "interval", "vs", "Online"]
     assert len(table) == 1 + 4 * 4  # each policy: overall, then top, side and bottom
+    # each row's paired difference with Online, per slot too: in the top slot, where the world's preferences are
+    # sharpest, the learner (trained) beats a fresh model's serving and Random is worse
+    learner, random_row = report.policies[3], report.policies[2]
+    assert learner["slots"]["top"]["versus"]["Online"]["verdict"] == "better"
+    assert random_row["slots"]["top"]["versus"]["Online"]["verdict"] == "worse"
+    assert random_row["versus"]["Online"]["interval"][1] < 0
+    assert report.policies[0]["versus"] == {} and table[1].rstrip().endswith("-")
+    assert table[14].split()[:2] == ["top", "1500"] and table[14].endswith("better")
     assert table[1].split()[:3] == ["Online", "overall", str(report.samples)]
     assert table[2].split()[:2] == ["top", str(EVENTS)]
 

@@ -13,6 +13,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from ranker.evaluation.compare import BETTER
 from ranker.evaluation.importance import importance
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
@@ -90,7 +91,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     if optimized is not None:
         policies.append(optimized)
     custom = [Candidate(p["name"], p["arguments"]) for p in policies]
-    report = replay(source, [*BUILT_INS, *custom])
+    report = replay(source, [*BUILT_INS, *custom], reference=BASELINE)
     arguments = {p["name"]: p["arguments"] for p in policies}
     arguments[ONLINE] = definition["online"]["arguments"]
     sources = {**SOURCES, **({optimized["name"]: OPTIMIZED} if optimized else {})}
@@ -111,6 +112,16 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
                 "ips": row["ips"],
                 "snips": row["snips"],
                 "dr": row["dr"],
+                "comparisons": [
+                    {
+                        "reference": reference,
+                        "difference": difference["estimate"],
+                        "confidenceInterval": difference["interval"],
+                        "verdict": difference["verdict"],
+                        "moreEvents": difference["more_events"],
+                    }
+                    for reference, difference in row["versus"].items()
+                ],
             },
             "timeseries": {
                 "data": [
@@ -128,7 +139,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
             for slot_id, slot_row in row["slots"].items():
                 value.append(result(name, slot_id, slot_row, report.cumulative["slots"][slot_id]["ips"][name]))
     choices = [v for v in value if v["name"] not in (BASELINE, RANDOM) and not v["slotId"]]
-    best = max(choices, key=lambda v: v["summary"]["confidenceInterval"][0])
+    best = max(choices, key=_preference)
     return {
         "events": report.events,
         "skipped": report.skipped,
@@ -136,6 +147,12 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
         "optimizedPolicy": optimized,
         "content": {"startTime": definition["startTime"], "endTime": definition["endTime"], "value": value},
     }
+
+
+def _preference(value: dict[str, Any]) -> tuple[bool, float]:
+    """Distinguishably better than Online first, then the higher lower end of the interval."""
+    better = any(c["reference"] == ONLINE and c["verdict"] == BETTER for c in value["summary"]["comparisons"])
+    return (better, value["summary"]["confidenceInterval"][0])
 
 
 def _importance(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:

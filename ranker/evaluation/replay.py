@@ -90,6 +90,7 @@ import numpy as np
 from ranker import vwoptions
 from ranker.engine import IO_OPTIONS, drop_options, is_multislot
 from ranker.evaluation import scheduling
+from ranker.evaluation.compare import compare, describe
 from ranker.evaluation.estimators import LoggedData, evaluate, weight_bound
 from ranker.evaluation.learners import Chosen, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
@@ -338,6 +339,7 @@ class Report:
     slots: list[str] = field(default_factory=list)
     slots_not_reported: int = 0  # slot ids past MAX_SLOT_ROWS: in the overall rows only
     slot_data: dict[str, dict[str, LoggedData]] = field(repr=False, default_factory=dict)  # not serialised
+    references: list[str] = field(default_factory=list)  # the policies each row's "versus" compares it with
 
     def to_dict(self) -> dict[str, Any]:
         multislot = (
@@ -357,6 +359,7 @@ class Report:
             "errors": [{"line": line, "error": error} for line, error in self.errors],
             "reward_range": list(self.reward_range),
             "alpha": self.alpha,
+            "references": self.references,
             "reward_model": self.reward_model,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events / self.seconds) if self.seconds > 0 else None,
@@ -366,21 +369,27 @@ class Report:
         }
 
     def table(self) -> str:
-        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval. For a multi-slot source:
-        policy, slot (each policy's overall row, then one per slot), n, IPS, SNIPS and the interval."""
+        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval, then per reference the
+        paired difference with its interval and verdict. For a multi-slot source: policy, slot (each policy's
+        overall row, then one per slot), n, IPS, SNIPS, the interval and the differences."""
         level = f"{100 * (1 - self.alpha):g}% interval"
         rows: list[tuple[str, ...]] = []
+        versus = tuple(f"vs {reference}" for reference in self.references)
+
+        def differences(values: dict[str, Any]) -> tuple[str, ...]:
+            return tuple(describe(values.get("versus", {}).get(reference)) for reference in self.references)
+
         if self.multislot:
-            rows.append(("policy", "slot", "n", "IPS", "SNIPS", level))
+            rows.append(("policy", "slot", "n", "IPS", "SNIPS", level, *versus))
             for row in self.policies:
                 for name, slot, values in [(row["policy"], OVERALL, row)] + [
                     ("", slot, values) for slot, values in row["slots"].items()
                 ]:
                     lo, hi = values["interval"]
                     cells = (str(values["n"]), _fmt(values["ips"]), _fmt(values["snips"]), f"[{_fmt(lo)}, {_fmt(hi)}]")
-                    rows.append((name, slot, *cells))
+                    rows.append((name, slot, *cells, *differences(values)))
         else:
-            rows.append(("policy", "n", "IPS", "SNIPS", "DR", level))
+            rows.append(("policy", "n", "IPS", "SNIPS", "DR", level, *versus))
             for row in self.policies:
                 lo, hi = row["interval"]
                 rows.append(
@@ -391,15 +400,17 @@ class Report:
                         _fmt(row["snips"]),
                         _fmt(row["dr"]),
                         f"[{_fmt(lo)}, {_fmt(hi)}]",
+                        *differences(row),
                     )
                 )
         text_columns = 2 if self.multislot else 1
+        first_versus = len(rows[0]) - len(versus)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join(
             "  ".join(
-                cell.ljust(w) if i < text_columns else cell.rjust(w)
+                cell.ljust(w) if i < text_columns or i >= first_versus else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
+            ).rstrip()
             for row in rows
         )
 
@@ -417,6 +428,7 @@ def replay(
     alpha: float = 0.05,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    reference: str | None = None,
 ) -> Report:
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
@@ -426,10 +438,17 @@ def replay(
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
     no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
     ``reward_model`` is not used on a multi-slot source (no DM or DR there).
+
+    Every row (and every slot's row) gets ``"versus"``: {reference: the paired difference of the policy's value
+    minus the reference's on the same events, :func:`~ranker.evaluation.compare.paired_difference`}, against
+    ``Online`` when it is a candidate and against ``reference`` (a candidate's name) when given.
     """
     names = [candidate.name for candidate in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
+    if reference is not None and reference not in names:
+        raise ValueError(f"the reference {reference!r} is not a candidate: {', '.join(names)}")
+    references = [name for name in dict.fromkeys([ONLINE, reference]) if name in names]
     started = time.perf_counter()
     multislot = source_is_multislot(source)
     for candidate in candidates:
@@ -440,7 +459,7 @@ def replay(
                 f"its candidates' arguments must use {kinds[1]}"
             )
     if multislot:
-        return _replay_slots(source, candidates, reward_range, alpha, workers, progress, started)
+        return _replay_slots(source, candidates, reward_range, alpha, workers, progress, started, references)
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
     jobs = [candidate.arguments for candidate in vw] + ([reward_model] if reward_model else [])
     scan, outputs = _passes(source, jobs, workers, progress)
@@ -490,6 +509,9 @@ def replay(
         policies.append(_row(candidate, _evaluate(logged, alpha, r_min, r_max)))
         checkpoints, curves["ips"][candidate.name], curves["snips"][candidate.name] = _cumulative(logged)
 
+    versus = compare(data, references, alpha=alpha, r_min=r_min, r_max=r_max)
+    for row in policies:
+        row["versus"] = versus[row["policy"]]
     rows = np.nonzero(keep)[0]
     stamps = [scan.timestamps[i] for i in rows]
     cumulative = {"event": checkpoints, "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
@@ -505,6 +527,7 @@ def replay(
         cumulative=cumulative,
         seconds=time.perf_counter() - started,
         data=data,
+        references=references,
     )
 
 
@@ -535,6 +558,7 @@ def _replay_slots(
     workers: int,
     progress: Callable[[int], None] | None,
     started: float,
+    references: list[str],
 ) -> Report:
     """:func:`replay` of a multi-slot source: every slot, and all of them pooled (see the module docstring)."""
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
@@ -589,6 +613,15 @@ def _replay_slots(
             ips, snips = _pooled(part, event[mask], checkpoints)
             curves["slots"][name]["ips"][candidate.name], curves["slots"][name]["snips"][candidate.name] = ips, snips
         policies.append(row)
+    versus = compare(data, references, alpha=alpha, r_min=r_min, r_max=r_max)
+    slot_versus = {
+        name: compare({p: slot_data[p][name] for p in slot_data}, references, alpha=alpha, r_min=r_min, r_max=r_max)
+        for name, _ in reported
+    }
+    for row in policies:
+        row["versus"] = versus[row["policy"]]
+        for name, slot_row in row["slots"].items():
+            slot_row["versus"] = slot_versus[name][row["policy"]]
 
     stamps = [scan.timestamps[i] for i in np.nonzero(keep)[0]]
     cumulative = {"event": checkpoints.tolist(), "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
@@ -604,6 +637,7 @@ def _replay_slots(
         cumulative=cumulative,
         seconds=time.perf_counter() - started,
         data=data,
+        references=references,
         multislot=True,
         samples=int(reward.size),
         slots=[name for name, _ in reported],
