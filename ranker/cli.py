@@ -229,13 +229,35 @@ def import_command(file, loop: str | None, config: str | None) -> None:
 )
 @click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
 @click.option("--reference", help="Also compare every policy with this one (a candidate's name), as with Online.")
+@click.option("--by", "by", multiple=True, help="Also per segment: a dotted path of the logged context (repeat).")
+@click.option(
+    "--min-segment-events",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Segments with fewer events are pooled as 'other'.",
+)
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--search", "search_seconds", type=click.FloatRange(0), help="Search VW arguments for SECONDS instead.")
 @click.option("--apply", "apply_best", is_flag=True, help="With --search: make the best the loop's policy.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def evaluate_command(
-    loop, path, start, end, policies, arguments, no_dr, reference, workers, search_seconds, apply_best, output, config
+    loop,
+    path,
+    start,
+    end,
+    policies,
+    arguments,
+    no_dr,
+    reference,
+    by,
+    min_segment_events,
+    workers,
+    search_seconds,
+    apply_best,
+    output,
+    config,
 ) -> None:
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
@@ -245,7 +267,10 @@ def evaluate_command(
     Prints IPS, SNIPS, DR and the 95% Cressie-Read interval (for a multi-slot loop: per slot and overall,
     without DR), and for each policy its paired difference with Online (and with --reference): the estimate,
     its 95% interval, better / worse / not distinguishable, and about how many more events would settle it.
-    Writes report.json and report.png into --output.
+    With --by account.plan (any dotted path of the logged context; repeat for more), also one row per policy
+    and segment value, with its own interval and differences; segments of fewer than --min-segment-events
+    events are pooled as "other". Writes report.json and report.png (with a forest plot of the differences
+    per segment) into --output.
 
     With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
     within that time instead, starting with the loop's policy and Personalizer's default; the best (one
@@ -278,6 +303,8 @@ def evaluate_command(
                 workers=workers,
                 progress=bar.update,
                 reference=reference,
+                by=by,
+                min_segment_events=min_segment_events,
             )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

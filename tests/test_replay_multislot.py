@@ -311,6 +311,18 @@ def prefix_products(pairs: list[dict], value) -> list[float]:
     return out
 
 
+def test_segments_of_a_multislot_source_hold_the_pairs_of_their_events(world, report):
+    by_segment = replay(world.log(), BUILT_INS, by=["user.segment"], min_segment_events=1)
+    segments = by_segment.segments["user.segment"]
+    assert sum(s["events"] for s in segments) == by_segment.events
+    assert sum(s["samples"] for s in segments) == by_segment.samples
+    for segment in segments:
+        online = segment["policies"][0]
+        assert online["policy"] == "Online" and online["n"] == segment["samples"]
+        rewards = [p["reward"] for p in world.pairs() if f"s{p['segment']}" == segment["segment"]]
+        assert online["ips"] == pytest.approx(np.mean(rewards), abs=1e-12)
+
+
 def test_baseline_and_random_are_the_slots_baseline_and_a_uniform_choice_among_its_candidates(world, report):
     pairs = world.pairs()
     # slot k is weighed by the probability of the event's logged slots 0..k, under the policy and the logging

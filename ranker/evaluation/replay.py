@@ -89,7 +89,7 @@ import numpy as np
 
 from ranker import vwoptions
 from ranker.engine import IO_OPTIONS, drop_options, is_multislot
-from ranker.evaluation import scheduling
+from ranker.evaluation import scheduling, segments
 from ranker.evaluation.compare import compare, describe
 from ranker.evaluation.estimators import LoggedData, evaluate, weight_bound
 from ranker.evaluation.learners import Chosen, Learners, Worker
@@ -186,6 +186,7 @@ class _Skips:
 
     skipped: dict[str, int] = field(default_factory=dict)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    segments: list[tuple[str, ...]] = field(default_factory=list)  # each event's values at the --by paths
 
     def skip(self, skipped: Skipped) -> None:
         self.skipped[skipped.reason] = self.skipped.get(skipped.reason, 0) + 1
@@ -258,6 +259,7 @@ def _passes(
     workers: int,
     progress: Callable[[int], None] | None,
     multislot: bool = False,
+    by: Sequence[str] = (),
 ) -> tuple[Any, list[tuple[array, array]]]:
     """Read the source once, keep what the built-ins need (a :class:`_Scan`, or a :class:`_SlotScan` for a
     multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or shared
@@ -290,6 +292,8 @@ def _passes(
                 scan.skip(event if type(event) is Skipped else Skipped(0, "other_kind"))
                 continue
             scan.add(event)  # type: ignore[arg-type]
+            if by:
+                scan.segments.append(segments.segment_values(event.line, by))
             chunk.append(event.line)
             chosen.append([slot.chosen for slot in event.slots] if multislot else event.chosen)  # type: ignore[union-attr]
             if len(chunk) == CHUNK:
@@ -340,6 +344,8 @@ class Report:
     slots_not_reported: int = 0  # slot ids past MAX_SLOT_ROWS: in the overall rows only
     slot_data: dict[str, dict[str, LoggedData]] = field(repr=False, default_factory=dict)  # not serialised
     references: list[str] = field(default_factory=list)  # the policies each row's "versus" compares it with
+    segments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by --by path: see segments.py
+    min_segment_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         multislot = (
@@ -365,6 +371,7 @@ class Report:
             "events_per_second": round(self.events / self.seconds) if self.seconds > 0 else None,
             **multislot,
             "policies": self.policies,
+            **({"segments": self.segments, "min_segment_events": self.min_segment_events} if self.segments else {}),
             "cumulative": self.cumulative,
         }
 
@@ -406,13 +413,16 @@ class Report:
         text_columns = 2 if self.multislot else 1
         first_versus = len(rows[0]) - len(versus)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        return "\n".join(
+        text = "\n".join(
             "  ".join(
                 cell.ljust(w) if i < text_columns or i >= first_versus else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
             for row in rows
         )
+        if self.segments:  # then one block per --by path
+            text += "\n\n" + segments.table(self.segments, self.policies, self.references, self.alpha)
+        return text
 
 
 def _fmt(value: float | None) -> str:
@@ -429,6 +439,8 @@ def replay(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     reference: str | None = None,
+    by: Sequence[str] = (),
+    min_segment_events: int = 100,
 ) -> Report:
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
@@ -442,7 +454,15 @@ def replay(
     Every row (and every slot's row) gets ``"versus"``: {reference: the paired difference of the policy's value
     minus the reference's on the same events, :func:`~ranker.evaluation.compare.paired_difference`}, against
     ``Online`` when it is a candidate and against ``reference`` (a candidate's name) when given.
+
+    ``by`` (dotted paths of the logged context) adds the report's ``segments``: every policy's row per segment
+    value of each path, segments of fewer than ``min_segment_events`` events pooled as ``other``
+    (:mod:`ranker.evaluation.segments`).
     """
+    if min_segment_events < 1:
+        raise ValueError("min_segment_events must be at least 1")
+    if any(not path or any(not part for part in path.split(".")) for path in by):
+        raise ValueError(f"--by takes dotted paths of the logged context, such as account.plan; got {list(by)}")
     names = [candidate.name for candidate in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
@@ -459,10 +479,13 @@ def replay(
                 f"its candidates' arguments must use {kinds[1]}"
             )
     if multislot:
-        return _replay_slots(source, candidates, reward_range, alpha, workers, progress, started, references)
+        segmenting = (by, min_segment_events)
+        return _replay_slots(
+            source, candidates, reward_range, alpha, workers, progress, started, references, segmenting
+        )
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
     jobs = [candidate.arguments for candidate in vw] + ([reward_model] if reward_model else [])
-    scan, outputs = _passes(source, jobs, workers, progress)
+    scan, outputs = _passes(source, jobs, workers, progress, by=by)
 
     k = _ints(scan.actions)
     keep, counts = _kept(source, scan.skipped, outputs, k)
@@ -513,6 +536,9 @@ def replay(
     for row in policies:
         row["versus"] = versus[row["policy"]]
     rows = np.nonzero(keep)[0]
+    by_segment = _segments(
+        candidates, data, np.arange(rows.size), scan, rows, by, min_segment_events, references, alpha, (r_min, r_max)
+    )
     stamps = [scan.timestamps[i] for i in rows]
     cumulative = {"event": checkpoints, "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
     return Report(
@@ -528,6 +554,8 @@ def replay(
         seconds=time.perf_counter() - started,
         data=data,
         references=references,
+        segments=by_segment,
+        min_segment_events=min_segment_events,
     )
 
 
@@ -559,10 +587,13 @@ def _replay_slots(
     progress: Callable[[int], None] | None,
     started: float,
     references: list[str],
+    segmenting: tuple[Sequence[str], int],
 ) -> Report:
     """:func:`replay` of a multi-slot source: every slot, and all of them pooled (see the module docstring)."""
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
-    scan, outputs = _passes(source, [candidate.arguments for candidate in vw], workers, progress, multislot=True)
+    by, min_segment_events = segmenting
+    jobs = [candidate.arguments for candidate in vw]
+    scan, outputs = _passes(source, jobs, workers, progress, multislot=True, by=by)
     per_event = _ints(scan.slots)
     keep, counts = _kept(source, scan.skipped, outputs, per_event)
 
@@ -622,6 +653,10 @@ def _replay_slots(
         row["versus"] = versus[row["policy"]]
         for name, slot_row in row["slots"].items():
             slot_row["versus"] = slot_versus[name][row["policy"]]
+    kept = np.nonzero(keep)[0]
+    by_segment = _segments(
+        candidates, data, event, scan, kept, by, min_segment_events, references, alpha, (r_min, r_max)
+    )
 
     stamps = [scan.timestamps[i] for i in np.nonzero(keep)[0]]
     cumulative = {"event": checkpoints.tolist(), "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
@@ -638,11 +673,40 @@ def _replay_slots(
         seconds=time.perf_counter() - started,
         data=data,
         references=references,
+        segments=by_segment,
+        min_segment_events=min_segment_events,
         multislot=True,
         samples=int(reward.size),
         slots=[name for name, _ in reported],
         slots_not_reported=int(np.count_nonzero(filled)) - len(reported),
         slot_data=slot_data,
+    )
+
+
+def _segments(
+    candidates: Sequence[Candidate],
+    data: dict[str, LoggedData],
+    sample_event: np.ndarray,
+    scan: _Skips,
+    kept: np.ndarray,
+    by: Sequence[str],
+    minimum: int,
+    references: list[str],
+    alpha: float,
+    reward_range: tuple[float, float],
+) -> dict[str, list[dict[str, Any]]]:
+    """The report's ``segments`` (:func:`~ranker.evaluation.segments.segment_rows`); {} without ``by``."""
+    if not by:
+        return {}
+    r_min, r_max = reward_range
+    by_name = {candidate.name: candidate for candidate in candidates}
+
+    def row(name: str, part: LoggedData) -> dict[str, Any]:
+        return _row(by_name[name], _evaluate(part, alpha, r_min, r_max))
+
+    event_segments = [scan.segments[i] for i in kept]
+    return segments.segment_rows(
+        data, sample_event, event_segments, by, minimum, row, references, alpha=alpha, r_min=r_min, r_max=r_max
     )
 
 
