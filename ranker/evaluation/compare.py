@@ -84,7 +84,7 @@ def paired_difference(
     estimate = 2 * CressieRead(w_max=mixture_max, r_min=-bound, r_max=bound).estimate(mixture)
     # a difference of two values in [r_min, r_max] lies within ± their spread
     spread = r_max - r_min
-    lower, upper = max(-spread, 2 * lower), min(spread, 2 * upper)
+    lower, upper = (min(spread, max(-spread, 2 * end)) for end in (lower, upper))
     estimate = min(upper, max(lower, estimate))
     if lower > 0:
         verdict, more = BETTER, 0
