@@ -357,11 +357,13 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
 def importance_command(loop, path, start, end, arguments, features, output, config) -> None:
     """Score each namespace (and with --features each feature) 0-100 by the estimated reward lost without it.
 
-    100: without it the model does no better than choosing at random; 0: nothing is lost.
+    100: without it the model does no better than choosing at random; 0: nothing is lost. Features sent
+    flat (outside any namespace) are scored as the namespace (default) and one by one; what could not be
+    scored on its own (the action id feature; namespaces sharing a first character) is listed with the reason.
 
     Example: ranker importance --loop cards --features -o importance.json
     """
-    from .evaluation.importance import importance
+    from .evaluation.importance import importance, unscored
 
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
@@ -375,6 +377,9 @@ def importance_command(loop, path, start, end, arguments, features, output, conf
     for row in rows:
         part = row["namespace"] + (f".{row['feature']}" if row["feature"] else "")
         click.echo(f"{row['score']:6.1f}  {part}  (SNIPS {row['estimate']:.4f} without, {row['full']:.4f} with)")
+    for missing in unscored(source, rows):
+        part = missing["namespace"] + (f".{missing['feature']}" if missing["feature"] else "")
+        click.echo(f"not scored on its own: {part} ({missing['reason']})")
     if output is not None:
         json.dump(rows, output, indent=2)
 

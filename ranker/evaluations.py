@@ -26,8 +26,10 @@ of the logged features (the context's, the actions' and a multi-slot loop's slot
 ignoring it (VW's ``--ignore``, which goes by the namespace's first character, so namespaces sharing one are
 left out together). A namespace scores ``clip(100 (R - R_) / (R - R0), 0, 100)``, as ``ranker importance``
 does: R the SNIPS estimate of the policy with every feature, R_ without the namespace, R0 uniform random (all
-score 0 when R does not beat R0). Features outside any namespace (such as each action's ``id``) stay in every
-replay and are not scored.
+score 0 when R does not beat R0). Features sent flat, outside any namespace (VW's default namespace), are
+scored with ``namespace`` ``""``: together (``featureName`` ``""``) and one by one, by replaying records
+rewritten without them. Each action's ``id`` feature stays in every replay; ``notScored`` (an extension)
+lists it, and anything else not scored on its own, with the reason.
 
 Jobs are rows of ``jobs``, run by :mod:`ranker.evaluation.jobs` in the trainer process.
 """
@@ -200,6 +202,7 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
     elif result:
         body["description"] = f"{result['events']} events replayed"
         body["featureScores"] = result["featureScores"]
+        body["notScored"] = result.get("notScored", [])
     return body
 
 

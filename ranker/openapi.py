@@ -225,7 +225,7 @@ ADMIN: list[tuple[str, str, str, str, int, str | None, tuple[int, ...]]] = [
         "/featureImportances/{featureImportanceId}",
         "get",
         "getFeatureImportance",
-        "Status and namespace scores.",
+        "Status, namespace and flat-feature scores, and what could not be scored.",
         200,
         None,
         (400, 404),

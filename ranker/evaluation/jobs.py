@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ranker.evaluation.compare import BETTER
-from ranker.evaluation.importance import importance
+from ranker.evaluation.importance import DEFAULT, importance, unscored
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
 from ranker.settings import Settings
@@ -156,12 +156,28 @@ def _preference(value: dict[str, Any]) -> tuple[bool, float]:
 
 
 def _importance(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
-    rows = importance(_source(settings, loop, definition), definition["online"]["learning"])
+    source = _source(settings, loop, definition)
+    rows = importance(source, definition["online"]["learning"])
     if not rows:
-        raise ValueError("no decision with namespaced features in the time range")
-    scores = [
-        {"namespace": name, "featureName": "", "score": round(row["score"], 1)}
-        for row in rows
-        for name in row["namespaces"]
+        raise ValueError("no decision with features in the time range")
+    scores = []
+    for row in rows:  # the default namespace (features sent flat) is namespace "", as in VW
+        if row["feature"] is None:
+            names = ["" if name == DEFAULT else name for name in row["namespaces"]]
+            scores += [{"namespace": name, "featureName": "", "score": round(row["score"], 1)} for name in names]
+        else:
+            name = "" if row["namespace"] == DEFAULT else row["namespace"]
+            scores.append({"namespace": name, "featureName": row["feature"], "score": round(row["score"], 1)})
+    not_scored = [
+        {
+            "namespace": "" if u["namespace"] == DEFAULT else u["namespace"],
+            "featureName": u["feature"],
+            "reason": u["reason"],
+        }
+        for u in unscored(source, rows)
     ]
-    return {"events": rows[0]["events"], "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"]))}
+    return {
+        "events": max(row.get("events", 0) for row in rows),
+        "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"], s["featureName"])),
+        "notScored": not_scored,
+    }
