@@ -15,6 +15,7 @@ import click
 
 from . import supervisor
 from .errors import StoreUnavailable
+from .evaluation import whatif
 from .evaluation.compare import describe
 from .evaluation.output import write
 from .evaluation.replay import (
@@ -237,6 +238,12 @@ def import_command(file, loop: str | None, config: str | None) -> None:
     show_default=True,
     help="Segments with fewer events are pooled as 'other'.",
 )
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also replay the decisions through these rules (TOML) on top of each policy.",
+)
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--search", "search_seconds", type=click.FloatRange(0), help="Search VW arguments for SECONDS instead.")
@@ -253,6 +260,7 @@ def evaluate_command(
     reference,
     by,
     min_segment_events,
+    rules_path,
     workers,
     search_seconds,
     apply_best,
@@ -272,6 +280,10 @@ def evaluate_command(
     events are pooled as "other". Writes report.json and report.png (with a forest plot of the differences
     per segment) into --output.
 
+    With --rules new-rules.toml, the logged decisions are also replayed through those rules on top of each
+    policy: the share of the new policy's probability on actions never shown (the old rules excluded them, or
+    they had probability 0), its estimate on the rest, and bounds assuming the worst and the best reward there.
+
     With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
     within that time instead, starting with the loop's policy and Personalizer's default; the best (one
     distinguishably better than Online first, then by the lower end of its interval) is printed against Online
@@ -282,6 +294,8 @@ def evaluate_command(
     """
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
+    if rules_path and search_seconds is not None:
+        raise click.UsageError("--rules goes with an evaluation, not with --search")
     if apply_best and (search_seconds is None or path):
         raise click.UsageError("--apply needs --search over a loop's log (not --file)")
     settings = _settings(config)
@@ -289,6 +303,7 @@ def evaluate_command(
         _search(settings, loop, path, start, end, search_seconds, apply_best, workers, output)
         return
     try:
+        new_rules = whatif.load_rules(rules_path) if rules_path else None
         if path:
             source = DsjsonFile(Path(path))
         else:
@@ -306,9 +321,13 @@ def evaluate_command(
                 by=by,
                 min_segment_events=min_segment_events,
             )
+        what_if = whatif.what_if(source, report, new_rules) if new_rules is not None else None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.table())
+    if what_if is not None:
+        click.echo(f"\nunder the rules of {rules_path}:\n" + whatif.table(what_if))
+        report.rules_what_if = {"rules": str(rules_path), **what_if}
     for reason, count in report.skipped.items():
         click.echo(f"skipped {count}: {reason}", err=True)
     json_path, png_path = write(report, output)

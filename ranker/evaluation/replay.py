@@ -345,6 +345,11 @@ class Report:
     slot_data: dict[str, dict[str, LoggedData]] = field(repr=False, default_factory=dict)  # not serialised
     references: list[str] = field(default_factory=list)  # the policies each row's "versus" compares it with
     segments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by --by path: see segments.py
+    # single-slot: each policy's PMF over every kept event's actions, flat, with each event's first index and
+    # count of actions (for rule what-ifs, :mod:`ranker.evaluation.whatif`); not serialised
+    pmfs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    rules_what_if: dict[str, Any] | None = None  # ranker evaluate --rules: :func:`ranker.evaluation.whatif.what_if`
+    starts: np.ndarray | None = field(repr=False, default=None)
     min_segment_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -372,6 +377,7 @@ class Report:
             **multislot,
             "policies": self.policies,
             **({"segments": self.segments, "min_segment_events": self.min_segment_events} if self.segments else {}),
+            **({"rules_what_if": self.rules_what_if} if self.rules_what_if is not None else {}),
             "cumulative": self.cumulative,
         }
 
@@ -508,6 +514,7 @@ def replay(
     vw_pmf = {candidate.name: np.clip(kept(outputs[i][0], counts[i]), 0.0, 1.0) for i, candidate in enumerate(vw)}
 
     policies, data, curves = [], {}, {"ips": {}, "snips": {}}
+    pmfs: dict[str, np.ndarray] = {}
     for candidate in candidates:
         if candidate.arguments is not None:
             pmf = vw_pmf[candidate.name]
@@ -529,6 +536,7 @@ def replay(
             }
         logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=target, **model)
         data[candidate.name] = logged
+        pmfs[candidate.name] = pmf
         policies.append(_row(candidate, _evaluate(logged, alpha, r_min, r_max)))
         checkpoints, curves["ips"][candidate.name], curves["snips"][candidate.name] = _cumulative(logged)
 
@@ -556,6 +564,8 @@ def replay(
         references=references,
         segments=by_segment,
         min_segment_events=min_segment_events,
+        pmfs=pmfs,
+        starts=first,
     )
 
 
