@@ -7,12 +7,14 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from ranker.cli import cli
+from ranker.evaluation import weight_bound
 from ranker.evaluation.replay import BUILT_INS, DsjsonFile, LoopLog, replay
-from ranker.evaluation.whatif import load_rules, what_if
+from ranker.evaluation.whatif import joined_interval, load_rules, what_if
 from ranker.export import export
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
@@ -126,3 +128,26 @@ def test_cli_rules_what_if_and_a_file_without_the_excluded_actions(logged, tmp_p
     assert result.exit_code == 1 and "rules" in result.output and not (tmp_path / "bad").exists()
     source = DsjsonFile(exported)
     assert what["events"] == sum(1 for _ in source.events())
+
+
+@pytest.mark.parametrize("never_shown_reward", [0.0, 0.5, 1.0])
+def test_the_what_if_interval_covers_whatever_the_never_shown_action_earns(never_shown_reward):
+    """The interval's construction (the never-shown mass joins each weight, with the worst or best reward) on
+    simulated logs: uniform logging over 3 of 4 actions in half the contexts, the new policy uniform over 4."""
+    rng = np.random.default_rng(3)
+    contexts, n, replications = 10, 1500, 300
+    click = rng.uniform(0.05, 0.6, (contexts, K))
+    click[:5, 3] = never_shown_reward
+    excluded = np.arange(contexts) < 5
+    mu = np.where(excluded[:, None], [1 / 3, 1 / 3, 1 / 3, 0.0], 0.25)
+    new = np.full((contexts, K), 0.25)
+    truth = float(np.mean(np.sum(new * click, axis=1)))
+    never = np.where(excluded, 0.25, 0.0)
+    hits = 0
+    for _ in range(replications):
+        x = rng.integers(0, contexts, n)
+        a = np.minimum((rng.uniform(size=(n, 1)) > np.cumsum(mu[x], axis=1)).sum(axis=1), K - 1)
+        r = (rng.uniform(size=n) < click[x, a]).astype(float)
+        lower, upper = joined_interval(new[x, a] / mu[x, a], never[x], r, weight_bound(mu[x, a]), 0.0, 1.0)
+        hits += lower <= truth <= upper
+    assert hits / replications >= 0.95

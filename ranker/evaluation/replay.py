@@ -1,5 +1,10 @@
 """Replay candidate policies over logged decisions: what would each have earned? (``ranker evaluate``)
 
+(Longer than the house's ~500 lines: the single- and multi-slot replays share one scan of the source, the VW
+passes and the rows' construction; the report's parts that stand alone live beside it: paired differences in
+:mod:`~ranker.evaluation.compare`, segments in :mod:`~ranker.evaluation.segments`, rule what-ifs in
+:mod:`~ranker.evaluation.whatif`.)
+
 The input is a loop's log over a time range (:class:`LoopLog`, read through the trainer's own join, exactly as
 ``ranker export`` writes it) or a DSJSON file (:class:`DsjsonFile`; both live in :mod:`ranker.export`), taken in
 order: id order for a log (the order decisions were committed in, which the trainer learns in), line order for a

@@ -49,7 +49,7 @@ from ranker.evaluation.intervals import cressie_read_interval
 from ranker.evaluation.replay import DsjsonFile, Event, LoopLog, Report, source_is_multislot
 from ranker.store import Store
 
-__all__ = ["load_rules", "what_if"]
+__all__ = ["joined_interval", "load_rules", "what_if"]
 
 _CALLER = "excludedActions"  # the reason of an action the request itself excluded
 
@@ -151,16 +151,7 @@ def what_if(source: LoopLog | DsjsonFile, report: Report, new_rules: rules.Rules
         weights, mass = new_target[name] / mu, unsupported[name]
         share = float(np.mean(mass))
         supported = float(np.mean(weights * reward))
-        # the never-shown mass joins each event's weight, carrying the worst (or best) reward
-        joined = weights + mass
-        ends = []
-        for assumed, end in ((r_min, 0), (r_max, 1)):
-            rewards = np.divide(
-                weights * reward + mass * assumed, joined, out=np.full_like(joined, assumed), where=joined > 0
-            )
-            rewards = np.clip(rewards, r_min, r_max)  # a weighted mean of values in range; rounding only
-            ends.append(cressie_read_interval(joined, rewards, r_min=r_min, r_max=r_max, w_max=w_max)[end])
-        lower, upper = ends
+        lower, upper = joined_interval(weights, mass, reward, w_max, r_min, r_max)
         policies.append(
             {
                 "policy": name,
@@ -173,6 +164,23 @@ def what_if(source: LoopLog | DsjsonFile, report: Report, new_rules: rules.Rules
             }
         )
     return {"events": len(events), "excluded_known": excluded_known, "policies": policies}
+
+
+def joined_interval(
+    weights: np.ndarray, never_shown: np.ndarray, reward: np.ndarray, w_max: float, r_min: float, r_max: float
+) -> tuple[float, float]:
+    """The 95% interval of a new policy's value whatever its ``never_shown`` mass per event earns: that mass
+    joins each event's weight carrying ``r_min`` for the lower end and ``r_max`` for the upper (module
+    docstring)."""
+    joined = weights + never_shown
+    ends = []
+    for assumed, end in ((r_min, 0), (r_max, 1)):
+        rewards = np.divide(
+            weights * reward + never_shown * assumed, joined, out=np.full_like(joined, assumed), where=joined > 0
+        )
+        rewards = np.clip(rewards, r_min, r_max)  # a weighted mean of values in range; rounding only
+        ends.append(cressie_read_interval(joined, rewards, r_min=r_min, r_max=r_max, w_max=w_max)[end])
+    return ends[0], ends[1]
 
 
 class _Shares:
