@@ -15,6 +15,8 @@ import click
 
 from . import supervisor
 from .errors import StoreUnavailable
+from .evaluation import whatif
+from .evaluation.compare import describe
 from .evaluation.output import write
 from .evaluation.replay import (
     BUILT_INS,
@@ -227,13 +229,43 @@ def import_command(file, loop: str | None, config: str | None) -> None:
     help="Candidate VW arguments, --cb_explore_adf (--ccb_explore_adf for a multi-slot loop) (repeat).",
 )
 @click.option("--no-dr", is_flag=True, help="No reward model: IPS and SNIPS only, one VW pass fewer.")
+@click.option("--reference", help="Also compare every policy with this one (a candidate's name), as with Online.")
+@click.option("--by", "by", multiple=True, help="Also per segment: a dotted path of the logged context (repeat).")
+@click.option(
+    "--min-segment-events",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Segments with fewer events are pooled as 'other'.",
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also replay the decisions through these rules (TOML) on top of each policy.",
+)
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--search", "search_seconds", type=click.FloatRange(0), help="Search VW arguments for SECONDS instead.")
 @click.option("--apply", "apply_best", is_flag=True, help="With --search: make the best the loop's policy.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def evaluate_command(
-    loop, path, start, end, policies, arguments, no_dr, workers, search_seconds, apply_best, output, config
+    loop,
+    path,
+    start,
+    end,
+    policies,
+    arguments,
+    no_dr,
+    reference,
+    by,
+    min_segment_events,
+    rules_path,
+    workers,
+    search_seconds,
+    apply_best,
+    output,
+    config,
 ) -> None:
     """Replay candidate policies over a loop's log or a DSJSON file and estimate each one's reward.
 
@@ -241,17 +273,29 @@ def evaluate_command(
     and Random always run, with the policy files (default: every one in policies_dir of the source's kind,
     single- or multi-slot) and --arguments.
     Prints IPS, SNIPS, DR and the 95% Cressie-Read interval (for a multi-slot loop: per slot and overall,
-    without DR), and writes report.json and report.png into --output.
+    without DR), and for each policy its paired difference with Online (and with --reference): the estimate,
+    its 95% interval, better / worse / not distinguishable, and about how many more events would settle it.
+    With --by account.plan (any dotted path of the logged context; repeat for more), also one row per policy
+    and segment value, with its own interval and differences; segments of fewer than --min-segment-events
+    events are pooled as "other". Writes report.json and report.png (with a forest plot of the differences
+    per segment) into --output.
+
+    With --rules new-rules.toml, the logged decisions are also replayed through those rules on top of each
+    policy: the share of the new policy's probability on actions never shown (the old rules excluded them, or
+    they had probability 0), its estimate on the rest, and bounds assuming the worst and the best reward there.
 
     With --search SECONDS, VW arguments (interactions, -l, --power_t, --cb_type, exploration) are searched
-    within that time instead, starting with the loop's policy and Personalizer's default; the best by the
-    lower end of its interval is printed against Online and written to search.json; --apply makes it the
-    loop's policy (as PUT configurations/policy does: the model is reset and retrained from the log).
+    within that time instead, starting with the loop's policy and Personalizer's default; the best (one
+    distinguishably better than Online first, then by the lower end of its interval) is printed against Online
+    and written to search.json; --apply makes it the loop's policy (as PUT configurations/policy does: the
+    model is reset and retrained from the log).
 
     Example: ranker evaluate --loop cards --from 2030-01-01 --policy default --arguments "--cb_explore_adf --squarecb"
     """
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
+    if rules_path and search_seconds is not None:
+        raise click.UsageError("--rules goes with an evaluation, not with --search")
     if apply_best and (search_seconds is None or path):
         raise click.UsageError("--apply needs --search over a loop's log (not --file)")
     settings = _settings(config)
@@ -259,6 +303,7 @@ def evaluate_command(
         _search(settings, loop, path, start, end, search_seconds, apply_best, workers, output)
         return
     try:
+        new_rules = whatif.load_rules(rules_path) if rules_path else None
         if path:
             source = DsjsonFile(Path(path))
         else:
@@ -272,10 +317,17 @@ def evaluate_command(
                 reward_model=None if no_dr else DEFAULT_REWARD_MODEL,
                 workers=workers,
                 progress=bar.update,
+                reference=reference,
+                by=by,
+                min_segment_events=min_segment_events,
             )
+        what_if = whatif.what_if(source, report, new_rules) if new_rules is not None else None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.table())
+    if what_if is not None:
+        click.echo(f"\nunder the rules of {rules_path}:\n" + whatif.table(what_if))
+        report.rules_what_if = {"rules": str(rules_path), **what_if}
     for reason, count in report.skipped.items():
         click.echo(f"skipped {count}: {reason}", err=True)
     json_path, png_path = write(report, output)
@@ -301,6 +353,7 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
         lo, hi = row["interval"]
         snips = "-" if row["snips"] is None else f"{row['snips']:.4f}"
         click.echo(f"{label:7} SNIPS {snips}  interval [{lo:.4f}, {hi:.4f}]  {row['arguments'] or ''}")
+    click.echo(f"best - Online: {describe(result.improvement.get('versus_online'))}")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -323,11 +376,13 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
 def importance_command(loop, path, start, end, arguments, features, output, config) -> None:
     """Score each namespace (and with --features each feature) 0-100 by the estimated reward lost without it.
 
-    100: without it the model does no better than choosing at random; 0: nothing is lost.
+    100: without it the model does no better than choosing at random; 0: nothing is lost. Features sent
+    flat (outside any namespace) are scored as the namespace (default) and one by one; what could not be
+    scored on its own (the action id feature; namespaces sharing a first character) is listed with the reason.
 
     Example: ranker importance --loop cards --features -o importance.json
     """
-    from .evaluation.importance import importance
+    from .evaluation.importance import importance, unscored
 
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
@@ -341,6 +396,9 @@ def importance_command(loop, path, start, end, arguments, features, output, conf
     for row in rows:
         part = row["namespace"] + (f".{row['feature']}" if row["feature"] else "")
         click.echo(f"{row['score']:6.1f}  {part}  (SNIPS {row['estimate']:.4f} without, {row['full']:.4f} with)")
+    for missing in unscored(source, rows):
+        part = missing["namespace"] + (f".{missing['feature']}" if missing["feature"] else "")
+        click.echo(f"not scored on its own: {part} ({missing['reason']})")
     if output is not None:
         json.dump(rows, output, indent=2)
 

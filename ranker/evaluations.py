@@ -5,7 +5,11 @@
 for a multi-slot loop: the loop's kind, else 400 ``InvalidPolicyConfiguration``) are replayed over the log
 with :func:`ranker.evaluation.replay.replay`, beside ``Online`` (what was served), ``Baseline`` (the first action)
 and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate and its ``confidenceInterval`` the
-95% Cressie-Read interval ``[lower, upper]``. With ``enablePolicyOptimization`` the job first runs
+95% Cressie-Read interval ``[lower, upper]``; ``summary.comparisons`` (an extension of Personalizer's shape)
+lists, per reference (Online and Baseline), the policy's paired difference with it on the same events
+(:func:`ranker.evaluation.compare.paired_difference`): ``difference``, ``confidenceInterval``, ``verdict``
+(better, worse, not distinguishable) and ``moreEvents``; ``optimalPolicy`` prefers a policy distinguishably
+better than Online, then the highest lower end. With ``enablePolicyOptimization`` the job first runs
 :func:`ranker.evaluation.search.search` over the same decisions for ``policy_optimization_seconds`` and replays
 the best arguments it found as one more policy (``policySource`` ``OfflineExperimentation``, Personalizer's
 name for it). ``POST configurations/applyFromEvaluation`` makes a policy of a finished evaluation (the
@@ -22,8 +26,10 @@ of the logged features (the context's, the actions' and a multi-slot loop's slot
 ignoring it (VW's ``--ignore``, which goes by the namespace's first character, so namespaces sharing one are
 left out together). A namespace scores ``clip(100 (R - R_) / (R - R0), 0, 100)``, as ``ranker importance``
 does: R the SNIPS estimate of the policy with every feature, R_ without the namespace, R0 uniform random (all
-score 0 when R does not beat R0). Features outside any namespace (such as each action's ``id``) stay in every
-replay and are not scored.
+score 0 when R does not beat R0). Features sent flat, outside any namespace (VW's default namespace), are
+scored with ``namespace`` ``""``: together (``featureName`` ``""``) and one by one, by replaying records
+rewritten without them. Each action's ``id`` feature stays in every replay; ``notScored`` (an extension)
+lists it, and anything else not scored on its own, with the reason.
 
 Jobs are rows of ``jobs``, run by :mod:`ranker.evaluation.jobs` in the trainer process.
 """
@@ -196,6 +202,7 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
     elif result:
         body["description"] = f"{result['events']} events replayed"
         body["featureScores"] = result["featureScores"]
+        body["notScored"] = result.get("notScored", [])
     return body
 
 

@@ -83,6 +83,17 @@ def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
     assert [line.split()[0] for line in table[1:5]] == ["Online", "Baseline", "Random", "default"]
     assert (report / "report.json").exists()
     assert runner.invoke(cli, ["export", "--loop", "nope"]).exit_code == 1
+    # each policy against Online and a reference, on the same events: 6 events settle nothing
+    result = runner.invoke(cli, [*args, "--reference", "Baseline"])
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("policy") :].splitlines()
+    assert table[0].split()[-4:] == ["vs", "Online", "vs", "Baseline"]
+    assert "not distinguishable (~" in table[4]
+    body = json.loads((report / "report.json").read_text())
+    assert body["references"] == ["Online", "Baseline"]
+    assert set(body["policies"][3]["versus"]) == {"Online", "Baseline"}
+    result = runner.invoke(cli, [*args, "--reference", "nobody"])
+    assert result.exit_code == 1 and "the reference 'nobody' is not a candidate" in result.output
 
     refused = "--cb_explore_adf --softmax --squarecb"  # two exploration algorithms
     for workers in ("1", "2"):
@@ -125,6 +136,8 @@ def test_search_and_importance_over_a_file(runner, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     found = json.loads((tmp_path / "search.json").read_text())
     assert found["tried"] >= 3 and found["best"]["arguments"].startswith("--cb_explore_adf")
+    assert found["improvement"]["versus_online"]["verdict"] in ("better", "worse", "not distinguishable")
+    assert "best - Online: " in result.output
     assert runner.invoke(cli, ["evaluate", "--file", vw_file, "--search", "0", "--apply"]).exit_code == 2
 
     result = runner.invoke(cli, ["importance", "--file", vw_file, "-o", str(tmp_path / "rows.json")])

@@ -28,6 +28,7 @@ from ranker.evaluation import (
     f_one_isf,
     gaussian_interval,
     normal_quantile,
+    weight_bound,
 )
 
 REWARD = [1.0, 0.0, -1.0, 0.5, 0.0, 1.0, -0.25]
@@ -442,12 +443,16 @@ def simulated_world(truth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def coverage(truth: float, n: int, replications: int, signed: bool = False) -> dict[str, float]:
+    """Share of replications whose 95% interval covers the truth, per method, and (``width_*``) mean widths of
+    the Cressie-Read interval with the weight bound of the data (``1 / min μ``, what a replay uses) and without."""
     logging, target, click = simulated_world(truth)
     w_max = float(np.max(target / logging))
     r_min = -1.0 if signed else 0.0
     true_value = 2 * truth - 1 if signed else truth
     rng = np.random.default_rng(7)
-    hits = {"cressie_read": 0, "gaussian_ips": 0, "gaussian_snips": 0}
+    hits = {"cressie_read": 0, "cressie_read_data_bound": 0, "cressie_read_unbounded": 0}
+    hits |= {"gaussian_ips": 0, "gaussian_snips": 0}
+    widths = {"width_data_bound": 0.0, "width_unbounded": 0.0}
     for _ in range(replications):
         contexts = rng.integers(0, CONTEXTS, size=n)
         actions = (rng.uniform(size=(n, 1)) > np.cumsum(logging[contexts], axis=1)).sum(axis=1)
@@ -459,10 +464,14 @@ def coverage(truth: float, n: int, replications: int, signed: bool = False) -> d
         )
         lower, upper = cressie_read_interval(data.weights, data.reward, r_min=r_min, r_max=1.0, w_max=w_max)
         hits["cressie_read"] += lower <= true_value <= upper
+        for name, bound in (("data_bound", weight_bound(data.logged_probability)), ("unbounded", math.inf)):
+            lower, upper = cressie_read_interval(data.weights, data.reward, r_min=r_min, r_max=1.0, w_max=bound)
+            hits[f"cressie_read_{name}"] += lower <= true_value <= upper
+            widths[f"width_{name}"] += (upper - lower) / replications
         for name, estimator in (("gaussian_ips", IPS()), ("gaussian_snips", SNIPS())):
             interval = estimator.gaussian_interval(data)
             hits[name] += interval is not None and interval[0] <= true_value <= interval[1]
-    return {name: count / replications for name, count in hits.items()}
+    return {name: count / replications for name, count in hits.items()} | widths
 
 
 @pytest.mark.parametrize(
@@ -474,8 +483,21 @@ def test_cressie_read_interval_covers_the_truth(case, truth, n, signed, record_p
     record_property("coverage", observed)
     print(f"\n95% interval coverage, {case} (truth {truth}, n={n}, 500 replications): {observed}")
     assert observed["cressie_read"] >= 0.93
+    # the bound a replay takes from the data (1 / min logged probability) keeps the coverage, and narrows the
+    # interval w_max = inf gives
+    assert observed["cressie_read_data_bound"] >= 0.93
+    assert observed["width_data_bound"] < observed["width_unbounded"]
     if case == "rare":
         # with a few dozen rewarded events the normal approximation is far too narrow
         assert observed["gaussian_ips"] < 0.9
         assert observed["gaussian_snips"] < 0.9
         assert observed["cressie_read"] > observed["gaussian_ips"] + 0.1
+        # rare rewards are where the unbounded interval's upper end is widest (the fake point's mass at r_max)
+        assert observed["width_data_bound"] < 0.75 * observed["width_unbounded"]
+
+
+def test_the_weight_bound_is_one_over_the_smallest_logged_probability() -> None:
+    assert weight_bound([0.5, 0.05, 0.9]) == pytest.approx(20.0)
+    assert weight_bound([1.0, 1.0]) == math.inf  # no bound above 1: the interval needs w_max > 1
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        weight_bound([0.0, 0.5])

@@ -117,6 +117,15 @@ def test_an_evaluation_runs_reports_each_policy_and_its_policy_can_be_applied(lo
     served = [v for v in evaluation["content"]["value"] if v["name"] == "Online" and not v["slotId"]][0]
     assert learned["summary"]["confidenceInterval"][0] > served["summary"]["confidenceInterval"][0]
     assert evaluation["optimalPolicy"] == "learner"
+    # is it better? each policy's paired difference with Online and with Baseline, on the same events
+    comparisons = {c["reference"]: c for c in learned["summary"]["comparisons"]}
+    assert set(comparisons) == {"Online", "Baseline"}
+    assert comparisons["Online"]["verdict"] == "better" and comparisons["Online"]["moreEvents"] == 0
+    lower, upper = comparisons["Online"]["confidenceInterval"]
+    assert 0 < lower <= comparisons["Online"]["difference"] <= upper
+    random_row = policies["Random"]["summary"]["comparisons"]
+    assert [c["reference"] for c in random_row] == ["Online", "Baseline"]
+    assert [c["reference"] for c in served["summary"]["comparisons"]] == ["Baseline"]
 
     listed = client.get(f"{V1}/evaluations", headers=ADMIN).get_json()["value"]
     assert [(e["id"], e["status"]) for e in listed] == [("ev1", "Succeeded")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -18,7 +19,8 @@ import pytest
 import vowpalwabbit
 
 from ranker import dsjson
-from ranker.evaluation import scheduling
+from ranker.evaluation import cressie_read_interval, scheduling
+from ranker.evaluation.compare import paired_difference
 from ranker.evaluation.learners import Learners
 from ranker.evaluation.output import write
 from ranker.evaluation.replay import (
@@ -192,6 +194,41 @@ def test_a_learning_candidate_beats_random_and_the_estimates_cover_the_truth(wor
             lo, hi = rows[name]["gaussian_interval"][estimator]
             assert abs(rows[name][estimator] - value) <= 3 * (hi - lo) / (2 * 1.96), (name, estimator, value)
     assert rows["learner"]["dr"] > 0.6
+
+
+def test_intervals_use_the_known_weight_bound_and_are_narrower_for_it(report):
+    narrowed = []
+    for row in report.policies:
+        data = report.data[row["policy"]]
+        bound = 1 / float(np.min(data.logged_probability))  # a target probability is at most 1
+        assert row["w_max"] == pytest.approx(bound)
+        lower, upper = cressie_read_interval(data.weights, data.reward, r_min=0.0, r_max=1.0, w_max=bound)
+        assert row["interval"] == [lower, upper]
+        if np.mean(data.weights) < 1:  # mass the logged actions miss: the unseen point takes w_max, not infinity
+            lower, upper = cressie_read_interval(data.weights, data.reward, r_min=0.0, r_max=1.0, w_max=math.inf)
+            assert lower <= row["interval"][0] and row["interval"][1] <= upper
+            assert row["interval"][1] - row["interval"][0] < 0.7 * (upper - lower)
+            narrowed.append(row["policy"])
+    assert narrowed == ["Baseline"]
+
+
+def test_each_policy_is_compared_with_online_and_a_reference_on_the_same_events(world, report):
+    rows = {row["policy"]: row for row in report.policies}
+    # the learner is better than what was served, Random worse (truth: 0.77 at best, 0.24, and Online 0.44)
+    assert rows["learner"]["versus"]["Online"]["verdict"] == "better"
+    assert rows["Random"]["versus"]["Online"]["verdict"] == "worse"
+    assert rows["Online"]["versus"] == {} and report.references == ["Online"]
+    expected = paired_difference(report.data["learner"], report.data["Online"], r_min=0.0, r_max=1.0)
+    assert rows["learner"]["versus"]["Online"] == expected
+    table = report.table().splitlines()
+    assert table[0].split()[-2:] == ["vs", "Online"] and table[4].endswith("better")
+
+    against = replay(world.log(), [*BUILT_INS, LEARNER], reward_model=None, reference="Random")
+    rows = {row["policy"]: row for row in against.policies}
+    assert against.references == ["Online", "Random"] and set(rows["learner"]["versus"]) == {"Online", "Random"}
+    assert rows["learner"]["versus"]["Random"]["verdict"] == "better" and rows["Random"]["versus"].keys() == {"Online"}
+    with pytest.raises(ValueError, match="reference 'Nobody' is not a candidate"):
+        replay(world.log(), BUILT_INS, reference="Nobody")
 
 
 def test_a_dsjson_file_replays_as_the_loop_it_was_exported_from(world, report, tmp_path):

@@ -294,6 +294,10 @@ def test_online_ips_of_each_slot_is_its_mean_logged_reward(world, report):
         lo, hi = online["slots"][slot]["interval"]
         assert lo < mean < hi
     assert online["ips"] == pytest.approx(np.mean([p["reward"] for p in pairs]), abs=1e-12)
+    # each slot's interval is bounded by its own weight bound: 1 / the smallest product of logged probabilities
+    for slot, data in report.slot_data["learner"].items():
+        assert report.policies[3]["slots"][slot]["w_max"] == pytest.approx(1 / np.min(data.logged_probability))
+    assert report.policies[3]["w_max"] == max(row["w_max"] for row in report.policies[3]["slots"].values())
     # lower slots are clicked less, as the world says
     assert online["slots"]["top"]["ips"] > online["slots"]["side"]["ips"] > online["slots"]["bottom"]["ips"]
 
@@ -305,6 +309,18 @@ def prefix_products(pairs: list[dict], value) -> list[float]:
         earlier = out[-1] if i and pairs[i - 1]["event"] == pair["event"] else 1.0
         out.append(earlier * value(pair))
     return out
+
+
+def test_segments_of_a_multislot_source_hold_the_pairs_of_their_events(world, report):
+    by_segment = replay(world.log(), BUILT_INS, by=["user.segment"], min_segment_events=1)
+    segments = by_segment.segments["user.segment"]
+    assert sum(s["events"] for s in segments) == by_segment.events
+    assert sum(s["samples"] for s in segments) == by_segment.samples
+    for segment in segments:
+        online = segment["policies"][0]
+        assert online["policy"] == "Online" and online["n"] == segment["samples"]
+        rewards = [p["reward"] for p in world.pairs() if f"s{p['segment']}" == segment["segment"]]
+        assert online["ips"] == pytest.approx(np.mean(rewards), abs=1e-12)
 
 
 def test_baseline_and_random_are_the_slots_baseline_and_a_uniform_choice_among_its_candidates(world, report):
@@ -424,8 +440,16 @@ def test_report_json_table_and_cumulative_curves(world, report, tmp_path):
     assert curve["slots"]["side"]["ips"]["Online"][0] == world.rewards[first]["side"]  # weight 1: the reward
 
     table = report.table().splitlines()
-    assert table[0].split() == ["policy", "slot", "n", "IPS", "SNIPS", "95%", "interval"]
+    assert table[0].split() == ["policy", "slot", "n", "IPS", "SNIPS", "95%", "interval", "vs", "Online"]
     assert len(table) == 1 + 4 * 4  # each policy: overall, then top, side and bottom
+    # each row's paired difference with Online, per slot too: in the top slot, where the world's preferences are
+    # sharpest, the learner (trained) beats a fresh model's serving and Random is worse
+    learner, random_row = report.policies[3], report.policies[2]
+    assert learner["slots"]["top"]["versus"]["Online"]["verdict"] == "better"
+    assert random_row["slots"]["top"]["versus"]["Online"]["verdict"] == "worse"
+    assert random_row["versus"]["Online"]["interval"][1] < 0
+    assert report.policies[0]["versus"] == {} and table[1].rstrip().endswith("-")
+    assert table[14].split()[:2] == ["top", "1500"] and table[14].endswith("better")
     assert table[1].split()[:3] == ["Online", "overall", str(report.samples)]
     assert table[2].split()[:2] == ["top", str(EVENTS)]
 

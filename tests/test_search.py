@@ -14,7 +14,7 @@ import vowpalwabbit
 
 from ranker.evaluation.importance import importance
 from ranker.evaluation.replay import LoopLog
-from ranker.evaluation.search import PERSONALIZER_DEFAULT, graduation, search
+from ranker.evaluation.search import PERSONALIZER_DEFAULT, _score, graduation, search
 from ranker.schemas import RankRequest
 from ranker.service import Service, timestamp
 from ranker.settings import load_settings
@@ -83,14 +83,26 @@ def test_search_finds_a_policy_that_beats_online_within_the_budget(log):
     assert result.seconds < 6 + 3  # the last batch was sized to end within the budget (noisy machine: slack)
     tried = {row["arguments"] for row in result.rows}
     assert {CURRENT, PERSONALIZER_DEFAULT} <= tried
-    # the best is chosen by its lower bound, and it clearly beats what was logged (close to chance, 0.24)
-    assert result.best_row["interval"][0] == max(row["interval"][0] for row in result.rows)
+    # the best is distinguishably better than what was logged (close to chance, 0.24), and has the highest lower
+    # bound of those that are
+    better = [row for row in result.rows if row["versus"]["Online"]["verdict"] == "better"]
+    assert result.improvement["versus_online"]["verdict"] == "better"
+    assert result.best_row["interval"][0] == max(row["interval"][0] for row in better)
     assert result.best_row["interval"][0] > result.online["interval"][1]
     assert result.best_row["snips"] > 0.5 > 0.35 > result.online["snips"]
     assert result.improvement["lower_bound"] > 0
     assert set(result.best) == {"name", "arguments"} and result.best["arguments"] == result.best_row["arguments"]
     assert vw_accepts(result.best["arguments"], log)
     json.dumps(result.to_dict())
+
+
+def test_search_prefers_a_distinguishably_better_candidate_to_a_merely_higher_lower_end():
+    def row(name: str, lower: float, verdict: str) -> dict:
+        versus = {"Online": {"verdict": verdict}}
+        return {"policy": name, "interval": [lower, lower + 0.2], "snips": lower + 0.1, "versus": versus}
+
+    rows = [row("wide", 0.40, "not distinguishable"), row("sure", 0.35, "better"), row("low", 0.1, "worse")]
+    assert [r["policy"] for r in sorted(rows, key=_score, reverse=True)] == ["sure", "wide", "low"]
 
 
 def test_a_zero_budget_replays_only_the_current_policy_and_the_defaults(log):

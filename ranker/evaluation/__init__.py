@@ -11,7 +11,7 @@ empirical-likelihood interval as the primary confidence interval::
     table["snips"]["estimate"], table["snips"]["interval"]
 """
 
-from ranker.evaluation.estimators import DM, DR, IPS, SNIPS, CressieRead, Estimator, LoggedData, evaluate
+from ranker.evaluation.estimators import DM, DR, IPS, SNIPS, CressieRead, Estimator, LoggedData, evaluate, weight_bound
 from ranker.evaluation.intervals import cressie_read_interval, f_one_isf, gaussian_interval, normal_quantile
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "f_one_isf",
     "gaussian_interval",
     "normal_quantile",
+    "weight_bound",
 ]

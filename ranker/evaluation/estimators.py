@@ -30,6 +30,7 @@ __all__ = [
     "Estimator",
     "LoggedData",
     "evaluate",
+    "weight_bound",
 ]
 
 
@@ -254,6 +255,22 @@ class CressieRead(Estimator):
         missing = max(0.0, 1.0 - float(np.sum(q * w)))
         value = float(np.sum(q * w * r)) + missing * float(np.mean(r))
         return min(self.r_max, max(self.r_min, value))
+
+
+def weight_bound(logged_probability: npt.ArrayLike) -> float:
+    """The importance weight's known bound ``w_max = 1 / min μ_i`` over the logged probabilities given.
+
+    A target probability is at most 1, so ``w = π/μ ≤ 1/μ``; over the events evaluated (for a multi-slot slot:
+    the products of the logged probabilities used there) no weight exceeds ``1 / min μ``. The Cressie-Read
+    interval with this bound instead of ``w_max = ∞`` is narrower with the same guarantee, as long as the events
+    evaluated show the logging policy's smallest probability (epsilon-greedy or softmax logging does, many times
+    over). Returns ``inf`` when every μ is 1 (no bound above 1 exists then: the interval needs ``w_max > 1``).
+    """
+    smallest = float(np.min(np.asarray(logged_probability, dtype=float)))
+    if not 0.0 < smallest <= 1.0:
+        raise ValueError("logged probabilities must be in (0, 1]")
+    bound = 1.0 / smallest
+    return bound if bound > 1.0 + 1e-12 else math.inf
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -13,7 +13,8 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from ranker.evaluation.importance import importance
+from ranker.evaluation.compare import BETTER
+from ranker.evaluation.importance import DEFAULT, importance, unscored
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
 from ranker.settings import Settings
@@ -90,7 +91,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     if optimized is not None:
         policies.append(optimized)
     custom = [Candidate(p["name"], p["arguments"]) for p in policies]
-    report = replay(source, [*BUILT_INS, *custom])
+    report = replay(source, [*BUILT_INS, *custom], reference=BASELINE)
     arguments = {p["name"]: p["arguments"] for p in policies}
     arguments[ONLINE] = definition["online"]["arguments"]
     sources = {**SOURCES, **({optimized["name"]: OPTIMIZED} if optimized else {})}
@@ -111,6 +112,16 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
                 "ips": row["ips"],
                 "snips": row["snips"],
                 "dr": row["dr"],
+                "comparisons": [
+                    {
+                        "reference": reference,
+                        "difference": difference["estimate"],
+                        "confidenceInterval": difference["interval"],
+                        "verdict": difference["verdict"],
+                        "moreEvents": difference["more_events"],
+                    }
+                    for reference, difference in row["versus"].items()
+                ],
             },
             "timeseries": {
                 "data": [
@@ -128,7 +139,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
             for slot_id, slot_row in row["slots"].items():
                 value.append(result(name, slot_id, slot_row, report.cumulative["slots"][slot_id]["ips"][name]))
     choices = [v for v in value if v["name"] not in (BASELINE, RANDOM) and not v["slotId"]]
-    best = max(choices, key=lambda v: v["summary"]["confidenceInterval"][0])
+    best = max(choices, key=_preference)
     return {
         "events": report.events,
         "skipped": report.skipped,
@@ -138,13 +149,35 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     }
 
 
+def _preference(value: dict[str, Any]) -> tuple[bool, float]:
+    """Distinguishably better than Online first, then the higher lower end of the interval."""
+    better = any(c["reference"] == ONLINE and c["verdict"] == BETTER for c in value["summary"]["comparisons"])
+    return (better, value["summary"]["confidenceInterval"][0])
+
+
 def _importance(settings: Settings, loop: str, definition: dict[str, Any]) -> dict[str, Any]:
-    rows = importance(_source(settings, loop, definition), definition["online"]["learning"])
+    source = _source(settings, loop, definition)
+    rows = importance(source, definition["online"]["learning"])
     if not rows:
-        raise ValueError("no decision with namespaced features in the time range")
-    scores = [
-        {"namespace": name, "featureName": "", "score": round(row["score"], 1)}
-        for row in rows
-        for name in row["namespaces"]
+        raise ValueError("no decision with features in the time range")
+    scores = []
+    for row in rows:  # the default namespace (features sent flat) is namespace "", as in VW
+        if row["feature"] is None:
+            names = ["" if name == DEFAULT else name for name in row["namespaces"]]
+            scores += [{"namespace": name, "featureName": "", "score": round(row["score"], 1)} for name in names]
+        else:
+            name = "" if row["namespace"] == DEFAULT else row["namespace"]
+            scores.append({"namespace": name, "featureName": row["feature"], "score": round(row["score"], 1)})
+    not_scored = [
+        {
+            "namespace": "" if u["namespace"] == DEFAULT else u["namespace"],
+            "featureName": u["feature"],
+            "reason": u["reason"],
+        }
+        for u in unscored(source, rows)
     ]
-    return {"events": rows[0]["events"], "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"]))}
+    return {
+        "events": max(row.get("events", 0) for row in rows),
+        "featureScores": sorted(scores, key=lambda s: (-s["score"], s["namespace"], s["featureName"])),
+        "notScored": not_scored,
+    }

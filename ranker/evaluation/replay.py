@@ -1,5 +1,10 @@
 """Replay candidate policies over logged decisions: what would each have earned? (``ranker evaluate``)
 
+(Longer than the house's ~500 lines: the single- and multi-slot replays share one scan of the source, the VW
+passes and the rows' construction; the report's parts that stand alone live beside it: paired differences in
+:mod:`~ranker.evaluation.compare`, segments in :mod:`~ranker.evaluation.segments`, rule what-ifs in
+:mod:`~ranker.evaluation.whatif`.)
+
 The input is a loop's log over a time range (:class:`LoopLog`, read through the trainer's own join, exactly as
 ``ranker export`` writes it) or a DSJSON file (:class:`DsjsonFile`; both live in :mod:`ranker.export`), taken in
 order: id order for a log (the order decisions were committed in, which the trainer learns in), line order for a
@@ -19,7 +24,10 @@ Candidates:
 - ``Random``: uniform over the K eligible actions: 1/K.
 
 Each policy's events become one :class:`~ranker.evaluation.LoggedData` and go through
-:func:`~ranker.evaluation.evaluate` (IPS, SNIPS, the Cressie-Read estimate and its interval, the primary one).
+:func:`~ranker.evaluation.evaluate` (IPS, SNIPS, the Cressie-Read estimate and its interval, the primary one),
+with the importance weight's known bound ``w_max = 1 / min μ`` over those events
+(:func:`~ranker.evaluation.weight_bound`; per slot for a multi-slot source, over the products of logged
+probabilities used there), reported as each row's ``"w_max"`` (None: no bound, every μ was 1).
 With a reward model (default ``--cb_adf --cb_type mtr -q ::``, VW's importance-weighted regression of each
 action's cost, trained progressively on the same lines; its predictions negated and clipped to the reward range),
 DM and DR are added: r̂(x, a) for every action gives r̂_π = Σ_a π(a|x) r̂(x, a) for each policy and
@@ -86,8 +94,9 @@ import numpy as np
 
 from ranker import vwoptions
 from ranker.engine import IO_OPTIONS, drop_options, is_multislot
-from ranker.evaluation import scheduling
-from ranker.evaluation.estimators import LoggedData, evaluate
+from ranker.evaluation import scheduling, segments
+from ranker.evaluation.compare import compare, describe
+from ranker.evaluation.estimators import LoggedData, evaluate, weight_bound
 from ranker.evaluation.learners import Chosen, Learners, Worker
 from ranker.export import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped
 from ranker.settings import POLICY_KINDS, Policy, Settings, policy_kind
@@ -182,6 +191,7 @@ class _Skips:
 
     skipped: dict[str, int] = field(default_factory=dict)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    segments: list[tuple[str, ...]] = field(default_factory=list)  # each event's values at the --by paths
 
     def skip(self, skipped: Skipped) -> None:
         self.skipped[skipped.reason] = self.skipped.get(skipped.reason, 0) + 1
@@ -254,6 +264,7 @@ def _passes(
     workers: int,
     progress: Callable[[int], None] | None,
     multislot: bool = False,
+    by: Sequence[str] = (),
 ) -> tuple[Any, list[tuple[array, array]]]:
     """Read the source once, keep what the built-ins need (a :class:`_Scan`, or a :class:`_SlotScan` for a
     multi-slot source), and have every VW workspace learn exactly the lines of the events kept: here, or shared
@@ -286,6 +297,8 @@ def _passes(
                 scan.skip(event if type(event) is Skipped else Skipped(0, "other_kind"))
                 continue
             scan.add(event)  # type: ignore[arg-type]
+            if by:
+                scan.segments.append(segments.segment_values(event.line, by))
             chunk.append(event.line)
             chosen.append([slot.chosen for slot in event.slots] if multislot else event.chosen)  # type: ignore[union-attr]
             if len(chunk) == CHUNK:
@@ -335,6 +348,14 @@ class Report:
     slots: list[str] = field(default_factory=list)
     slots_not_reported: int = 0  # slot ids past MAX_SLOT_ROWS: in the overall rows only
     slot_data: dict[str, dict[str, LoggedData]] = field(repr=False, default_factory=dict)  # not serialised
+    references: list[str] = field(default_factory=list)  # the policies each row's "versus" compares it with
+    segments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by --by path: see segments.py
+    # single-slot: each policy's PMF over every kept event's actions, flat, with each event's first index and
+    # count of actions (for rule what-ifs, :mod:`ranker.evaluation.whatif`); not serialised
+    pmfs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    rules_what_if: dict[str, Any] | None = None  # ranker evaluate --rules: :func:`ranker.evaluation.whatif.what_if`
+    starts: np.ndarray | None = field(repr=False, default=None)
+    min_segment_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         multislot = (
@@ -354,30 +375,39 @@ class Report:
             "errors": [{"line": line, "error": error} for line, error in self.errors],
             "reward_range": list(self.reward_range),
             "alpha": self.alpha,
+            "references": self.references,
             "reward_model": self.reward_model,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events / self.seconds) if self.seconds > 0 else None,
             **multislot,
             "policies": self.policies,
+            **({"segments": self.segments, "min_segment_events": self.min_segment_events} if self.segments else {}),
+            **({"rules_what_if": self.rules_what_if} if self.rules_what_if is not None else {}),
             "cumulative": self.cumulative,
         }
 
     def table(self) -> str:
-        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval. For a multi-slot source:
-        policy, slot (each policy's overall row, then one per slot), n, IPS, SNIPS and the interval."""
+        """The terminal table: policy, n, IPS, SNIPS, DR and the Cressie-Read interval, then per reference the
+        paired difference with its interval and verdict. For a multi-slot source: policy, slot (each policy's
+        overall row, then one per slot), n, IPS, SNIPS, the interval and the differences."""
         level = f"{100 * (1 - self.alpha):g}% interval"
         rows: list[tuple[str, ...]] = []
+        versus = tuple(f"vs {reference}" for reference in self.references)
+
+        def differences(values: dict[str, Any]) -> tuple[str, ...]:
+            return tuple(describe(values.get("versus", {}).get(reference)) for reference in self.references)
+
         if self.multislot:
-            rows.append(("policy", "slot", "n", "IPS", "SNIPS", level))
+            rows.append(("policy", "slot", "n", "IPS", "SNIPS", level, *versus))
             for row in self.policies:
                 for name, slot, values in [(row["policy"], OVERALL, row)] + [
                     ("", slot, values) for slot, values in row["slots"].items()
                 ]:
                     lo, hi = values["interval"]
                     cells = (str(values["n"]), _fmt(values["ips"]), _fmt(values["snips"]), f"[{_fmt(lo)}, {_fmt(hi)}]")
-                    rows.append((name, slot, *cells))
+                    rows.append((name, slot, *cells, *differences(values)))
         else:
-            rows.append(("policy", "n", "IPS", "SNIPS", "DR", level))
+            rows.append(("policy", "n", "IPS", "SNIPS", "DR", level, *versus))
             for row in self.policies:
                 lo, hi = row["interval"]
                 rows.append(
@@ -388,17 +418,22 @@ class Report:
                         _fmt(row["snips"]),
                         _fmt(row["dr"]),
                         f"[{_fmt(lo)}, {_fmt(hi)}]",
+                        *differences(row),
                     )
                 )
         text_columns = 2 if self.multislot else 1
+        first_versus = len(rows[0]) - len(versus)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        return "\n".join(
+        text = "\n".join(
             "  ".join(
-                cell.ljust(w) if i < text_columns else cell.rjust(w)
+                cell.ljust(w) if i < text_columns or i >= first_versus else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
+            ).rstrip()
             for row in rows
         )
+        if self.segments:  # then one block per --by path
+            text += "\n\n" + segments.table(self.segments, self.policies, self.references, self.alpha)
+        return text
 
 
 def _fmt(value: float | None) -> str:
@@ -414,6 +449,9 @@ def replay(
     alpha: float = 0.05,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    reference: str | None = None,
+    by: Sequence[str] = (),
+    min_segment_events: int = 100,
 ) -> Report:
     """Replay ``candidates`` over ``source`` (see the module docstring) and estimate each one's expected reward.
 
@@ -423,10 +461,25 @@ def replay(
     ``progress`` is called with the number of events read since its last call. Raises :class:`ValueError` when
     no event is left to evaluate, and when a VW candidate is not of the source's kind (single- or multi-slot).
     ``reward_model`` is not used on a multi-slot source (no DM or DR there).
+
+    Every row (and every slot's row) gets ``"versus"``: {reference: the paired difference of the policy's value
+    minus the reference's on the same events, :func:`~ranker.evaluation.compare.paired_difference`}, against
+    ``Online`` when it is a candidate and against ``reference`` (a candidate's name) when given.
+
+    ``by`` (dotted paths of the logged context) adds the report's ``segments``: every policy's row per segment
+    value of each path, segments of fewer than ``min_segment_events`` events pooled as ``other``
+    (:mod:`ranker.evaluation.segments`).
     """
+    if min_segment_events < 1:
+        raise ValueError("min_segment_events must be at least 1")
+    if any(not path or any(not part for part in path.split(".")) for path in by):
+        raise ValueError(f"--by takes dotted paths of the logged context, such as account.plan; got {list(by)}")
     names = [candidate.name for candidate in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
+    if reference is not None and reference not in names:
+        raise ValueError(f"the reference {reference!r} is not a candidate: {', '.join(names)}")
+    references = [name for name in dict.fromkeys([ONLINE, reference]) if name in names]
     started = time.perf_counter()
     multislot = source_is_multislot(source)
     for candidate in candidates:
@@ -437,10 +490,13 @@ def replay(
                 f"its candidates' arguments must use {kinds[1]}"
             )
     if multislot:
-        return _replay_slots(source, candidates, reward_range, alpha, workers, progress, started)
+        segmenting = (by, min_segment_events)
+        return _replay_slots(
+            source, candidates, reward_range, alpha, workers, progress, started, references, segmenting
+        )
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
     jobs = [candidate.arguments for candidate in vw] + ([reward_model] if reward_model else [])
-    scan, outputs = _passes(source, jobs, workers, progress)
+    scan, outputs = _passes(source, jobs, workers, progress, by=by)
 
     k = _ints(scan.actions)
     keep, counts = _kept(source, scan.skipped, outputs, k)
@@ -463,6 +519,7 @@ def replay(
     vw_pmf = {candidate.name: np.clip(kept(outputs[i][0], counts[i]), 0.0, 1.0) for i, candidate in enumerate(vw)}
 
     policies, data, curves = [], {}, {"ips": {}, "snips": {}}
+    pmfs: dict[str, np.ndarray] = {}
     for candidate in candidates:
         if candidate.arguments is not None:
             pmf = vw_pmf[candidate.name]
@@ -484,10 +541,17 @@ def replay(
             }
         logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=target, **model)
         data[candidate.name] = logged
-        policies.append(_row(candidate, evaluate(logged, alpha=alpha, r_min=r_min, r_max=r_max)))
+        pmfs[candidate.name] = pmf
+        policies.append(_row(candidate, _evaluate(logged, alpha, r_min, r_max)))
         checkpoints, curves["ips"][candidate.name], curves["snips"][candidate.name] = _cumulative(logged)
 
+    versus = compare(data, references, alpha=alpha, r_min=r_min, r_max=r_max)
+    for row in policies:
+        row["versus"] = versus[row["policy"]]
     rows = np.nonzero(keep)[0]
+    by_segment = _segments(
+        candidates, data, np.arange(rows.size), scan, rows, by, min_segment_events, references, alpha, (r_min, r_max)
+    )
     stamps = [scan.timestamps[i] for i in rows]
     cumulative = {"event": checkpoints, "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
     return Report(
@@ -502,6 +566,11 @@ def replay(
         cumulative=cumulative,
         seconds=time.perf_counter() - started,
         data=data,
+        references=references,
+        segments=by_segment,
+        min_segment_events=min_segment_events,
+        pmfs=pmfs,
+        starts=first,
     )
 
 
@@ -532,10 +601,14 @@ def _replay_slots(
     workers: int,
     progress: Callable[[int], None] | None,
     started: float,
+    references: list[str],
+    segmenting: tuple[Sequence[str], int],
 ) -> Report:
     """:func:`replay` of a multi-slot source: every slot, and all of them pooled (see the module docstring)."""
     vw = [candidate for candidate in candidates if candidate.arguments is not None]
-    scan, outputs = _passes(source, [candidate.arguments for candidate in vw], workers, progress, multislot=True)
+    by, min_segment_events = segmenting
+    jobs = [candidate.arguments for candidate in vw]
+    scan, outputs = _passes(source, jobs, workers, progress, multislot=True, by=by)
     per_event = _ints(scan.slots)
     keep, counts = _kept(source, scan.skipped, outputs, per_event)
 
@@ -570,7 +643,7 @@ def _replay_slots(
     for candidate in candidates:
         logged = LoggedData(reward=reward, logged_probability=logged_p, target_probability=targets[candidate.name])
         data[candidate.name] = logged
-        row = _row(candidate, evaluate(logged, alpha=alpha, r_min=r_min, r_max=r_max))
+        row = _row(candidate, _evaluate(logged, alpha, r_min, r_max))
         curves["ips"][candidate.name], curves["snips"][candidate.name] = _pooled(logged, event, checkpoints)
         row["slots"], slot_data[candidate.name] = {}, {}
         for name, index in reported:
@@ -581,11 +654,24 @@ def _replay_slots(
                 target_probability=logged.target_probability[mask],
             )
             slot_data[candidate.name][name] = part
-            slot_row = _row(candidate, evaluate(part, alpha=alpha, r_min=r_min, r_max=r_max))
+            slot_row = _row(candidate, _evaluate(part, alpha, r_min, r_max))
             row["slots"][name] = {key: value for key, value in slot_row.items() if key not in ("policy", "arguments")}
             ips, snips = _pooled(part, event[mask], checkpoints)
             curves["slots"][name]["ips"][candidate.name], curves["slots"][name]["snips"][candidate.name] = ips, snips
         policies.append(row)
+    versus = compare(data, references, alpha=alpha, r_min=r_min, r_max=r_max)
+    slot_versus = {
+        name: compare({p: slot_data[p][name] for p in slot_data}, references, alpha=alpha, r_min=r_min, r_max=r_max)
+        for name, _ in reported
+    }
+    for row in policies:
+        row["versus"] = versus[row["policy"]]
+        for name, slot_row in row["slots"].items():
+            slot_row["versus"] = slot_versus[name][row["policy"]]
+    kept = np.nonzero(keep)[0]
+    by_segment = _segments(
+        candidates, data, event, scan, kept, by, min_segment_events, references, alpha, (r_min, r_max)
+    )
 
     stamps = [scan.timestamps[i] for i in np.nonzero(keep)[0]]
     cumulative = {"event": checkpoints.tolist(), "timestamp": [stamps[i - 1] for i in checkpoints], **curves}
@@ -601,11 +687,41 @@ def _replay_slots(
         cumulative=cumulative,
         seconds=time.perf_counter() - started,
         data=data,
+        references=references,
+        segments=by_segment,
+        min_segment_events=min_segment_events,
         multislot=True,
         samples=int(reward.size),
         slots=[name for name, _ in reported],
         slots_not_reported=int(np.count_nonzero(filled)) - len(reported),
         slot_data=slot_data,
+    )
+
+
+def _segments(
+    candidates: Sequence[Candidate],
+    data: dict[str, LoggedData],
+    sample_event: np.ndarray,
+    scan: _Skips,
+    kept: np.ndarray,
+    by: Sequence[str],
+    minimum: int,
+    references: list[str],
+    alpha: float,
+    reward_range: tuple[float, float],
+) -> dict[str, list[dict[str, Any]]]:
+    """The report's ``segments`` (:func:`~ranker.evaluation.segments.segment_rows`); {} without ``by``."""
+    if not by:
+        return {}
+    r_min, r_max = reward_range
+    by_name = {candidate.name: candidate for candidate in candidates}
+
+    def row(name: str, part: LoggedData) -> dict[str, Any]:
+        return _row(by_name[name], _evaluate(part, alpha, r_min, r_max))
+
+    event_segments = [scan.segments[i] for i in kept]
+    return segments.segment_rows(
+        data, sample_event, event_segments, by, minimum, row, references, alpha=alpha, r_min=r_min, r_max=r_max
     )
 
 
@@ -637,6 +753,15 @@ def _ints(values: array) -> np.ndarray:
     return np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, dtype=np.int64)
 
 
+def _evaluate(data: LoggedData, alpha: float, r_min: float, r_max: float) -> dict[str, dict[str, Any]]:
+    """:func:`~ranker.evaluation.evaluate` with the importance weight's known bound, ``1 / min μ`` over ``data``."""
+    w_max = weight_bound(data.logged_probability)
+    table = evaluate(data, alpha=alpha, r_min=r_min, r_max=r_max, w_max=w_max)
+    for row in table.values():
+        row["w_max"] = w_max
+    return table
+
+
 def _row(candidate: Candidate, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def estimate(name: str) -> float | None:
         return table[name]["estimate"] if name in table else None
@@ -652,6 +777,7 @@ def _row(candidate: Candidate, table: dict[str, dict[str, Any]]) -> dict[str, An
         "cressie_read": estimate("cressie_read"),
         "interval": list(table["ips"]["interval"]),
         "interval_method": table["ips"]["interval_method"],
+        "w_max": table["ips"]["w_max"] if table["ips"]["w_max"] != float("inf") else None,
         "gaussian_interval": {
             name: list(row["gaussian_interval"]) if row["gaussian_interval"] is not None else None
             for name, row in table.items()

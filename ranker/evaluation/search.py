@@ -1,12 +1,13 @@
 """Policy search (Personalizer's "optimized policy") and the Apprentice graduation check.
 
 :func:`search` replays VW argument combinations over a loop's log or a DSJSON file within a time budget and
-returns the best one by a conservative criterion: the lower end of its Cressie-Read interval (ties broken by
-its SNIPS estimate), compared with Online (what was logged). The combinations come in a fixed order: the loop's
-current policy and Personalizer's default first (always replayed, whatever the budget), then a grid over
-interactions (none / ``-q ::``), ``--cb_type`` (mtr, ips, dr), exploration (``--epsilon e``, ``--squarecb
---gamma_scale g``, ``--cover n``), learning rate ``-l`` and ``--power_t``, shuffled with ``seed``. They are
-replayed in batches (one :func:`~ranker.evaluation.replay.replay` call reads the source once for the whole
+returns the best one by a conservative criterion: a candidate whose paired difference with Online (what was logged)
+is distinguishably better (:func:`~ranker.evaluation.compare.paired_difference`, its interval above 0) comes before
+one that is not, then the lower end of its Cressie-Read interval, then its SNIPS estimate. The combinations come in
+a fixed order: the loop's current policy and Personalizer's default first (always replayed, whatever the budget),
+then a grid over interactions (none / ``-q ::``), ``--cb_type`` (mtr, ips, dr), exploration (``--epsilon e``,
+``--squarecb --gamma_scale g``, ``--cover n``), learning rate ``-l`` and ``--power_t``, shuffled with ``seed``.
+They are replayed in batches (one :func:`~ranker.evaluation.replay.replay` call reads the source once for the whole
 batch); a batch is sized from the time the previous ones took per candidate so that it ends within the budget,
 and the search stops when not even one more candidate fits. Over a multi-slot source every combination uses
 ``--ccb_explore_adf`` instead of ``--cb_explore_adf`` (Personalizer's default too), the loop's current policy is
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ranker.engine import is_multislot
+from ranker.evaluation.compare import BETTER
 from ranker.evaluation.replay import BASELINE, ONLINE, Candidate, DsjsonFile, LoopLog, replay, source_is_multislot
 from ranker.settings import POLICY_KINDS
 
@@ -83,7 +85,7 @@ class SearchResult:
     seconds: float
     tried: int
     budget_seconds: float
-    improvement: dict[str, float] = field(default_factory=dict)
+    improvement: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,8 +101,10 @@ class SearchResult:
         }
 
 
-def _score(row: dict[str, Any]) -> tuple[float, float]:
-    return (row["interval"][0], row["snips"] if row["snips"] is not None else float("-inf"))
+def _score(row: dict[str, Any]) -> tuple[bool, float, float]:
+    """Distinguishably better than Online first (paired difference above 0), then the lower end, then SNIPS."""
+    better = row.get("versus", {}).get(ONLINE, {}).get("verdict") == BETTER
+    return (better, row["interval"][0], row["snips"] if row["snips"] is not None else float("-inf"))
 
 
 def search(
@@ -119,7 +123,8 @@ def search(
     lower end of its interval. ``base`` is ``<--cb_explore_adf or --ccb_explore_adf, the source's kind> -q ::``
     unless given; a ``current`` policy of the other kind is not tried. The best is a policy dict named
     ``optimized-<n>`` with its arguments as VW reads them; ``improvement`` gives its estimate and lower bound
-    minus Online's. Raises :class:`ValueError` when the source has no event, or ``base`` is of the other kind."""
+    minus Online's, and ``versus_online`` its paired difference with Online (estimate, interval, verdict). Raises
+    :class:`ValueError` when the source has no event, or ``base`` is of the other kind."""
     started = time.perf_counter()
     multislot = source_is_multislot(source)
     explore = _explore(multislot)
@@ -170,6 +175,7 @@ def search(
         "snips": best_row["snips"] - online["snips"],
         "lower_bound": best_row["interval"][0] - online["interval"][0],
     }
+    improvement["versus_online"] = best_row["versus"].get(ONLINE)
     return SearchResult(
         best={"name": best_row["policy"], "arguments": best_row["arguments"]},
         best_row=best_row,
