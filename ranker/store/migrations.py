@@ -214,3 +214,25 @@ def create_outbox(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX outbox_due ON outbox (state, next_attempt_at)")
+
+
+@migrations()
+def create_triage_patterns(db: Database) -> None:
+    # Risk patterns found by mining (`ranker patterns mine`), replaced as a set by each mining of an entity
+    # type; and the enabled/disabled switch of any pattern (mined or written in the settings), kept apart so
+    # that a pattern disabled by a reviewer stays disabled when mining finds it again.
+    db.execute(
+        """
+        CREATE TABLE triage_patterns (
+            name TEXT PRIMARY KEY,
+            entity TEXT NOT NULL,
+            position INTEGER NOT NULL,          -- rank in its mining (by the interval's lower end)
+            pattern TEXT NOT NULL,              -- JSON: conditions, description and statistics
+            mined_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        "CREATE TABLE triage_pattern_switches (name TEXT PRIMARY KEY, enabled INTEGER NOT NULL, "
+        "updated_at TEXT NOT NULL)"
+    )

@@ -3,8 +3,9 @@ are mined and flagged, the playbook of next best actions, the drafter, what a re
 loop, and the dismissal reasons. Checked when the settings load.
 
 A pattern is a conjunction of conditions in the rules' condition language (:class:`ranker.rules.Condition`),
-tested on an account's *values*: its attributes (``contract.plan``) and its signal features
-(``features.reporting_api_trend``), as of one moment.
+tested on an account's *values* (:mod:`ranker.triage.values`): its attributes and its signal features as
+of one moment, shaped as Rank-time enrichment adds them to a context, so paths read like the rules' paths
+(``account.contract.plan``, ``account.reporting_api_trend``).
 """
 
 from __future__ import annotations
