@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,12 @@ def renewal_day(value: Any) -> date | None:
         return parse_time(value).astimezone(UTC).date()
     except ValueError:
         return None
+
+
+def judged_at(renewal: date, horizon: timedelta) -> datetime:
+    """When a renewal's risk is judged: its date minus the horizon. An outcome set before then is an earlier
+    renewal's."""
+    return datetime.combine(renewal, datetime.min.time(), UTC) - horizon
 
 
 def pattern_summary(pattern: Pattern) -> dict[str, Any]:
@@ -110,7 +116,7 @@ def record_outcomes(service: Service, rows: list[dict[str, Any]], now: datetime)
         row = by_account.get(waiting["account"])
         if row is None or row["outcome"] is None or row["outcome_at"] is None:
             continue
-        judged = datetime.combine(date.fromisoformat(waiting["renewal_date"]), datetime.min.time(), UTC) - horizon
+        judged = judged_at(date.fromisoformat(waiting["renewal_date"]), horizon)
         if parse_time(row["outcome_at"]) < min(judged, parse_time(waiting["created_at"])):
             continue  # set before the risk was judged: an earlier renewal's
         found.append((waiting["id"], str(row["outcome"]), row["outcome_at"]))

@@ -6,8 +6,9 @@
 - ``outcomes``: among items whose renewal outcome is recorded, the renewal rate of the approved (acted on)
   and of the dismissed ones;
 - ``months``: per month of renewal date, the accounts that churned (outcome in ``triage.churned``, renewal
-  date passed), how many of them were flagged for that renewal, and the *surprise churn*: churned, never
-  flagged. Months before triage started show the churn it had to catch.
+  date passed, the outcome set after the renewal was judged, as :func:`ranker.triage.flagging.record_outcomes`
+  takes it), how many of them were flagged for that renewal, and the *surprise churn*: churned, never flagged.
+  Months before triage started show the churn it had to catch.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from ..durations import parse_duration
 from ..store import parse_time, timestamp
 from ..store import triage as store_triage
 from ..store.sqlite import Store
 from .definitions import TriageSettings
-from .flagging import renewal_day
+from .flagging import judged_at, renewal_day
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -44,10 +46,13 @@ def report(store: Store, settings: TriageSettings, now: datetime | None = None) 
     flagged = {(r["account"], r["renewal_date"]) for r in rows}
     months: dict[str, dict[str, int]] = defaultdict(lambda: {"churned": 0, "flagged": 0, "surprise": 0})
     today = now.astimezone(UTC).date()
+    horizon = parse_duration(settings.horizon)
     for entity in store_triage.renewals(store, settings.entity, settings.renewal_date, settings.outcome):
         day = renewal_day(entity["renewal"])
-        if day is None or day > today or entity["outcome"] not in churned:
+        if day is None or day > today or entity["outcome"] not in churned or entity["outcome_at"] is None:
             continue
+        if parse_time(entity["outcome_at"]) < judged_at(day, horizon):
+            continue  # set before this renewal was judged: an earlier renewal's outcome
         month = months[day.strftime("%Y-%m")]
         month["churned"] += 1
         if (entity["id"], day.isoformat()) in flagged:
