@@ -390,22 +390,27 @@ def _signals(config: str | None):
 @click.option(
     "--format", "kind", type=click.Choice(["csv", "jsonl"]), help="File format (default: from the name, else csv)."
 )
+@click.option("--at", help="The rows are history as of this ISO 8601 time (import snapshots oldest first).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def signals_import(file, entity: str, kind: str | None, config: str | None) -> None:
+def signals_import(file, entity: str, kind: str | None, at: str | None, config: str | None) -> None:
     """Merge entity attributes from a CSV file (a header row with 'id' and one column per attribute; dotted
     names nest: contract.renewalDate) or JSON lines ({"id": ..., "attributes": {...}}).
 
     Bad rows are reported with their line number and skipped (exit status 1); a rerun of the same file
-    changes nothing.
+    changes nothing. With --at, the rows are the attributes as of that time (a CRM snapshot), so that
+    point-in-time reads and pattern mining see when each value held; import snapshots oldest first.
 
     Example: ranker signals import --type account crm.csv
     """
     from datetime import UTC, datetime
 
+    from .store import parse_time
+
     kind = kind or ("jsonl" if file.name.endswith((".jsonl", ".json", ".ndjson")) else "csv")
     signals = _signals(config)
     try:
-        report = signals.import_entities(entity, file.read(), kind, datetime.now(UTC))
+        when = None if at is None else parse_time(at)
+        report = signals.import_entities(entity, file.read(), kind, datetime.now(UTC), when)
     except (ValueError, LookupError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report))

@@ -46,6 +46,10 @@ _TOUCH = (
 )
 
 
+class OutOfOrder(ValueError):
+    """A change dated before the entity's latest change: history is appended in time order."""
+
+
 class SignalStore:
     """What ingestion, the entities API, enrichment and the ``ranker signals`` commands need of the database."""
 
@@ -60,15 +64,23 @@ class SignalStore:
         entity_id: str,
         change: Callable[[dict[str, Any], dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
         at: str,
+        in_order: bool = False,
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
         """Apply ``change(attributes, times)`` to the entity's current attributes inside one transaction (so
         concurrent changes are not lost); keep the result, and a history row, when it differs. Returns
-        (attributes, times, whether it changed)."""
+        (attributes, times, whether it changed). ``in_order``: :class:`OutOfOrder` (nothing written) when
+        ``at`` is before the entity's latest change (a dated change, importing history, must come in order)."""
 
         def run(conn: sqlite3.Connection):
             row = conn.execute(
-                "SELECT attributes, times FROM signal_entities WHERE type = ? AND id = ?", (entity, entity_id)
+                "SELECT attributes, times, updated_at FROM signal_entities WHERE type = ? AND id = ?",
+                (entity, entity_id),
             ).fetchone()
+            if in_order and row is not None and at < row[2]:
+                raise OutOfOrder(
+                    f"the change is dated {at}, before the entity's latest change ({row[2]}): "
+                    "dated changes must come in time order"
+                )
             before = (json.loads(row[0]), json.loads(row[1])) if row else ({}, {})
             attributes, times = change(*before)
             if row is not None and (attributes, times) == before:
