@@ -568,7 +568,8 @@ def demo_group() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default="renewal-demo", show_default=True)
 @click.option("--accounts", type=click.IntRange(50, 100_000), default=500, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True, help="The same seed makes the same company.")
-def demo_renewal_triage(data_dir: str, accounts: int, seed: int) -> None:
+@click.option("--days", type=click.IntRange(180, 395), default=365, show_default=True, help="Days of history.")
+def demo_renewal_triage(data_dir: str, accounts: int, seed: int, days: int) -> None:
     """Generate a SaaS company with a planted churn pattern (fintech accounts whose Reporting API usage stops
     before renewal churn at 80 %): a year of product usage sent through OTLP, support tickets, contracts with
     outcomes through the entities API; then mine the patterns, run triage, and print where to look (the keys
@@ -579,6 +580,6 @@ def demo_renewal_triage(data_dir: str, accounts: int, seed: int) -> None:
     from .triage.demo import DemoError, run
 
     try:
-        run(Path(data_dir), accounts, seed, click.echo)
+        run(Path(data_dir), accounts, seed, click.echo, days=days)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc
