@@ -132,6 +132,12 @@ class TriageSettings(BaseModel):
     dismiss_reasons: list[DismissReason] = Field(
         default_factory=_default_reasons, min_length=1, description="Reasons a reviewer may dismiss an item with."
     )
+    recipient: str = Field(
+        "contact.email", min_length=1, description="Attribute holding the address an approved item's email goes to."
+    )
+    value: str | None = Field(
+        "contract.value", description="Attribute holding the account's contract value (items sort by it); unset: none."
+    )
 
     @field_validator("horizon")
     @classmethod
