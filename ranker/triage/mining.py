@@ -49,7 +49,7 @@ Z = 1.959963984540054  # the 97.5 % quantile of the standard normal: a 95 % inte
 MAX_CATEGORIES = 50
 QUANTILES = tuple(i / 20 for i in range(1, 20))  # every 5 %
 BEAM = 30
-TOP = 20
+TOP = 10  # patterns kept: each flags accounts, so a reviewer should be able to read them all
 OVERLAP = 0.8  # Jaccard overlap of matched renewals above which a worse pattern is a near-duplicate
 
 
