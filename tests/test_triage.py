@@ -564,3 +564,11 @@ def test_no_input_gets_a_500(app, service, operation, item, body, query):
     assert answer.status_code in (200, 400, 404, 405, 409, 415), (answer.status_code, answer.data)
     if answer.status_code != 200:
         assert set(answer.json["error"]) >= {"code", "message"}
+
+
+def test_the_drafter_must_be_an_http_url(tmp_path):
+    from ranker.settings import SettingsError
+
+    config = CONFIG.replace('schedule = "PT1H"', 'schedule = "PT1H"\ndrafter = { url = "file:///etc/passwd" }')
+    with pytest.raises(SettingsError, match="must be an http:// or https:// URL"):
+        make_app(tmp_path, config)
