@@ -15,9 +15,11 @@
 4. Search: a beam over conjunctions of up to ``triage.max_conditions`` conditions (the best single
    conditions, then each of the beam extended by any candidate on another path), keeping those with at least
    ``min_support`` renewals whose churn rate is significantly above the base rate (the interval's lower end
-   above it) and, for a conjunction, significantly above the churn rate of each shorter pattern it contains
-   (every condition must earn its place; a noise condition that drops a few renewals does not). Ranked by the
-   lower end of the
+   above it) and, for a conjunction, where every condition earns its place: with the other conditions holding,
+   the renewals it keeps churn more than those it drops, significantly after a Bonferroni correction for the
+   number of paths it was chosen from (a one-sided two-proportion z-test at 5 % / paths), and the
+   interval's lower end is above the rate of the pattern without it. A noise condition that drops a few
+   renewals by luck does not pass. Ranked by the lower end of the
    Wilson 95 % interval of the churn rate; near-duplicates (matching mostly the same renewals as a better
    pattern) are left out.
 5. Honesty: a deterministic share (``triage.holdout``, by a hash of the account and renewal date) of the
@@ -34,6 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -262,14 +265,30 @@ def search(
         item = _Found((int(i),), int(support[i]), int(round(churned[i])), float(low[i]), float(high[i]))
         found[item.members] = item
         level.append(item)
-    rates: dict[tuple[int, ...], float] = {}
+    masks_of: dict[tuple[int, ...], np.ndarray] = {}
     refused: set[tuple[int, ...]] = set()
+    # one-sided, Bonferroni over the paths a condition could be on (a pattern is extended by the best of many;
+    # the thresholds of one path are nearly the same test, so they are not counted apart)
+    z_add = NormalDist().inv_cdf(1 - 0.05 / max(len(set(paths)), 1))
 
-    def rate_of(members: tuple[int, ...]) -> float:
-        if members not in rates:
-            mask = np.logical_and.reduce(matrix[list(members)], axis=0)
-            rates[members] = float(churn[mask].mean()) if mask.any() else 0.0
-        return rates[members]
+    def mask_of(members: tuple[int, ...]) -> np.ndarray:
+        if members not in masks_of:
+            masks_of[members] = np.logical_and.reduce(matrix[list(members)], axis=0)
+        return masks_of[members]
+
+    def earns_its_place(members: tuple[int, ...], low: float) -> bool:
+        """Each condition separates: with the others holding, the renewals it keeps churn more than those it
+        drops, significantly (two-proportion z-test at z_add), and the pattern's lower end is above the rate of
+        the pattern without it."""
+        kept = mask_of(members)
+        n1, k1 = int(kept.sum()), int(churn[kept].sum())
+        for left_out in members:
+            others = mask_of(tuple(m for m in members if m != left_out))
+            dropped = others & ~kept
+            n2, k2 = int(dropped.sum()), int(churn[dropped].sum())
+            if n2 == 0 or low <= (k1 + k2) / (n1 + n2) or _z(k1, n1, k2, n2) <= z_add:
+                return False
+        return True
 
     path_ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
     path_of = np.array([path_ids[p] for p in paths], dtype=np.int64)
@@ -294,9 +313,7 @@ def search(
                 members = tuple(sorted((*parent.members, int(i))))
                 if members in found or members in refused:
                     continue
-                # every condition earns its place: above the rate of each shorter pattern it extends
-                shorter = [tuple(m for m in members if m != left_out) for left_out in members]
-                if any(lows[i, b] <= rate_of(sub) for sub in shorter):
+                if not earns_its_place(members, float(lows[i, b])):
                     refused.add(members)
                     continue
                 item = _Found(
@@ -306,6 +323,13 @@ def search(
                 following.append(item)
         level = following
     return sorted(found.values(), key=lambda f: (-f.low, len(f.members), f.members))
+
+
+def _z(k1: int, n1: int, k2: int, n2: int) -> float:
+    """The two-proportion z statistic of k1/n1 above k2/n2 (pooled variance)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (k1 / n1 - k2 / n2) / spread if spread > 0 else 0.0
 
 
 def _distinct(found: list[_Found], matrix: np.ndarray, top: int) -> list[_Found]:
