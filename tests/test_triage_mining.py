@@ -316,3 +316,12 @@ def test_the_demo_command_writes_a_fresh_folder_and_refuses_a_used_one(tmp_path,
     again = runner.invoke(cli, ["demo", "renewal-triage", "--data-dir", str(folder)])
     assert again.exit_code == 1 and "fresh data folder" in again.output
     shutil.rmtree(folder)
+
+
+def test_mining_nothing_and_bad_options_say_so(tmp_path, runner, monkeypatch):
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    empty = runner.invoke(cli, ["patterns", "mine"])
+    assert empty.exit_code == 0 and "0 past renewals" in empty.output and "no pattern" in empty.output
+    bad = runner.invoke(cli, ["patterns", "mine", "--horizon", "P1X"])
+    assert bad.exit_code == 1 and "--horizon: " in bad.output and "'P1X'" in bad.output
+    assert runner.invoke(cli, ["patterns", "mine", "--entity", "org"]).exit_code == 1
