@@ -283,6 +283,9 @@ def test_patterns_cli_mines_lists_disables_and_enables(company, runner):
     top = written["patterns"][0]
     assert top["name"] in mined.output and written["horizon"] == "P90D" and written["heldOut"] > 0
     assert {"support", "churned", "churn_rate", "low", "high", "lift", "holdout_support", "holdout_rate"} <= set(top)
+    # a hand-written pattern is checked on the same renewals
+    (written,) = written["handWritten"]
+    assert written["name"] == "unhappy-enterprise" and written["support"] >= 0 and "Hand-written" in mined.output
     listed = runner.invoke(cli, ["patterns", "list", "--json", *config])
     names = {p["name"]: p for p in json.loads(listed.output)}
     assert names[top["name"]]["enabled"] and names["unhappy-enterprise"]["source"] == "settings"

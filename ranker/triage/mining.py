@@ -82,6 +82,8 @@ class Mined:
     entity: str
     outcome: str
     seconds: dict[str, float] = field(default_factory=dict)
+    # the settings' hand-written patterns, with their figures on the same renewals (not searched: a check)
+    written: list[Pattern] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class Mined:
             "candidates": self.candidates,
             "seconds": self.seconds,
             "patterns": [p.to_dict() for p in self.patterns],
+            "handWritten": [p.to_dict() for p in self.written],
         }
 
 
@@ -376,30 +379,18 @@ def mine(
     seconds["search"] = time.perf_counter() - clock - sum(seconds.values())
     base = float(churn.mean()) if len(churn) else None
     holdout_base = float(churn_check.mean()) if len(churn_check) else None
+    figures = _Figures(churn, churn_check, triage.horizon)
     patterns = []
     for item in best:
         chosen = [conditions[i] for i in item.members]
+        mask = np.logical_and.reduce(mining[list(item.members)], axis=0)
         held = np.logical_and.reduce(check[list(item.members)], axis=0) if check.shape[1] else np.zeros(0, bool)
-        held_support = int(held.sum())
-        held_churned = int((held & churn_check).sum())
-        rate = item.churned / item.support
-        patterns.append(
-            Pattern(
-                name=name_of(chosen),
-                conditions=chosen,
-                description=describe(chosen),
-                source="mined",
-                support=item.support,
-                churned=item.churned,
-                churn_rate=rate,
-                low=item.low,
-                high=item.high,
-                lift=rate / base if base else None,
-                holdout_support=held_support,
-                holdout_rate=held_churned / held_support if held_support else None,
-                extra={"holdout_churned": held_churned, "base_rate": base, "horizon": triage.horizon},
-            )
-        )
+        patterns.append(figures.of(Pattern(name_of(chosen), chosen, describe(chosen), "mined"), mask, held))
+    written = []
+    for definition in triage.patterns:
+        pattern = Pattern(definition.name, list(definition.when), definition.description or describe(definition.when))
+        matches = np.array([pattern.matched(v) is not None for _, v in kept], dtype=bool)
+        written.append(figures.of(pattern, matches[~holdout], matches[holdout]))
     return Mined(
         patterns=patterns,
         renewals=len(kept),
@@ -412,7 +403,29 @@ def mine(
         entity=triage.entity,
         outcome=triage.outcome,
         seconds={k: round(v, 3) for k, v in seconds.items()},
+        written=written,
     )
+
+
+class _Figures:
+    """A pattern's figures from the renewals it matches, in the mined part and in the holdout."""
+
+    def __init__(self, churn: np.ndarray, churn_check: np.ndarray, horizon: str):
+        self.churn, self.churn_check, self.horizon = churn, churn_check, horizon
+        self.base = float(churn.mean()) if len(churn) else None
+
+    def of(self, pattern: Pattern, mask: np.ndarray, held: np.ndarray) -> Pattern:
+        support, churned = int(mask.sum()), int((mask & self.churn).sum())
+        held_support, held_churned = int(held.sum()), int((held & self.churn_check).sum())
+        low, high = wilson(churned, support)
+        pattern.support, pattern.churned = support, churned
+        pattern.churn_rate = churned / support if support else None
+        pattern.low, pattern.high = (float(low), float(high)) if support else (None, None)
+        pattern.lift = pattern.churn_rate / self.base if self.base and support else None
+        pattern.holdout_support = held_support
+        pattern.holdout_rate = held_churned / held_support if held_support else None
+        pattern.extra.update(holdout_churned=held_churned, base_rate=self.base, horizon=self.horizon)
+        return pattern
 
 
 def table(mined: Mined) -> str:
@@ -427,16 +440,25 @@ def table(mined: Mined) -> str:
         f"{'#':>2}  {'name':<11} {'support':>7} {'churned':>7} {'rate':>6}  {'95% interval':<13} {'lift':>5}  "
         f"{'holdout':>11}  pattern",
     ]
-    for i, p in enumerate(mined.patterns, 1):
-        holdout = "-" if p.holdout_rate is None else f"{p.holdout_rate:.0%} of {p.holdout_support}"
-        lift = "-" if p.lift is None else f"{p.lift:.1f}"
-        lines.append(
-            f"{i:>2}  {p.name:<11} {p.support:>7} {p.churned:>7} {p.churn_rate:>6.1%}  "
-            f"{p.low:>5.1%}-{p.high:<6.1%} {lift:>5}  {holdout:>11}  {p.description}"
-        )
+    lines += [_row(str(i), p) for i, p in enumerate(mined.patterns, 1)]
     if not mined.patterns:
         lines.append("(no pattern: too few renewals, or none churns above the base rate with min_support renewals)")
+    if mined.written:
+        lines += ["", "Hand-written patterns ([[triage.patterns]]) on the same renewals:"]
+        lines += [_row("-", p) for p in mined.written]
     return "\n".join(lines)
+
+
+def _row(rank: str, p: Pattern) -> str:
+    holdout = "-" if p.holdout_rate is None else f"{p.holdout_rate:.0%} of {p.holdout_support}"
+    lift = "-" if p.lift is None else f"{p.lift:.1f}"
+    rate = "-" if p.churn_rate is None else f"{p.churn_rate:.1%}"
+    interval = "-" if p.low is None else f"{p.low:.1%}-{p.high:.1%}"
+    name = p.name if len(p.name) <= 11 else p.name[:10] + "…"
+    return (
+        f"{rank:>2}  {name:<11} {p.support:>7} {p.churned:>7} {rate:>6}  {interval:<13} {lift:>5}  "
+        f"{holdout:>11}  {p.description}"
+    )
 
 
 def with_overrides(settings, **triage: Any):
