@@ -29,7 +29,7 @@ from .evaluation.replay import (
 from .evaluation.search import search
 from .export import export, import_dsjson
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
-from .store import migrate
+from .store import open_database
 
 
 def _settings(config: str | None, **overrides):
@@ -68,7 +68,10 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
             env[f"RANKER_{name}"] = str(value)
     # The one moment the decision log is created: the trainer and the workers started beside it (again,
     # later) only open it, so a log deleted while serving is never replaced by an empty one.
-    migrate(settings.database_path)
+    try:
+        open_database(settings).migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
     trainer = supervisor.Supervisor(env=env).start()
 
@@ -123,8 +126,11 @@ def migrate_command(config: str | None) -> None:
     Example: ranker migrate --config ranker.toml
     """
     settings = _settings(config)
-    applied = migrate(settings.database_path)
-    click.echo(f"{settings.database_path}: " + (", ".join(applied) if applied else "up to date"))
+    try:
+        applied = open_database(settings).migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{settings.database_name}: " + (", ".join(applied) if applied else "up to date"))
 
 
 @cli.command("new-key")
@@ -358,11 +364,10 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
     Example: ranker explain --loop cards 3f2a9c0e
     """
     from . import events
-    from .store import Store
 
     settings = _settings(config)
     name = _loop(settings, loop)
-    body = events.lookup(Store(settings.database_path), settings, name, event_id, features)
+    body = events.lookup(open_database(settings).store(), settings, name, event_id, features)
     if body is None:
         raise click.ClickException(f"no decision {event_id!r} in loop {name!r}")
     click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))
@@ -378,10 +383,9 @@ def signals_group() -> None:
 
 def _signals(config: str | None):
     from .signals.service import Signals
-    from .store import Store
 
     settings = _settings(config)
-    return Signals(settings.signals, Store(settings.database_path, settings.synchronous, settings.commit_timeout))
+    return Signals(settings.signals, open_database(settings).store(settings.commit_timeout))
 
 
 @signals_group.command("import")

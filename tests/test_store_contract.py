@@ -1,7 +1,8 @@
 """The store's contract: what its callers rely on, written against the interface and parametrized by engine.
 
-Every engine of ``ranker.store`` must pass these (SQLite today; a second engine is added to ``ENGINES``). They
-use the real database; each test opens a fresh one.
+Every engine of ``ranker.store`` must pass these: SQLite, and PostgreSQL on a throwaway cluster (tests/postgres.py).
+They use the real database; each test opens a fresh one, through the engine-neutral
+:func:`ranker.store.open_database`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from ranker.store import Store, connect, learning, log, migrate, transaction
+from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
+from ranker.store import learning, log, open_database, transaction
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 T0, T1, T2 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:01.000000Z", "2030-01-01T00:00:02.000000Z"
 
 
 class Opened:
     """A fresh database: the service's Store (group commit) and a connection of its own, as the trainer has."""
 
-    def __init__(self, engine: str, folder: Path):
-        assert engine == "sqlite"
-        self.path = folder / "ranker.db"
-        migrate(self.path)
-        self.store = Store(self.path)
-        self.conn = connect(self.path)
+    def __init__(self, url: str | None, folder: Path):
+        self.database = open_database(Settings(data_dir=folder, database_url=url))
+        self.database.migrate()
+        self.store = self.database.store()
+        self.conn = self.database.connect()
 
     def close(self) -> None:
         self.conn.close()
@@ -35,7 +36,8 @@ class Opened:
 
 @pytest.fixture(params=ENGINES)
 def db(request, tmp_path) -> Iterator[Opened]:
-    opened = Opened(request.param, tmp_path)
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    opened = Opened(url, tmp_path)
     yield opened
     opened.close()
 
@@ -86,7 +88,7 @@ def test_an_import_writes_all_it_can_and_nothing_of_a_refused_row(db, tmp_path):
     row = {"created_at": T0, "record": "{}", "action_ids": ["a"], "reward_action_id": "a", "probability": 1.0}
     row |= {"explanation": "{}", "deferred": 0}
     rows = [(1, {**row, "event_id": "new", "reward": 1.0}), (2, {**row, "event_id": "taken", "reward": 1.0})]
-    written, refused = log.import_decisions(db.conn, db.path, "cards", rows)
+    written, refused = log.import_decisions(db.conn, db.database, "cards", rows)
     assert written == 1 and refused == [(2, "EventId 'taken' is already in loop 'cards'")]
     assert db.store.counts() == {"decisions": 2, "rewards": 1}  # the refused row's reward is not kept either
 
@@ -100,7 +102,7 @@ def test_a_checkpoint_is_saved_only_over_the_one_it_started_from(db):
     assert not learning.save_checkpoint(db.conn, "cards", from_id=0, last_id=9, **saved)  # moved on since
     assert learning.model(db.conn, "cards") == b"m1" and learning.state(db.conn, "cards")["last_decision_id"] == 7
     # an import or reset raises the generation: a trainer that started before it can no longer save
-    published = db.store.reset_learning("cards", "fingerprint", b"imported", lambda: "0000000001")
+    published = db.store.reset_learning("cards", "fingerprint", b"imported", lambda conn: "0000000001")
     assert published == "0000000001" and learning.generation(db.conn, "cards") == 1
     current = learning.state(db.conn, "cards")["last_decision_id"]
     assert not learning.save_checkpoint(db.conn, "cards", from_id=current, last_id=99, **saved)
