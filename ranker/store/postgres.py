@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,10 +59,6 @@ WRITE_TURN = 0x72616E6B65720001  # pg_advisory_xact_lock key of the write turn
 TRAINER = 0x72616E6B65720002  # pg_advisory_lock key of the trainer's leadership
 CONFIG = 0x72616E6B65720003  # pg_advisory_xact_lock key of configuration changes
 MIGRATE = 0x72616E6B65720004
-# as signed bigints (PostgreSQL's advisory lock keys)
-WRITE_TURN, TRAINER, CONFIG, MIGRATE = (
-    k - (1 << 64) if k >= 1 << 63 else k for k in (WRITE_TURN, TRAINER, CONFIG, MIGRATE)
-)
 TAKE_TURN = f"SELECT pg_advisory_xact_lock({WRITE_TURN})"
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
 ERRORS = (psycopg.Error,)
@@ -563,7 +560,9 @@ class PostgresDatabase:
             while True:
                 try:
                     if conn is None:
-                        conn = psycopg.connect(self.url, autocommit=True, **KEEPALIVES)
+                        # named so an operator (pg_stat_activity) sees which host and process leads
+                        name = f"ranker trainer {socket.gethostname()} {os.getpid()}"[:63]
+                        conn = psycopg.connect(self.url, autocommit=True, application_name=name, **KEEPALIVES)
                         conn.execute("SET tcp_keepalives_idle = 5")
                         conn.execute("SET tcp_keepalives_interval = 1")
                         conn.execute("SET tcp_keepalives_count = 3")
