@@ -150,3 +150,20 @@ def test_a_loops_api_configuration_round_trips(db):
         "policy": None,
         "updated_at": T1,
     }
+
+
+def test_published_models_have_growing_versions_a_current_pointer_and_are_pruned(db):
+    models = db.database.models
+    assert models.current("cards") is None and models.stamp("cards") is None
+    published = [models.publish("cards", f"model {n}".encode()) for n in range(6)]
+    assert published == sorted(published) and len(set(published)) == 6
+    version, path = models.current("cards")
+    assert version == published[-1] and path.read_bytes() == b"model 5"
+    stamp = models.stamp("cards")
+    assert models.prune("cards", keep=2, also_keep={published[0]}) == published[1:4]
+    assert models.versions("cards") == [published[0], *published[4:]]
+    assert models.path("cards", published[1]) is None and models.path("cards", published[0]).read_bytes() == b"model 0"
+    # numbering goes on after a prune; the pointer moves and its stamp changes
+    newer = models.publish("cards", b"model 6")
+    assert newer > published[-1] and models.current("cards")[0] == newer and models.stamp("cards") != stamp
+    assert models.current("other") is None
