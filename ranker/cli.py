@@ -120,17 +120,46 @@ def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_
 
 @cli.command("migrate")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def migrate_command(config: str | None) -> None:
-    """Apply pending schema migrations to the decision log.
+@click.option(
+    "--copy-to",
+    envvar="RANKER_COPY_TO",
+    help="Copy the SQLite log, models and configuration into this empty PostgreSQL database "
+    "(postgresql://...; or set RANKER_COPY_TO, which keeps the password out of the process list).",
+)
+def migrate_command(config: str | None, copy_to: str | None) -> None:
+    """Apply pending schema migrations to the decision log; with --copy-to, copy an SQLite log into PostgreSQL.
 
-    Example: ranker migrate --config ranker.toml
+    The copy resumes where an interrupted one stopped and compares the counts of every table at the end.
+    Stop ranker serve first; then set database_url to the same URL and start the nodes.
+
+    Example: ranker migrate --config ranker.toml --copy-to postgresql://ranker@db.internal/ranker
     """
     settings = _settings(config)
+    if copy_to:
+        _copy_to(settings, copy_to)
+        return
     try:
         applied = open_database(settings).migrate()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{settings.database_name}: " + (", ".join(applied) if applied else "up to date"))
+
+
+def _copy_to(settings, url: str) -> None:
+    from .settings import mask_secrets
+    from .store.copy import CopyError, copy_to_postgres
+
+    target = _settings(None, database_url=url, data_dir=settings.data_dir)
+    if settings.database_url is not None:
+        raise click.ClickException("--copy-to copies the SQLite log: unset database_url for it")
+    try:
+        counts = copy_to_postgres(
+            settings.database_path, settings.data_dir, open_database(target), lambda line: click.echo(line)
+        )
+    except (CopyError, StoreUnavailable, ValueError) as exc:
+        raise click.ClickException(mask_secrets(str(exc), url)) from None
+    total = ", ".join(f"{table} {n}" for table, n in counts.items())
+    click.echo(f"copied {settings.database_path} into {target.database_name}; counts verified: {total}")
 
 
 @cli.command("new-key")
