@@ -51,7 +51,8 @@ def cli() -> None:
 @click.option("--workers", type=int, help="gunicorn worker processes (default 2).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def serve(host: str | None, port: int | None, workers: int | None, config: str | None) -> None:
-    """Serve the API with gunicorn on the embedded SQLite decision log, and run the trainer beside it.
+    """Serve the API with gunicorn on the decision log (SQLite in data_dir, or PostgreSQL with database_url), and
+    run the trainer beside it (on PostgreSQL, one node's trainer leads and the others stand by).
 
     The trainer is started again if it dies; stopping this command (SIGTERM, Ctrl-C) stops both.
 
@@ -98,7 +99,8 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
 def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_pid, no_create_database) -> None:
     """Run the trainer alone: join rewards, learn, publish models, until interrupted.
 
-    A second trainer on the same data folder waits, and takes over when the first one stops.
+    A second trainer on the same data folder (or PostgreSQL database) waits, and takes over when the first one
+    stops or dies.
 
     Example: ranker train --config ranker.toml
     """

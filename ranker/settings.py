@@ -310,6 +310,18 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _postgresql_scope(self) -> Settings:
+        """What the PostgreSQL store does not hold yet (signals, triage) is refused rather than half served."""
+        if self.database_url is not None:
+            enriched = [name for name, loop in self.loops.items() if loop.entities]
+            if self.signals.features or enriched or self.triage.playbook:
+                raise ValueError(
+                    "database_url: signals (features, loops' entities) and triage run on SQLite only for now; "
+                    "unset database_url or remove them"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _triage(self) -> Settings:
         if self.triage.entity not in ENTITY_TYPES:
             raise ValueError(f"triage.entity {self.triage.entity!r}: the entity types are {', '.join(ENTITY_TYPES)}")

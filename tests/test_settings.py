@@ -84,6 +84,11 @@ def test_the_database_url_comes_from_the_environment_and_its_password_is_never_s
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in settings.database_name
     assert settings.database_name == url.replace("s3cret-pw", "***")
     assert load_settings(environ={}).database_url is None  # unset: SQLite in data_dir
+    with pytest.raises(SettingsError, match="SQLite only for now") as refused:  # not on PostgreSQL yet
+        load_settings(
+            environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {"entities": {"account": "a.id"}}}}
+        )
+    assert "s3cret-pw" not in str(refused.value)
 
     with pytest.raises(SettingsError) as refused:
         load_settings(environ={"RANKER_DATABASE_URL": "mysql://root:s3cret-pw@db/x"})
