@@ -8,6 +8,8 @@ They use the real database; each test opens a fresh one, through the engine-neut
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +169,39 @@ def test_published_models_have_growing_versions_a_current_pointer_and_are_pruned
     newer = models.publish("cards", b"model 6")
     assert newer > published[-1] and models.current("cards")[0] == newer and models.stamp("cards") != stamp
     assert models.current("other") is None
+
+
+def test_decisions_become_visible_in_id_order_whatever_commits_first(db):
+    """The trainer reads ``id > last`` and checkpoints "everything up to this id": no id may become visible after
+    a larger one was seen. Two stores (two workers, or nodes), two threads each, write while a reader follows."""
+    other = db.database.store()
+    stop, known, late = threading.Event(), set(), []
+
+    def write(store, prefix: str) -> None:
+        n = 0
+        while not stop.is_set():
+            store.record_decision(decision(f"{prefix}{n}"))
+            n += 1
+
+    def follow() -> None:
+        conn = db.database.connect()
+        try:
+            while not stop.is_set():
+                after = max(0, max(known, default=0) - 500)  # a late id would be among the recent ones
+                ids = {row[0] for rows, _ in log.decision_batches(conn, "cards", after_id=after) for row in rows}
+                highest = max(known, default=0)
+                late.extend(i for i in ids - known if i < highest)
+                known.update(ids)
+        finally:
+            conn.close()
+
+    stores = (db.store, other, db.store, other)
+    threads = [threading.Thread(target=write, args=(store, f"w{k}-")) for k, store in enumerate(stores)]
+    threads.append(threading.Thread(target=follow))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(known) > 50 and late == []

@@ -62,6 +62,7 @@ MIGRATE = 0x72616E6B65720004
 TAKE_TURN = f"SELECT pg_advisory_xact_lock({WRITE_TURN})"
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
 ERRORS = (psycopg.Error,)
+POOL_SIZE = 4  # read connections per process; a node holds workers x (POOL_SIZE + 1 writer) + the trainer's 3
 
 _QUOTED_OR_PARAM = re.compile(r"'[^']*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
 
@@ -312,8 +313,8 @@ class PostgresStore(Store):
                 cursor = raw.cursor(row_factory=dict_row)
                 cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
                 return cursor.fetchall()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
+        except psycopg.Error as exc:  # e.g. the server is gone, or a table this engine does not hold yet
+            raise StoreUnavailable(f"the decision log could not be read: {_reason(exc)}") from None
 
     def _write_loop(self) -> None:
         conn: Connection | None = None
@@ -526,7 +527,7 @@ class PostgresDatabase:
 
                     kwargs = {"autocommit": True, **KEEPALIVES}
                     self._pool = ConnectionPool(
-                        self.url, min_size=1, max_size=8, kwargs=kwargs, open=True, name="ranker", timeout=10
+                        self.url, min_size=1, max_size=POOL_SIZE, kwargs=kwargs, open=True, name="ranker", timeout=10
                     )
                     self._pool_pid = os.getpid()
         try:
