@@ -311,14 +311,9 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _postgresql_scope(self) -> Settings:
-        """What the PostgreSQL store does not hold yet (signals, triage) is refused rather than half served."""
-        if self.database_url is not None:
-            enriched = [name for name, loop in self.loops.items() if loop.entities]
-            if self.signals.features or enriched or self.triage.playbook:
-                raise ValueError(
-                    "database_url: signals (features, loops' entities) and triage run on SQLite only for now; "
-                    "unset database_url or remove them"
-                )
+        """What the PostgreSQL store does not hold yet (triage) is refused rather than half served."""
+        if self.database_url is not None and self.triage.playbook:
+            raise ValueError("database_url: triage runs on SQLite only for now; unset database_url or the playbook")
         return self
 
     @model_validator(mode="after")

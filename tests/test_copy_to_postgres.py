@@ -13,6 +13,7 @@ from ranker.cli import cli
 from ranker.service import Service
 from ranker.settings import load_settings
 from ranker.store import open_database
+from ranker.store.signals import SignalStore
 from ranker.trainer import Trainer
 
 LOOPS = {"default": {"rewardWaitTime": "PT1S", "modelExportFrequency": "PT1S"}}
@@ -29,6 +30,7 @@ def test_a_log_is_copied_into_postgresql_resumably_and_learning_goes_on_there(tm
     service.store.delete_log("default")  # ids are never given out again, on either engine
     for n in range(30, 40):
         rank(service, f"e{n}")
+    SignalStore(service.store).upsert_entity("account", "acme", lambda *_: ({"plan": "team"}, {"plan": "t"}), "t")
     url = pg_cluster.database()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
     env |= {"RANKER_DATA_DIR": str(tmp_path / "node"), "RANKER_COPY_TO": url}
@@ -36,6 +38,7 @@ def test_a_log_is_copied_into_postgresql_resumably_and_learning_goes_on_there(tm
     copied = CliRunner().invoke(cli, ["migrate"], env=env)
     assert copied.exit_code == 0, copied.output
     assert "counts verified: decisions 10, rewards 0" in copied.output and "model_versions 1" in copied.output
+    assert "signal_entities 1, signal_versions 1, signal_entity_history 1" in copied.output
 
     # the log grew after the copy stopped: the next run goes on after the last id copied
     for n in range(40, 45):

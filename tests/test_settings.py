@@ -85,9 +85,8 @@ def test_the_database_url_comes_from_the_environment_and_its_password_is_never_s
     assert settings.database_name == url.replace("s3cret-pw", "***")
     assert load_settings(environ={}).database_url is None  # unset: SQLite in data_dir
     with pytest.raises(SettingsError, match="SQLite only for now") as refused:  # not on PostgreSQL yet
-        load_settings(
-            environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {"entities": {"account": "a.id"}}}}
-        )
+        playbook = {"loop": "a", "playbook": [{"id": "call", "subject": "s", "template": "t"}]}
+        load_settings(environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {}}, "triage": playbook})
     assert "s3cret-pw" not in str(refused.value)
 
     with pytest.raises(SettingsError) as refused:

@@ -17,7 +17,7 @@ import pytest
 
 from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
-from ranker.store import learning, log, open_database, transaction
+from ranker.store import learning, log, open_database, outbox, transaction
 
 ENGINES = ["sqlite", "postgresql"]
 T0, T1, T2 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:01.000000Z", "2030-01-01T00:00:02.000000Z"
@@ -205,3 +205,15 @@ def test_decisions_become_visible_in_id_order_whatever_commits_first(db):
     for thread in threads:
         thread.join(30)
     assert len(known) > 50 and late == []
+
+
+def test_an_outbox_message_is_enqueued_once_per_key_inside_the_callers_transaction(db):
+    with transaction(db.conn):
+        assert outbox.enqueue(db.conn, "triage:1", "triage:1", "csm@example.com", "Renewal", "Hello", T0)
+        assert not outbox.enqueue(db.conn, "triage:1", "triage:1", "other@example.com", "Again", "Hi", T1)
+    with pytest.raises(RuntimeError), transaction(db.conn):
+        outbox.enqueue(db.conn, "triage:2", "triage:2", "csm@example.com", "Renewal", "Hello", T0)
+        raise RuntimeError("the approval failed")
+    assert outbox.get(db.store, "triage:1")["recipient"] == "csm@example.com"
+    assert outbox.get(db.store, "triage:2") is None
+    assert [m["key"] for m in outbox.page(db.store, state="pending")] == ["triage:1"]

@@ -8,9 +8,9 @@ the last id copied; tables keyed otherwise are copied with ``ON CONFLICT DO NOTH
 sequences then continue after the largest id SQLite ever gave out (retention never makes one reused).
 Finally the counts of every table are compared.
 
-Copied: decisions, rewards, the trainer's checkpoints, loop configuration, jobs, mode switches, and the
-published models with the ``CURRENT`` pointer. Signals, triage items and the outbox are not on PostgreSQL yet:
-a log holding any refuses to be copied rather than lose them.
+Copied: decisions, rewards, the trainer's checkpoints, loop configuration, jobs, mode switches, the signals'
+entities, events and buckets, the outbox, and the published models with the ``CURRENT`` pointer. Tables not on
+PostgreSQL yet (``NOT_COPIED``) refuse the copy when they hold rows, rather than lose them.
 """
 
 from __future__ import annotations
@@ -45,8 +45,26 @@ TABLES: list[tuple[str, str, str | None, str]] = [
     ),
     ("loop_config", "loop, service, policy, updated_at", None, "loop"),
     ("jobs", "loop, kind, id, request, status, result, created_at, updated_at", None, "loop, kind, id"),
+    ("signal_entities", "type, id, attributes, times, updated_at", None, "type, id"),
+    ("signal_versions", "type, id, version", None, "type, id"),
+    ("signal_entity_history", "type, id, updated_at, attributes, times", None, "type, id, updated_at"),
+    ("signal_events", "id, key, at, name, account, user, attributes", "id", ""),
+    (
+        "signal_buckets",
+        "type, entity_id, feature, day, count, total, low, high, newest, last_value",
+        None,
+        "type, entity_id, day, feature",
+    ),
+    ("signal_distinct", "type, entity_id, feature, day, value", None, "type, entity_id, day, feature, value"),
+    (
+        "outbox",
+        "id, key, source, recipient, subject, body, created_at, state, attempts, next_attempt_at, sent_at, last_error",
+        "id",
+        "",
+    ),
 ]
-NOT_COPIED = ("signal_versions", "signal_events", "outbox")  # tables of features not on PostgreSQL yet
+IDENTITIES = ("decisions", "rewards", "mode_switches", "signal_events", "outbox")  # ids continue after the copy
+NOT_COPIED: tuple[str, ...] = ()  # tables not on PostgreSQL yet (a log with rows there is refused)
 
 
 class CopyError(RuntimeError):
@@ -69,7 +87,7 @@ def copy_to_postgres(
             say(f"{table}: {counts[table]} rows")
         counts["model_versions"] = _copy_models(dst, data_dir, src)
         say(f"model_versions: {counts['model_versions']} models")
-        for table in ("decisions", "rewards", "mode_switches"):
+        for table in IDENTITIES:
             ever = src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
             largest = max(
                 ever[0] if ever else 0, src.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
@@ -110,11 +128,13 @@ def _check(src: sqlite3.Connection, dst: Connection, source: Path) -> None:
 def _copy_table(src: sqlite3.Connection, dst: Connection, table: str, columns: str, order: str | None, key: str) -> int:
     width = len(columns.split(","))
     insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * width)})"
-    if order is None:  # small tables keyed by name: what is there already is this copy's
-        rows = src.execute(f"SELECT {columns} FROM {table}").fetchall()
-        with _batch(dst):
-            dst.executemany(insert + f" ON CONFLICT ({key}) DO NOTHING", rows)
-        return len(rows)
+    if order is None:  # keyed tables: what is there already is this copy's, the rest goes in batch by batch
+        cursor, count = src.execute(f"SELECT {columns} FROM {table}"), 0
+        while rows := cursor.fetchmany(BATCH):
+            with _batch(dst):
+                dst.executemany(insert + f" ON CONFLICT ({key}) DO NOTHING", rows)
+            count += len(rows)
+        return count
     after = dst.execute(f"SELECT coalesce(max({order}), 0) FROM {table}").fetchone()[0]
     while True:
         rows = src.execute(
