@@ -1,7 +1,8 @@
 """The store: the only place that speaks SQL.
 
 - :mod:`ranker.store.database`: the engine the settings choose (:func:`open_database`): SQLite, or PostgreSQL
-  (:mod:`ranker.store.postgres`) shared by several nodes; one interface, so callers never branch on it;
+  (:mod:`ranker.store.postgres`, speaking through :mod:`ranker.store.pgsql`) shared by several nodes; one
+  interface, so callers never branch on it; :mod:`ranker.store.copy` moves an SQLite log into PostgreSQL;
 - :mod:`ranker.store.sqlite`: the decision log in SQLite (WAL) and its group commit (:class:`Store`), the
   connection, migration and transaction helpers, a loop's API configuration;
 - :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;

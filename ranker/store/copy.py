@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import models as files
-from .postgres import Connection, PostgresDatabase
+from .pgsql import Connection
+from .postgres import PostgresDatabase
 from .sqlite import open_log, timestamp
 
 BATCH = 5000
