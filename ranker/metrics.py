@@ -181,8 +181,8 @@ class LearningState:
             "ranker_model_version", "Model version published for the workers (0: none yet).", labels=["loop"]
         )
         for name in settings.loops:
-            current = self.service.models.current(name)
-            version.add_metric([name], int(current[0]) if current else 0)
+            served = self.service.models.served(name)
+            version.add_metric([name], int(served) if served else 0)
         yield version
         logged = GaugeMetricFamily("ranker_events_logged", "Decisions (Rank events) in the log.", labels=["loop"])
         learned = CounterMetricFamily(

@@ -160,7 +160,7 @@ def test_published_models_have_growing_versions_a_current_pointer_and_are_pruned
     published = [models.publish("cards", f"model {n}".encode()) for n in range(6)]
     assert published == sorted(published) and len(set(published)) == 6
     version, path = models.current("cards")
-    assert version == published[-1] and path.read_bytes() == b"model 5"
+    assert version == published[-1] == models.served("cards") and path.read_bytes() == b"model 5"
     stamp = models.stamp("cards")
     assert models.prune("cards", keep=2, also_keep={published[0]}) == published[1:4]
     assert models.versions("cards") == [published[0], *published[4:]]

@@ -62,6 +62,11 @@ class FileModels:
     def current(self, loop: str) -> tuple[str, Path] | None:
         return files.current(self.data_dir, loop)
 
+    def served(self, loop: str) -> str | None:
+        """The version ``CURRENT`` names (None before the first), without its model."""
+        current = files.current(self.data_dir, loop)
+        return current[0] if current else None
+
     def stamp(self, loop: str) -> Any:
         return files.stamp(self.data_dir, loop)
 

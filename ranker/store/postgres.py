@@ -251,6 +251,11 @@ class DatabaseModels:
         path = self.path(loop, rows[0]["version"])
         return None if path is None else (rows[0]["version"], path)
 
+    def served(self, loop: str) -> str | None:
+        """The version ``model_current`` names (None before the first), without its model."""
+        rows = self.database.read("SELECT version FROM model_current WHERE loop = ?", (loop,))
+        return rows[0]["version"] if rows else None
+
     def versions(self, loop: str) -> list[str]:
         rows = self.database.read("SELECT version FROM model_versions WHERE loop = ? ORDER BY version", (loop,))
         return [row["version"] for row in rows]
