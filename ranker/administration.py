@@ -8,7 +8,6 @@ a fresh model is published at once so the workers stop serving the old one. Refu
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import loopconfig, models, vwoptions
+from . import loopconfig, vwoptions
 from .engine import fresh_model, is_multislot
 from .errors import ApiError
 from .service import Loop, Service, timestamp
@@ -60,12 +59,11 @@ def set_policy(service: Service, loop: Loop, policy: dict | None) -> None:
 def _change_config(service: Service, loop: Loop, change) -> None:
     """Store the loop's API configuration; reset the model when what it learns with changed.
 
-    Changes are serialised across processes (a lock file), so two at once cannot lose one. New learning
-    arguments are first loaded by VW in a separate process: a configuration VW refuses is a 400 and is not
-    stored.
+    Changes are serialised across processes and nodes (the database's ``config_turn``), so two at once cannot
+    lose one. New learning arguments are first loaded by VW in a separate process: a configuration VW refuses
+    is a 400 and is not stored.
     """
-    with open(service.settings.data_dir / "config.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with service.database.config_turn():
         stored_service, stored_policy = change(*_stored(service, loop))
         row = {
             "service": json.dumps(stored_service) if stored_service else None,
@@ -80,14 +78,14 @@ def _change_config(service: Service, loop: Loop, change) -> None:
         service.store.save_loop_config(loop.name, row["service"], row["policy"], row["updated_at"])
         if after != before:
             # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
-            models.publish(service.settings.data_dir, loop.name, fresh_model(arguments))
+            service.models.publish(loop.name, fresh_model(arguments))
     loop.checked_at = 0.0  # this worker applies it now; the others within REFRESH_SECONDS
     service.refresh(loop)
 
 
 def export_model(service: Service, loop: Loop) -> bytes:
     """The model the workers serve: the last published version, or a fresh one before any."""
-    current = models.current(service.settings.data_dir, loop.name)
+    current = service.models.current(loop.name)
     return current[1].read_bytes() if current else fresh_model(loop.arguments)
 
 
@@ -125,9 +123,8 @@ def _replace_model(service: Service, loop: Loop, model: bytes, fingerprint: str)
     The model is published inside the log's write turn, as the trainer publishes: a trainer that learned
     on from the previous model cannot publish it over this one (it finds the generation raised).
     """
-    data_dir = service.settings.data_dir  # publish() runs in the store's writer thread
-    version = service.store.reset_learning(
-        loop.name, fingerprint, model, lambda: models.publish(data_dir, loop.name, model)
+    version = service.store.reset_learning(  # publish() runs in the store's writer thread, in its transaction
+        loop.name, fingerprint, model, lambda conn: service.models.publish(loop.name, model, conn)
     )
     loop.checked_at = 0.0
     service.refresh(loop)
@@ -136,16 +133,11 @@ def _replace_model(service: Service, loop: Loop, model: bytes, fingerprint: str)
 
 def model_properties(service: Service, loop: Loop) -> dict[str, str]:
     """``creationTime`` and ``lastModifiedTime`` of the published model versions (empty before any)."""
-    data_dir = service.settings.data_dir
-    versions = models.versions(data_dir, loop.name)
+    versions = service.models.versions(loop.name)
     if not versions:
         return {}
-    first, last = (models.loop_dir(data_dir, loop.name) / f"{v}.vw" for v in (versions[0], versions[-1]))
-    return {"creationTime": _mtime(first), "lastModifiedTime": _mtime(last)}
-
-
-def _mtime(path: Path) -> str:
-    return timestamp(datetime.fromtimestamp(os.stat(path).st_mtime, UTC))
+    first, last = (timestamp(service.models.created(loop.name, v)) for v in (versions[0], versions[-1]))
+    return {"creationTime": first, "lastModifiedTime": last}
 
 
 def log_properties(service: Service, loop: Loop) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .evaluation.replay import (
 from .evaluation.search import search
 from .export import export, import_dsjson
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
-from .store import migrate
+from .store import open_database
 
 
 def _settings(config: str | None, **overrides):
@@ -53,7 +53,8 @@ def cli() -> None:
 @click.option("--workers", type=int, help="gunicorn worker processes (default 2).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 def serve(host: str | None, port: int | None, workers: int | None, config: str | None) -> None:
-    """Serve the API with gunicorn on the embedded SQLite decision log, and run the trainer beside it.
+    """Serve the API with gunicorn on the decision log (SQLite in data_dir, or PostgreSQL with database_url), and
+    run the trainer beside it (on PostgreSQL, one node's trainer leads and the others stand by).
 
     The trainer is started again if it dies; stopping this command (SIGTERM, Ctrl-C) stops both.
 
@@ -70,7 +71,10 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
             env[f"RANKER_{name}"] = str(value)
     # The one moment the decision log is created: the trainer and the workers started beside it (again,
     # later) only open it, so a log deleted while serving is never replaced by an empty one.
-    migrate(settings.database_path)
+    try:
+        open_database(settings).migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
     trainer = supervisor.Supervisor(env=env).start()
 
@@ -97,7 +101,8 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
 def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_pid, no_create_database) -> None:
     """Run the trainer alone: join rewards, learn, publish models, until interrupted.
 
-    A second trainer on the same data folder waits, and takes over when the first one stops.
+    A second trainer on the same data folder (or PostgreSQL database) waits, and takes over when the first one
+    stops or dies.
 
     Example: ranker train --config ranker.toml
     """
@@ -119,14 +124,46 @@ def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_
 
 @cli.command("migrate")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def migrate_command(config: str | None) -> None:
-    """Apply pending schema migrations to the decision log.
+@click.option(
+    "--copy-to",
+    envvar="RANKER_COPY_TO",
+    help="Copy the SQLite log, models and configuration into this empty PostgreSQL database "
+    "(postgresql://...; or set RANKER_COPY_TO, which keeps the password out of the process list).",
+)
+def migrate_command(config: str | None, copy_to: str | None) -> None:
+    """Apply pending schema migrations to the decision log; with --copy-to, copy an SQLite log into PostgreSQL.
 
-    Example: ranker migrate --config ranker.toml
+    The copy resumes where an interrupted one stopped and compares the counts of every table at the end.
+    Stop ranker serve first; then set database_url to the same URL and start the nodes.
+
+    Example: ranker migrate --config ranker.toml --copy-to postgresql://ranker@db.internal/ranker
     """
     settings = _settings(config)
-    applied = migrate(settings.database_path)
-    click.echo(f"{settings.database_path}: " + (", ".join(applied) if applied else "up to date"))
+    if copy_to:
+        _copy_to(settings, copy_to)
+        return
+    try:
+        applied = open_database(settings).migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{settings.database_name}: " + (", ".join(applied) if applied else "up to date"))
+
+
+def _copy_to(settings, url: str) -> None:
+    from .settings import mask_secrets
+    from .store.copy import CopyError, copy_to_postgres
+
+    target = _settings(None, database_url=url, data_dir=settings.data_dir)
+    if settings.database_url is not None:
+        raise click.ClickException("--copy-to copies the SQLite log: unset database_url for it")
+    try:
+        counts = copy_to_postgres(
+            settings.database_path, settings.data_dir, open_database(target), lambda line: click.echo(line)
+        )
+    except (CopyError, StoreUnavailable, ValueError) as exc:
+        raise click.ClickException(mask_secrets(str(exc), url)) from None
+    total = ", ".join(f"{table} {n}" for table, n in counts.items())
+    click.echo(f"copied {settings.database_path} into {target.database_name}; counts verified: {total}")
 
 
 @cli.command("new-key")
@@ -416,13 +453,15 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
     Example: ranker explain --loop cards 3f2a9c0e
     """
     from . import events
-    from .store import Store
 
     settings = _settings(config)
     name = _loop(settings, loop)
-    if not settings.database_path.exists():  # a reader: never create an empty log where there is none
-        raise click.ClickException(f"there is no decision log at {settings.database_path}")
-    body = events.lookup(Store(settings.database_path, create=False), settings, name, event_id, features)
+    database = open_database(settings)
+    try:
+        database.open_log().close()  # a reader: never create an empty log where there is none
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    body = events.lookup(database.store(create=False), settings, name, event_id, features)
     if body is None:
         raise click.ClickException(f"no decision {event_id!r} in loop {name!r}")
     click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))
@@ -438,10 +477,9 @@ def signals_group() -> None:
 
 def _signals(config: str | None):
     from .signals.service import Signals
-    from .store import Store
 
     settings = _settings(config)
-    return Signals(settings.signals, Store(settings.database_path, settings.synchronous, settings.commit_timeout))
+    return Signals(settings.signals, open_database(settings).store(settings.commit_timeout))
 
 
 @signals_group.command("import")

@@ -17,12 +17,12 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from . import dsjson, explain, models, vwfeatures, vwoptions
+from . import dsjson, explain, vwfeatures, vwoptions
 from .api import caller, json_response, path_id, service
 from .engine import Engine
 from .errors import ApiError
 from .settings import Settings
-from .store import Store
+from .store import Store, open_database
 
 bp = Blueprint("events", __name__)
 
@@ -34,7 +34,9 @@ ENGINES_KEPT = 4
 def engine_of(settings: Settings, loop: str, version: str) -> Engine | None:
     """A predict-only engine on a stored model version (its own options, read from its header), or None
     when the version is no longer stored."""
-    path = models.loop_dir(settings.data_dir, loop) / f"{version}.vw"
+    path = open_database(settings).models.path(loop, version)
+    if path is None:  # not stored (any more)
+        return None
     try:
         key = (str(path.resolve()), path.stat().st_ino)
         with _engines_lock:

@@ -62,7 +62,7 @@ from .engine import is_multislot
 from .join import Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
-from .store import connect, log, migrate, open_log, parse_time, timestamp
+from .store import log, open_database, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
@@ -94,7 +94,7 @@ def decisions(
     DSJSON line as :func:`export` writes it (the one reader of export and the replay)."""
     if loop not in settings.loops:
         raise ValueError(f"unknown loop {loop!r}")
-    conn = open_log(settings.database_path, settings.synchronous)
+    conn = open_database(settings).open_log()
     try:
         join = RewardJoin.of(loopconfig.read(conn, settings, loop)[0])
         # due as the trainer has it: made at or before now - rewardWaitTime - commit grace (the log's
@@ -254,8 +254,9 @@ def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[
     """
     if loop not in settings.loops:
         raise ValueError(f"unknown loop {loop!r}")
-    migrate(settings.database_path)
-    conn = connect(settings.database_path, settings.synchronous)
+    database = open_database(settings)
+    database.migrate()
+    conn = database.connect()
     errors: list[tuple[int, str]] = []
     imported = 0
     try:
@@ -281,10 +282,10 @@ def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[
                     continue
                 batch.append((number, decision))
                 if len(batch) >= IMPORT_BATCH:
-                    imported += _write(settings, conn, loop, batch, errors)
+                    imported += _write(database, conn, loop, batch, errors)
                     batch = []
             if batch:
-                imported += _write(settings, conn, loop, batch, errors)
+                imported += _write(database, conn, loop, batch, errors)
         finally:
             parser.close()
     finally:
@@ -294,7 +295,7 @@ def import_dsjson(settings: Settings, loop: str, lines: Iterable[str]) -> tuple[
 
 
 def _write(
-    settings: Settings,
+    database: Any,
     conn: sqlite3.Connection,
     loop: str,
     batch: list[tuple[int, Imported]],
@@ -318,7 +319,7 @@ def _write(
         )
         for number, d in batch
     ]
-    written, refused = log.import_decisions(conn, settings.database_path, loop, rows)
+    written, refused = log.import_decisions(conn, database, loop, rows)
     errors.extend((number, f"not written: {reason}") for number, reason in refused)
     return written
 
@@ -386,7 +387,7 @@ class LoopLog:
     def size(self) -> int:
         """An upper bound of the events: the loop's decisions in the time range (for a progress bar)."""
         start, end = (log_time(moment) if moment is not None else None for moment in (self.start, self.end))
-        conn = open_log(self.settings.database_path)
+        conn = open_database(self.settings).open_log()
         try:
             return log.count_decisions(conn, self.loop, start, end)
         finally:
@@ -394,7 +395,7 @@ class LoopLog:
 
     def multislot(self) -> bool:
         """Whether the loop's policy is multi-slot: its multi-slot decisions are the ones the trainer learns."""
-        conn = open_log(self.settings.database_path)
+        conn = open_database(self.settings).open_log()
         try:
             return is_multislot(loopconfig.read(conn, self.settings, self.loop)[1].arguments)
         finally:

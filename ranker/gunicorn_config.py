@@ -7,7 +7,7 @@ import os
 import socket
 
 from ranker.settings import LOOPBACK, load_settings
-from ranker.store import migrate
+from ranker.store import open_database
 
 _settings = load_settings()
 
@@ -39,16 +39,16 @@ def on_starting(server) -> None:
     if not _settings.auth and _settings.host not in LOOPBACK:
         raise SystemExit(f"refusing to serve {_settings.host} without keys: add keys to a loop or bind 127.0.0.1")
     _check_address_free(_settings.host, _settings.port)
-    applied = migrate(_settings.database_path)
+    applied = open_database(_settings).migrate()
     log = logging.getLogger("gunicorn.error")
     if applied:
-        log.info("decision log %s: applied migrations %s", _settings.database_path, ", ".join(applied))
+        log.info("decision log %s: applied migrations %s", _settings.database_name, ", ".join(applied))
     if not _settings.auth:
         log.warning(
             "AUTH IS OFF: no loop has keys, every request goes to loop %r; serving on loopback only",
             _settings.default_loop,
         )
-    log.info("loops: %s; decision log: %s", ", ".join(_settings.loops), _settings.database_path)
+    log.info("loops: %s; decision log: %s", ", ".join(_settings.loops), _settings.database_name)
     # The workers share their request metrics through files in a folder of this server's (prometheus_client's
     # multiprocess mode). prometheus_client reads the variable when it is first imported: set it before.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.data_dir.resolve() / "metrics" / str(os.getpid()))

@@ -42,7 +42,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from . import loopconfig, models
+from . import loopconfig
 from .api import api_key
 from .errors import StoreUnavailable
 from .join import RewardJoin
@@ -181,8 +181,8 @@ class LearningState:
             "ranker_model_version", "Model version published for the workers (0: none yet).", labels=["loop"]
         )
         for name in settings.loops:
-            current = models.current(settings.data_dir, name)
-            version.add_metric([name], int(current[0]) if current else 0)
+            served = self.service.models.served(name)
+            version.add_metric([name], int(served) if served else 0)
         yield version
         logged = GaugeMetricFamily("ranker_events_logged", "Decisions (Rank events) in the log.", labels=["loop"])
         learned = CounterMetricFamily(

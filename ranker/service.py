@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import discovery, dsjson, explain, loopconfig, models, rules, vwfeatures
+from . import discovery, dsjson, explain, loopconfig, rules, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
 from .errors import ApiError, StoreUnavailable
 from .schemas import MultiSlotRankRequest, RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
 from .signals.service import Signals
-from .store import Store, timestamp
+from .store import open_database, timestamp
 
 log = logging.getLogger("ranker")
 
@@ -164,7 +164,9 @@ class Service:
     def __init__(self, settings: Settings, create_database: bool = True):
         """``create_database`` False: the decision log must exist (see :class:`Store`)."""
         self.settings = settings
-        self.store = Store(settings.database_path, settings.synchronous, settings.commit_timeout, create_database)
+        self.database = open_database(settings)  # SQLite in data_dir, or PostgreSQL with database_url
+        self.models = self.database.models
+        self.store = self.database.store(settings.commit_timeout, create_database)
         self.exposures = discovery.Exposures(self.store, settings.discovery_refresh_seconds)
         self.signals = Signals(settings.signals, self.store)
         self.loops: dict[str, Loop] = {}
@@ -177,7 +179,11 @@ class Service:
             arguments = vw_arguments(policy.arguments, loop_settings.exploration_percentage)
             loop = self.loops[name] = Loop(name, loop_settings, policy, Engine(arguments), arguments, stamp)
             loop.loading.acquire()
-            self._load_published(loop, models.stamp(settings.data_dir, name))
+            try:
+                stamp = self.models.stamp(name)
+            except StoreUnavailable:
+                stamp = None
+            self._load_published(loop, stamp)
         self._keys = [
             (bytes.fromhex(key.sha256), name, key.role) for name, loop in settings.loops.items() for key in loop.keys
         ]
@@ -223,7 +229,8 @@ class Service:
         """Apply configuration changed through the API, and start loading a newly published model.
 
         At most every REFRESH_SECONDS per loop: one query of ``loop_config`` and one stat of the model
-        pointer. Requests go on with the model in hand while a new one loads.
+        pointer (on PostgreSQL, one read of ``model_current``). Requests go on with the model in hand while a
+        new one loads.
         """
         now = time.monotonic()
         if now - loop.checked_at < REFRESH_SECONDS:
@@ -244,7 +251,7 @@ class Service:
                     loop.arguments, loop.engine, loop.model_stamp = arguments, engine, None
                     release_memory()
                 log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
-        stamp = models.stamp(self.settings.data_dir, loop.name)
+        stamp = self.models.stamp(loop.name)
         if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return
         threading.Thread(target=self._load_published, args=(loop, stamp), daemon=True).start()
@@ -252,7 +259,7 @@ class Service:
     def _load_published(self, loop: Loop, stamp: tuple[int, int] | None) -> None:
         """Swap in the published model the pointer names (called holding ``loop.loading``)."""
         try:
-            current = models.current(self.settings.data_dir, loop.name)
+            current = self.models.current(loop.name)
             if current is not None and current[0] != loop.engine.version:
                 version, path = current
                 old = weakref.ref(loop.engine)
@@ -264,7 +271,7 @@ class Service:
                 while old() is not None and time.monotonic() < deadline:
                     time.sleep(0.005)
                 release_memory()
-        except (OSError, RuntimeError, ValueError) as exc:  # keep serving the model in hand
+        except (OSError, RuntimeError, ValueError, StoreUnavailable) as exc:  # keep serving the model in hand
             log.error("loop %s: cannot load the published model: %s", loop.name, exc)
         finally:
             loop.model_stamp = stamp

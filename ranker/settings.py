@@ -17,7 +17,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import vwoptions
 from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
@@ -30,6 +39,22 @@ from .triage.definitions import TriageSettings
 _HERE = Path(__file__).resolve().parent
 PACKAGE_POLICIES = _HERE / "policies" if (_HERE / "policies").is_dir() else _HERE.parent / "policies"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password (in the authority or a ``password=`` parameter) replaced by ``***``."""
+    url = re.sub(r"^([a-z]+://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def mask_secrets(text: str, url: str | None) -> str:
+    """``text`` with ``url`` (and any password of it) masked: for messages that may quote a setting's value."""
+    if url:
+        text = text.replace(url, mask_url(url))
+        password = re.match(r"^[a-z]+://[^:/@?#]*:([^@/?#]*)@", url)
+        if password and password.group(1):
+            text = text.replace(password.group(1), "***")
+    return text
 
 
 def hash_key(key: str) -> str:
@@ -169,6 +194,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_dir: Path = Field(Path("logs"), description="Folder of the decision log database and models.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL database of the decision log, models and configuration, shared by every node "
+        "(postgresql://user:password@host:port/db); unset: SQLite in data_dir. Never printed or logged.",
+    )
     policies_dir: Path = Field(PACKAGE_POLICIES, description="Folder of policy files (name.json).")
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=1, le=65535, description="Port to bind.")
@@ -255,6 +285,16 @@ class Settings(BaseModel):
                 raise ValueError(f"loop name {name!r}: letters, digits, '.', '_' and '-' only")
         return loops
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"database_url: the scheme must be postgresql://, not {scheme!r}")
+        return value
+
     @field_validator("explanation_retention")
     @classmethod
     def _retention(cls, value: str) -> str:
@@ -267,6 +307,13 @@ class Settings(BaseModel):
             self.default_loop = "default" if "default" in self.loops else next(iter(self.loops))
         elif self.default_loop not in self.loops:
             raise ValueError(f"default_loop {self.default_loop!r} is not a loop")
+        return self
+
+    @model_validator(mode="after")
+    def _postgresql_scope(self) -> Settings:
+        """What the PostgreSQL store does not hold yet (triage) is refused rather than half served."""
+        if self.database_url is not None and self.triage.playbook:
+            raise ValueError("database_url: triage runs on SQLite only for now; unset database_url or the playbook")
         return self
 
     @model_validator(mode="after")
@@ -285,6 +332,13 @@ class Settings(BaseModel):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "ranker.db"
+
+    @property
+    def database_name(self) -> str:
+        """The decision log as logs and messages name it: the SQLite file, or the URL without its password."""
+        if self.database_url is None:
+            return str(self.database_path)
+        return mask_url(self.database_url.get_secret_value())
 
     def policy(self, loop: str) -> Policy:
         """The loop's policy, read from policies_dir when named."""
@@ -329,7 +383,8 @@ def load_settings(
         for loop in settings.loops:
             settings.policy(loop)
     except (ValidationError, ValueError) as exc:
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        url = data.get("database_url")
+        raise SettingsError(mask_secrets(f"invalid settings: {exc}", url if isinstance(url, str) else None)) from None
     return settings
 
 

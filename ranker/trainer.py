@@ -40,7 +40,6 @@ publication, the checkpointed model becomes a new version in the model store (:m
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -57,7 +56,7 @@ from typing import Any
 
 import vowpalwabbit
 
-from . import dsjson, loopconfig, models, vwcalls
+from . import dsjson, loopconfig, vwcalls
 from .engine import is_multislot, pmf_of, slot_scores_of
 from .errors import StoreUnavailable
 from .evaluation import jobs
@@ -65,7 +64,7 @@ from .evaluation.replay import LoopLog
 from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, parse_duration
-from .store import connect, file_identity, learning, loop_config_row, migrate, parse_time, timestamp, write_turn
+from .store import learning, loop_config_row, open_database, parse_time, timestamp, transaction
 from .triage.schedule import TriageSchedule
 
 log = logging.getLogger("ranker.trainer")
@@ -134,14 +133,15 @@ class Trainer:
         self.checkpoint_seconds = checkpoint_seconds
         self.commit_grace = timedelta(seconds=commit_grace)
         self.keep_versions = keep_versions
+        self.database = open_database(settings)  # SQLite in data_dir, or PostgreSQL with database_url
         try:
-            migrate(settings.database_path, create=create_database)
-            self._conn = connect(settings.database_path, settings.synchronous, create=create_database)
-            self._identity = file_identity(settings.database_path)
+            self.database.migrate(create=create_database)
+            self._conn = self.database.connect(create=create_database)
+            self._identity = self.database.identity()
         except (OSError, sqlite3.OperationalError) as exc:
             if create_database:
                 raise
-            raise StoreUnavailable(f"the decision log {settings.database_path} cannot be opened: {exc}") from exc
+            raise StoreUnavailable(f"the decision log {settings.database_name} cannot be opened: {exc}") from exc
         self._scratch = self.data_dir / ".trainer"
         self._scratch.mkdir(parents=True, exist_ok=True)
         self._loops: dict[str, _Loop] = {}
@@ -235,14 +235,13 @@ class Trainer:
                 self._stop = None
 
     def check(self) -> None:
-        """Raise ``StoreUnavailable`` when the decision log's file was deleted or replaced under the trainer:
-        it stops rather than learn from, and write into, a log the server no longer has."""
-        try:
-            found = file_identity(self.settings.database_path)
-        except FileNotFoundError:
-            found = None
-        if found != self._identity:
-            raise StoreUnavailable(f"the decision log {self.settings.database_path} was deleted or replaced")
+        """Raise ``StoreUnavailable`` when the decision log's file was deleted or replaced under the trainer, or
+        when it lost the leadership (PostgreSQL: its session ended): it stops rather than learn from, and write
+        into, a log the server no longer has, or learn beside the trainer that leads now."""
+        if not self.database.check(self._identity):
+            raise StoreUnavailable(f"the decision log {self.settings.database_name} was deleted or replaced")
+        if self._stop is not None and not self.database.leading():
+            raise StoreUnavailable("the trainer lost its leadership")
 
     def state(self, loop: str) -> dict[str, Any] | None:
         """The stored checkpoint of a loop, without the model bytes (with their size)."""
@@ -447,16 +446,16 @@ class Trainer:
         if loop.published_at is not None and timedelta(0) <= now - loop.published_at < loop.export:
             return None
         # In the log's write turn, as a model import or reset is: neither publishes over the other.
-        with write_turn(self.settings.database_path):
+        with self.database.write_turn(), transaction(self._conn):
             if learning.generation(self._conn, loop.name) != loop.generation:
                 raise CheckpointConflict(f"loop {loop.name}: the model was imported or reset under the trainer")
-            version = models.publish(self.data_dir, loop.name, loop.model)
+            version = self.database.models.publish(loop.name, loop.model, self._conn)
             learning.record_publication(self._conn, loop.name, version, loop.learned, timestamp(now))
         loop.published_learned, loop.published_at = loop.learned, now
         # versions that served recent decisions stay, so those decisions can be explained (ranker.events)
         since = timestamp(now - parse_duration(self.settings.explanation_retention))
         served = learning.served_versions(self._conn, loop.name, since)
-        models.prune(self.data_dir, loop.name, self.keep_versions, also_keep=served)
+        self.database.models.prune(loop.name, self.keep_versions, served, self._conn)
         log.info("loop %s: published model %s (%d events learned)", loop.name, version, loop.learned)
         return version
 
@@ -529,24 +528,10 @@ class Trainer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    @contextlib.contextmanager
-    def lease(self, stop_event: threading.Event) -> Iterator[bool]:
-        """Hold the data folder's trainer lock (yield True), or wait for it until ``stop_event`` (False)."""
-        with open(self.data_dir / "trainer.lock", "w") as lock:
-            waiting = False
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not waiting:
-                        log.info("another trainer holds %s; waiting for it", lock.name)
-                        waiting = True
-                    if stop_event.wait(0.2):
-                        yield False
-                        return
-            self._clear_scratch()
-            yield True
+    def lease(self, stop_event: threading.Event) -> contextlib.AbstractContextManager[bool]:
+        """Hold the trainer's lease (yield True), or wait for it until ``stop_event`` (False): the data folder's
+        lock file on SQLite, a session advisory lock on PostgreSQL (one trainer across every node)."""
+        return self.database.lease(stop_event, self._clear_scratch)
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()

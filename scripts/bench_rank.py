@@ -31,9 +31,17 @@ account and a user, to which the server adds 2 x 20 features and their attribute
 and the plain loop with that same merged context sent inline by the caller (so the difference between the
 last two is the lookup and merge alone, the rest being the cost of a larger context in VW and the log).
 
+With ``--database-url postgresql://...`` it compares instead, in one run, Rank on two servers started side by
+side: one on SQLite (as above) and one on that PostgreSQL database (an empty or ranker-migrated one, on this
+machine). Closed-loop rounds alternate between them; then each gets its open loop at half its own maximum.
+It also prints what a capacity plan needs: the CPU per Rank of the ranker processes and of PostgreSQL's
+(the server's processes, found from its checkpointer), PostgreSQL's commits per second and decisions per
+commit (group commit), and the bytes per decision row (table and indexes).
+
 Example:
     python scripts/bench_rank.py --concurrency 24 --duration 8 --requests 50000
     python scripts/bench_rank.py --enrichment --rounds 3
+    python scripts/bench_rank.py --database-url postgresql://postgres@/bench?host=/tmp/pg --rounds 3
 """
 
 from __future__ import annotations
@@ -309,9 +317,11 @@ async def open_loop(
 # -- the server --------------------------------------------------------------------------------
 
 
-def start_server(data_dir: Path, workers: int | None, threads: int | None, config: str | None = None) -> Server:
+def start_server(
+    data_dir: Path, workers: int | None, threads: int | None, config: str | None = None, **more: str
+) -> Server:
     """``ranker serve`` on a free loopback port with the null endpoint on (and a settings file's text)."""
-    settings = {"null_endpoint": 1}
+    settings = {"null_endpoint": 1, **more}
     settings.update({name: value for name, value in (("workers", workers), ("threads", threads)) if value is not None})
     return Server(data_dir, config, **settings)
 
@@ -596,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         "--explain", action="store_true", help="each round also runs Rank with explanations on (same server)"
     )
     parser.add_argument(
+        "--database-url",
+        help="compare Rank on SQLite with Rank on this PostgreSQL database (instead of Rank against /null)",
+    )
+    parser.add_argument(
         "--enrichment",
         action="store_true",
         help="compare Rank without enrichment, with 2 entities x 20 features added by the server, and with the "
@@ -604,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.enrichment:
         return enrichment_main(args)
+    if args.database_url:
+        from bench_engines import engines_main
+
+        return engines_main(args)
 
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
         data_dir = args.data_dir or Path(tmp)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from postgres import Cluster, binaries
 
 from ranker.app import create_app
 from ranker.harness import Server
@@ -63,3 +65,25 @@ def serve(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL server for the session (tests/postgres.py); skipped without PostgreSQL's
+    binaries, except under CI=true, where their absence fails the test."""
+    if binaries() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed (CI installs it)")
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def database_url(request) -> str | None:
+    """None for SQLite; a fresh PostgreSQL database's URL for ``"postgresql"`` (a test's ``engine`` param)."""
+    engine = getattr(request, "param", "sqlite")
+    if engine == "sqlite":
+        return None
+    return request.getfixturevalue("pg_cluster").database()

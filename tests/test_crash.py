@@ -1,4 +1,5 @@
-"""Every acknowledged Rank and Reward survives a SIGKILL of the gunicorn worker that answered it."""
+"""Every acknowledged Rank and Reward survives a SIGKILL of the gunicorn worker that answered it, on SQLite and
+on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 import vowpalwabbit
+from postgres import log_rows
 
 from ranker.harness import Server
 
@@ -139,24 +140,15 @@ def keep_going(load: Load) -> None:
     )
 
 
-def read_log(path: Path) -> tuple[list[dict], list[dict]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        decisions = [dict(r) for r in conn.execute("SELECT * FROM decisions")]
-        rewards = [
-            dict(r)
-            for r in conn.execute(
-                "SELECT r.*, d.event_id, d.loop FROM rewards r LEFT JOIN decisions d ON d.id = r.decision_id"
-            )
-        ]
-    finally:
-        conn.close()
-    return decisions, rewards
+def read_log(data_dir: Path, url: str | None) -> tuple[list[dict], list[dict]]:
+    decisions = log_rows(data_dir, url, "SELECT * FROM decisions")
+    sql = "SELECT r.*, d.event_id, d.loop FROM rewards r LEFT JOIN decisions d ON d.id = r.decision_id"
+    return decisions, log_rows(data_dir, url, sql)
 
 
-def test_acknowledged_requests_survive_sigkill_of_workers(tmp_path: Path) -> None:
-    server = Server(tmp_path, workers="2")
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_acknowledged_requests_survive_sigkill_of_workers(tmp_path: Path, database_url: str | None) -> None:
+    server = Server(tmp_path, workers="2", **({"database_url": database_url} if database_url else {}))
     load = Load(server.url)
     try:
         assert len(server.worker_pids()) == 2
@@ -172,7 +164,7 @@ def test_acknowledged_requests_survive_sigkill_of_workers(tmp_path: Path) -> Non
         survivors = server.worker_pids()
         assert len(survivors) == 2 and first not in survivors and second not in survivors
         assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
-        decisions, rewards = read_log(server.data_dir / "ranker.db")
+        decisions, rewards = read_log(server.data_dir, database_url)
     finally:
         load.stop.set()
         server.stop()

@@ -265,8 +265,9 @@ def test_feature_importance_scores_each_namespace(logged):
     assert client.get(f"{V1}/featureImportances/fi", headers=ADMIN).status_code == 404
 
 
-def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(serve):
-    server = serve(CONFIG)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(serve, database_url):
+    server = serve(CONFIG, **({"database_url": database_url} if database_url else {}))
     admin = PersonalizerAdministrationClient(server.url, AzureKeyCredential(ADMIN_KEY), retry_total=0)
     client = PersonalizerClient(server.url, AzureKeyCredential(RANK_KEY), retry_total=0)
     rng = random.Random(11)

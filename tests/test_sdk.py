@@ -4,13 +4,14 @@ azure-ai-personalizer has the multi-slot calls too (``rank_multi_slot``, ``rewar
 ``activate_multi_slot``), run against the multi-slot loop ``slots``; azure-cognitiveservices-personalizer 0.1.1
 has none (its client has ``rank`` and ``events.reward``/``events.activate`` only), so it meets a multi-slot loop
 only by mistake, and is told so.
+
+Every test runs on both engines: a server on SQLite, and one on PostgreSQL (a throwaway cluster, tests/postgres.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from azure.core.exceptions import (
 from conftest import KEYED_CONFIG, OTHER_KEY, RANK_KEY
 from msrest.authentication import CognitiveServicesCredentials
 from msrest.exceptions import HttpOperationError
+from postgres import log_rows
 
 from ranker.harness import Server
 from ranker.settings import hash_key
@@ -56,9 +58,12 @@ SLOTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("sdk"), KEYED_CONFIG + SLOTS_LOOP)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    engine = {"database_url": url} if url else {}
+    running = Server(tmp_path_factory.mktemp("sdk"), KEYED_CONFIG + SLOTS_LOOP, **engine)
+    running.database_url = url
     yield running
     running.stop()
 
@@ -78,12 +83,7 @@ def legacy_actions() -> list[RankableAction]:
 
 
 def rows(server: Server, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(server.data_dir / "ranker.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in conn.execute(sql, params)]
-    finally:
-        conn.close()
+    return log_rows(server.data_dir, server.database_url, sql, params)
 
 
 def decision(server: Server, event_id: str, loop: str = "cards") -> dict[str, Any]:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from datetime import datetime
 
+import pytest
 import requests
+from postgres import log_rows
 
-from ranker import models
+from ranker.settings import Settings
+from ranker.store import open_database
 
 ACTIONS = [{"id": f"a{i}", "features": [{"item": {"kind": f"k{i % 3}", "tag": f"t{i}"}}]} for i in range(10)]
 CONFIG = '[loops.default]\nrewardWaitTime = "PT1S"\nmodelExportFrequency = "PT1S"\n'
 
 
-def test_workers_serve_each_published_model_within_a_second(serve):
-    server = serve(CONFIG)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_workers_serve_each_published_model_within_a_second(serve, database_url):
+    server = serve(CONFIG, **({"database_url": database_url} if database_url else {}))
     assert len(server.worker_pids()) == 2 and server.trainer_pid() is not None
     url = server.url + "/personalizer/v1.0"
     stop = threading.Event()
@@ -48,11 +51,10 @@ def test_workers_serve_each_published_model_within_a_second(serve):
         thread.join()
     assert not failures
 
-    published = {p.stem: p.stat().st_mtime for p in models.loop_dir(server.data_dir, "default").glob("*.vw")}
-    with sqlite3.connect(server.data_dir / "ranker.db") as conn:
-        rows = conn.execute("SELECT created_at, model_version FROM decisions ORDER BY id").fetchall()
-    conn.close()
-    served = [(datetime.fromisoformat(at).timestamp(), version) for at, version in rows]
+    stored = open_database(Settings(data_dir=server.data_dir, database_url=database_url)).models
+    published = {v: stored.created("default", v).timestamp() for v in stored.versions("default")}
+    rows = log_rows(server.data_dir, database_url, "SELECT created_at, model_version FROM decisions ORDER BY id")
+    served = [(datetime.fromisoformat(row["created_at"]).timestamp(), row["model_version"]) for row in rows]
     # Several versions were published and served; none was still served a second after the next one.
     assert len(published) >= 3 and {v for _, v in served} >= set(sorted(published)[:-1])
     for version, at in published.items():

@@ -67,3 +67,35 @@ def test_the_default_policy_learns_where_personalizers_stalls():
     slow = np.mean(sim.simulate(personalizer, 2500, seed=1)[-500:])
     assert fast > 0.75
     assert slow < 0.6
+
+
+SECRET_URL = "postgresql://ranker:s3cret-pw@127.0.0.1:{port}/ranker"
+
+
+def test_the_database_url_comes_from_the_environment_and_its_password_is_never_shown(tmp_path):
+    from click.testing import CliRunner
+
+    from ranker.cli import cli
+    from ranker.harness import free_port
+
+    url = SECRET_URL.format(port=free_port())  # nothing listens there
+    settings = load_settings(environ={"RANKER_DATABASE_URL": url, "RANKER_DATA_DIR": str(tmp_path)})
+    assert settings.database_url.get_secret_value() == url
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in settings.database_name
+    assert settings.database_name == url.replace("s3cret-pw", "***")
+    assert load_settings(environ={}).database_url is None  # unset: SQLite in data_dir
+    with pytest.raises(SettingsError, match="SQLite only for now") as refused:  # not on PostgreSQL yet
+        playbook = {"loop": "a", "playbook": [{"id": "call", "subject": "s", "template": "t"}]}
+        load_settings(environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {}}, "triage": playbook})
+    assert "s3cret-pw" not in str(refused.value)
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environ={"RANKER_DATABASE_URL": "mysql://root:s3cret-pw@db/x"})
+    assert "s3cret-pw" not in str(refused.value) and "postgresql://" in str(refused.value)
+
+    env = {"RANKER_DATABASE_URL": url, "RANKER_DATA_DIR": str(tmp_path)}
+    for args in (["migrate"], ["settings"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert "s3cret-pw" not in result.output, result.output
+    failed = CliRunner().invoke(cli, ["migrate"], env=env)
+    assert failed.exit_code == 1 and "cannot be reached" in failed.output and "***" in failed.output

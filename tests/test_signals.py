@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +21,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from postgres import log_rows
 from signals_config import ACTIONS, CONFIG, SIGNALS_KEY
 
 from ranker.app import create_app
@@ -36,15 +36,17 @@ SIGNALS = {"Ocp-Apim-Subscription-Key": SIGNALS_KEY}
 RANK = {"Ocp-Apim-Subscription-Key": RANK_KEY}
 
 
-def make_app(tmp_path: Path, config: str = CONFIG):
+def make_app(tmp_path: Path, config: str = CONFIG, database_url: str | None = None):
     path = tmp_path / "ranker.toml"
     path.write_text(config)
-    return create_app(load_settings(path, environ={}, overrides={"data_dir": tmp_path}))
+    return create_app(load_settings(path, environ={}, overrides={"data_dir": tmp_path, "database_url": database_url}))
 
 
-@pytest.fixture
-def signals_app(tmp_path):
-    return make_app(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def signals_app(request, tmp_path):
+    """The app on each engine: SQLite, and PostgreSQL (a fresh database of the session's cluster)."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    return make_app(tmp_path, database_url=url)
 
 
 @pytest.fixture
@@ -87,13 +89,16 @@ def rank(client, context: dict, event_id: str | None = None, actions=ACTIONS):
     return response.json
 
 
-def logged_context(data_dir: Path, event_id: str) -> dict:
-    conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
-    try:
-        (line,) = conn.execute("SELECT record FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
-    finally:
-        conn.close()
-    return json.loads(line)["c"]
+def logged_context(app, event_id: str) -> dict:
+    """The context a decision was logged with, read from the app's (or a server's SQLite) log."""
+    if hasattr(app, "extensions"):
+        settings = app.extensions["ranker"].settings
+        url = settings.database_url and settings.database_url.get_secret_value()
+        data_dir = settings.data_dir
+    else:
+        data_dir, url = app.data_dir, None
+    (row,) = log_rows(data_dir, url, "SELECT record FROM decisions WHERE event_id = ?", (event_id,))
+    return json.loads(row["record"])["c"]
 
 
 def test_the_real_exporter_delivers_events_that_reach_entities_and_the_next_rank(serve):
@@ -139,7 +144,7 @@ def test_the_real_exporter_delivers_events_that_reach_entities_and_the_next_rank
         "reporting-review": True,
         "guide": True,
     }
-    c = logged_context(server.data_dir, "e1")
+    c = logged_context(server, "e1")
     assert c["account"]["reporting_api_calls_30d"] == 3
     assert c["account"]["days_to_renewal"] == 30 and c["account"]["plan"] == "enterprise"
     assert c["user"] == {"id": "u1", "last_api": "billing"}
@@ -248,15 +253,16 @@ def test_rules_read_features_and_hold_back_actions_on_stale_signals(signals_app,
     # what the caller sends wins over stored values: 500 days to renewal, so no upsell
     ranked = rank(client, {"account": {"id": "acme", "days_to_renewal": 500}}, "caller-wins")
     assert next(r for r in ranked["ranking"] if r["id"] == "upsell")["probability"] == 0
-    assert logged_context(tmp_path, "caller-wins")["account"]["days_to_renewal"] == 500
+    assert logged_context(signals_app, "caller-wins")["account"]["days_to_renewal"] == 500
     # an unknown id adds nothing and is no error
     rank(client, {"account": {"id": "nobody"}, "user": {"id": 7}}, "unknown")
-    assert logged_context(tmp_path, "unknown")["account"] == {"id": "nobody"}
+    assert logged_context(signals_app, "unknown")["account"] == {"id": "nobody"}
 
 
 def test_multislot_rank_is_enriched_too(tmp_path):
     config = CONFIG.replace("[loops.cards]", '[loops.cards]\npolicy = "multislot"')
-    client = make_app(tmp_path, config).test_client()
+    app = make_app(tmp_path, config)
+    client = app.test_client()
     client.put("/entities/account/acme", json={"attributes": {"plan": "enterprise"}}, headers=SIGNALS)
     body = {
         "contextFeatures": [{"account": {"id": "acme"}}],
@@ -265,7 +271,7 @@ def test_multislot_rank_is_enriched_too(tmp_path):
         "eventId": "ms",
     }
     assert client.post("/personalizer/v1.0/multislot/rank", json=body, headers=RANK).status_code == 201
-    assert logged_context(tmp_path, "ms")["account"]["plan"] == "enterprise"
+    assert logged_context(app, "ms")["account"]["plan"] == "enterprise"
 
 
 def test_the_export_holds_the_enriched_context_as_served(signals_app, client):
@@ -290,6 +296,9 @@ def test_csv_import_reports_bad_rows_and_a_rerun_changes_nothing(signals_app, cl
     )
     argv = ["signals", "import", "--type", "account", str(crm), "--config", str(tmp_path / "ranker.toml")]
     env = {"RANKER_DATA_DIR": str(tmp_path)}
+    url = signals_app.extensions["ranker"].settings.database_url
+    if url is not None:  # the command works on the app's database
+        env["RANKER_DATABASE_URL"] = url.get_secret_value()
     first = runner.invoke(cli, argv, env=env)
     assert first.exit_code == 1, first.output
     report = json.loads(first.output)
@@ -305,8 +314,9 @@ def test_csv_import_reports_bad_rows_and_a_rerun_changes_nothing(signals_app, cl
     assert bad.exit_code != 0 and "'id' column" in bad.output
 
 
-def test_rebuild_recomputes_features_after_a_definition_changes(tmp_path, runner):
-    client = make_app(tmp_path).test_client()
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_rebuild_recomputes_features_after_a_definition_changes(tmp_path, runner, database_url):
+    client = make_app(tmp_path, database_url=database_url).test_client()
     now = time.time_ns()
     send(
         client,
@@ -322,9 +332,11 @@ def test_rebuild_recomputes_features_after_a_definition_changes(tmp_path, runner
     assert changed != CONFIG
     config = tmp_path / "changed.toml"
     config.write_text(changed)
-    result = runner.invoke(cli, ["signals", "rebuild", "--config", str(config)], env={"RANKER_DATA_DIR": str(tmp_path)})
+    env = {"RANKER_DATA_DIR": str(tmp_path), **({"RANKER_DATABASE_URL": database_url} if database_url else {})}
+    result = runner.invoke(cli, ["signals", "rebuild", "--config", str(config)], env=env)
     assert result.exit_code == 0, result.output
-    client = create_app(load_settings(config, environ={}, overrides={"data_dir": tmp_path})).test_client()
+    overrides = {"data_dir": tmp_path, "database_url": database_url}
+    client = create_app(load_settings(config, environ={}, overrides=overrides)).test_client()
     assert (
         client.get("/entities/account/acme", headers=SIGNALS).json["features"]["reporting_api_calls_30d"]["value"] == 1
     )

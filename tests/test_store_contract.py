@@ -1,33 +1,36 @@
 """The store's contract: what its callers rely on, written against the interface and parametrized by engine.
 
-Every engine of ``ranker.store`` must pass these (SQLite today; a second engine is added to ``ENGINES``). They
-use the real database; each test opens a fresh one.
+Every engine of ``ranker.store`` must pass these: SQLite, and PostgreSQL on a throwaway cluster (tests/postgres.py).
+They use the real database; each test opens a fresh one, through the engine-neutral
+:func:`ranker.store.open_database`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ranker.store import Store, connect, learning, log, migrate, transaction
+from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
+from ranker.store import learning, log, open_database, outbox, transaction
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 T0, T1, T2 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:01.000000Z", "2030-01-01T00:00:02.000000Z"
 
 
 class Opened:
     """A fresh database: the service's Store (group commit) and a connection of its own, as the trainer has."""
 
-    def __init__(self, engine: str, folder: Path):
-        assert engine == "sqlite"
-        self.path = folder / "ranker.db"
-        migrate(self.path)
-        self.store = Store(self.path)
-        self.conn = connect(self.path)
+    def __init__(self, url: str | None, folder: Path):
+        self.database = open_database(Settings(data_dir=folder, database_url=url))
+        self.database.migrate()
+        self.store = self.database.store()
+        self.conn = self.database.connect()
 
     def close(self) -> None:
         self.conn.close()
@@ -35,7 +38,8 @@ class Opened:
 
 @pytest.fixture(params=ENGINES)
 def db(request, tmp_path) -> Iterator[Opened]:
-    opened = Opened(request.param, tmp_path)
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    opened = Opened(url, tmp_path)
     yield opened
     opened.close()
 
@@ -86,7 +90,7 @@ def test_an_import_writes_all_it_can_and_nothing_of_a_refused_row(db, tmp_path):
     row = {"created_at": T0, "record": "{}", "action_ids": ["a"], "reward_action_id": "a", "probability": 1.0}
     row |= {"explanation": "{}", "deferred": 0}
     rows = [(1, {**row, "event_id": "new", "reward": 1.0}), (2, {**row, "event_id": "taken", "reward": 1.0})]
-    written, refused = log.import_decisions(db.conn, db.path, "cards", rows)
+    written, refused = log.import_decisions(db.conn, db.database, "cards", rows)
     assert written == 1 and refused == [(2, "EventId 'taken' is already in loop 'cards'")]
     assert db.store.counts() == {"decisions": 2, "rewards": 1}  # the refused row's reward is not kept either
 
@@ -100,7 +104,7 @@ def test_a_checkpoint_is_saved_only_over_the_one_it_started_from(db):
     assert not learning.save_checkpoint(db.conn, "cards", from_id=0, last_id=9, **saved)  # moved on since
     assert learning.model(db.conn, "cards") == b"m1" and learning.state(db.conn, "cards")["last_decision_id"] == 7
     # an import or reset raises the generation: a trainer that started before it can no longer save
-    published = db.store.reset_learning("cards", "fingerprint", b"imported", lambda: "0000000001")
+    published = db.store.reset_learning("cards", "fingerprint", b"imported", lambda conn: "0000000001")
     assert published == "0000000001" and learning.generation(db.conn, "cards") == 1
     current = learning.state(db.conn, "cards")["last_decision_id"]
     assert not learning.save_checkpoint(db.conn, "cards", from_id=current, last_id=99, **saved)
@@ -190,3 +194,68 @@ def test_mined_patterns_are_replaced_as_a_set_and_switches_stay(db):
     assert [(r["name"], r["pattern"]) for r in patterns.mined(db.store, "account")] == [("m-2", '{"n": 3}')]
     assert patterns.mined(db.store, "user") == []
     assert patterns.switches(db.store) == {"m-2": False}
+
+
+def test_published_models_have_growing_versions_a_current_pointer_and_are_pruned(db):
+    models = db.database.models
+    assert models.current("cards") is None and models.stamp("cards") is None
+    published = [models.publish("cards", f"model {n}".encode()) for n in range(6)]
+    assert published == sorted(published) and len(set(published)) == 6
+    version, path = models.current("cards")
+    assert version == published[-1] == models.served("cards") and path.read_bytes() == b"model 5"
+    stamp = models.stamp("cards")
+    assert models.prune("cards", keep=2, also_keep={published[0]}) == published[1:4]
+    assert models.versions("cards") == [published[0], *published[4:]]
+    assert models.path("cards", published[1]) is None and models.path("cards", published[0]).read_bytes() == b"model 0"
+    # numbering goes on after a prune; the pointer moves and its stamp changes
+    newer = models.publish("cards", b"model 6")
+    assert newer > published[-1] and models.current("cards")[0] == newer and models.stamp("cards") != stamp
+    assert models.current("other") is None
+
+
+def test_decisions_become_visible_in_id_order_whatever_commits_first(db):
+    """The trainer reads ``id > last`` and checkpoints "everything up to this id": no id may become visible after
+    a larger one was seen. Two stores (two workers, or nodes), two threads each, write while a reader follows."""
+    other = db.database.store()
+    stop, known, late = threading.Event(), set(), []
+
+    def write(store, prefix: str) -> None:
+        n = 0
+        while not stop.is_set():
+            store.record_decision(decision(f"{prefix}{n}"))
+            n += 1
+
+    def follow() -> None:
+        conn = db.database.connect()
+        try:
+            while not stop.is_set():
+                after = max(0, max(known, default=0) - 500)  # a late id would be among the recent ones
+                ids = {row[0] for rows, _ in log.decision_batches(conn, "cards", after_id=after) for row in rows}
+                highest = max(known, default=0)
+                late.extend(i for i in ids - known if i < highest)
+                known.update(ids)
+        finally:
+            conn.close()
+
+    stores = (db.store, other, db.store, other)
+    threads = [threading.Thread(target=write, args=(store, f"w{k}-")) for k, store in enumerate(stores)]
+    threads.append(threading.Thread(target=follow))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(known) > 50 and late == []
+
+
+def test_an_outbox_message_is_enqueued_once_per_key_inside_the_callers_transaction(db):
+    with transaction(db.conn):
+        assert outbox.enqueue(db.conn, "triage:1", "triage:1", "csm@example.com", "Renewal", "Hello", T0)
+        assert not outbox.enqueue(db.conn, "triage:1", "triage:1", "other@example.com", "Again", "Hi", T1)
+    with pytest.raises(RuntimeError), transaction(db.conn):
+        outbox.enqueue(db.conn, "triage:2", "triage:2", "csm@example.com", "Renewal", "Hello", T0)
+        raise RuntimeError("the approval failed")
+    assert outbox.get(db.store, "triage:1")["recipient"] == "csm@example.com"
+    assert outbox.get(db.store, "triage:2") is None
+    assert [m["key"] for m in outbox.page(db.store, state="pending")] == ["triage:1"]

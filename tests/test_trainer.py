@@ -438,13 +438,13 @@ modelExportFrequency = "PT1S"
 """
 
 
-def build_log(data_dir: Path, events: int, seed: int = 7) -> None:
-    """A decision log of ``events`` decisions in two loops, ranked by the service an hour ago, with rewards."""
+def build_log(data_dir: Path, events: int, seed: int = 7, database_url: str | None = None) -> None:
+    """A decision log of ``events`` decisions in two loops, ranked by the service an hour ago, with rewards
+    (in ``data_dir``, or in the PostgreSQL database ``database_url``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "ranker.toml").write_text(CRASH_CONFIG)
-    settings = load_settings(
-        data_dir / "ranker.toml", environ={}, overrides={"data_dir": data_dir, "synchronous": "NORMAL"}
-    )
+    overrides = {"data_dir": data_dir, "synchronous": "NORMAL", "database_url": database_url}
+    settings = load_settings(data_dir / "ranker.toml", environ={}, overrides=overrides)
     service = Service(settings)
     rng = random.Random(seed)
     start = datetime.now(UTC) - timedelta(hours=1)

@@ -19,7 +19,7 @@ from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candid
 from ranker.evaluation.search import search
 from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
-from ranker.store import open_log, timestamp
+from ranker.store import open_database, timestamp
 
 log = logging.getLogger("ranker.evaluations")
 
@@ -40,7 +40,7 @@ def run_pending(settings: Settings, limit: int = 1, conn: sqlite3.Connection | N
     ``conn`` is an open connection to the migrated database (the trainer's); without one, one is opened."""
     own = conn is None
     if conn is None:
-        conn = open_log(settings.database_path, settings.synchronous)
+        conn = open_database(settings).open_log()
     ran = 0
     try:
         while ran < limit:

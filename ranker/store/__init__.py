@@ -1,5 +1,8 @@
 """The store: the only place that speaks SQL.
 
+- :mod:`ranker.store.database`: the engine the settings choose (:func:`open_database`): SQLite, or PostgreSQL
+  (:mod:`ranker.store.postgres`, speaking through :mod:`ranker.store.pgsql`) shared by several nodes; one
+  interface, so callers never branch on it; :mod:`ranker.store.copy` moves an SQLite log into PostgreSQL;
 - :mod:`ranker.store.sqlite`: the decision log in SQLite (WAL) and its group commit (:class:`Store`), the
   connection, migration and transaction helpers, a loop's API configuration;
 - :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;
@@ -11,6 +14,7 @@
 - :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
 """
 
+from .database import open_database
 from .sqlite import (
     Store,
     connect,
@@ -31,6 +35,7 @@ __all__ = [
     "file_identity",
     "loop_config_row",
     "migrate",
+    "open_database",
     "open_log",
     "parse_time",
     "save_loop_config",

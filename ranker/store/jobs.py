@@ -31,7 +31,7 @@ def get(store: Store, loop: str, kind: str, job_id: str) -> dict[str, Any] | Non
 def page(store: Store, loop: str, kind: str, top: int, skip: int) -> list[dict[str, Any]]:
     """The loop's jobs of a kind, oldest first: ``top`` of them (-1: all) after the first ``skip``."""
     sql = "SELECT * FROM jobs WHERE loop = ? AND kind = ? ORDER BY created_at, id LIMIT ? OFFSET ?"
-    return store.read(sql, (loop, kind, top, skip))
+    return store.read(sql, (loop, kind, top if top >= 0 else 2**62, skip))  # -1: PostgreSQL's LIMIT is not negative
 
 
 def delete(store: Store, loop: str, kind: str, job_id: str) -> bool:

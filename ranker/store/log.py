@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
-from .sqlite import transaction, write_turn
+from .sqlite import transaction
+
+UNIQUE_EVENT_ID = "idx_decisions_loop_event_id"  # the index's name on PostgreSQL
 
 
 def decision_batches(
@@ -64,17 +65,18 @@ def count_decisions(conn: sqlite3.Connection, loop: str, start: str | None = Non
 
 
 def import_decisions(
-    conn: sqlite3.Connection, database: Path, loop: str, rows: Sequence[tuple[int, dict[str, Any]]]
+    conn: sqlite3.Connection, database: Any, loop: str, rows: Sequence[tuple[int, dict[str, Any]]]
 ) -> tuple[int, list[tuple[int, str]]]:
     """Write imported decisions (each with its reward, if any) in one transaction, in the log's write turn (the
-    service's writers wait on it instead of retrying in SQLite's busy handler). Each row goes in under a
+    service's writers wait on it instead of retrying in SQLite's busy handler); ``database`` is the
+    :func:`~ranker.store.open_database` ``conn`` belongs to. Each row goes in under a
     savepoint of its own, so one that is refused (its event id taken) leaves nothing behind.
 
     ``rows`` are ``(line number, {"event_id", "created_at", "record", "action_ids", "reward_action_id",
     "probability", "explanation", "deferred", "reward"})``; returns how many were written and
     ``(line number, reason)`` for the others."""
     written, errors = 0, []
-    with write_turn(database), transaction(conn):
+    with database.write_turn(), transaction(conn):
         for number, d in rows:
             conn.execute("SAVEPOINT line")
             try:
@@ -99,10 +101,10 @@ def import_decisions(
                         "INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)",
                         (decision_id, d["reward"], d["created_at"]),
                     )
-            except sqlite3.IntegrityError as exc:
+            except conn.IntegrityError as exc:  # the engine's (DB-API's connection attribute)
                 conn.execute("ROLLBACK TO line")
                 conn.execute("RELEASE line")
-                duplicate = "decisions.loop, decisions.event_id" in str(exc)
+                duplicate = any(name in str(exc) for name in ("decisions.loop, decisions.event_id", UNIQUE_EVENT_ID))
                 errors.append(
                     (number, f"EventId {d['event_id']!r} is already in loop {loop!r}" if duplicate else str(exc))
                 )

@@ -28,13 +28,14 @@ Fold = Callable[[list[EventRow]], tuple[list[tuple], list[tuple]]]
 _BUCKET_UPSERT = (
     "INSERT INTO signal_buckets (type, entity_id, feature, day, count, total, low, high, newest, last_value) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (type, entity_id, day, feature) DO UPDATE SET "
-    "count = count + excluded.count, total = total + excluded.total, "
-    "low = coalesce(min(low, excluded.low), low, excluded.low), "
-    "high = coalesce(max(high, excluded.high), high, excluded.high), "
-    "last_value = CASE WHEN excluded.last_value IS NOT NULL AND (last_value IS NULL OR excluded.newest > newest "
-    "OR (excluded.newest = newest AND excluded.last_value > last_value)) THEN excluded.last_value ELSE last_value END, "
-    "newest = max(newest, excluded.newest)"
-)
+    # the stored row's columns named with their table: bare, PostgreSQL finds them ambiguous with excluded's
+    "count = b.count + excluded.count, total = b.total + excluded.total, "
+    "low = coalesce(min(b.low, excluded.low), b.low, excluded.low), "
+    "high = coalesce(max(b.high, excluded.high), b.high, excluded.high), "
+    "last_value = CASE WHEN excluded.last_value IS NOT NULL AND (b.last_value IS NULL OR excluded.newest > b.newest "
+    "OR (excluded.newest = b.newest AND excluded.last_value > b.last_value)) THEN excluded.last_value "
+    "ELSE b.last_value END, newest = max(b.newest, excluded.newest)"
+).replace("b.", "signal_buckets.")
 _EVENT_INSERT = (
     "INSERT OR IGNORE INTO signal_events (key, at, name, account, user, attributes) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -42,7 +43,7 @@ _EVENT_COLUMNS = "key, at, name, account, user, attributes"
 _DISTINCT_INSERT = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, feature, day, value) VALUES (?, ?, ?, ?, ?)"
 _TOUCH = (
     "INSERT INTO signal_versions (type, id, version) VALUES (?, ?, 1) "
-    "ON CONFLICT (type, id) DO UPDATE SET version = version + 1"
+    "ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
 )
 
 
@@ -94,8 +95,9 @@ class SignalStore:
             )
             conn.execute(_TOUCH, (entity, entity_id))
             conn.execute(
-                "INSERT OR REPLACE INTO signal_entity_history (type, id, updated_at, attributes, times) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO signal_entity_history (type, id, updated_at, attributes, times) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (type, id, updated_at) DO UPDATE SET attributes = excluded.attributes, "
+                "times = excluded.times",
                 (entity, entity_id, at, *texts),
             )
             return attributes, times, True

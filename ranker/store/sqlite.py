@@ -215,7 +215,7 @@ def _run_merged(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
         try:
             if conn.execute(head + ", ".join([row] * len(group)), params).rowcount != len(group):
                 return False
-        except sqlite3.Error:
+        except Exception:  # the engine's error (the PostgreSQL store runs this too): redo op by op
             return False
         for member in group:
             member.result = True
@@ -239,6 +239,8 @@ class Store:
     ``create`` False (gunicorn's workers): the database must exist already; a store that finds none answers
     503 to every write and fails :meth:`check` instead of creating one.
     """
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the engine's errors: the log failed, not the op
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
         self.path = Path(path)
@@ -297,7 +299,7 @@ class Store:
             # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
             # wait lasts at most as long as a COMMIT that started just before it.
             op.wait(-1)
-        if isinstance(op.error, sqlite3.Error):  # e.g. a full disk: the log is what failed, not the request
+        if isinstance(op.error, self.errors):  # e.g. a full disk: the log is what failed, not the request
             raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
             raise op.error
@@ -529,10 +531,12 @@ class Store:
         rows = self.read("SELECT apprentice FROM trainer_state WHERE loop = ?", (loop,))
         return rows[0]["apprentice"] if rows else None
 
-    def reset_learning(self, loop: str, fingerprint: str, model: bytes, publish: Callable[[], str]) -> str:
-        """Make ``model`` the trainer's starting point for the decisions logged from now on, and ``publish`` it
-        in the same write turn (a trainer that learned on from the previous model then finds the generation
-        raised and cannot publish over it). Returns what ``publish`` returned."""
+    def reset_learning(
+        self, loop: str, fingerprint: str, model: bytes, publish: Callable[[sqlite3.Connection], str]
+    ) -> str:
+        """Make ``model`` the trainer's starting point for the decisions logged from now on, and ``publish(conn)``
+        it in the same write turn and transaction (a trainer that learned on from the previous model then finds
+        the generation raised and cannot publish over it). Returns what ``publish`` returned."""
         now = timestamp(datetime.now(UTC))
         published: list[str] = []
 
@@ -547,7 +551,7 @@ class Store:
                 "generation = generation + 1, updated_at = ? WHERE loop = ?",
                 (fingerprint, model, loop, now, loop),
             )
-            published.append(publish())
+            published.append(publish(conn))
 
         self.write(reset)
         return published[-1]

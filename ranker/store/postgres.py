@@ -1,0 +1,443 @@
+"""The decision log on PostgreSQL: the second engine behind :mod:`ranker.store.database`'s interface.
+
+Several ``ranker serve`` nodes share one database: decisions, rewards, the trainer's checkpoint, the published
+models with their ``CURRENT`` pointer, the loops' API configuration and the job queue. What differs from
+SQLite, and why:
+
+- **One statement text for both engines.** The store's functions are written once, in the SQL both engines
+  speak; :class:`Connection` adapts a psycopg connection to the surface of ``sqlite3.Connection`` they use
+  and :func:`translate` rewrites what differs (``?`` and ``:name`` placeholders, ``INSERT OR IGNORE``,
+  ``BEGIN IMMEDIATE``, the two-argument ``min``/``max``, the column ``user``, a reserved word here). Callers
+  never branch on the engine.
+- **The write turn is an advisory lock.** The trainer reads decisions in id order and takes "every decision up
+  to this id is handled" as its checkpoint, so ids must become visible in the order they were given out. A
+  sequence gives them out at insert time, and two transactions can commit in the other order. Every write
+  transaction therefore takes ``pg_advisory_xact_lock(WRITE_TURN)`` first (the group commit's batch, and
+  :func:`ranker.store.sqlite.transaction`): ids are given out and committed inside the turn, as SQLite's
+  single writer does, and the lock is released only once the commit is visible. A batch carries every
+  request its worker has queued, so the turn costs commits, not requests.
+- **Group commit as on SQLite.** A worker's threads hand their writes to one writer thread, whose connection
+  runs each batch in one transaction; a 201/204 is sent after ``COMMIT`` returned (``synchronous_commit``
+  on: the WAL is flushed). ``commit_timeout`` bounds the wait for the turn (``lock_timeout``).
+- **Leadership by a session advisory lock.** The trainer holds ``pg_try_advisory_lock(TRAINER)`` on a
+  connection of its own; when its process dies the server ends the session and the lock goes with it, and a
+  standby's next try (every 0.2 s) wins. TCP keepalives on that session bound how long a vanished host keeps
+  it. The checkpoint's compare-and-set stays the fence: a trainer that lost the lock and does not know yet
+  cannot save over its successor's checkpoint.
+- **Models in the database.** ``model_versions`` and ``model_current``; a worker polls ``model_current`` (one
+  primary-key read per loop every 0.1 s, with the configuration's) and loads a new version from a file it
+  writes into ``<data_dir>/models-cache``. Polling, not LISTEN/NOTIFY: it needs no extra connection and
+  thread per worker, and survives reconnects without a catch-up read; the cost is a few hundred indexed
+  reads per second per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ..errors import StoreUnavailable
+from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, Connection, migrate, translate
+from .sqlite import BATCH_LIMIT, Store, timestamp
+
+__all__ = ["TRAINER", "Connection", "DatabaseModels", "PostgresDatabase", "PostgresStore", "translate"]
+
+log = logging.getLogger("ranker")
+
+# The conflict key of each table whose single-row inserts a batch merges (Store.record_decision's ``insert``).
+INSERT_KEYS = {"decisions": ("loop", "event_id")}
+_MERGED_INSERT = re.compile(r"^INSERT OR IGNORE INTO (\w+) \(([^)]*)\) VALUES $")
+POOL_SIZE = 4  # read connections per process; a node holds workers x (POOL_SIZE + 1 writer) + the trainer's 3
+# -- the service's store ----------------------------------------------------------------------------------
+
+
+class PostgresStore(Store):
+    """:class:`~ranker.store.sqlite.Store` on PostgreSQL: the same group commit and operations; writes on the
+    writer thread's connection inside the write turn, reads on the database's pool."""
+
+    def __init__(self, database: PostgresDatabase, commit_timeout: float = 10.0, create: bool = True):
+        self.database = database
+        self.path = None
+        self.name = database.name
+        self.synchronous = "FULL"
+        self.commit_timeout = commit_timeout
+        self.errors = ERRORS
+        self.identity = None
+        if create:
+            database.migrate()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    def check(self) -> None:
+        """Nothing to check: there is no file to lose (a database that cannot be reached fails the reads)."""
+
+    def read(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        try:
+            with self.database.connection() as raw:
+                cursor = raw.cursor(row_factory=dict_row)
+                cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
+                return cursor.fetchall()
+        except psycopg.Error as exc:  # e.g. the server is gone, or a table this engine does not hold yet
+            raise StoreUnavailable(f"the decision log could not be read: {_reason(exc)}") from None
+
+    def _write_loop(self) -> None:
+        conn: Connection | None = None
+        pending = self._queue
+        while True:
+            batch = [pending.get()]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    batch.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [op for op in batch if op.claim()]  # an op whose request gave up is never written
+            if not batch:
+                continue
+            try:
+                if conn is None:
+                    conn = self.database.connect(create=False)
+                self._commit(conn, batch)
+            except Exception as exc:
+                failure = StoreUnavailable(f"the decision log could not commit: {exc}")
+                for op in batch:
+                    op.result, op.error = None, failure
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+            for op in batch:
+                op.finish()
+
+    def _commit(self, conn: Connection, batch: list) -> None:
+        if not self._commit_pipelined(conn, batch):
+            super()._commit(conn, batch)
+
+    def _commit_pipelined(self, conn: Connection, batch: list) -> bool:
+        """A batch of merged inserts alone (Ranks) in one round trip: BEGIN, the turn, one multi-row INSERT and
+        COMMIT sent together (psycopg's pipeline mode), each op learning from RETURNING whether its row went in.
+
+        Each round trip is a wake-up of the server process and of this thread (which then waits for the GIL):
+        on a busy machine three of them made the commit's latency. False, with nothing written, for any other
+        batch or when a statement failed: :meth:`Store._commit` then commits it statement by statement.
+        """
+        head, values = batch[0].insert or ("", ())
+        match = _MERGED_INSERT.match(head)
+        if match is None or match.group(1) not in INSERT_KEYS:
+            return False
+        if any(op.insert is None or op.insert[0] != head or len(op.insert[1]) != len(values) for op in batch):
+            return False
+        wait_ms = int((min(op.deadline for op in batch) - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            return False
+        table, columns = match.group(1), [c.strip() for c in match.group(2).split(",")]
+        key = INSERT_KEYS[table]
+        row = "(" + ", ".join(["%s"] * len(values)) + ")"
+        sql = (
+            f"INSERT INTO {table} ({match.group(2)}) VALUES {', '.join([row] * len(batch))} "
+            f"ON CONFLICT DO NOTHING RETURNING {', '.join(key)}"
+        )
+        raw = conn.raw
+        try:
+            with raw.pipeline():
+                raw.execute("BEGIN")
+                raw.execute("SELECT set_config('lock_timeout', %s, true)", (str(wait_ms),))
+                raw.execute(TAKE_TURN)
+                cursor = raw.cursor()
+                cursor.execute(sql, [value for op in batch for value in op.insert[1]])
+                raw.execute("COMMIT")
+            inserted = cursor.fetchall()
+        except psycopg.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return False
+        went_in: dict[tuple, int] = {}
+        for found in inserted:
+            went_in[tuple(found)] = went_in.get(tuple(found), 0) + 1
+        positions = [columns.index(name) for name in key]
+        for op in batch:
+            found = tuple(op.insert[1][i] for i in positions)
+            op.result = went_in.get(found, 0) > 0  # a duplicate event id (even within the batch) did not
+            if op.result:
+                went_in[found] -= 1
+        return True
+
+    def _begin(self, conn: Connection, deadline: float) -> bool:
+        """Start a transaction in the write turn, waiting for it until ``deadline``; False when it stayed taken."""
+        wait_ms = int((deadline - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            return False
+        try:
+            conn.execute(f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; {TAKE_TURN}")
+        except psycopg.errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            return False
+        return True
+
+
+# -- models -----------------------------------------------------------------------------------------------
+
+
+class DatabaseModels:
+    """Published models in ``model_versions`` and the served version in ``model_current``; a node loads a
+    version from a file it writes once into ``<data_dir>/models-cache/<loop>/``."""
+
+    def __init__(self, database: PostgresDatabase):
+        self.database = database
+
+    @contextlib.contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self.database.connection() as raw:
+            yield Connection(raw)
+
+    def publish(self, loop: str, model: bytes, conn: Connection | None = None) -> str:
+        """Store the model as the loop's next version and point ``model_current`` at it; inside ``conn``'s
+        transaction when given (it is in the write turn), else in one of its own."""
+        with self._conn(conn) as c:
+            own = not c.in_transaction
+            if own:
+                c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute(
+                    "SELECT greatest((SELECT max(version) FROM model_versions WHERE loop = ?), "
+                    "(SELECT version FROM model_current WHERE loop = ?))",
+                    (loop, loop),
+                ).fetchone()
+                version = f"{int(row[0] or 0) + 1:010d}"
+                now = timestamp(datetime.now(UTC))
+                c.execute(
+                    "INSERT INTO model_versions (loop, version, model, created_at) VALUES (?, ?, ?, ?)",
+                    (loop, version, model, now),
+                )
+                c.execute(
+                    "INSERT INTO model_current (loop, version, changed_at) VALUES (?, ?, ?) ON CONFLICT (loop) "
+                    "DO UPDATE SET version = excluded.version, changed_at = excluded.changed_at",
+                    (loop, version, now),
+                )
+            except BaseException:
+                if own:
+                    c.execute("ROLLBACK")
+                raise
+            if own:
+                c.execute("COMMIT")
+            return version
+
+    def stamp(self, loop: str) -> tuple[str, str] | None:
+        """What changes whenever the served version does: one primary-key read."""
+        rows = self.database.read("SELECT version, changed_at FROM model_current WHERE loop = ?", (loop,))
+        return (rows[0]["version"], rows[0]["changed_at"]) if rows else None
+
+    def current(self, loop: str) -> tuple[str, Path] | None:
+        rows = self.database.read("SELECT version FROM model_current WHERE loop = ?", (loop,))
+        if not rows:
+            return None
+        path = self.path(loop, rows[0]["version"])
+        return None if path is None else (rows[0]["version"], path)
+
+    def served(self, loop: str) -> str | None:
+        """The version ``model_current`` names (None before the first), without its model."""
+        rows = self.database.read("SELECT version FROM model_current WHERE loop = ?", (loop,))
+        return rows[0]["version"] if rows else None
+
+    def versions(self, loop: str) -> list[str]:
+        rows = self.database.read("SELECT version FROM model_versions WHERE loop = ? ORDER BY version", (loop,))
+        return [row["version"] for row in rows]
+
+    def path(self, loop: str, version: str) -> Path | None:
+        """A file holding the version (written into this node's cache the first time), or None."""
+        rows = self.database.read(
+            "SELECT created_at FROM model_versions WHERE loop = ? AND version = ?", (loop, version)
+        )
+        if not rows:
+            return None
+        stamp = re.sub(r"\D", "", rows[0]["created_at"])
+        path = self.database.data_dir / "models-cache" / loop / f"{version}-{stamp}.vw"
+        if not path.exists():
+            data = self.database.read(
+                "SELECT model FROM model_versions WHERE loop = ? AND version = ?", (loop, version)
+            )
+            if not data:
+                return None
+            from ..models import write_atomic
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, bytes(data[0]["model"]))
+        return path
+
+    def created(self, loop: str, version: str) -> datetime:
+        rows = self.database.read(
+            "SELECT created_at FROM model_versions WHERE loop = ? AND version = ?", (loop, version)
+        )
+        return datetime.fromisoformat(rows[0]["created_at"])
+
+    def prune(self, loop: str, keep: int, also_keep: set[str] = frozenset(), conn: Connection | None = None) -> list:
+        """Delete all but the newest ``keep`` versions, the served one and ``also_keep``; return the deleted."""
+        if keep < 1:
+            raise ValueError("keep at least one version")
+        with self._conn(conn) as c:
+            kept = list(also_keep) or [""]
+            rows = c.execute(
+                "DELETE FROM model_versions WHERE loop = ? AND version NOT IN (SELECT version FROM model_versions "
+                "WHERE loop = ? ORDER BY version DESC LIMIT ?) AND version <> ALL(?) AND version NOT IN "
+                "(SELECT version FROM model_current WHERE loop = ?) RETURNING version",
+                (loop, loop, keep, kept, loop),
+            ).fetchall()
+        return sorted(version for (version,) in rows)
+
+
+# -- the database -----------------------------------------------------------------------------------------
+
+
+class PostgresDatabase:
+    """One PostgreSQL database shared by every node: see the module docstring."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, data_dir: Path):
+        from ..settings import mask_url
+
+        self.url = url
+        self.name = mask_url(url)
+        self.data_dir = Path(data_dir)
+        self.models = DatabaseModels(self)
+        self.errors = ERRORS
+        self._pool = None
+        self._pool_pid: int | None = None
+        self._pool_lock = threading.Lock()
+        self._lease: psycopg.Connection | None = None
+
+    def migrate(self, create: bool = True) -> list[str]:
+        try:
+            return migrate(self.url)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the database {self.name} cannot be reached: {_reason(exc)}") from None
+
+    def connect(self, create: bool = True) -> Connection:
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, **KEEPALIVES)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the database {self.name} cannot be reached: {_reason(exc)}") from None
+        return Connection(raw)
+
+    def open_log(self) -> Connection:
+        self.migrate()
+        return self.connect()
+
+    def store(self, commit_timeout: float = 10.0, create: bool = True) -> PostgresStore:
+        return PostgresStore(self, commit_timeout, create)
+
+    @contextlib.contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """Nothing to hold outside a transaction: every write transaction takes the turn itself."""
+        yield
+
+    def identity(self) -> None:
+        return None
+
+    def check(self, identity: Any) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection of this process's pool (autocommit)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            with self._pool_lock:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    from psycopg_pool import ConnectionPool
+
+                    kwargs = {"autocommit": True, **KEEPALIVES}
+                    self._pool = ConnectionPool(
+                        self.url, min_size=1, max_size=POOL_SIZE, kwargs=kwargs, open=True, name="ranker", timeout=10
+                    )
+                    self._pool_pid = os.getpid()
+        try:
+            with self._pool.connection() as raw:
+                yield raw
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the database {self.name} cannot be reached: {_reason(exc)}") from None
+
+    def read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        with self.connection() as raw:
+            cursor = raw.cursor(row_factory=dict_row)
+            cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
+            return cursor.fetchall()
+
+    @contextlib.contextmanager
+    def config_turn(self) -> Iterator[None]:
+        """Configuration changes one at a time across nodes (a session advisory lock on a pooled connection)."""
+        with self.connection() as raw:
+            raw.execute(f"SELECT pg_advisory_lock({CONFIG})")
+            try:
+                yield
+            finally:
+                raw.execute(f"SELECT pg_advisory_unlock({CONFIG})")
+
+    @contextlib.contextmanager
+    def lease(self, stop: threading.Event, acquired: Callable[[], None] = lambda: None) -> Iterator[bool]:
+        """Hold the trainer's leadership (yield True), or wait for it until ``stop`` (False)."""
+        waiting = False
+        conn = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        # named so an operator (pg_stat_activity) sees which host and process leads
+                        name = f"ranker trainer {socket.gethostname()} {os.getpid()}"[:63]
+                        conn = psycopg.connect(self.url, autocommit=True, application_name=name, **KEEPALIVES)
+                        conn.execute("SET tcp_keepalives_idle = 5")
+                        conn.execute("SET tcp_keepalives_interval = 1")
+                        conn.execute("SET tcp_keepalives_count = 3")
+                    if conn.execute(f"SELECT pg_try_advisory_lock({TRAINER})").fetchone()[0]:
+                        break
+                except psycopg.OperationalError as exc:
+                    log.warning("trainer leadership: %s", _reason(exc))
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                if not waiting:
+                    logging.getLogger("ranker.trainer").info("another trainer leads; standing by")
+                    waiting = True
+                if stop.wait(0.2):
+                    yield False
+                    return
+            self._lease = conn
+            acquired()
+            yield True
+        finally:
+            self._lease = None
+            if conn is not None:
+                conn.close()  # ends the session: the lock goes with it
+
+    def leading(self) -> bool:
+        """Whether this process still holds the leadership (its session is alive)."""
+        if self._lease is None:
+            return False
+        try:
+            self._lease.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's text without the connection string (psycopg does not quote it; a proxy's error may)."""
+    from ..settings import mask_url
+
+    return " ".join(mask_url(word) for word in str(exc).split())
