@@ -8,7 +8,7 @@ import json
 import random
 import shutil
 import sqlite3
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from ranker.triage.mining import mine, renewals, with_overrides
 from ranker.triage.patterns import enabled_patterns, set_enabled
 from ranker.triage.values import values_at
 
-TODAY = date(2026, 11, 20)
+TODAY = datetime.now(UTC).date()  # events go through ingestion, which keeps only the retention's days
 FAST = {"synchronous": "NORMAL"}
 MIN_SUPPORT = 10
 
