@@ -13,7 +13,8 @@ from ranker.store import triage as store_triage
 
 @pytest.fixture(params=ENGINES)
 def db(request, tmp_path) -> Iterator[Opened]:
-    opened = Opened(request.param, tmp_path)
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    opened = Opened(url, tmp_path)
     yield opened
     opened.close()
 
@@ -101,3 +102,25 @@ def test_an_outcome_is_recorded_once(db):
     assert store_triage.record_outcomes(db.store, [(item_id, "renewed", T2)], "triage", T2) == 0
     assert store_triage.awaiting_outcome(db.store, T2) == []
     assert store_triage.item(db.store, item_id)["outcome"] == "churned"
+
+
+def test_renewals_read_the_renewal_outcome_and_value_attributes(db):
+    from ranker.store.signals import SignalStore
+
+    signals = SignalStore(db.store)
+    contracts = {
+        "a": (
+            {"contract": {"renewalDate": "2030-03-01", "outcome": "churned", "value": 1200.5}},
+            {"contract.outcome": T1},
+        ),
+        "b": ({"plan": "team"}, {"plan": T1}),  # no renewal date: not a renewal
+        "c": ({"contract": {"renewalDate": "2030-04-01"}}, {"contract.renewalDate": T1}),
+    }
+    for account, (attributes, times) in contracts.items():
+        signals.upsert_entity("account", account, lambda _a, _t, c=(attributes, times): c, T1)
+    found = store_triage.renewals(db.store, "account", "contract.renewalDate", "contract.outcome", "contract.value")
+    assert sorted(found, key=lambda r: r["id"]) == [
+        {"id": "a", "renewal": "2030-03-01", "outcome": "churned", "outcome_at": T1, "value": 1200.5},
+        {"id": "c", "renewal": "2030-04-01", "outcome": None, "outcome_at": None, "value": None},
+    ]
+    assert {r["value"] for r in store_triage.renewals(db.store, "account", "contract.renewalDate", "x")} == {None}

@@ -68,6 +68,8 @@ class PostgresStore(Store):
     """:class:`~ranker.store.sqlite.Store` on PostgreSQL: the same group commit and operations; writes on the
     writer thread's connection inside the write turn, reads on the database's pool."""
 
+    engine = "postgresql"
+
     def __init__(self, database: PostgresDatabase, commit_timeout: float = 10.0, create: bool = True):
         self.database = database
         self.path = None
@@ -86,10 +88,10 @@ class PostgresStore(Store):
     def check(self) -> None:
         """Nothing to check: there is no file to lose (a database that cannot be reached fails the reads)."""
 
-    def read(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+    def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
         try:
             with self.database.connection() as raw:
-                cursor = raw.cursor(row_factory=dict_row)
+                cursor = raw.cursor(row_factory=dict_row) if as_dicts else raw.cursor()
                 cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
                 return cursor.fetchall()
         except psycopg.Error as exc:  # e.g. the server is gone, or a table this engine does not hold yet

@@ -46,6 +46,26 @@ _TOUCH = (
     "ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
 )
 
+# The batched reads' wants as a table j(key, value), per engine (see SignalStore's point-in-time reads).
+WANTS = {
+    "sqlite": "json_each(?) j",
+    "postgresql": "(SELECT value, n - 1 AS key FROM jsonb_array_elements(?::jsonb) WITH ORDINALITY AS e(value, n)) j",
+}
+# Attributes as of each want's time: the latest history row at or before it. SQLite finds it by the time's
+# max in a correlated subquery; PostgreSQL walks the primary key backwards from the time, once per want.
+AS_OF = {
+    "sqlite": (
+        f"SELECT j.key AS i, h.attributes, h.times FROM {WANTS['sqlite']} CROSS JOIN signal_entity_history h "
+        "WHERE h.type = ?2 AND h.id = j.value ->> 0 AND h.updated_at = (SELECT max(updated_at) FROM "
+        "signal_entity_history WHERE type = ?2 AND id = j.value ->> 0 AND updated_at <= j.value ->> 1)"
+    ),
+    "postgresql": (
+        f"SELECT j.key AS i, h.attributes, h.times FROM {WANTS['postgresql']} CROSS JOIN LATERAL (SELECT attributes, "
+        "times FROM signal_entity_history WHERE type = ? AND id = j.value ->> 0 AND updated_at <= j.value ->> 1 "
+        "ORDER BY updated_at DESC LIMIT 1) h"
+    ),
+}
+
 
 class OutOfOrder(ValueError):
     """A change dated before the entity's latest change: history is appended in time order."""
@@ -127,8 +147,11 @@ class SignalStore:
 
     # -- point-in-time reads of many entities (pattern mining, triage) ---------------------------
     # Each takes a list of wants and answers rows tagged with the want's index, in one query: the wants
-    # travel as one JSON parameter (json_each), so 10,000 entities cost one statement, not 10,000. CROSS
-    # JOIN keeps the wants the outer loop (SQLite's planner otherwise scans the big table and probes them).
+    # travel as one JSON parameter (a list of arrays), so 10,000 entities cost one statement, not 10,000.
+    # The wants as a table ``j(key, value)`` (key: the want's index from 0, value: its JSON array) is what the
+    # engines spell differently (WANTS, switched by the store's engine), and the attributes' read (AS_OF).
+    # CROSS JOIN keeps the wants the outer loop (SQLite's planner otherwise scans the big table and probes
+    # them); the wants' numbers are CAST, as PostgreSQL's ->> answers text.
 
     def ids_known(self, entity: str, at: str, first_ns: int, at_ns: int) -> list[str]:
         """Ids of the entities of a type with attributes as of ``at`` or an event in ``[first_ns, at_ns]``."""
@@ -143,12 +166,7 @@ class SignalStore:
     def attributes_as_of(self, entity: str, wants: list[tuple[str, str]]) -> dict[int, tuple[str, str]]:
         """For wants ``(id, ISO time)``: want index -> (attributes, times) JSON texts of the entity's latest
         history row at or before that time (wants with none are left out)."""
-        rows = self.store.read(
-            "SELECT j.key AS i, h.attributes, h.times FROM json_each(?) j CROSS JOIN signal_entity_history h "
-            "WHERE h.type = ? AND h.id = j.value ->> 0 AND h.updated_at = (SELECT max(updated_at) FROM "
-            "signal_entity_history WHERE type = ? AND id = j.value ->> 0 AND updated_at <= j.value ->> 1)",
-            (json.dumps(wants), entity, entity),
-        )
+        rows = self.store.read(AS_OF[self.store.engine], (json.dumps(wants), entity))
         return {row["i"]: (row["attributes"], row["times"]) for row in rows}
 
     def window_totals(
@@ -163,8 +181,12 @@ class SignalStore:
         ``(want index, feature, segment, value)``, and for the features in ``raw`` (those whose value is the
         newest event's, ``last``) their day rows ``(want index, feature, day, count, total, low, high, newest,
         last_value)``."""
+        wanted = WANTS[self.store.engine]
         # the wants as plain columns first: a JSON path read per bucket row would cost more than the row
-        wants_cte = "WITH w(i, id, day) AS MATERIALIZED (SELECT key, value ->> 0, value ->> 1 FROM json_each(?)) "
+        wants_cte = (
+            "WITH w(i, id, day) AS MATERIALIZED (SELECT j.key, j.value ->> 0, CAST(j.value ->> 1 AS INTEGER) "
+            f"FROM {wanted}) "
+        )
         cases = " ".join(f"WHEN w.day - b.day < {int(bound)} THEN {i}" for i, bound in enumerate(bounds))
         days = (
             "FROM w CROSS JOIN {table} b WHERE b.type = ? AND b.entity_id = w.id AND b.day < w.day "
@@ -172,8 +194,10 @@ class SignalStore:
         )
         params = (json.dumps(wants), entity, int(bounds[-1]))
         totals = self.store.read_rows(
-            f"{wants_cte}SELECT w.i, b.feature, CASE {cases} END AS segment, sum(b.count), sum(b.total), "
-            "min(b.low), max(b.high), max(b.newest) " + days.format(table="signal_buckets") + " GROUP BY 1, 2, 3",
+            f"{wants_cte}SELECT w.i, b.feature, CASE {cases} END AS segment, CAST(sum(b.count) AS BIGINT), "
+            "sum(b.total), min(b.low), max(b.high), max(b.newest) "
+            + days.format(table="signal_buckets")
+            + " GROUP BY 1, 2, 3",
             params,
         )
         distinct = self.store.read_rows(
@@ -186,8 +210,8 @@ class SignalStore:
             rows = self.store.read_rows(
                 f"{wants_cte}SELECT w.i, b.feature, b.day, b.count, b.total, b.low, b.high, b.newest, b.last_value "
                 + days.format(table="signal_buckets")
-                + " AND b.feature IN (SELECT value FROM json_each(?))",
-                (*params, json.dumps(raw)),
+                + f" AND b.feature IN (SELECT j.value ->> 0 FROM {wanted})",
+                (*params, json.dumps([[name] for name in raw])),
             )
         return totals, distinct, rows
 
@@ -195,14 +219,12 @@ class SignalStore:
         """For wants ``(id, first ns, last ns)``: ``(want index, *event row)`` of the entity's raw events in
         that range, oldest first."""
         column = ID_COLUMN[entity]
-        rows = self.store.read(
-            "SELECT j.key AS i, e.key, e.at, e.name, e.account, e.user, e.attributes FROM json_each(?) j "
-            f"CROSS JOIN signal_events e WHERE e.{column} = j.value ->> 0 AND e.at >= j.value ->> 1 "
-            "AND e.at <= j.value ->> 2 "
-            "ORDER BY j.key, e.at",
+        return self.store.read_rows(
+            f"SELECT j.key AS i, e.key, e.at, e.name, e.account, e.user, e.attributes FROM {WANTS[self.store.engine]} "
+            f"CROSS JOIN signal_events e WHERE e.{column} = j.value ->> 0 AND e.at >= CAST(j.value ->> 1 AS BIGINT) "
+            "AND e.at <= CAST(j.value ->> 2 AS BIGINT) ORDER BY j.key, e.at",
             (json.dumps(wants),),
         )
-        return [tuple(r.values()) for r in rows]
 
     def history(self, entity: str, ids: list[str] | None = None) -> list[dict[str, Any]]:
         """The attribute history ``(id, updated_at, attributes, times)`` of the type's entities (or of
@@ -214,9 +236,9 @@ class SignalStore:
                 (entity,),
             )
         return self.store.read(
-            "SELECT h.id, h.updated_at, h.attributes, h.times FROM json_each(?) j CROSS JOIN signal_entity_history h "
-            "WHERE h.type = ? AND h.id = j.value ORDER BY h.id, h.updated_at",
-            (json.dumps(ids), entity),
+            f"SELECT h.id, h.updated_at, h.attributes, h.times FROM {WANTS[self.store.engine]} "
+            "CROSS JOIN signal_entity_history h WHERE h.type = ? AND h.id = j.value ->> 0 ORDER BY h.id, h.updated_at",
+            (json.dumps([[entity_id] for entity_id in ids]), entity),
         )
 
     def versions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

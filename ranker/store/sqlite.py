@@ -241,6 +241,7 @@ class Store:
     """
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the engine's errors: the log failed, not the op
+    engine = "sqlite"  # the switch of the few statements written per engine (e.g. ranker.store.signals)
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
         self.path = Path(path)

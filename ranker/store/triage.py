@@ -44,9 +44,23 @@ def _json_path(dotted: str) -> str:
     return "$" + "".join('."' + part.replace('"', '""') + '"' for part in dotted.split("."))
 
 
-def _flat_path(dotted: str) -> str:
-    """The JSON path of a key holding dots (the attribute times map is keyed by whole dotted paths)."""
-    return '$."' + dotted.replace('"', '""') + '"'
+# The renewals' read, per engine (the store's ``engine`` switches): SQLite's json_extract with JSON paths,
+# PostgreSQL's jsonb path operators with the path as an array (``#>`` answers a JSON string or number as the
+# same Python value json_extract does; ``times`` is keyed by whole dotted paths).
+RENEWALS = {
+    "sqlite": (
+        "SELECT id, json_extract(attributes, :renewal) AS renewal, json_extract(attributes, :outcome) AS outcome, "
+        "json_extract(times, :outcome_at) AS outcome_at, {value} AS value "
+        "FROM signal_entities WHERE type = :type AND json_extract(attributes, :renewal) IS NOT NULL"
+    ),
+    "postgresql": (
+        "SELECT id, CAST(attributes AS jsonb) #> :renewal AS renewal, "
+        "CAST(attributes AS jsonb) #> :outcome AS outcome, "
+        "CAST(times AS jsonb) ->> :outcome_at AS outcome_at, {value} AS value "
+        "FROM signal_entities WHERE type = :type AND CAST(attributes AS jsonb) #>> :renewal IS NOT NULL"
+    ),
+}
+_VALUE = {"sqlite": "json_extract(attributes, :value)", "postgresql": "CAST(attributes AS jsonb) #> :value"}
 
 
 # -- what the triage pass reads ------------------------------------------------------------------------
@@ -55,19 +69,16 @@ def _flat_path(dotted: str) -> str:
 def renewals(store: Store, entity: str, renewal: str, outcome: str, value: str | None = None) -> list[dict[str, Any]]:
     """Every entity of the type with a renewal date attribute: ``id``, ``renewal`` (as stored), ``outcome`` and
     ``outcome_at`` (the outcome attribute's update time), ``value`` (None without ``value``)."""
-    return store.read(
-        "SELECT id, json_extract(attributes, :renewal) AS renewal, json_extract(attributes, :outcome) AS outcome, "
-        "json_extract(times, :outcome_at) AS outcome_at, "
-        "CASE WHEN :value IS NULL THEN NULL ELSE json_extract(attributes, :value) END AS value "
-        "FROM signal_entities WHERE type = :type AND json_extract(attributes, :renewal) IS NOT NULL",
-        {
-            "renewal": _json_path(renewal),
-            "outcome": _json_path(outcome),
-            "outcome_at": _flat_path(outcome),
-            "value": None if value is None else _json_path(value),
-            "type": entity,
-        },
-    )
+    engine = store.engine
+    sql = RENEWALS[engine].format(value="NULL" if value is None else _VALUE[engine])
+    if engine == "sqlite":
+        path, flat = _json_path, lambda dotted: '$."' + dotted.replace('"', '""') + '"'
+    else:
+        path, flat = lambda dotted: dotted.split("."), lambda dotted: dotted
+    params = {"renewal": path(renewal), "outcome": path(outcome), "outcome_at": flat(outcome), "type": entity}
+    if value is not None:
+        params["value"] = path(value)
+    return store.read(sql, params)
 
 
 def flagged(store: Store) -> set[tuple[str, str]]:
@@ -290,7 +301,8 @@ def dismiss(
         if suppress_until is not None:
             conn.execute(
                 "INSERT INTO triage_suppressions (account, until, reason, item_id, created_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (account) DO UPDATE SET until = max(until, excluded.until), reason = excluded.reason, "
+                "ON CONFLICT (account) DO UPDATE SET "
+                "until = max(triage_suppressions.until, excluded.until), reason = excluded.reason, "
                 "item_id = excluded.item_id, created_at = excluded.created_at",
                 (row["account"], suppress_until, reason, item_id, at),
             )
