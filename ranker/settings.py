@@ -310,13 +310,6 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _postgresql_scope(self) -> Settings:
-        """What the PostgreSQL store does not hold yet (triage) is refused rather than half served."""
-        if self.database_url is not None and self.triage.playbook:
-            raise ValueError("database_url: triage runs on SQLite only for now; unset database_url or the playbook")
-        return self
-
-    @model_validator(mode="after")
     def _triage(self) -> Settings:
         if self.triage.entity not in ENTITY_TYPES:
             raise ValueError(f"triage.entity {self.triage.entity!r}: the entity types are {', '.join(ENTITY_TYPES)}")

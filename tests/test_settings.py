@@ -84,9 +84,15 @@ def test_the_database_url_comes_from_the_environment_and_its_password_is_never_s
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in settings.database_name
     assert settings.database_name == url.replace("s3cret-pw", "***")
     assert load_settings(environ={}).database_url is None  # unset: SQLite in data_dir
-    with pytest.raises(SettingsError, match="SQLite only for now") as refused:  # not on PostgreSQL yet
-        playbook = {"loop": "a", "playbook": [{"id": "call", "subject": "s", "template": "t"}]}
-        load_settings(environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {}}, "triage": playbook})
+    playbook = {"loop": "a", "playbook": [{"id": "call", "subject": "s", "template": "t"}]}  # triage on PostgreSQL
+    with_triage = load_settings(
+        environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {}}, "triage": playbook}
+    )
+    assert with_triage.database_url is not None and with_triage.triage.playbook[0].id == "call"
+    with pytest.raises(SettingsError) as refused:  # a bad setting beside the URL: the error does not show it
+        load_settings(
+            environ={"RANKER_DATABASE_URL": url}, overrides={"loops": {"a": {}}, "triage": {**playbook, "loop": "b"}}
+        )
     assert "s3cret-pw" not in str(refused.value)
 
     with pytest.raises(SettingsError) as refused:

@@ -9,8 +9,9 @@ sequences then continue after the largest id SQLite ever gave out (retention nev
 Finally the counts of every table are compared.
 
 Copied: decisions, rewards, the trainer's checkpoints, loop configuration, jobs, mode switches, the signals'
-entities, events and buckets, the outbox, and the published models with the ``CURRENT`` pointer. Tables not on
-PostgreSQL yet (``NOT_COPIED``) refuse the copy when they hold rows, rather than lose them.
+entities, events and buckets, the outbox, the triage's patterns, items, transitions and suppressions, and the
+published models with the ``CURRENT`` pointer. Tables not on PostgreSQL yet (``NOT_COPIED``) refuse the copy
+when they hold rows, rather than lose them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,28 @@ TABLES: list[tuple[str, str, str | None, str]] = [
         "id",
         "",
     ),
+    ("triage_patterns", "name, entity, position, pattern, mined_at", None, "name"),
+    ("triage_pattern_switches", "name, enabled, updated_at", None, "name"),
+    (
+        "triage_items",
+        "id, account, renewal_date, pattern_name, pattern, risk, value, evidence, loop, event_id, action_id, ranking, "
+        "explanation, draft_subject, draft_body, drafted_by, draft_note, recipient, state, decided_by, decided_at, "
+        "final_subject, final_body, reward, dismiss_reason, dismiss_text, outcome, outcome_at, created_at",
+        "id",
+        "",
+    ),
+    ("triage_transitions", "id, item_id, at, who, from_state, to_state, detail", "id", ""),
+    ("triage_suppressions", "account, until, reason, item_id, created_at", None, "account"),
 ]
-IDENTITIES = ("decisions", "rewards", "mode_switches", "signal_events", "outbox")  # ids continue after the copy
+IDENTITIES = (
+    "decisions",
+    "rewards",
+    "mode_switches",
+    "signal_events",
+    "outbox",
+    "triage_items",
+    "triage_transitions",
+)  # ids continue after the copy
 NOT_COPIED: tuple[str, ...] = ()  # tables not on PostgreSQL yet (a log with rows there is refused)
 
 

@@ -1,0 +1,98 @@
+"""Triage on PostgreSQL: a pass, its review decisions and suppressions on the shared database, and
+``ranker migrate --copy-to`` taking the triage's tables along (counts verified, ids kept and continued)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from postgres import log_rows
+from triage_config import FLAGGED, NOW, REVIEW_KEY, load_accounts, make_app
+
+from ranker.cli import cli
+from ranker.store import patterns, timestamp
+from ranker.triage import items
+from ranker.triage.flagging import run_pass
+
+REVIEW = {"Ocp-Apim-Subscription-Key": REVIEW_KEY}
+TRIAGE_TABLES = (
+    "triage_patterns",
+    "triage_pattern_switches",
+    "triage_items",
+    "triage_transitions",
+    "triage_suppressions",
+)
+
+
+def by_account(service) -> dict[str, dict]:
+    return {item["account"]: item for item in items.list_items(service.store, top=500)["items"]}
+
+
+def test_a_triage_pass_and_its_decisions_on_postgresql(tmp_path, pg_cluster):
+    url = pg_cluster.database()
+    app = make_app(tmp_path, database_url=url)
+    service = app.extensions["ranker"]
+    load_accounts(service)
+    done = run_pass(service, NOW)
+    assert (done["due"], done["matched"], done["flagged"], done["errors"]) == (5, 2, 2, [])
+    found = by_account(service)
+    assert set(found) == FLAGGED and found["a1"]["evidence"]["matched"] == {
+        "account.industry": "fintech",
+        "account.health": 20,
+    }
+    assert run_pass(service, NOW + timedelta(days=1))["already"] == 2  # never flagged twice
+
+    client = app.test_client()
+    a1, a5 = found["a1"], found["a5"]
+    approved = client.post(f"/triage/items/{a1['id']}/approve", headers=REVIEW, json={"body": "Edited."})
+    assert approved.status_code == 200 and approved.json["state"] == "approved", approved.json
+    assert client.post(f"/triage/items/{a1['id']}/approve", headers=REVIEW).status_code == 409
+    sent = log_rows(tmp_path, url, "SELECT recipient, body, state FROM outbox WHERE key = ?", (f"triage:{a1['id']}",))
+    assert sent == [{"recipient": "cs@a1.example", "body": "Edited.", "state": "pending"}]
+    learned = log_rows(
+        tmp_path,
+        url,
+        "SELECT d.activated_at, r.value FROM decisions d JOIN rewards r ON r.decision_id = d.id WHERE d.event_id = ?",
+        (a1["event_id"],),
+    )
+    assert len(learned) == 1 and learned[0]["activated_at"] is not None
+    assert learned[0]["value"] == service.settings.triage.rewards.approve_edited
+
+    dismissed = client.post(f"/triage/items/{a5['id']}/dismiss", headers=REVIEW, json={"reason": "internal-merger"})
+    assert dismissed.status_code == 200, dismissed.json
+    service.signals.patch("account", "a5", {"contract": {"renewalDate": "2027-03-21"}}, NOW)
+    later = run_pass(service, NOW + timedelta(days=2))
+    assert (later["suppressed"], later["flagged"]) == (1, 0)  # a5's new renewal: suppressed by the dismissal
+    report = client.get("/triage/report", headers=REVIEW).json
+    assert report["flagged"] == {"items": 2, "accounts": 2, "pending": 0, "approved": 1, "dismissed": 1}
+
+
+def test_copy_to_takes_the_triage_along(tmp_path, pg_cluster, runner):
+    app = make_app(tmp_path)  # SQLite
+    service = app.extensions["ranker"]
+    load_accounts(service)
+    run_pass(service, NOW)
+    found, triage = by_account(service), service.settings.triage
+    items.approve(service.store, triage, found["a1"]["id"], "review:x", now=NOW)
+    items.dismiss(service.store, triage, found["a5"]["id"], "review:x", "internal-merger", now=NOW)
+    mined = '{"name": "mined-1", "conditions": [{"path": "account.health", "lte": 0}], "description": "none"}'
+    patterns.replace_mined(service.store, "account", [("mined-1", mined)], timestamp(NOW))
+    patterns.switch(service.store, "mined-1", False, timestamp(NOW))
+
+    url = pg_cluster.database()
+    env = {"RANKER_DATA_DIR": str(tmp_path), "RANKER_COPY_TO": url}
+    copied = runner.invoke(cli, ["migrate", "--config", str(tmp_path / "ranker.toml")], env=env)
+    assert copied.exit_code == 0, copied.output
+    expected = (
+        "triage_patterns 1, triage_pattern_switches 1, triage_items 2, triage_transitions 4, triage_suppressions 1"
+    )
+    assert expected in copied.output
+    for table in TRIAGE_TABLES:
+        sql = f"SELECT * FROM {table} ORDER BY 1"
+        assert log_rows(tmp_path, url, sql) == log_rows(tmp_path, None, sql), table
+
+    # on PostgreSQL the triage goes on: a new renewal is a new item, numbered after the copied ones
+    (tmp_path / "pg").mkdir()
+    node = make_app(tmp_path / "pg", database_url=url).extensions["ranker"]
+    node.signals.patch("account", "a1", {"contract": {"renewalDate": "2027-03-20"}}, NOW)
+    done = run_pass(node, NOW + timedelta(days=1))
+    assert (done["flagged"], done["already"], done["items"]) == (1, 1, [3])  # a5: flagged before the copy
