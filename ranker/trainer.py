@@ -223,7 +223,8 @@ class Trainer:
                         log.warning("%s; reloading from the stored checkpoint", exc)
                         continue
                     idle = not report["learned"] and not report["skipped"]
-                    triage.tick()  # renewal-risk triage, every triage.schedule
+                    if triage.due() and self.database.leading():
+                        triage.tick()  # renewal-risk triage, every triage.schedule, on the leading trainer only
                     if idle or time.monotonic() - jobs_at >= JOBS_EVERY:
                         # evaluations and feature importances, one at a time between learning passes
                         jobs_at = time.monotonic()

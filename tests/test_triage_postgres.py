@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 from postgres import log_rows
 from triage_config import FLAGGED, NOW, REVIEW_KEY, load_accounts, make_app
 
 from ranker.cli import cli
 from ranker.store import patterns, timestamp
+from ranker.trainer import Trainer
 from ranker.triage import items
 from ranker.triage.flagging import run_pass
 
@@ -96,3 +99,50 @@ def test_copy_to_takes_the_triage_along(tmp_path, pg_cluster, runner):
     node.signals.patch("account", "a1", {"contract": {"renewalDate": "2027-03-20"}}, NOW)
     done = run_pass(node, NOW + timedelta(days=1))
     assert (done["flagged"], done["already"], done["items"]) == (1, 1, [3])  # a5: flagged before the copy
+
+
+def test_only_the_leading_trainer_runs_triage_passes(tmp_path, pg_cluster):
+    """Two nodes' trainers on one database (triage.schedule PT1H): the leader passes at its start; the standby
+    runs none while it stands by, and its first pass comes when it takes over."""
+    url = pg_cluster.database()
+    nodes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        nodes.append(make_app(tmp_path / name, database_url=url).extensions["ranker"])
+    service, today = nodes[0], datetime.now(UTC).date()
+
+    def renewing(account: str, days: int) -> dict:
+        return {account: ("fintech", 10, (today + timedelta(days=days)).isoformat(), False)}
+
+    load_accounts(service, renewing("t1", 30), datetime.now(UTC) - timedelta(days=1))
+    trainers = [Trainer(node.settings) for node in nodes]
+    stops = [threading.Event(), threading.Event()]
+    threads = [
+        threading.Thread(target=t.run_forever, args=(stop, 0.05)) for t, stop in zip(trainers, stops, strict=True)
+    ]
+    try:
+        threads[0].start()
+        assert _wait_for(lambda: set(by_account(service)) == {"t1"}), "the leader's first pass did not flag t1"
+        threads[1].start()
+        load_accounts(service, renewing("t2", 40), datetime.now(UTC))
+        time.sleep(1.5)  # the leader's next pass is an hour away: a pass by the standby would flag t2
+        assert set(by_account(service)) == {"t1"}
+        stops[0].set()
+        threads[0].join(30)
+        assert _wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "the new leader ran no pass"
+    finally:
+        for stop, thread in zip(stops, threads, strict=True):
+            stop.set()
+            if thread.is_alive():
+                thread.join(30)
+        for trainer in trainers:
+            trainer.close()
+
+
+def _wait_for(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False

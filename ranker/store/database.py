@@ -12,7 +12,7 @@ they get from either:
 - ``identity()`` / ``check(identity)``: the file a process opened is still the log (PostgreSQL: nothing to
   check);
 - ``lease(stop)`` / ``leading()``: the trainer's leadership, one trainer per log;
-- ``config_turn()``: configuration changes through the API, one at a time;
+- ``config_turn()``: configuration changes through the API, one at a time; ``triage_turn()``: triage passes;
 - ``models``: the published models and the ``CURRENT`` pointer (:class:`FileModels` or the database's).
 """
 
@@ -125,6 +125,13 @@ class SqliteDatabase:
     @contextlib.contextmanager
     def config_turn(self) -> Iterator[None]:
         with open(self.data_dir / "config.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
+    def triage_turn(self) -> Iterator[None]:
+        """One triage pass at a time on this log (the trainer's and a ``ranker triage run``)."""
+        with open(self.data_dir / "triage.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 

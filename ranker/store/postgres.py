@@ -50,7 +50,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..errors import StoreUnavailable
-from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, Connection, migrate, translate
+from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, TRIAGE, Connection, migrate, translate
 from .sqlite import BATCH_LIMIT, Store, timestamp
 
 __all__ = ["TRAINER", "Connection", "DatabaseModels", "PostgresDatabase", "PostgresStore", "translate"]
@@ -390,6 +390,18 @@ class PostgresDatabase:
                 yield
             finally:
                 raw.execute(f"SELECT pg_advisory_unlock({CONFIG})")
+
+    @contextlib.contextmanager
+    def triage_turn(self) -> Iterator[None]:
+        """One triage pass at a time across nodes: a session advisory lock on a connection of its own (a pass
+        holds it for seconds, and reads on the pool meanwhile)."""
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, **KEEPALIVES)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the database {self.name} cannot be reached: {_reason(exc)}") from None
+        with conn:
+            conn.execute(f"SELECT pg_advisory_lock({TRIAGE})")
+            yield  # closing the connection ends the session, and the lock with it
 
     @contextlib.contextmanager
     def lease(self, stop: threading.Event, acquired: Callable[[], None] = lambda: None) -> Iterator[bool]:

@@ -24,15 +24,11 @@ One pass (:func:`run_pass`, run by the trainer on ``triage.schedule`` and by ``r
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -78,14 +74,6 @@ def pattern_summary(pattern: Pattern) -> dict[str, Any]:
     return pattern.to_dict()
 
 
-@contextlib.contextmanager
-def _one_pass(data_dir: Path) -> Iterator[None]:
-    """One pass at a time per data folder (the trainer's and a `ranker triage run`)."""
-    with open(Path(data_dir) / "triage.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def run_pass(service: Service, now: datetime | None = None, workers: int = WORKERS) -> dict[str, Any]:
     """One triage pass at ``now``; returns what it did: ``renewals`` (accounts with a renewal date), ``due``
     (renewing within the horizon), ``suppressed``, ``already`` (flagged for that renewal before), ``matched``,
@@ -93,10 +81,10 @@ def run_pass(service: Service, now: datetime | None = None, workers: int = WORKE
     ``items`` (the new items' ids) and ``seconds``."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    settings, triage = service.settings, service.settings.triage
+    triage = service.settings.triage
     if triage.playbook and triage.loop not in service.loops:
         raise ValueError(f"triage.loop {triage.loop!r} is not a loop of the settings")
-    with _one_pass(settings.data_dir):
+    with service.database.triage_turn():  # one pass at a time on this database, whichever node runs it
         rows = store_triage.renewals(service.store, triage.entity, triage.renewal_date, triage.outcome, triage.value)
         report: dict[str, Any] = {"at": timestamp(now), "renewals": len(rows)}
         report["outcomes"] = record_outcomes(service, rows, now)

@@ -1,6 +1,8 @@
 """The trainer's triage passes: one every ``triage.schedule``, the first when the trainer starts.
 
-The trainer calls :meth:`TriageSchedule.tick` between learning passes. Nothing runs when the schedule is unset
+The trainer calls :meth:`TriageSchedule.tick` between learning passes, while it holds the trainer's leadership
+(:meth:`ranker.store.database.SqliteDatabase.lease`): on several nodes sharing one PostgreSQL database only the
+leading trainer runs passes, and a standby starts when it takes over. Nothing runs when the schedule is unset
 or the settings have no ``triage.loop``; the pass's service (its loops' models, its store) is made at the first
 pass, so a trainer without triage never builds one. A failed pass is logged and tried again at the next time.
 """
@@ -29,12 +31,16 @@ class TriageSchedule:
     def enabled(self) -> bool:
         return self.every is not None
 
+    def due(self, now: datetime | None = None) -> bool:
+        """Whether a pass is due (the trainer then checks it still leads before it runs one)."""
+        if self.every is None:
+            return False
+        return self.next_at is None or (now or datetime.now(UTC)) >= self.next_at
+
     def tick(self, now: datetime | None = None) -> dict[str, Any] | None:
         """Run a pass when one is due; its report, or None."""
-        if self.every is None:
-            return None
         now = now or datetime.now(UTC)
-        if self.next_at is not None and now < self.next_at:
+        if not self.due(now):
             return None
         self.next_at = now + self.every
         from ..service import Service  # the web-free service, made once, at the first pass
