@@ -551,7 +551,7 @@ def _triage_service(config: str | None):
     from .service import Service
 
     settings = _settings(config)
-    if not settings.database_path.exists():
+    if settings.database_url is None and not settings.database_path.exists():
         raise click.ClickException(f"there is no decision log at {settings.database_path}; ranker migrate makes one")
     return Service(settings, create_database=False)
 
@@ -598,13 +598,12 @@ def triage_report(as_json: bool, config: str | None) -> None:
 
     Example: ranker triage report --config ranker.toml
     """
-    from .store import Store
     from .triage.report import report, table
 
     settings = _settings(config)
-    if not settings.database_path.exists():
+    if settings.database_url is None and not settings.database_path.exists():
         raise click.ClickException(f"there is no decision log at {settings.database_path}")
-    data = report(Store(settings.database_path, settings.synchronous, create=False), settings.triage)
+    data = report(open_database(settings).store(create=False), settings.triage)
     click.echo(json.dumps(data) if as_json else table(data))
 
 
@@ -617,10 +616,8 @@ def patterns_group() -> None:
 
 
 def _patterns_context(config: str | None):
-    from .store import Store
-
     settings = _settings(config)
-    return settings, Store(settings.database_path, settings.synchronous, settings.commit_timeout)
+    return settings, open_database(settings).store(settings.commit_timeout)
 
 
 @patterns_group.command("mine")

@@ -21,7 +21,7 @@ from ranker.cli import cli
 from ranker.rules import Condition
 from ranker.settings import load_settings
 from ranker.signals.service import Signals
-from ranker.store import Store
+from ranker.store import Store, open_database
 from ranker.triage import demo
 from ranker.triage.mining import mine, renewals, with_overrides
 from ranker.triage.patterns import enabled_patterns, set_enabled
@@ -139,9 +139,12 @@ KINDS = [
 ]
 
 
-def _signals(tmp_path: Path):
+def _signals(tmp_path: Path, database_url: str | None = None):
     (tmp_path / "ranker.toml").write_text(CONFIG)
-    settings = load_settings(tmp_path / "ranker.toml", environ={}, overrides={"data_dir": tmp_path, **FAST})
+    overrides = {"data_dir": tmp_path, "database_url": database_url, **FAST}
+    settings = load_settings(tmp_path / "ranker.toml", environ={}, overrides=overrides)
+    if database_url is not None:
+        return settings, Signals(settings.signals, open_database(settings).store())
     return settings, Signals(settings.signals, Store(settings.database_path, "NORMAL"))
 
 
@@ -153,8 +156,10 @@ def _ingest(signals: Signals, events: list[tuple[str, int, str, dict]], now: dat
         assert result.rejected == 0, result.message
 
 
-def test_values_at_see_neither_attributes_changed_nor_events_after_the_moment(tmp_path):
-    settings, signals = _signals(tmp_path)
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_values_at_see_neither_attributes_changed_nor_events_after_the_moment(tmp_path, engine, request):
+    url = None if engine == "sqlite" else request.getfixturevalue("pg_cluster").database()
+    settings, signals = _signals(tmp_path, url)
     at = NOW - timedelta(days=10)
     signals.put("account", "acme", {"industry": "fintech"}, NOW, at - timedelta(days=30))
     signals.patch("account", "acme", {"industry": "retail"}, NOW, at + timedelta(minutes=1))

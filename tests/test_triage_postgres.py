@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ def by_account(service) -> dict[str, dict]:
     return {item["account"]: item for item in items.list_items(service.store, top=500)["items"]}
 
 
-def test_a_triage_pass_and_its_decisions_on_postgresql(tmp_path, pg_cluster):
+def test_a_triage_pass_and_its_decisions_on_postgresql(tmp_path, pg_cluster, runner):
     url = pg_cluster.database()
     app = make_app(tmp_path, database_url=url)
     service = app.extensions["ranker"]
@@ -67,6 +68,16 @@ def test_a_triage_pass_and_its_decisions_on_postgresql(tmp_path, pg_cluster):
     assert (later["suppressed"], later["flagged"]) == (1, 0)  # a5's new renewal: suppressed by the dismissal
     report = client.get("/triage/report", headers=REVIEW).json
     assert report["flagged"] == {"items": 2, "accounts": 2, "pending": 0, "approved": 1, "dismissed": 1}
+
+    # the commands work on the database the settings name
+    env = {"RANKER_DATA_DIR": str(tmp_path), "RANKER_DATABASE_URL": url}
+    config = ["--config", str(tmp_path / "ranker.toml")]
+    ran = runner.invoke(cli, ["triage", "run", "--json", "--at", "2027-01-04T00:00:00Z", *config], env=env)
+    assert ran.exit_code == 0 and json.loads(ran.output)["already"] == 1, ran.output
+    reported = runner.invoke(cli, ["triage", "report", "--json", *config], env=env)
+    assert reported.exit_code == 0 and json.loads(reported.output)["flagged"]["items"] == 2, reported.output
+    listed = runner.invoke(cli, ["patterns", "list", *config], env=env)
+    assert listed.exit_code == 0 and "fintech-unhealthy" in listed.output, listed.output
 
 
 def test_copy_to_takes_the_triage_along(tmp_path, pg_cluster, runner):
