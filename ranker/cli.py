@@ -28,6 +28,7 @@ from .evaluation.replay import (
 )
 from .evaluation.search import search
 from .export import export, import_dsjson
+from .outbox import commands as outbox_commands
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
 from .store import migrate
 
@@ -434,3 +435,6 @@ def signals_prune(config: str | None) -> None:
     from datetime import UTC, datetime
 
     click.echo(json.dumps(_signals(config).prune(datetime.now(UTC))))
+
+
+cli.add_command(outbox_commands.outbox)

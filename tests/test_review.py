@@ -1,0 +1,236 @@
+"""The review pages through Flask's test client: sign-in and sessions, CSRF, the loop view, the outbox page,
+escaping. The browser tests (tests/test_review_browser.py) drive the same pages in Chromium."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ranker.app import create_app
+from ranker.settings import hash_key
+from ranker.store import outbox, timestamp
+from ranker.web.base import SESSION_COOKIE
+
+REVIEW_KEY = "review-key-0123456789"
+ADMIN_KEY = "admin-key-0123456789"
+RANK_KEY = "rank-key-0123456789"
+SIGNALS_KEY = "signals-key-0123456789"
+DOCS = (Path(__file__).parent.parent / "docs" / "review.md").read_text()
+
+
+def keyed(tmp_path: Path, **more):
+    keys = [
+        {"role": "review", "sha256": hash_key(REVIEW_KEY)},
+        {"role": "admin", "sha256": hash_key(ADMIN_KEY)},
+        {"role": "rank", "sha256": hash_key(RANK_KEY)},
+        {"role": "signals", "sha256": hash_key(SIGNALS_KEY)},
+    ]
+    loop = {"keys": keys, "isInferenceExplainabilityEnabled": True}
+    return create_app({"data_dir": tmp_path, "loops": {"cards": loop}, **more})
+
+
+@pytest.fixture
+def app(tmp_path):
+    return keyed(tmp_path)
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
+
+
+def sign_in(client, key: str, **kwargs):
+    form = client.get("/review/sign-in", **kwargs)
+    return client.post("/review/sign-in", data={"csrf": csrf_of(form.text), "key": key}, **kwargs)
+
+
+def session_cookie(client):
+    cookie = client.get_cookie(SESSION_COOKIE, path="/review")
+    return cookie.value if cookie else None
+
+
+@pytest.mark.parametrize("key", [REVIEW_KEY, ADMIN_KEY])
+def test_a_review_or_admin_key_signs_in_with_a_strict_httponly_expiring_cookie(client, key):
+    assert client.get("/review/loops").headers["Location"].startswith("/review/sign-in")
+    answer = sign_in(client, key)
+    assert answer.status_code == 303
+    cookie = next(c for c in answer.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE + "="))
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/review" in cookie
+    assert "Max-Age=28800" in cookie and "Secure" not in cookie  # plain HTTP: not Secure
+    page = client.get("/review/loops")
+    assert page.status_code == 200 and "cards" in page.text
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("key, status", [(RANK_KEY, 403), (SIGNALS_KEY, 403), ("no-such-key", 401), ("", 401)])
+def test_other_keys_cannot_sign_in(client, key, status):
+    answer = sign_in(client, key)
+    assert answer.status_code == status
+    assert session_cookie(client) is None
+    assert client.get("/review/loops").status_code == 303  # still sent to sign-in
+
+
+def test_signing_in_makes_a_new_session_id_and_ends_the_previous_one(client):
+    client.set_cookie(SESSION_COOKIE, "planted-by-someone-else", path="/review")
+    sign_in(client, REVIEW_KEY)
+    first = session_cookie(client)
+    assert first not in (None, "planted-by-someone-else")
+    sign_in(client, REVIEW_KEY)  # signing in again, while signed in, as a second visit to sign-in would
+    second = session_cookie(client)
+    assert second != first
+    client.set_cookie(SESSION_COOKIE, first, path="/review")
+    assert client.get("/review/loops").status_code == 303  # the old id was ended
+
+
+def test_sign_out_ends_the_session_on_the_server(client):
+    sign_in(client, REVIEW_KEY)
+    copied = session_cookie(client)
+    page = client.get("/review/loops")
+    assert client.post("/review/sign-out", data={"csrf": csrf_of(page.text)}).status_code == 303
+    assert client.get("/review/loops").status_code == 303
+    client.set_cookie(SESSION_COOKIE, copied, path="/review")  # a copy of the cookie is worth nothing now
+    assert client.get("/review/loops").status_code == 303
+    assert client.post("/review/outbox/resolve", data={"key": "x", "answer": "sent"}).status_code == 401
+
+
+def test_forms_without_the_csrf_token_are_refused(client):
+    form = client.get("/review/sign-in")
+    assert client.post("/review/sign-in", data={"key": REVIEW_KEY}).status_code == 403
+    assert client.post("/review/sign-in", data={"key": REVIEW_KEY, "csrf": "0" * 64}).status_code == 403
+    assert session_cookie(client) is None
+    client.post("/review/sign-in", data={"csrf": csrf_of(form.text), "key": REVIEW_KEY})
+    assert client.post("/review/sign-out").status_code == 403
+    assert client.post("/review/sign-out", data={"csrf": csrf_of(form.text)}).status_code == 403  # sign-in's token
+    assert client.get("/review/loops").status_code == 200  # still signed in
+
+
+def test_the_session_expires(app, client, tmp_path):
+    sign_in(client, REVIEW_KEY)
+    assert client.get("/review/loops").status_code == 200
+    with sqlite3.connect(tmp_path / "ranker.db") as conn:
+        conn.execute("UPDATE review_sessions SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    assert client.get("/review/loops").status_code == 303
+
+
+def test_the_session_ends_when_its_key_is_removed_and_the_secret_survives_a_restart(tmp_path):
+    first = keyed(tmp_path).test_client()
+    sign_in(first, REVIEW_KEY)
+    session_id = session_cookie(first)
+    token = csrf_of(first.get("/review/loops").text)
+    again = keyed(tmp_path).test_client()  # another worker, or the server restarted: same secret, same session
+    again.set_cookie(SESSION_COOKIE, session_id, path="/review")
+    assert csrf_of(again.get("/review/loops").text) == token
+    keys = [{"role": "admin", "sha256": hash_key(ADMIN_KEY)}]
+    removed = create_app({"data_dir": tmp_path, "loops": {"cards": {"keys": keys}}}).test_client()
+    removed.set_cookie(SESSION_COOKIE, session_id, path="/review")
+    assert removed.get("/review/loops").status_code == 303
+
+
+def test_the_cookie_is_secure_over_https_and_behind_a_trusted_proxy(tmp_path):
+    direct = keyed(tmp_path).test_client()
+    answer = sign_in(direct, REVIEW_KEY, base_url="https://localhost")
+    assert "Secure" in next(c for c in answer.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE))
+    https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.0.0.1"}
+    untrusted = keyed(tmp_path).test_client()
+    answer = sign_in(untrusted, REVIEW_KEY, headers=https)
+    assert "Secure" not in next(c for c in answer.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE))
+    proxied = keyed(tmp_path, review={"proxy_hops": 1}).test_client()
+    answer = sign_in(proxied, REVIEW_KEY, headers=https)
+    assert "Secure" in next(c for c in answer.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE))
+
+
+def test_a_reviewer_cannot_reach_admin_operations(client):
+    sign_in(client, REVIEW_KEY)
+    for method, path in [
+        ("get", "/personalizer/v1.0/configurations/service"),
+        ("delete", "/personalizer/v1.0/logs"),
+        ("get", "/personalizer/v1.0/model"),
+        ("post", "/personalizer/v1.0/rank"),
+    ]:
+        # the session cookie is no key; and the review key itself is refused there
+        assert getattr(client, method)(path, json={}).status_code == 401
+        answer = getattr(client, method)(path, json={}, headers={"Ocp-Apim-Subscription-Key": REVIEW_KEY})
+        assert answer.status_code == 403, path
+
+
+def test_sign_in_goes_back_only_to_a_review_page(client):
+    form = client.get("/review/sign-in?next=https://evil.example/")
+    answer = client.post(
+        "/review/sign-in", data={"csrf": csrf_of(form.text), "key": REVIEW_KEY, "next": "//evil.example/"}
+    )
+    assert answer.headers["Location"] == "/review/"
+
+
+def rank(client, event_id: str, context: dict, key: str = RANK_KEY):
+    body = {
+        "eventId": event_id,
+        "contextFeatures": [context],
+        "actions": [{"id": "sso", "features": [{"a": 1}]}, {"id": "reports", "features": [{"a": 2}]}],
+    }
+    answer = client.post("/personalizer/v1.0/rank", json=body, headers={"Ocp-Apim-Subscription-Key": key})
+    assert answer.status_code == 201
+    return answer.get_json()
+
+
+def test_the_loop_view_shows_recent_decisions_reward_over_time_and_the_latest_evaluation(app, client, tmp_path):
+    rank(client, "e-1", {"u": {"plan": "pro"}})
+    rank(client, "e-2", {"u": {"plan": "<script>alert(1)</script>"}})
+    headers = {"Ocp-Apim-Subscription-Key": RANK_KEY}
+    assert client.post("/personalizer/v1.0/events/e-1/reward", json={"value": 1}, headers=headers).status_code == 204
+    with sqlite3.connect(tmp_path / "ranker.db") as conn:
+        request = '{"name": "weekly", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-02-01T00:00:00Z"}'
+        result = (
+            '{"events": 120, "skipped": 0, "optimalPolicy": "challenger", "content": {"value": [{"name": '
+            '"challenger", "policySource": "Custom", "slotId": "", "summary": {"expectedReward": 0.61, '
+            '"confidenceInterval": [0.52, 0.7], "events": 120}}]}}'
+        )
+        conn.execute(
+            "INSERT INTO jobs (loop, kind, id, request, status, result, created_at, updated_at) "
+            "VALUES ('cards', 'evaluation', 'ev1', ?, 'Succeeded', ?, ?, ?)",
+            (request, result, "2026-02-02T00:00:00Z", "2026-02-02T00:00:00Z"),
+        )
+    sign_in(client, REVIEW_KEY)
+    page = client.get("/review/loops/cards").text
+    assert page.index("e-2") < page.index("e-1")  # newest first
+    assert "<svg" in page and "Mean reward per day" in page
+    # one day, two decisions, one rewarded with 1, the other counted at the default reward 0: mean 0.5
+    assert re.search(r"<td>\d{4}-\d\d-\d\d</td><td>2</td><td>1</td><td>0.500</td>", page)
+    assert "challenger" in page and "0.520 – 0.700" in page and "120 events" in page
+    assert client.get("/review/loops/cards?by=hour").status_code == 200
+    assert client.get("/review/loops/cards?by=week").status_code == 400
+    assert client.get("/review/loops/nope").status_code == 404
+
+    event = client.get("/review/loops/cards/events/e-2").text
+    assert "<script>alert(1)</script>" not in event and "&lt;script&gt;alert(1)&lt;/script&gt;" in event
+    assert "Largest feature contributions" in event or "Feature contributions:" in event
+    assert client.get("/review/loops/cards/events/nope").status_code == 404
+
+
+def test_the_outbox_page_shows_waiting_messages_for_copying_and_settles_checks(app, client):
+    store = app.extensions["ranker"].store
+    at = timestamp(__import__("datetime").datetime.now(__import__("datetime").UTC))
+    store.write(lambda conn: outbox.enqueue(conn, "k1", "test", "a@example.com", "Hello <b>", "<script>x()</script>", at))
+    store.write(lambda conn: outbox.enqueue(conn, "k2", "test", "b@example.com", "Stuck", "text", at))
+    store.write(lambda conn: conn.execute("UPDATE outbox SET state = 'sending', attempts = 1 WHERE key = 'k2'"))
+    sign_in(client, REVIEW_KEY)
+    page = client.get("/review/outbox").text
+    assert "No delivery is set" in page
+    assert "&lt;script&gt;x()&lt;/script&gt;</textarea>" in page and "Hello &lt;b&gt;" in page
+    assert "check the receiver" in page and page.count('name="answer" value="sent"') == 1
+    token = csrf_of(page)
+    assert client.post("/review/outbox/resolve", data={"key": "k2", "answer": "sent"}).status_code == 403
+    answer = client.post("/review/outbox/resolve", data={"csrf": token, "key": "k2", "answer": "sent"})
+    assert answer.status_code == 303 and outbox.get(store, "k2")["state"] == "sent"
+    again = client.post("/review/outbox/resolve", data={"csrf": token, "key": "k2", "answer": "sent"})
+    assert again.status_code == 409
+    assert client.get("/review/outbox?state=bogus").status_code == 400
+
+
+def test_every_review_page_is_documented(app):
+    rules = [r for r in app.url_map.iter_rules() if r.endpoint.startswith("review_") and "static" not in r.endpoint]
+    assert rules
+    for rule in rules:
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + m[1] + "}", rule.rule)
+        assert f"`{path}`" in DOCS, path
