@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -210,8 +211,9 @@ def test_the_loop_view_shows_recent_decisions_reward_over_time_and_the_latest_ev
 
 def test_the_outbox_page_shows_waiting_messages_for_copying_and_settles_checks(app, client):
     store = app.extensions["ranker"].store
-    at = timestamp(__import__("datetime").datetime.now(__import__("datetime").UTC))
-    store.write(lambda conn: outbox.enqueue(conn, "k1", "test", "a@example.com", "Hello <b>", "<script>x()</script>", at))
+    at = timestamp(datetime.now(UTC))
+    body = "<script>x()</script>"
+    store.write(lambda conn: outbox.enqueue(conn, "k1", "test", "a@example.com", "Hello <b>", body, at))
     store.write(lambda conn: outbox.enqueue(conn, "k2", "test", "b@example.com", "Stuck", "text", at))
     store.write(lambda conn: conn.execute("UPDATE outbox SET state = 'sending', attempts = 1 WHERE key = 'k2'"))
     sign_in(client, REVIEW_KEY)
