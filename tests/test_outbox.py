@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from click.testing import CliRunner
 
+from ranker.cli import cli
 from ranker.harness import free_port
 from ranker.outbox.definitions import OutboxSettings
 from ranker.outbox.delivery import message_id, send_due
@@ -199,8 +201,9 @@ def _env(**more: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}, **more}
 
 
-def _ranker(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_argv(config, *args), env=_env(), capture_output=True, text=True, timeout=60)
+def _ranker(config: Path, *args: str):
+    """``ranker outbox ARGS --config CONFIG`` in this process (the killed sender is a real one)."""
+    return CliRunner().invoke(cli, ["outbox", *args, "--config", str(config)], env=_env())
 
 
 def test_a_sender_killed_between_sending_and_recording_never_sends_twice(tmp_path, conn, smtp_sink):
@@ -219,11 +222,11 @@ def test_a_sender_killed_between_sending_and_recording_never_sends_twice(tmp_pat
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
     again = _ranker(config, "send")
-    assert again.returncode == 0 and json.loads(again.stdout)["sent"] == 0
+    assert again.exit_code == 0 and json.loads(again.output)["sent"] == 0
     assert len(smtp_sink.messages) == 1  # exactly one, however often the sender runs
     listed = _ranker(config, "list", "--state", "sending")
-    assert listed.returncode == 0 and "triage:7" in listed.stdout
-    assert _ranker(config, "resolve", "triage:7", "--sent").returncode == 0
+    assert listed.exit_code == 0 and "triage:7" in listed.output
+    assert _ranker(config, "resolve", "triage:7", "--sent").exit_code == 0
     assert row(conn, "triage:7")["state"] == "sent"
     assert len(smtp_sink.messages) == 1
 
@@ -233,5 +236,5 @@ def test_send_without_a_delivery_says_so(tmp_path, conn):
     config.write_text(f'data_dir = "{tmp_path}"\n')
     put(conn, "triage:1")
     sender = _ranker(config, "send")
-    assert sender.returncode == 1 and "no [outbox] delivery" in sender.stderr
+    assert sender.exit_code == 1 and "no [outbox] delivery" in sender.output
     assert row(conn, "triage:1")["state"] == "pending"
