@@ -437,4 +437,73 @@ def signals_prune(config: str | None) -> None:
     click.echo(json.dumps(_signals(config).prune(datetime.now(UTC))))
 
 
+@cli.group("triage")
+def triage_group() -> None:
+    """Renewal-risk triage: flag accounts at risk, rank their next best action, draft the email; report.
+
+    Example: ranker triage run --config ranker.toml
+    """
+
+
+def _triage_service(config: str | None):
+    from .service import Service
+
+    settings = _settings(config)
+    if not settings.database_path.exists():
+        raise click.ClickException(f"there is no decision log at {settings.database_path}; ranker migrate makes one")
+    return Service(settings, create_database=False)
+
+
+@triage_group.command("run")
+@click.option("--at", help="Judge as of this ISO 8601 time (UTC if no zone) instead of now, e.g. in a demo.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass's report as JSON.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def triage_run(at: str | None, as_json: bool, config: str | None) -> None:
+    """Run one triage pass now: record the outcomes of passed renewals, flag the accounts renewing within
+    triage.horizon that match an enabled pattern, rank and draft each. The trainer runs it on triage.schedule.
+
+    Example: ranker triage run --config ranker.toml
+    """
+    from .store import parse_time
+    from .triage.flagging import run_pass
+
+    try:
+        moment = parse_time(at) if at else None
+    except ValueError as exc:
+        raise click.ClickException(f"--at: {exc}") from exc
+    try:
+        report = run_pass(_triage_service(config), moment)
+    except (ValueError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"{report['flagged']} accounts flagged ({report['due']} renewing within the horizon, {report['matched']} "
+        f"matching a pattern, {report['already']} flagged before, {report['suppressed']} suppressed); "
+        f"{report['outcomes']} outcomes recorded in {report['seconds']} s"
+    )
+    for error in report["errors"]:
+        click.echo(f"  not flagged: {error}", err=True)
+
+
+@triage_group.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print GET /triage/report's JSON instead of a table.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+def triage_report(as_json: bool, config: str | None) -> None:
+    """Accounts flagged, approval rate, time to decision, renewal rate of acted vs dismissed items, and the
+    surprise churn (churned accounts never flagged) per month.
+
+    Example: ranker triage report --config ranker.toml
+    """
+    from .store import Store
+    from .triage.report import report, table
+
+    settings = _settings(config)
+    if not settings.database_path.exists():
+        raise click.ClickException(f"there is no decision log at {settings.database_path}")
+    data = report(Store(settings.database_path, settings.synchronous, create=False), settings.triage)
+    click.echo(json.dumps(data) if as_json else table(data))
+
+
 cli.add_command(outbox_commands.outbox)

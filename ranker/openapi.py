@@ -24,6 +24,7 @@ from .schemas import (
 )
 from .settings import Policy
 from .signals.openapi import signals_paths
+from .triage.openapi import triage_paths, triage_schemas
 
 ERROR = {
     "type": "object",
@@ -312,6 +313,8 @@ def openapi() -> dict[str, Any]:
         paths.update(_operations(prefix))
         paths.update(_admin_operations(prefix))
     paths.update(signals_paths())
+    paths.update(triage_paths())
+    schemas.update(triage_schemas())
     paths["/healthz"] = {
         "get": {
             "operationId": "healthz",

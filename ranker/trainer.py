@@ -66,6 +66,7 @@ from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, parse_duration
 from .store import connect, file_identity, learning, loop_config_row, migrate, parse_time, timestamp, write_turn
+from .triage.schedule import TriageSchedule
 
 log = logging.getLogger("ranker.trainer")
 
@@ -203,7 +204,8 @@ class Trainer:
 
         Only one trainer per data folder works at a time: another one waits for the lease and takes
         over when the first one stops or dies. Between learning passes it runs the evaluation and feature
-        importance jobs (:mod:`ranker.evaluation.jobs`), one at a time: whenever idle, and every JOBS_EVERY seconds.
+        importance jobs (:mod:`ranker.evaluation.jobs`), one at a time: whenever idle, and every JOBS_EVERY seconds,
+        and the triage passes on their schedule (:mod:`ranker.triage.schedule`).
         """
         with self.lease(stop_event) as held:
             if not held:
@@ -211,6 +213,7 @@ class Trainer:
             self._stop = stop_event
             jobs.requeue_interrupted(self._conn)
             jobs_at = time.monotonic()
+            triage = TriageSchedule(self.settings)
             try:
                 while not stop_event.is_set():
                     self.check()
@@ -220,6 +223,7 @@ class Trainer:
                         log.warning("%s; reloading from the stored checkpoint", exc)
                         continue
                     idle = not report["learned"] and not report["skipped"]
+                    triage.tick()  # renewal-risk triage, every triage.schedule
                     if idle or time.monotonic() - jobs_at >= JOBS_EVERY:
                         # evaluations and feature importances, one at a time between learning passes
                         jobs_at = time.monotonic()

@@ -7,6 +7,7 @@
 - :mod:`ranker.store.jobs`: the queue of evaluation and feature-importance jobs;
 - :mod:`ranker.store.signals`: entities, signal events and their per-day buckets;
 - :mod:`ranker.store.outbox`: approved messages waiting for delivery;
+- :mod:`ranker.store.triage`: risk items, their transitions and suppressed accounts;
 - :mod:`ranker.store.migrations`: the schema, as sqlite-utils migrations.
 """
 

@@ -217,6 +217,97 @@ def create_outbox(db: Database) -> None:
 
 
 @migrations()
+def create_triage_patterns(db: Database) -> None:
+    # Risk patterns found by mining (`ranker patterns mine`), replaced as a set by each mining of an entity
+    # type; and the enabled/disabled switch of any pattern (mined or written in the settings), kept apart so
+    # that a pattern disabled by a reviewer stays disabled when mining finds it again.
+    db.execute(
+        """
+        CREATE TABLE triage_patterns (
+            name TEXT PRIMARY KEY,
+            entity TEXT NOT NULL,
+            position INTEGER NOT NULL,          -- rank in its mining (by the interval's lower end)
+            pattern TEXT NOT NULL,              -- JSON: conditions, description and statistics
+            mined_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        "CREATE TABLE triage_pattern_switches (name TEXT PRIMARY KEY, enabled INTEGER NOT NULL, "
+        "updated_at TEXT NOT NULL)"
+    )
+
+
+@migrations()
+def create_triage(db: Database) -> None:
+    # Risk items of the renewal-risk triage (ranker.triage): one per account and renewal, so an account is
+    # never flagged twice for the same renewal. JSON columns: pattern (its name, conditions and figures),
+    # evidence (the matched values and the signal history behind them), ranking, explanation.
+    db.execute(
+        """
+        CREATE TABLE triage_items (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account TEXT NOT NULL,
+            renewal_date TEXT NOT NULL,
+            pattern_name TEXT NOT NULL,
+            pattern TEXT NOT NULL,
+            risk REAL NOT NULL,                 -- the pattern's churn rate: what "sort by risk" sorts by
+            value REAL,                         -- the account's contract value, when it has one
+            evidence TEXT NOT NULL,
+            loop TEXT NOT NULL,
+            event_id TEXT,
+            action_id TEXT,                     -- the action the loop chose (null: none was eligible)
+            ranking TEXT NOT NULL,
+            explanation TEXT,
+            draft_subject TEXT,
+            draft_body TEXT,
+            drafted_by TEXT NOT NULL,           -- "template" or "drafter"
+            draft_note TEXT,                    -- why the template's draft was used when a drafter is set
+            recipient TEXT,
+            state TEXT NOT NULL,                -- pending, approved, dismissed
+            decided_by TEXT,
+            decided_at TEXT,
+            final_subject TEXT,
+            final_body TEXT,
+            reward REAL,
+            dismiss_reason TEXT,
+            dismiss_text TEXT,
+            outcome TEXT,
+            outcome_at TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE (account, renewal_date)
+        )
+        """
+    )
+    db.execute("CREATE INDEX triage_items_state ON triage_items (state, renewal_date)")
+    db.execute(
+        """
+        CREATE TABLE triage_transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            item_id INTEGER NOT NULL REFERENCES triage_items (id),
+            at TEXT NOT NULL,
+            who TEXT NOT NULL,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            detail TEXT                         -- JSON: what the transition carried (edits, reason, outcome)
+        )
+        """
+    )
+    db.execute("CREATE INDEX triage_transitions_item ON triage_transitions (item_id, id)")
+    db.execute(
+        """
+        CREATE TABLE triage_suppressions (
+            account TEXT PRIMARY KEY,
+            until TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            item_id INTEGER,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+@migrations()
 def create_review_sessions(db: Database) -> None:
     # Sessions of the review pages, kept on the server so sign-out and expiry end them everywhere: the id is
     # stored as its SHA-256 (a copy of the table signs nobody in). The secret signs the forms' CSRF tokens: one

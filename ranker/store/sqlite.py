@@ -149,6 +149,21 @@ def save_loop_config(conn: sqlite3.Connection, loop: str, service: str | None, p
     conn.execute(LOOP_CONFIG_UPSERT, (loop, service, policy, at))
 
 
+def add_reward(conn: sqlite3.Connection, loop: str, event_id: str, value: float, at: str) -> bool:
+    """:meth:`Store.add_reward` inside the caller's transaction (e.g. a triage approval that also activates)."""
+    sql = (
+        "INSERT INTO rewards (decision_id, value, received_at) "
+        "SELECT id, ?, ? FROM decisions WHERE loop = ? AND event_id = ? AND slots IS NULL"
+    )
+    return conn.execute(sql, (value, at, loop, event_id)).rowcount == 1
+
+
+def activate(conn: sqlite3.Connection, loop: str, event_id: str, at: str) -> bool:
+    """:meth:`Store.activate` inside the caller's transaction."""
+    sql = "UPDATE decisions SET activated_at = coalesce(activated_at, ?) WHERE loop = ? AND event_id = ?"
+    return conn.execute(sql, (at, loop, event_id)).rowcount == 1
+
+
 def migrate(path: Path, create: bool = True) -> list[str]:
     """Apply pending migrations (serialised across processes by the write turn); return their names.
 
@@ -437,11 +452,7 @@ class Store:
     def add_reward(self, loop: str, event_id: str, value: float, at: str) -> bool:
         """Keep a reward for a logged single-slot decision; False when the loop has no such event (or it is
         multi-slot: its rewards name their slots, :meth:`add_slot_rewards`)."""
-        sql = (
-            "INSERT INTO rewards (decision_id, value, received_at) "
-            "SELECT id, ?, ? FROM decisions WHERE loop = ? AND event_id = ? AND slots IS NULL"
-        )
-        return self.write(lambda conn: conn.execute(sql, (value, at, loop, event_id)).rowcount == 1)
+        return self.write(lambda conn: add_reward(conn, loop, event_id, value, at))
 
     def add_slot_rewards(self, loop: str, event_id: str, values: list[tuple[str, float]], at: str) -> None:
         """Keep the rewards of a multi-slot decision's slots, all or none.
@@ -471,8 +482,7 @@ class Store:
 
     def activate(self, loop: str, event_id: str, at: str) -> bool:
         """Mark a decision activated (the first activation counts); False when there is no such event."""
-        sql = "UPDATE decisions SET activated_at = coalesce(activated_at, ?) WHERE loop = ? AND event_id = ?"
-        return self.write(lambda conn: conn.execute(sql, (at, loop, event_id)).rowcount == 1)
+        return self.write(lambda conn: activate(conn, loop, event_id, at))
 
     def decision(self, loop: str, event_id: str) -> dict[str, Any] | None:
         rows = self.read("SELECT * FROM decisions WHERE loop = ? AND event_id = ?", (loop, event_id))

@@ -3,8 +3,9 @@ are mined and flagged, the playbook of next best actions, the drafter, what a re
 loop, and the dismissal reasons. Checked when the settings load.
 
 A pattern is a conjunction of conditions in the rules' condition language (:class:`ranker.rules.Condition`),
-tested on an account's *values*: its attributes (``contract.plan``) and its signal features
-(``features.reporting_api_trend``), as of one moment.
+tested on an account's *values* (:mod:`ranker.triage.values`): its attributes and its signal features as
+of one moment, shaped as Rank-time enrichment adds them to a context, so paths read like the rules' paths
+(``account.contract.plan``, ``account.reporting_api_trend``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ class TriageSettings(BaseModel):
     rewards: TriageRewards = Field(default_factory=TriageRewards, description="Rewards of review decisions.")
     dismiss_reasons: list[DismissReason] = Field(
         default_factory=_default_reasons, min_length=1, description="Reasons a reviewer may dismiss an item with."
+    )
+    recipient: str = Field(
+        "contact.email", min_length=1, description="Attribute holding the address an approved item's email goes to."
+    )
+    value: str | None = Field(
+        "contract.value", description="Attribute holding the account's contract value (items sort by it); unset: none."
     )
 
     @field_validator("horizon")
