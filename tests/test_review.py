@@ -236,3 +236,146 @@ def test_every_review_page_is_documented(app):
     for rule in rules:
         path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + m[1] + "}", rule.rule)
         assert f"`{path}`" in DOCS, path
+
+
+# -- the triage queue and items ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def triage(tmp_path):
+    """The triage tests' scenario, flagged: a1 and a5 pending; a1's name and draft carry HTML."""
+    from triage_config import BEFORE, NOW, load_accounts, make_app
+
+    from ranker.triage.flagging import run_pass
+
+    app = make_app(tmp_path)
+    service = app.extensions["ranker"]
+    load_accounts(service)
+    service.signals.patch("account", "a1", {"name": "<script>alert('a1')</script>", "segment": "enterprise"}, BEFORE)
+    service.signals.patch("account", "a5", {"segment": "smb"}, BEFORE)
+    run_pass(service, NOW)
+    return app
+
+
+def review_client(app, key=None):
+    from triage_config import REVIEW_KEY
+
+    client = app.test_client()
+    assert sign_in(client, key or REVIEW_KEY).status_code == 303
+    return client
+
+
+def items_by_account(app) -> dict[str, dict]:
+    from ranker.triage import items
+
+    return {i["account"]: i for i in items.list_items(app.extensions["ranker"].store, top=500)["items"]}
+
+
+def test_the_queue_lists_pending_items_sorted_and_filtered(triage):
+    client = review_client(triage)
+    page = client.get("/review/").text
+    assert re.search(r'id="waiting">2<', page) and re.search(r'id="decided-today">0<', page)
+    assert "&lt;script&gt;alert(&#39;a1&#39;)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert "Fintech accounts with a health score of 50 or less" in page
+    by_value = client.get("/review/?sort=value").text
+    assert by_value.index("/review/items/") < by_value.index(">Account A5<")  # a1 (value 20,000) first
+    assert by_value.index("20,000") < by_value.index("10,000")
+    assert ">Account A5<" not in client.get("/review/?segment=enterprise").text
+    smb = client.get("/review/?segment=smb").text
+    assert ">Account A5<" in smb and "alert" not in smb
+    assert ">Account A5<" in client.get("/review/?renewal_from=2027-02-20&renewal_to=2027-03-01").text
+    assert "Nothing is waiting" in client.get("/review/?renewal_to=2027-01-31").text
+    assert "Nothing is waiting" in client.get("/review/?loop=other").text
+    assert client.get("/review/?renewal_from=tomorrow").status_code == 400
+    assert client.get("/review/?sort=color").status_code == 400
+
+
+def test_an_item_shows_its_evidence_ranking_and_draft_escaped(triage):
+    client = review_client(triage)
+    a1 = items_by_account(triage)["a1"]
+    page = client.get(f"/review/items/{a1['id']}").text
+    assert "&lt;script&gt;alert(&#39;a1&#39;)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert "<code>account.health</code> = 20" in page and "account.health before flagging" in page
+    for ranked in a1["ranking"]:
+        assert f"<td>{ranked['id']}" in page
+    assert f'value="{a1["draft_subject"].replace("<", "&lt;").replace(">", "&gt;")}"' in page.replace("&#39;", "'")
+    assert 'name="csrf"' in page and "Internal merger" in page
+    assert client.get("/review/items/999").status_code == 404
+
+
+def test_approving_as_drafted_sends_the_draft_and_opens_the_next_item(triage):
+    client = review_client(triage)
+    found = items_by_account(triage)
+    a1, a5 = found["a1"], found["a5"]
+    page = client.get(f"/review/items/{a1['id']}?sort=risk").text
+    form = {
+        "csrf": csrf_of(page),
+        "back": "sort=risk",
+        "action": "approve",
+        "recipient": a1["recipient"],
+        "subject": a1["draft_subject"],
+        "body": a1["draft_body"].replace("\n", "\r\n"),  # as a browser sends a textarea
+    }
+    answer = client.post(f"/review/items/{a1['id']}/approve", data=form)
+    assert answer.status_code == 303
+    assert answer.headers["Location"].startswith(f"/review/items/{a5['id']}?sort=risk&done=approved")
+    decided = items_by_account(triage)["a1"]
+    assert decided["state"] == "approved" and decided["reward"] == 1.0  # not an edit: CRLF is no change
+    assert decided["decided_by"].startswith("review:")
+    message = outbox.get(triage.extensions["ranker"].store, f"triage:{a1['id']}")
+    assert (message["subject"], message["body"], message["state"]) == (a1["draft_subject"], a1["draft_body"], "pending")
+    assert re.search(r'id="decided-today">1<', client.get("/review/").text)
+    again = client.post(f"/review/items/{a1['id']}/approve", data=form)
+    assert again.status_code == 409 and "decided already" in again.text
+
+
+def test_approve_refuses_a_changed_text_and_approve_with_edits_sends_it(triage):
+    client = review_client(triage)
+    a5 = items_by_account(triage)["a5"]
+    token = csrf_of(client.get(f"/review/items/{a5['id']}").text)
+    form = {
+        "csrf": token,
+        "back": "",
+        "recipient": "",
+        "subject": "Let us talk",
+        "body": "Hello <b>A5</b>,\r\nsee you.",
+    }
+    refused = client.post(f"/review/items/{a5['id']}/approve", data={**form, "action": "approve"})
+    assert refused.status_code == 400 and "Approve with my edits" in refused.text
+    assert "Hello &lt;b&gt;A5&lt;/b&gt;" in refused.text  # the edits are kept, as text
+    assert items_by_account(triage)["a5"]["state"] == "pending"
+    answer = client.post(f"/review/items/{a5['id']}/approve", data={**form, "action": "edited"})
+    assert answer.status_code == 303
+    decided = items_by_account(triage)["a5"]
+    assert decided["state"] == "approved" and decided["reward"] == 0.5
+    assert decided["final_body"] == "Hello <b>A5</b>,\nsee you." and decided["final_subject"] == "Let us talk"
+
+
+def test_dismissing_with_a_suppressing_reason_and_the_last_item_returns_to_the_queue(triage):
+    client = review_client(triage)
+    found = items_by_account(triage)
+    token = csrf_of(client.get("/review/").text)
+    assert client.post(f"/review/items/{found['a1']['id']}/dismiss", data={"csrf": token}).status_code == 400
+    first = client.post(
+        f"/review/items/{found['a1']['id']}/dismiss",
+        data={"csrf": token, "reason": "internal-merger", "text": "merging with Globex"},
+    )
+    assert first.headers["Location"].startswith(f"/review/items/{found['a5']['id']}?done=dismissed")
+    last = client.post(f"/review/items/{found['a5']['id']}/dismiss", data={"csrf": token, "reason": "other"})
+    assert last.headers["Location"].startswith("/review/?done=dismissed")
+    assert "Nothing is waiting" in client.get(last.headers["Location"]).text
+    decided = items_by_account(triage)["a1"]
+    assert decided["state"] == "dismissed" and decided["dismiss_reason"] == "internal-merger"
+    with sqlite3.connect(triage.extensions["ranker"].settings.database_path) as conn:
+        assert conn.execute("SELECT account FROM triage_suppressions").fetchall() == [("a1",)]
+
+
+def test_triage_pages_need_a_key_of_the_triage_loop(triage):
+    from triage_config import OTHER_REVIEW_KEY
+
+    client = review_client(triage, OTHER_REVIEW_KEY)
+    assert client.get("/review/").status_code == 403
+    a1 = items_by_account(triage)["a1"]
+    assert client.get(f"/review/items/{a1['id']}").status_code == 403
+    assert client.get("/review/loops/other").status_code == 200  # its own loop's view
+    assert client.get("/review/loops/cs-next-best-action").status_code == 404

@@ -4,6 +4,7 @@ latest evaluation)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -76,3 +77,23 @@ def latest_job(store: Store, loop: str, kind: str) -> dict[str, Any] | None:
     sql = "SELECT * FROM jobs WHERE loop = ? AND kind = ? ORDER BY created_at DESC, id DESC LIMIT 1"
     rows = store.read(sql, (loop, kind))
     return rows[0] if rows else None
+
+
+def decided_since(store: Store, since: str) -> int:
+    """Triage items decided (approved or dismissed) at or after ``since``: the queue's "decided today"."""
+    return store.read("SELECT count(*) AS n FROM triage_items WHERE decided_at >= ?", (since,))[0]["n"]
+
+
+def entity_fields(store: Store, entity: str, ids: list[str], paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """For each entity id, the attributes at ``paths`` (``{name: dotted path}``): e.g. the queue's account names
+    and segments, in one read."""
+    if not ids:
+        return {}
+    names = list(paths)
+    columns = ", ".join(f"json_extract(attributes, ?) AS c{i}" for i in range(len(names)))
+    json_paths = ["$" + "".join('."' + part.replace('"', '""') + '"' for part in paths[n].split(".")) for n in names]
+    rows = store.read(
+        f"SELECT id, {columns} FROM signal_entities WHERE type = ? AND id IN (SELECT value FROM json_each(?))",
+        (*json_paths, entity, json.dumps(ids)),
+    )
+    return {row["id"]: {name: row[f"c{i}"] for i, name in enumerate(names)} for row in rows}

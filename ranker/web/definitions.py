@@ -10,7 +10,7 @@ from ..durations import parse_duration
 
 
 class ReviewSettings(BaseModel):
-    """``[review]``: sign-in sessions of the review pages."""
+    """``[review]``: sign-in sessions of the review pages, and what the queue shows of an account."""
 
     model_config = ConfigDict(extra="forbid")
     session_lifetime: str = Field(
@@ -22,6 +22,13 @@ class ReviewSettings(BaseModel):
         le=8,
         description="Reverse proxies in front of ranker whose X-Forwarded-Proto and X-Forwarded-For are trusted "
         "(deploy/nginx.conf: 1): the session cookie is Secure when the browser's request came over HTTPS.",
+    )
+
+    account_name: str = Field(
+        "name", min_length=1, description="Attribute of a triaged account holding its name, shown in the queue."
+    )
+    segment: str = Field(
+        "segment", min_length=1, description="Attribute of a triaged account holding its segment (the queue's filter)."
     )
 
     @field_validator("session_lifetime")
