@@ -190,6 +190,24 @@ def test_point_in_time_reads_see_only_what_was_known_then(client):
     assert client.get("/entities/account/acme", headers=SIGNALS).json["attributes"] == {"plan": "enterprise"}
 
 
+def test_dated_changes_import_history_in_time_order(client):
+    """?at= on PUT/PATCH stores a change as of when it happened (a CRM's history); out of order is a 409."""
+    url = "/entities/account/acme"
+    put = client.put(
+        url, query_string={"at": "2025-01-01T00:00:00Z"}, json={"attributes": {"plan": "team"}}, headers=SIGNALS
+    )
+    assert put.status_code == 200 and put.json["attributeTimes"] == {"plan": "2025-01-01T00:00:00.000000Z"}
+    patch = {"attributes": {"contract": {"outcome": "renewed"}}}
+    assert client.patch(url, query_string={"at": "2025-06-01"}, json=patch, headers=SIGNALS).status_code == 200
+    late = client.patch(url, query_string={"at": "2025-03-01"}, json={"attributes": {"plan": "x"}}, headers=SIGNALS)
+    assert late.status_code == 409 and late.json["error"]["code"] == "Conflict"
+    ahead = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    assert client.patch(url, query_string={"at": ahead}, json=patch, headers=SIGNALS).status_code == 400
+    then = client.get(url, query_string={"at": "2025-04-01T00:00:00Z"}, headers=SIGNALS).json
+    assert then["attributes"] == {"plan": "team"}
+    assert client.get(url, headers=SIGNALS).json["attributes"] == {"plan": "team", "contract": {"outcome": "renewed"}}
+
+
 def test_entities_api_replaces_patches_reads_and_deletes(client):
     put = client.put(
         "/entities/account/acme",

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from ..api import api_key, json_body, json_response, path_id
 from ..errors import ApiError, StoreUnavailable
 from ..store import parse_time
+from ..store.signals import OutOfOrder
 from . import otlp
 from .service import Signals, UnknownEntityType
 
@@ -77,8 +78,20 @@ def _entity_call(call, *args):
         return call(*args)
     except UnknownEntityType as exc:
         raise ApiError(404, "ResourceNotFound", str(exc), target="type") from None
+    except OutOfOrder as exc:
+        raise ApiError(409, "Conflict", str(exc), target="at") from None
     except ValueError as exc:
         raise ApiError(400, "InvalidEntity", str(exc)) from None
+
+
+def _at() -> datetime | None:
+    """``?at=``: a point-in-time read (GET), or the time a change happened (PUT, PATCH: importing history)."""
+    if "at" not in request.args:
+        return None
+    try:
+        return parse_time(request.args["at"])
+    except ValueError:
+        raise ApiError(400, "InvalidEntity", "at must be an ISO 8601 time", target="at") from None
 
 
 def _attributes_body():
@@ -92,7 +105,7 @@ def _attributes_body():
 def put_entity(entity: str, entity_id: str) -> Response:
     authorize()
     entity_id = path_id(entity_id, "InvalidEntity", "entityId")
-    view = _entity_call(signals().put, entity, entity_id, _attributes_body(), utcnow())
+    view = _entity_call(signals().put, entity, entity_id, _attributes_body(), utcnow(), _at())
     return json_response(view, 200)
 
 
@@ -100,7 +113,7 @@ def put_entity(entity: str, entity_id: str) -> Response:
 def patch_entity(entity: str, entity_id: str) -> Response:
     authorize()
     entity_id = path_id(entity_id, "InvalidEntity", "entityId")
-    view = _entity_call(signals().patch, entity, entity_id, _attributes_body(), utcnow())
+    view = _entity_call(signals().patch, entity, entity_id, _attributes_body(), utcnow(), _at())
     return json_response(view, 200)
 
 
@@ -108,13 +121,7 @@ def patch_entity(entity: str, entity_id: str) -> Response:
 def get_entity(entity: str, entity_id: str) -> Response:
     authorize()
     entity_id = path_id(entity_id, "InvalidEntity", "entityId")
-    at = None
-    if "at" in request.args:
-        try:
-            at = parse_time(request.args["at"])
-        except ValueError:
-            raise ApiError(400, "InvalidEntity", "at must be an ISO 8601 time", target="at") from None
-    view = _entity_call(signals().view, entity, entity_id, utcnow(), at)
+    view = _entity_call(signals().view, entity, entity_id, utcnow(), _at())
     if view is None:
         raise ApiError(404, "ResourceNotFound", f"no {entity} {entity_id!r}")
     return json_response(view, 200)

@@ -55,7 +55,7 @@ def _entity(name: str, summary: str, status: int, body: bool = False, query: boo
         "parameters": _ENTITY_PARAMETERS
         + (
             [{"name": "at", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}}]
-            if query
+            if query or body
             else []
         ),
         "responses": {
@@ -66,6 +66,10 @@ def _entity(name: str, summary: str, status: int, body: bool = False, query: boo
     }
     if body:
         operation["requestBody"] = _ATTRIBUTES
+        operation["parameters"][-1]["description"] = (
+            "The time the change happened (importing history); changes so dated must come in time order."
+        )
+        operation["responses"]["409"] = {"description": "?at= before the entity's latest change.", **_ERROR}
         operation["responses"]["413"] = {"description": "Larger than max_body_bytes.", **_ERROR}
         operation["responses"]["415"] = {"description": "Not sent as application/json.", **_ERROR}
     return operation

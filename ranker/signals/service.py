@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..store import Store, parse_time, timestamp
-from ..store.signals import SignalStore
+from ..store.signals import OutOfOrder, SignalStore
 from .definitions import ENTITY_TYPES, SignalSettings
 from .enrich import Enricher
 from .entities import check_attributes, check_id, import_rows, merge_patch, replace
@@ -57,21 +57,40 @@ class Signals:
 
     # -- entities -------------------------------------------------------------------------------
 
-    def put(self, entity: str, entity_id: str, attributes: Any, now: datetime) -> dict[str, Any]:
-        """Replace the entity's attributes (a ValueError says what is wrong with them)."""
+    def put(
+        self, entity: str, entity_id: str, attributes: Any, now: datetime, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Replace the entity's attributes (a ValueError says what is wrong with them). ``at``: the time the
+        change happened, when it is history being imported (see :meth:`dated`)."""
         self.check_type(entity)
         check_id(entity_id)
-        at = timestamp(now)
-        self.store.upsert_entity(entity, entity_id, replace(check_attributes(attributes), at), at)
+        when = self.dated(at, now)
+        self.store.upsert_entity(entity, entity_id, replace(check_attributes(attributes), when), when, at is not None)
         return self.view(entity, entity_id, now)
 
-    def patch(self, entity: str, entity_id: str, patch: Any, now: datetime) -> dict[str, Any]:
-        """Merge a JSON merge patch into the entity's attributes (null removes a value)."""
+    def patch(
+        self, entity: str, entity_id: str, patch: Any, now: datetime, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Merge a JSON merge patch into the entity's attributes (null removes a value); ``at`` as in put."""
         self.check_type(entity)
         check_id(entity_id)
-        at = timestamp(now)
-        self.store.upsert_entity(entity, entity_id, merge_patch(check_attributes(patch, patch=True), at), at)
+        when = self.dated(at, now)
+        change = merge_patch(check_attributes(patch, patch=True), when)
+        self.store.upsert_entity(entity, entity_id, change, when, at is not None)
         return self.view(entity, entity_id, now)
+
+    @staticmethod
+    def dated(at: datetime | None, now: datetime) -> str:
+        """The time a change is stored with: now, or ``at`` for a dated change (importing history, so that
+        point-in-time reads and pattern mining see when each value held). A dated change may not be more
+        than a day ahead; one before the entity's latest change is refused (OutOfOrder, a ValueError)."""
+        if at is None:
+            return timestamp(now)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        if at > now + timedelta(days=1):
+            raise ValueError("at is more than a day ahead")
+        return timestamp(at)
 
     def delete(self, entity: str, entity_id: str) -> bool:
         self.check_type(entity)
@@ -115,17 +134,26 @@ class Signals:
             self.enricher.features[entity], self.settings.retention_days, rows, distinct, attributes, times, at_ns
         )
 
-    def import_entities(self, entity: str, text: str, kind: str, now: datetime) -> dict[str, Any]:
+    def import_entities(
+        self, entity: str, text: str, kind: str, now: datetime, at: datetime | None = None
+    ) -> dict[str, Any]:
         """Merge each good row's attributes into its entity (as PATCH does; values unchanged by a rerun keep
-        the entity as it was); report the bad rows by line number."""
+        the entity as it was); report the bad rows by line number. ``at``: the rows are history as of then
+        (a row dated before its entity's latest change is reported as an error)."""
         self.check_type(entity)
-        at = timestamp(now)
+        stamp = self.dated(at, now)
         report: dict[str, Any] = {"imported": 0, "unchanged": 0, "errors": []}
         for line, entity_id, attributes, error in import_rows(text, kind):
             if error is not None:
                 report["errors"].append({"line": line, "error": error})
                 continue
-            _, _, changed = self.store.upsert_entity(entity, entity_id, _import_change(attributes, at), at)
+            try:
+                _, _, changed = self.store.upsert_entity(
+                    entity, entity_id, _import_change(attributes, stamp), stamp, at is not None
+                )
+            except OutOfOrder as exc:
+                report["errors"].append({"line": line, "error": str(exc)})
+                continue
             report["imported" if changed else "unchanged"] += 1
         return report
 

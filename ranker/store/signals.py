@@ -46,6 +46,10 @@ _TOUCH = (
 )
 
 
+class OutOfOrder(ValueError):
+    """A change dated before the entity's latest change: history is appended in time order."""
+
+
 class SignalStore:
     """What ingestion, the entities API, enrichment and the ``ranker signals`` commands need of the database."""
 
@@ -60,15 +64,23 @@ class SignalStore:
         entity_id: str,
         change: Callable[[dict[str, Any], dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
         at: str,
+        in_order: bool = False,
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
         """Apply ``change(attributes, times)`` to the entity's current attributes inside one transaction (so
         concurrent changes are not lost); keep the result, and a history row, when it differs. Returns
-        (attributes, times, whether it changed)."""
+        (attributes, times, whether it changed). ``in_order``: :class:`OutOfOrder` (nothing written) when
+        ``at`` is before the entity's latest change (a dated change, importing history, must come in order)."""
 
         def run(conn: sqlite3.Connection):
             row = conn.execute(
-                "SELECT attributes, times FROM signal_entities WHERE type = ? AND id = ?", (entity, entity_id)
+                "SELECT attributes, times, updated_at FROM signal_entities WHERE type = ? AND id = ?",
+                (entity, entity_id),
             ).fetchone()
+            if in_order and row is not None and at < row[2]:
+                raise OutOfOrder(
+                    f"the change is dated {at}, before the entity's latest change ({row[2]}): "
+                    "dated changes must come in time order"
+                )
             before = (json.loads(row[0]), json.loads(row[1])) if row else ({}, {})
             attributes, times = change(*before)
             if row is not None and (attributes, times) == before:
@@ -113,7 +125,8 @@ class SignalStore:
 
     # -- point-in-time reads of many entities (pattern mining, triage) ---------------------------
     # Each takes a list of wants and answers rows tagged with the want's index, in one query: the wants
-    # travel as one JSON parameter (json_each), so 10,000 entities cost one statement, not 10,000.
+    # travel as one JSON parameter (json_each), so 10,000 entities cost one statement, not 10,000. CROSS
+    # JOIN keeps the wants the outer loop (SQLite's planner otherwise scans the big table and probes them).
 
     def ids_known(self, entity: str, at: str, first_ns: int, at_ns: int) -> list[str]:
         """Ids of the entities of a type with attributes as of ``at`` or an event in ``[first_ns, at_ns]``."""
@@ -129,30 +142,56 @@ class SignalStore:
         """For wants ``(id, ISO time)``: want index -> (attributes, times) JSON texts of the entity's latest
         history row at or before that time (wants with none are left out)."""
         rows = self.store.read(
-            "SELECT j.key AS i, h.attributes, h.times FROM json_each(?) j JOIN signal_entity_history h "
-            "ON h.type = ? AND h.id = j.value ->> 0 AND h.updated_at = (SELECT max(updated_at) FROM "
+            "SELECT j.key AS i, h.attributes, h.times FROM json_each(?) j CROSS JOIN signal_entity_history h "
+            "WHERE h.type = ? AND h.id = j.value ->> 0 AND h.updated_at = (SELECT max(updated_at) FROM "
             "signal_entity_history WHERE type = ? AND id = j.value ->> 0 AND updated_at <= j.value ->> 1)",
             (json.dumps(wants), entity, entity),
         )
         return {row["i"]: (row["attributes"], row["times"]) for row in rows}
 
-    def buckets_between(self, entity: str, wants: list[tuple[str, int, int]]) -> tuple[list[tuple], list[tuple]]:
-        """For wants ``(id, first day, last day)``: bucket rows ``(want index, feature, day, count, total, low,
-        high, newest, last_value)`` and distinct rows ``(want index, feature, day, value)`` of those days."""
-        params = (json.dumps(wants), entity)
-        join = (
-            "FROM json_each(?) j JOIN {table} b ON b.type = ? AND b.entity_id = j.value ->> 0 "
-            "AND b.day >= j.value ->> 1 AND b.day <= j.value ->> 2"
+    def window_totals(
+        self, entity: str, wants: list[tuple[str, int]], bounds: list[int], raw: list[str]
+    ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+        """The buckets of the days before each want's day, added up by age segment in SQL (so a point-in-time
+        read of thousands of entities moves one row per feature and segment, not one per day).
+
+        ``wants``: ``(id, day)``; ``bounds``: ascending ages in days that end segments (a day ``age`` days
+        before the want's day, 1 <= age < bounds[-1], is in the first segment whose bound exceeds ``age``).
+        Returns totals ``(want index, feature, segment, count, total, low, high, newest)``, distinct values
+        ``(want index, feature, segment, value)``, and for the features in ``raw`` (those whose value is the
+        newest event's, ``last``) their day rows ``(want index, feature, day, count, total, low, high, newest,
+        last_value)``."""
+        # the wants as plain columns first: a JSON path read per bucket row would cost more than the row
+        wants_cte = "WITH w(i, id, day) AS MATERIALIZED (SELECT key, value ->> 0, value ->> 1 FROM json_each(?)) "
+        cases = " ".join(f"WHEN w.day - b.day < {int(bound)} THEN {i}" for i, bound in enumerate(bounds))
+        days = (
+            "FROM w CROSS JOIN {table} b WHERE b.type = ? AND b.entity_id = w.id AND b.day < w.day "
+            "AND b.day > w.day - ?"
         )
-        rows = self.store.read(
-            "SELECT j.key, b.feature, b.day, b.count, b.total, b.low, b.high, b.newest, b.last_value "
-            + join.format(table="signal_buckets"),
+        params = (json.dumps(wants), entity, int(bounds[-1]))
+        totals = self.store.read(
+            f"{wants_cte}SELECT w.i, b.feature, CASE {cases} END AS segment, sum(b.count), sum(b.total), "
+            "min(b.low), max(b.high), max(b.newest) " + days.format(table="signal_buckets") + " GROUP BY 1, 2, 3",
             params,
         )
         distinct = self.store.read(
-            "SELECT j.key, b.feature, b.day, b.value " + join.format(table="signal_distinct"), params
+            f"{wants_cte}SELECT DISTINCT w.i, b.feature, CASE {cases} END AS segment, b.value "
+            + days.format(table="signal_distinct"),
+            params,
         )
-        return [tuple(r.values()) for r in rows], [tuple(r.values()) for r in distinct]
+        rows = []
+        if raw:
+            rows = self.store.read(
+                f"{wants_cte}SELECT w.i, b.feature, b.day, b.count, b.total, b.low, b.high, b.newest, b.last_value "
+                + days.format(table="signal_buckets")
+                + " AND b.feature IN (SELECT value FROM json_each(?))",
+                (*params, json.dumps(raw)),
+            )
+        return (
+            [tuple(r.values()) for r in totals],
+            [tuple(r.values()) for r in distinct],
+            [tuple(r.values()) for r in rows],
+        )
 
     def events_between(self, entity: str, wants: list[tuple[str, int, int]]) -> list[tuple]:
         """For wants ``(id, first ns, last ns)``: ``(want index, *event row)`` of the entity's raw events in
@@ -160,7 +199,8 @@ class SignalStore:
         column = ID_COLUMN[entity]
         rows = self.store.read(
             "SELECT j.key AS i, e.key, e.at, e.name, e.account, e.user, e.attributes FROM json_each(?) j "
-            f"JOIN signal_events e ON e.{column} = j.value ->> 0 AND e.at >= j.value ->> 1 AND e.at <= j.value ->> 2 "
+            f"CROSS JOIN signal_events e WHERE e.{column} = j.value ->> 0 AND e.at >= j.value ->> 1 "
+            "AND e.at <= j.value ->> 2 "
             "ORDER BY j.key, e.at",
             (json.dumps(wants),),
         )
@@ -176,8 +216,8 @@ class SignalStore:
                 (entity,),
             )
         return self.store.read(
-            "SELECT h.id, h.updated_at, h.attributes, h.times FROM json_each(?) j JOIN signal_entity_history h "
-            "ON h.type = ? AND h.id = j.value ORDER BY h.id, h.updated_at",
+            "SELECT h.id, h.updated_at, h.attributes, h.times FROM json_each(?) j CROSS JOIN signal_entity_history h "
+            "WHERE h.type = ? AND h.id = j.value ORDER BY h.id, h.updated_at",
             (json.dumps(ids), entity),
         )
 

@@ -102,6 +102,24 @@ def _words(c: Condition) -> str:
     return f"{c.path} fresh within {c.fresh_within}"
 
 
+def listing(patterns: list[Pattern]) -> str:
+    """Patterns as a text table: name, source, state, figures of their mining, the pattern in words."""
+    head = ("name", "source", "state", "support", "rate", "95% interval", "holdout")
+    lines = ["{:<20} {:<8} {:<8} {:>7} {:>6}  {:<13} {:>11}  pattern".format(*head)]
+    for p in patterns:
+        mined = p.support is not None
+        rate = f"{p.churn_rate:.1%}" if mined and p.churn_rate is not None else "-"
+        interval = f"{p.low:.1%}-{p.high:.1%}" if mined and p.low is not None else "-"
+        holdout = f"{p.holdout_rate:.0%} of {p.holdout_support}" if p.holdout_rate is not None else "-"
+        state = "enabled" if p.enabled else "disabled"
+        support = str(p.support) if mined else "-"
+        row = f"{p.name:<20} {p.source:<8} {state:<8} {support:>7} {rate:>6}  {interval:<13} {holdout:>11}"
+        lines.append(f"{row}  {p.description}")
+    if not patterns:
+        lines.append("(none: write [[triage.patterns]] in the settings, or run `ranker patterns mine`)")
+    return "\n".join(lines)
+
+
 # -- the patterns of a service ---------------------------------------------------------------------
 
 

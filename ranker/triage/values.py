@@ -82,6 +82,16 @@ class _Reader:
         self.definitions = Definitions(settings.signals)
         self.kinds = kinds_of(settings.signals)
         self.namespace = namespace(settings)
+        # Ages (days before the moment's day) where some feature's window, or a change's earlier window, ends;
+        # segment i holds the ages [starts[i], bounds[i]).
+        ends = set()
+        for feature in self.features:
+            if feature.from_events:
+                span = feature.days(settings.signals.retention_days)
+                ends.update((span // 2, span) if feature.aggregate == "change" else (span,))
+        self.bounds = sorted(ends)
+        self.starts = [1, *self.bounds[:-1]]
+        self.raw = [f.name for f in self.features if f.aggregate == "last"]
 
     def read(self, wants: list[tuple[str, datetime]]) -> list[Values | None]:
         moments = [(entity_id, _utc(at)) for entity_id, at in wants]
@@ -90,15 +100,20 @@ class _Reader:
         by_want: dict[int, list[tuple]] = defaultdict(list)
         distinct_by_want: dict[int, list[tuple]] = defaultdict(list)
         if self.days:
-            # whole days before the moment's day, from the buckets
-            spans = [(i, n // DAY_NS - self.days + 1, n // DAY_NS - 1) for (i, _), n in zip(moments, nss, strict=True)]
-            buckets, distinct = self.store.buckets_between(self.entity, spans)
-            for row in buckets:
+            # whole days before the moment's day: the buckets added up in SQL by segments of age that end
+            # where the features' windows do, each segment given to compute() as one row on a day inside it
+            todays = [n // DAY_NS for n in nss]
+            spans = [(i, day) for (i, _), day in zip(moments, todays, strict=True)]
+            totals, distinct, raw = self.store.window_totals(self.entity, spans, self.bounds, self.raw)
+            for index, feature, segment, *row in totals:
+                if feature not in self.raw:
+                    by_want[index].append((feature, todays[index] - self.starts[segment], *row, None))
+            for index, feature, segment, value in distinct:
+                distinct_by_want[index].append((feature, todays[index] - self.starts[segment], value))
+            for row in raw:
                 by_want[row[0]].append(row[1:])
-            for row in distinct:
-                distinct_by_want[row[0]].append(row[1:])
             # the moment's own day, from the raw events up to the moment
-            today = [(i, n // DAY_NS * DAY_NS, n) for (i, _), n in zip(moments, nss, strict=True)]
+            today = [(i, day * DAY_NS, n) for (i, _), day, n in zip(moments, todays, nss, strict=True)]
             events: dict[int, list[tuple]] = defaultdict(list)
             for row in self.store.events_between(self.entity, today):
                 events[row[0]].append(row[1:])
