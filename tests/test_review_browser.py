@@ -268,3 +268,42 @@ def test_the_pages_read_at_1280_and_at_390_pixels_wide(site, browser):
                 assert scroll <= inner, (width, path, scroll, inner)
     finally:
         browser.set_window_size(1280, 800)
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.slow
+def test_screenshots_of_the_demo(tmp_path, browser):
+    """`ranker demo renewal-triage`'s data, served, signed in with its printed key: the screenshots in docs/
+    (docs/review-queue.png, docs/review-item.png, docs/review-phone.png) are taken here."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    data = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+    demo = subprocess.run(
+        [sys.executable, "-m", "ranker", "demo", "renewal-triage", "--data-dir", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert demo.returncode == 0, demo.stderr
+    key = re.search(r"review:\s+(\S+)", demo.stdout).group(1)
+    with Server(data, (data / "ranker.toml").read_text(), workers=1) as server:
+        sign_in(browser, server, key)
+        assert heading(browser, "Renewal risks") and int(browser.find_element(By.ID, "waiting").text) > 0
+        browser.set_window_size(1280, 800)
+        browser.save_screenshot(str(DOCS / "review-queue.png"))
+        browser.get(browser.find_element(By.CSS_SELECTOR, "table.queue a").get_attribute("href"))
+        assert browser.find_element(By.ID, "approve")
+        assert "reporting_api_calls_30d" in browser.find_element(By.CSS_SELECTOR, "figure.chart").text
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, min(height, 2400))
+        browser.save_screenshot(str(DOCS / "review-item.png"))
+        browser.set_window_size(390, 844)
+        browser.save_screenshot(str(DOCS / "review-phone.png"))
+        browser.set_window_size(1280, 800)

@@ -107,6 +107,7 @@ TRIAGE = '''
 [triage]
 loop = "cs-next-best-action"
 entity = "account"
+value = "arr"
 renewal_date = "contract.renewalDate"
 outcome = "contract.outcome"
 churned = ["churned"]

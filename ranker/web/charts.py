@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 600, 170
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 52, 12, 12, 28
 
 
 def _number(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value / 1000:.3g}k"
     return f"{value:.3g}"
 
 
@@ -76,6 +78,7 @@ def line_chart(
     parts.append(f'<text class="tick" x="{WIDTH - RIGHT}" y="{HEIGHT - 8}" text-anchor="end">{escape(last)}</text>')
     described = "; ".join(f"{label}: {'none' if v is None else _number(v)}" for label, v in points)
     return Markup(
+        '<figure class="chart"><figcaption>{title}</figcaption>'
         '<svg class="chart" viewBox="0 0 {w} {h}" role="img" preserveAspectRatio="xMidYMid meet">'
-        "<title>{title}</title><desc>{desc}</desc>{body}</svg>"
+        "<title>{title}</title><desc>{desc}</desc>{body}</svg></figure>"
     ).format(w=WIDTH, h=HEIGHT, title=title, desc=described, body=Markup("".join(parts)))

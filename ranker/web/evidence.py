@@ -41,7 +41,12 @@ def weekly_charts(service: Service, entity: str, entity_id: str, end: datetime, 
     named = {path.rsplit(".", 1)[-1] for path in paths}
     related = {_signature(f) for f in features if f.name in named}
     charted = [f for f in features if f.aggregate in CHARTED]
-    charted.sort(key=lambda f: (f.name not in named and _signature(f) not in related, charted.index(f)))
+    charted = [
+        f
+        for _, f in sorted(
+            enumerate(charted), key=lambda p: (p[1].name not in named and _signature(p[1]) not in related, p[0])
+        )
+    ]
     seen, chosen = set(), []
     for feature in charted:
         key = (*_signature(feature), feature.aggregate, feature.field)

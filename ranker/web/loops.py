@@ -4,7 +4,7 @@ evaluation: the "is it working" page. Reads through the decision lookup (:func:`
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -68,6 +68,22 @@ def _evaluation(loop: str) -> dict[str, Any] | None:
     }
 
 
+def _periods(start: datetime, end: datetime, by: str) -> list[str]:
+    """Every day (or hour) from ``start`` to ``end``, as the log's times begin with it."""
+    step = timedelta(days=1) if by == "day" else timedelta(hours=1)
+    width = PERIODS[by][0]
+    moment = (
+        start.replace(minute=0, second=0, microsecond=0)
+        if by == "hour"
+        else start.replace(hour=0, minute=0, second=0, microsecond=0)
+    )
+    out = []
+    while moment <= end:
+        out.append(timestamp(moment)[:width])
+        moment += step
+    return out
+
+
 @bp.get("/loops/<name>")
 @base.signed_in
 def loop_view(name: str) -> Response:
@@ -85,8 +101,15 @@ def loop_view(name: str) -> Response:
         for event_id in review_store.recent_event_ids(svc.store, loop, RECENT)
         if (body := lookup(svc.store, svc.settings, loop, event_id, False)) is not None
     ]
-    chart = line_chart(f"Mean reward per {by} in loop {loop}, {spoken}", [(r["period"], r["mean"]) for r in series])
-    volume = line_chart(f"Decisions per {by}", [(r["period"], float(r["decisions"])) for r in series], bars=True)
+    found = {r["period"]: r for r in series}
+    periods = _periods(base.now() - span, base.now(), by)
+    means = [(p, found[p]["mean"] if p in found else None) for p in periods]
+    low = min([0.0, *(v for _, v in means if v is not None)])
+    high = max([1.0, *(v for _, v in means if v is not None)])
+    chart = line_chart(f"Mean reward per {by} in loop {loop}, {spoken}", means, low, high)
+    volume = line_chart(
+        f"Decisions per {by}", [(p, float(found[p]["decisions"]) if p in found else 0.0) for p in periods], bars=True
+    )
     return base.render(
         "review/loop.html",
         loop_name=loop,
