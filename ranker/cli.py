@@ -534,10 +534,11 @@ def _patterns_context(config: str | None):
 @click.option(
     "--min-support", type=click.IntRange(1), help="Fewest renewals a pattern must cover (triage.min_support)."
 )
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Patterns kept, best first.")
 @click.option("--output", "-o", type=click.File("w", encoding="utf-8"), help="Also write the patterns as JSON here.")
 @click.option("--dry-run", is_flag=True, help="Print (and write) the patterns but do not store them.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def patterns_mine(entity, outcome, renewal_date, horizon, min_support, output, dry_run, config) -> None:
+def patterns_mine(entity, outcome, renewal_date, horizon, min_support, top, output, dry_run, config) -> None:
     """Mine churn patterns from past renewals: each account's attributes and features as of HORIZON before
     each renewal (never values from after), conjunctions of up to triage.max_conditions conditions, ranked by
     the lower end of the churn rate's 95 % interval, with each pattern's rate on held-out renewals. Prints a
@@ -566,7 +567,7 @@ def patterns_mine(entity, outcome, renewal_date, horizon, min_support, output, d
     if settings.triage.entity not in ("account", "user"):
         raise click.ClickException(f"no entity type {settings.triage.entity!r}; the types are account, user")
     try:
-        mined = mine(Signals(settings.signals, store).store, settings)
+        mined = mine(Signals(settings.signals, store).store, settings, top=top)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(table(mined))
@@ -638,7 +639,8 @@ def demo_group() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default="renewal-demo", show_default=True)
 @click.option("--accounts", type=click.IntRange(50, 100_000), default=500, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True, help="The same seed makes the same company.")
-def demo_renewal_triage(data_dir: str, accounts: int, seed: int) -> None:
+@click.option("--days", type=click.IntRange(180, 395), default=365, show_default=True, help="Days of history.")
+def demo_renewal_triage(data_dir: str, accounts: int, seed: int, days: int) -> None:
     """Generate a SaaS company with a planted churn pattern (fintech accounts whose Reporting API usage stops
     before renewal churn at 80 %): a year of product usage sent through OTLP, support tickets, contracts with
     outcomes through the entities API; then mine the patterns, run triage, and print where to look (the keys
@@ -649,7 +651,7 @@ def demo_renewal_triage(data_dir: str, accounts: int, seed: int) -> None:
     from .triage.demo import DemoError, run
 
     try:
-        run(Path(data_dir), accounts, seed, click.echo)
+        run(Path(data_dir), accounts, seed, click.echo, days=days)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -157,7 +157,7 @@ def events(company: Company, seed: int = 7) -> list[tuple[str, int, str, dict[st
         resume = days
         if account.stop is not None and account.past and not account.churned and rng.random() < 0.5:
             resume = (account.renewal - company.first_day).days + int(rng.integers(0, 30))
-        base = 0.85 if not account.unhappy else 0.7
+        base = 0.55 if not account.unhappy else 0.45
         ingest = rng.random() < 0.5
         for d in range(end):
             day = company.first_day + timedelta(days=d)
@@ -171,7 +171,7 @@ def events(company: Company, seed: int = 7) -> list[tuple[str, int, str, dict[st
                         {"sessions": 1 + int(draw[1] * account.seats)},
                     )
                 )
-            if account.reporting and not stop <= d < resume and draw[1] < 0.6:
+            if account.reporting and not stop <= d < resume and draw[1] < 0.45:
                 out.append(
                     (
                         account.id,
@@ -180,7 +180,7 @@ def events(company: Company, seed: int = 7) -> list[tuple[str, int, str, dict[st
                         {"api.name": "reporting", "calls": 5 + int(draw[2] * 200)},
                     )
                 )
-            if ingest and draw[2] < 0.4:
+            if ingest and draw[2] < 0.3:
                 out.append(
                     (
                         account.id,
@@ -310,6 +310,8 @@ def run(
     echo: Callable[[str], None] = print,
     today: date | None = None,
     port: int = 8080,
+    days: int = 365,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate the company into a fresh ``data_dir``, send it through the service, mine the patterns, run the
     triage pass (when the workflow is there), and say where to look. Returns what it did and the keys."""
@@ -326,12 +328,12 @@ def run(
     admin, review = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     config = data_dir / "ranker.toml"
     config.write_text(settings_text(data_dir, hash_key(admin), hash_key(review)))
-    settings = load_settings(config, environ={})
+    settings = load_settings(config, environ={}, overrides=overrides)
     app = create_app(settings)
     service = app.extensions["ranker"]
-    company = generate(accounts, seed, today)
+    company = generate(accounts, seed, today, days)
     planted = sum(a.planted and a.past for a in company.accounts)
-    echo(f"A SaaS company of {accounts} accounts (seed {seed}), into {data_dir}:")
+    echo(f"A SaaS company of {accounts} accounts and {days} days of history (seed {seed}), into {data_dir}:")
     counts = load(app.test_client(), company, admin, seed, lambda line: echo("  " + line))
     echo(
         f"  planted: fintech accounts whose Reporting API usage stops 105-135 days before renewal churn at "

@@ -15,8 +15,9 @@
 4. Search: a beam over conjunctions of up to ``triage.max_conditions`` conditions (the best single
    conditions, then each of the beam extended by any candidate on another path), keeping those with at least
    ``min_support`` renewals whose churn rate is significantly above the base rate (the interval's lower end
-   above it) and, for a conjunction, significantly above the churn rate of the pattern it extends (a condition
-   must earn its place; a noise condition that drops a few renewals does not). Ranked by the lower end of the
+   above it) and, for a conjunction, significantly above the churn rate of each shorter pattern it contains
+   (every condition must earn its place; a noise condition that drops a few renewals does not). Ranked by the
+   lower end of the
    Wilson 95 % interval of the churn rate; near-duplicates (matching mostly the same renewals as a better
    pattern) are left out.
 5. Honesty: a deterministic share (``triage.holdout``, by a hash of the account and renewal date) of the
@@ -48,7 +49,7 @@ Z = 1.959963984540054  # the 97.5 % quantile of the standard normal: a 95 % inte
 MAX_CATEGORIES = 50
 QUANTILES = tuple(i / 20 for i in range(1, 20))  # every 5 %
 BEAM = 30
-TOP = 20
+TOP = 10  # patterns kept: each flags accounts, so a reviewer should be able to read them all
 OVERLAP = 0.8  # Jaccard overlap of matched renewals above which a worse pattern is a near-duplicate
 
 
@@ -261,6 +262,15 @@ def search(
         item = _Found((int(i),), int(support[i]), int(round(churned[i])), float(low[i]), float(high[i]))
         found[item.members] = item
         level.append(item)
+    rates: dict[tuple[int, ...], float] = {}
+    refused: set[tuple[int, ...]] = set()
+
+    def rate_of(members: tuple[int, ...]) -> float:
+        if members not in rates:
+            mask = np.logical_and.reduce(matrix[list(members)], axis=0)
+            rates[members] = float(churn[mask].mean()) if mask.any() else 0.0
+        return rates[members]
+
     path_ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
     path_of = np.array([path_ids[p] for p in paths], dtype=np.int64)
     for _ in range(max_conditions - 1):
@@ -282,7 +292,12 @@ def search(
             )
             for i in np.flatnonzero(good):
                 members = tuple(sorted((*parent.members, int(i))))
-                if members in found:
+                if members in found or members in refused:
+                    continue
+                # every condition earns its place: above the rate of each shorter pattern it extends
+                shorter = [tuple(m for m in members if m != left_out) for left_out in members]
+                if any(lows[i, b] <= rate_of(sub) for sub in shorter):
+                    refused.add(members)
                     continue
                 item = _Found(
                     members, int(both[i, b]), int(round(both_churned[i, b])), float(lows[i, b]), float(highs[i, b])

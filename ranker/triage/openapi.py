@@ -52,7 +52,7 @@ def triage_schemas() -> dict[str, Any]:
 
 
 def triage_paths() -> dict[str, Any]:
-    item = _path("id", "The item's id (a number).")
+    item = _path("itemId", "The item's id (a number).")
     decision = {"200": {"description": "The item, decided.", **_ANY}, **_errors(400, 401, 403, 404, 409, 413, 415, 503)}
     pattern = _path("name", "The pattern's name.")
     switch = {"200": {"description": "The pattern.", **_ANY}, **_errors(400, 401, 403, 404, 503)}
@@ -65,7 +65,7 @@ def triage_paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "{items, count}.", **_ANY}, **_errors(400, 401, 403)},
             }
         },
-        "/triage/items/{id}": {
+        "/triage/items/{itemId}": {
             "get": {
                 "operationId": "getTriageItem",
                 "summary": "A risk item with its evidence, ranking, draft and transitions." + _KEYS,
@@ -73,7 +73,7 @@ def triage_paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "The item.", **_ANY}, **_errors(401, 403, 404)},
             }
         },
-        "/triage/items/{id}/approve": {
+        "/triage/items/{itemId}/approve": {
             "post": {
                 "operationId": "approveTriageItem",
                 "summary": "Approve the draft, or the edited text: outbox, activation and reward in one "
@@ -83,7 +83,7 @@ def triage_paths() -> dict[str, Any]:
                 "responses": decision,
             }
         },
-        "/triage/items/{id}/dismiss": {
+        "/triage/items/{itemId}/dismiss": {
             "post": {
                 "operationId": "dismissTriageItem",
                 "summary": "Dismiss the item with a reason of triage.dismiss_reasons (a suppressing one suppresses "
