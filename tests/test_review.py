@@ -379,3 +379,18 @@ def test_triage_pages_need_a_key_of_the_triage_loop(triage):
     assert client.get(f"/review/items/{a1['id']}").status_code == 403
     assert client.get("/review/loops/other").status_code == 200  # its own loop's view
     assert client.get("/review/loops/cs-next-best-action").status_code == 404
+
+
+def test_the_pages_need_no_script_and_load_nothing_from_elsewhere(triage):
+    client = review_client(triage)
+    a1 = items_by_account(triage)["a1"]
+    for path in ("/review/", f"/review/items/{a1['id']}", "/review/loops", "/review/loops/cs-next-best-action",
+                 "/review/outbox", "/review/sign-in"):  # fmt: skip
+        page = client.get(path).text
+        assert "<script" not in page, path  # (the account name's script is escaped)
+        for link in re.findall(r'(?:src|href)="([^"]+)"', page):
+            assert link.startswith(("/review/", "?", "#")), (path, link)
+        for control in re.findall(r"<(?:input|select|textarea)\b[^>]*>", page):
+            if 'type="hidden"' not in control:
+                name = re.search(r'id="([^"]+)"', control).group(1)
+                assert f'<label for="{name}"' in page, (path, control)  # every control has its label
