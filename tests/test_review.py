@@ -394,3 +394,20 @@ def test_the_pages_need_no_script_and_load_nothing_from_elsewhere(triage):
             if 'type="hidden"' not in control:
                 name = re.search(r'id="([^"]+)"', control).group(1)
                 assert f'<label for="{name}"' in page, (path, control)  # every control has its label
+
+
+def test_the_loop_view_says_what_the_rules_did(tmp_path):
+    rules = {
+        "entitlements": [
+            {"name": "pro-only", "actions": {"ids": ["sso"]}, "requires": [{"path": "u.plan", "equals": "pro"}]}
+        ],
+        "priority": [{"name": "push-reports", "actions": {"ids": ["reports"]}, "factor": 2.0}],
+    }
+    keys = [{"role": "review", "sha256": hash_key(REVIEW_KEY)}, {"role": "rank", "sha256": hash_key(RANK_KEY)}]
+    app = create_app({"data_dir": tmp_path, "loops": {"cards": {"keys": keys, "rules": rules}}})
+    client = app.test_client()
+    rank(client, "e-1", {"u": {"plan": "free"}})
+    sign_in(client, REVIEW_KEY)
+    page = client.get("/review/loops/cards").text
+    assert "Excluded <code>sso</code>: entitlement:pro-only" in page
+    assert "Priority on <code>reports</code>: push-reports ×2.0" in page
