@@ -563,7 +563,8 @@ def patterns_mine(entity, outcome, renewal_date, horizon, min_support, top, outp
             min_support=min_support,
         )
     except ValidationError as exc:
-        raise click.ClickException(f"invalid option: {exc}") from exc
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise click.ClickException(f"invalid option {problems}") from exc
     if settings.triage.entity not in ("account", "user"):
         raise click.ClickException(f"no entity type {settings.triage.entity!r}; the types are account, user")
     try:

@@ -206,3 +206,45 @@ def test_the_loop_view_reads_recent_decisions_and_reward_per_period(db):
         {"period": "2030-01-01", "decisions": 2, "rewarded": 1, "mean": (0.75 + 0.25) / 2},
         {"period": "2030-01-02", "decisions": 1, "rewarded": 0, "mean": 0.25},
     ]
+
+
+def test_point_in_time_reads_of_many_entities_see_only_what_was_there(db):
+    """Attributes as of a time (the latest change at or before it), bucket totals by age segment of the days
+    before a day, and raw events in a range: each want answered by its index, in one call."""
+    from ranker.store.signals import OutOfOrder, SignalStore
+
+    signals = SignalStore(db.store)
+    put = lambda attributes, times: lambda _a, _t: (attributes, times)  # noqa: E731
+    signals.upsert_entity("account", "a1", put({"plan": "team"}, {"plan": T0}), T0, in_order=True)
+    signals.upsert_entity("account", "a1", put({"plan": "pro"}, {"plan": T2}), T2, in_order=True)
+    with pytest.raises(OutOfOrder):
+        signals.upsert_entity("account", "a1", put({"plan": "x"}, {"plan": T1}), T1, in_order=True)
+    found = signals.attributes_as_of("account", [("a1", T1), ("a1", T2), ("a1", "2029-12-31"), ("zz", T2)])
+    assert {i: json.loads(a) for i, (a, _) in found.items()} == {0: {"plan": "team"}, 1: {"plan": "pro"}}
+    assert [row["updated_at"] for row in signals.history("account", ["a1"])] == [T0, T2]
+    day = 20_000
+    rows = [  # (type, id, feature, day, count, total, low, high, newest, last value)
+        ("account", "a1", "calls", day - age, 2, 4.0, 1.0, 3.0, (day - age) * 86_400 * 10**9, None)
+        for age in (0, 1, 5, 29, 30, 59, 60, 90)
+    ]
+    event = (b"k" * 16, day * 86_400 * 10**9, "api.call", "a1", None, "{}")
+    assert signals.record_events([event], lambda _rows: (rows, [("account", "a1", "apis", day - 3, '"x"')])) == 1
+    totals, distinct, raw = signals.window_totals("account", [("a1", day), ("a2", day)], [30, 60, 90], ["calls"])
+    by_segment = {segment: (count, total, low, high) for _, _, segment, count, total, low, high, _ in totals}
+    # ages 1, 5, 29 | 30, 59 | 60: the want's own day (age 0) and age 90 are outside
+    assert by_segment == {0: (6, 12.0, 1.0, 3.0), 1: (4, 8.0, 1.0, 3.0), 2: (2, 4.0, 1.0, 3.0)}
+    assert distinct == [(0, "apis", 0, '"x"')]
+    assert sorted(row[2] for row in raw) == [day - 60, day - 59, day - 30, day - 29, day - 5, day - 1]
+    ns = day * 86_400 * 10**9
+    assert [row[0] for row in signals.events_between("account", [("a1", ns, ns), ("a1", ns + 1, ns + 9)])] == [0]
+
+
+def test_mined_patterns_are_replaced_as_a_set_and_switches_stay(db):
+    from ranker.store import patterns
+
+    patterns.replace_mined(db.store, "account", [("m-1", '{"n": 1}'), ("m-2", '{"n": 2}')], T0)
+    patterns.switch(db.store, "m-2", False, T1)
+    patterns.replace_mined(db.store, "account", [("m-2", '{"n": 3}')], T2)
+    assert [(r["name"], r["pattern"]) for r in patterns.mined(db.store, "account")] == [("m-2", '{"n": 3}')]
+    assert patterns.mined(db.store, "user") == []
+    assert patterns.switches(db.store) == {"m-2": False}

@@ -564,3 +564,26 @@ def test_no_input_gets_a_500(app, service, operation, item, body, query):
     assert answer.status_code in (200, 400, 404, 405, 409, 415), (answer.status_code, answer.data)
     if answer.status_code != 200:
         assert set(answer.json["error"]) >= {"code", "message"}
+
+
+def test_the_drafter_must_be_an_http_url(tmp_path):
+    from ranker.settings import SettingsError
+
+    config = CONFIG.replace('schedule = "PT1H"', 'schedule = "PT1H"\ndrafter = { url = "file:///etc/passwd" }')
+    with pytest.raises(SettingsError, match="must be an http:// or https:// URL"):
+        make_app(tmp_path, config)
+
+
+def test_without_a_playbook_accounts_are_flagged_with_their_evidence_and_no_rank(tmp_path):
+    config = CONFIG[: CONFIG.index("[[triage.playbook]]")]
+    service = make_app(tmp_path, config).extensions["ranker"]
+    load_accounts(service)
+    assert run_pass(service, NOW)["flagged"] == 2
+    a1 = by_account(service)["a1"]
+    assert (a1["event_id"], a1["ranking"], a1["drafted_by"], a1["draft_note"]) == (
+        None,
+        [],
+        "none",
+        "no playbook: no draft",
+    )
+    assert a1["evidence"]["matched"]["account.health"] == 20

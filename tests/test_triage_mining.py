@@ -207,6 +207,9 @@ def test_values_at_equal_each_accounts_own_point_in_time_read(tmp_path_factory, 
         found = values_at(signals.store, settings, ["a1", "a2", "a3"], at)
         for account in ("a1", "a2", "a3"):
             view = signals.view("account", account, NOW, at)
+            if view is None:  # never heard of
+                assert account not in found
+                continue
             expected = {k: v["value"] for k, v in view["features"].items() if v["value"] is not None}
             if account not in found:  # unknown then: nothing in any window
                 assert not any(expected.values()), (account, at, expected)
@@ -280,6 +283,9 @@ def test_patterns_cli_mines_lists_disables_and_enables(company, runner):
     top = written["patterns"][0]
     assert top["name"] in mined.output and written["horizon"] == "P90D" and written["heldOut"] > 0
     assert {"support", "churned", "churn_rate", "low", "high", "lift", "holdout_support", "holdout_rate"} <= set(top)
+    # a hand-written pattern is checked on the same renewals
+    (written,) = written["handWritten"]
+    assert written["name"] == "unhappy-enterprise" and written["support"] >= 0 and "Hand-written" in mined.output
     listed = runner.invoke(cli, ["patterns", "list", "--json", *config])
     names = {p["name"]: p for p in json.loads(listed.output)}
     assert names[top["name"]]["enabled"] and names["unhappy-enterprise"]["source"] == "settings"
@@ -313,3 +319,12 @@ def test_the_demo_command_writes_a_fresh_folder_and_refuses_a_used_one(tmp_path,
     again = runner.invoke(cli, ["demo", "renewal-triage", "--data-dir", str(folder)])
     assert again.exit_code == 1 and "fresh data folder" in again.output
     shutil.rmtree(folder)
+
+
+def test_mining_nothing_and_bad_options_say_so(tmp_path, runner, monkeypatch):
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    empty = runner.invoke(cli, ["patterns", "mine"])
+    assert empty.exit_code == 0 and "0 past renewals" in empty.output and "no pattern" in empty.output
+    bad = runner.invoke(cli, ["patterns", "mine", "--horizon", "P1X"])
+    assert bad.exit_code == 1 and "--horizon: " in bad.output and "'P1X'" in bad.output
+    assert runner.invoke(cli, ["patterns", "mine", "--entity", "org"]).exit_code == 1

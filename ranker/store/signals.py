@@ -169,29 +169,25 @@ class SignalStore:
             "AND b.day > w.day - ?"
         )
         params = (json.dumps(wants), entity, int(bounds[-1]))
-        totals = self.store.read(
+        totals = self.store.read_rows(
             f"{wants_cte}SELECT w.i, b.feature, CASE {cases} END AS segment, sum(b.count), sum(b.total), "
             "min(b.low), max(b.high), max(b.newest) " + days.format(table="signal_buckets") + " GROUP BY 1, 2, 3",
             params,
         )
-        distinct = self.store.read(
+        distinct = self.store.read_rows(
             f"{wants_cte}SELECT DISTINCT w.i, b.feature, CASE {cases} END AS segment, b.value "
             + days.format(table="signal_distinct"),
             params,
         )
         rows = []
         if raw:
-            rows = self.store.read(
+            rows = self.store.read_rows(
                 f"{wants_cte}SELECT w.i, b.feature, b.day, b.count, b.total, b.low, b.high, b.newest, b.last_value "
                 + days.format(table="signal_buckets")
                 + " AND b.feature IN (SELECT value FROM json_each(?))",
                 (*params, json.dumps(raw)),
             )
-        return (
-            [tuple(r.values()) for r in totals],
-            [tuple(r.values()) for r in distinct],
-            [tuple(r.values()) for r in rows],
-        )
+        return totals, distinct, rows
 
     def events_between(self, entity: str, wants: list[tuple[str, int, int]]) -> list[tuple]:
         """For wants ``(id, first ns, last ns)``: ``(want index, *event row)`` of the entity's raw events in

@@ -57,6 +57,13 @@ class Drafter(BaseModel):
     )
     timeout: float = Field(10.0, gt=0, le=300, description="Seconds to wait for the drafter before the template.")
 
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value, re.IGNORECASE):
+            raise ValueError(f"triage.drafter.url {value!r} must be an http:// or https:// URL")
+        return value
+
 
 class TriageRewards(BaseModel):
     """What a review decision teaches the loop: the reward of the item's decision."""

@@ -15,7 +15,6 @@ Everything comes from one seed: the same seed makes the same company.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,13 +65,13 @@ class Account:
             "region": self.region,
             "plan": PLANS[self.segment],
             "seats": self.seats,
-            "arr": self.arr,
             "csm": f"csm{int(self.id[-3:]) % 7 + 1}@example.com",
             "contact": {"name": f"Head of Operations, {self.name}", "email": f"ops@{slug}.example"},
             "contract": {
                 "startDate": self.start.isoformat(),
                 "renewalDate": self.renewal.isoformat(),
                 "lockedPrice": self.locked_price,
+                "value": self.arr,
             },
         }
 
@@ -348,7 +347,11 @@ def run(
     if triage is not None:
         summary = triage(service)
         result["triage"] = summary
-        echo(f"\nTriage pass: {json.dumps(summary)}")
+        echo(
+            f"\nTriage pass: {summary.get('due')} accounts renew within {settings.triage.horizon}; "
+            f"{summary.get('flagged')} match an enabled pattern and are flagged, each with a ranked next best "
+            f"action and a draft email ({len(summary.get('errors') or [])} errors)"
+        )
     base = f"http://127.0.0.1:{port}"
     echo(
         f"""

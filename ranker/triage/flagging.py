@@ -94,7 +94,7 @@ def run_pass(service: Service, now: datetime | None = None, workers: int = WORKE
     started = time.monotonic()
     now = now or datetime.now(UTC)
     settings, triage = service.settings, service.settings.triage
-    if triage.loop not in service.loops:
+    if triage.playbook and triage.loop not in service.loops:
         raise ValueError(f"triage.loop {triage.loop!r} is not a loop of the settings")
     with _one_pass(settings.data_dir):
         rows = store_triage.renewals(service.store, triage.entity, triage.renewal_date, triage.outcome, triage.value)
@@ -160,15 +160,18 @@ def _flag(service: Service, rows: list[dict[str, Any]], now: datetime, workers: 
     if not matches:
         return report
     history = _history(service, settings, matches, now)
-    loop = service.loops[triage.loop]
-    service.refresh(loop)
-    # The answer's explanation whatever the loop's setting: a copy of the loop in hand, explaining.
-    explaining = replace(
-        loop,
-        settings=loop.settings.model_copy(update={"is_inference_explainability_enabled": True}),
-        checked_at=time.monotonic() + 3600,  # this copy never looks for new configuration or models
-    )
-    enriches = triage.entity in loop.settings.entities
+    loop = service.loops.get(triage.loop)
+    explaining = None
+    if triage.playbook and loop is not None:
+        service.refresh(loop)
+        # The answer's explanation whatever the loop's setting: a copy of the loop in hand, explaining.
+        explaining = replace(
+            loop,
+            settings=loop.settings.model_copy(update={"is_inference_explainability_enabled": True}),
+            checked_at=time.monotonic() + 3600,  # this copy never looks for new configuration or models
+        )
+    enriches = loop is not None and triage.entity in loop.settings.entities
+    no_rank = {"eventId": None, "rewardActionId": None, "ranking": []}
 
     def one(match) -> dict[str, Any] | str:
         row, day, account_values, hits = match
@@ -181,17 +184,21 @@ def _flag(service: Service, rows: list[dict[str, Any]], now: datetime, workers: 
             if isinstance(summary.get(name), int | float):
                 risk[name] = summary[name]
         context = _put({}, where.split("."), {"id": row["id"]}) if enriches else dict(account_values)
-        try:
-            request = RankRequest.model_validate(
-                {
-                    "contextFeatures": [context, {"risk": risk}],
-                    "actions": [{"id": a.id, "features": [a.features] if a.features else []} for a in triage.playbook],
-                    "deferActivation": True,
-                }
-            )
-            answer = service.rank(explaining, request, now)
-        except (ValidationError, ApiError) as exc:
-            return f"{row['id']}: the Rank failed: {getattr(exc, 'message', exc)}"
+        answer = no_rank  # no playbook: the item is flagged with its evidence, nothing to rank
+        if explaining is not None:
+            try:
+                request = RankRequest.model_validate(
+                    {
+                        "contextFeatures": [context, {"risk": risk}],
+                        "actions": [
+                            {"id": a.id, "features": [a.features] if a.features else []} for a in triage.playbook
+                        ],
+                        "deferActivation": True,
+                    }
+                )
+                answer = service.rank(explaining, request, now)
+            except (ValidationError, ApiError) as exc:
+                return f"{row['id']}: the Rank failed: {getattr(exc, 'message', exc)}"
         chosen = next((a for a in triage.playbook if a.id == answer["rewardActionId"]), None)
         pattern_context = {**summary, "matched": matched}
         if chosen is None:
@@ -213,7 +220,7 @@ def _flag(service: Service, rows: list[dict[str, Any]], now: datetime, workers: 
                 "also_matched": [p.name for p, _ in hits[1:]],
                 "history": history.get(row["id"], {}),
             },
-            "loop": loop.name,
+            "loop": triage.loop,
             "event_id": answer["eventId"],
             "action_id": answer["rewardActionId"],
             "ranking": answer["ranking"],
@@ -221,7 +228,9 @@ def _flag(service: Service, rows: list[dict[str, Any]], now: datetime, workers: 
             "draft_subject": written and written.subject,
             "draft_body": written and written.body,
             "drafted_by": written.drafted_by if written else "none",
-            "draft_note": written.note if written else "no playbook action was eligible: no draft",
+            "draft_note": written.note
+            if written
+            else ("no playbook action was eligible: no draft" if triage.playbook else "no playbook: no draft"),
             "recipient": recipient if isinstance(recipient, str) and recipient else None,
             "created_at": timestamp(now),
         }

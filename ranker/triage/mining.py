@@ -15,9 +15,11 @@
 4. Search: a beam over conjunctions of up to ``triage.max_conditions`` conditions (the best single
    conditions, then each of the beam extended by any candidate on another path), keeping those with at least
    ``min_support`` renewals whose churn rate is significantly above the base rate (the interval's lower end
-   above it) and, for a conjunction, significantly above the churn rate of each shorter pattern it contains
-   (every condition must earn its place; a noise condition that drops a few renewals does not). Ranked by the
-   lower end of the
+   above it) and, for a conjunction, where every condition earns its place: with the other conditions holding,
+   the renewals it keeps churn more than those it drops, significantly after a Bonferroni correction for the
+   number of paths it was chosen from (a one-sided two-proportion z-test at 5 % / paths), and the
+   interval's lower end is above the rate of the pattern without it. A noise condition that drops a few
+   renewals by luck does not pass. Ranked by the lower end of the
    Wilson 95 % interval of the churn rate; near-duplicates (matching mostly the same renewals as a better
    pattern) are left out.
 5. Honesty: a deterministic share (``triage.holdout``, by a hash of the account and renewal date) of the
@@ -34,6 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -79,6 +82,8 @@ class Mined:
     entity: str
     outcome: str
     seconds: dict[str, float] = field(default_factory=dict)
+    # the settings' hand-written patterns, with their figures on the same renewals (not searched: a check)
+    written: list[Pattern] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +98,7 @@ class Mined:
             "candidates": self.candidates,
             "seconds": self.seconds,
             "patterns": [p.to_dict() for p in self.patterns],
+            "handWritten": [p.to_dict() for p in self.written],
         }
 
 
@@ -262,14 +268,30 @@ def search(
         item = _Found((int(i),), int(support[i]), int(round(churned[i])), float(low[i]), float(high[i]))
         found[item.members] = item
         level.append(item)
-    rates: dict[tuple[int, ...], float] = {}
+    masks_of: dict[tuple[int, ...], np.ndarray] = {}
     refused: set[tuple[int, ...]] = set()
+    # one-sided, Bonferroni over the paths a condition could be on (a pattern is extended by the best of many;
+    # the thresholds of one path are nearly the same test, so they are not counted apart)
+    z_add = NormalDist().inv_cdf(1 - 0.05 / max(len(set(paths)), 1))
 
-    def rate_of(members: tuple[int, ...]) -> float:
-        if members not in rates:
-            mask = np.logical_and.reduce(matrix[list(members)], axis=0)
-            rates[members] = float(churn[mask].mean()) if mask.any() else 0.0
-        return rates[members]
+    def mask_of(members: tuple[int, ...]) -> np.ndarray:
+        if members not in masks_of:
+            masks_of[members] = np.logical_and.reduce(matrix[list(members)], axis=0)
+        return masks_of[members]
+
+    def earns_its_place(members: tuple[int, ...], low: float) -> bool:
+        """Each condition separates: with the others holding, the renewals it keeps churn more than those it
+        drops, significantly (two-proportion z-test at z_add), and the pattern's lower end is above the rate of
+        the pattern without it."""
+        kept = mask_of(members)
+        n1, k1 = int(kept.sum()), int(churn[kept].sum())
+        for left_out in members:
+            others = mask_of(tuple(m for m in members if m != left_out))
+            dropped = others & ~kept
+            n2, k2 = int(dropped.sum()), int(churn[dropped].sum())
+            if n2 == 0 or low <= (k1 + k2) / (n1 + n2) or _z(k1, n1, k2, n2) <= z_add:
+                return False
+        return True
 
     path_ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
     path_of = np.array([path_ids[p] for p in paths], dtype=np.int64)
@@ -294,9 +316,7 @@ def search(
                 members = tuple(sorted((*parent.members, int(i))))
                 if members in found or members in refused:
                     continue
-                # every condition earns its place: above the rate of each shorter pattern it extends
-                shorter = [tuple(m for m in members if m != left_out) for left_out in members]
-                if any(lows[i, b] <= rate_of(sub) for sub in shorter):
+                if not earns_its_place(members, float(lows[i, b])):
                     refused.add(members)
                     continue
                 item = _Found(
@@ -306,6 +326,13 @@ def search(
                 following.append(item)
         level = following
     return sorted(found.values(), key=lambda f: (-f.low, len(f.members), f.members))
+
+
+def _z(k1: int, n1: int, k2: int, n2: int) -> float:
+    """The two-proportion z statistic of k1/n1 above k2/n2 (pooled variance)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (k1 / n1 - k2 / n2) / spread if spread > 0 else 0.0
 
 
 def _distinct(found: list[_Found], matrix: np.ndarray, top: int) -> list[_Found]:
@@ -352,30 +379,18 @@ def mine(
     seconds["search"] = time.perf_counter() - clock - sum(seconds.values())
     base = float(churn.mean()) if len(churn) else None
     holdout_base = float(churn_check.mean()) if len(churn_check) else None
+    figures = _Figures(churn, churn_check, triage.horizon)
     patterns = []
     for item in best:
         chosen = [conditions[i] for i in item.members]
+        mask = np.logical_and.reduce(mining[list(item.members)], axis=0)
         held = np.logical_and.reduce(check[list(item.members)], axis=0) if check.shape[1] else np.zeros(0, bool)
-        held_support = int(held.sum())
-        held_churned = int((held & churn_check).sum())
-        rate = item.churned / item.support
-        patterns.append(
-            Pattern(
-                name=name_of(chosen),
-                conditions=chosen,
-                description=describe(chosen),
-                source="mined",
-                support=item.support,
-                churned=item.churned,
-                churn_rate=rate,
-                low=item.low,
-                high=item.high,
-                lift=rate / base if base else None,
-                holdout_support=held_support,
-                holdout_rate=held_churned / held_support if held_support else None,
-                extra={"holdout_churned": held_churned, "base_rate": base, "horizon": triage.horizon},
-            )
-        )
+        patterns.append(figures.of(Pattern(name_of(chosen), chosen, describe(chosen), "mined"), mask, held))
+    written = []
+    for definition in triage.patterns:
+        pattern = Pattern(definition.name, list(definition.when), definition.description or describe(definition.when))
+        matches = np.array([pattern.matched(v) is not None for _, v in kept], dtype=bool)
+        written.append(figures.of(pattern, matches[~holdout], matches[holdout]))
     return Mined(
         patterns=patterns,
         renewals=len(kept),
@@ -388,7 +403,29 @@ def mine(
         entity=triage.entity,
         outcome=triage.outcome,
         seconds={k: round(v, 3) for k, v in seconds.items()},
+        written=written,
     )
+
+
+class _Figures:
+    """A pattern's figures from the renewals it matches, in the mined part and in the holdout."""
+
+    def __init__(self, churn: np.ndarray, churn_check: np.ndarray, horizon: str):
+        self.churn, self.churn_check, self.horizon = churn, churn_check, horizon
+        self.base = float(churn.mean()) if len(churn) else None
+
+    def of(self, pattern: Pattern, mask: np.ndarray, held: np.ndarray) -> Pattern:
+        support, churned = int(mask.sum()), int((mask & self.churn).sum())
+        held_support, held_churned = int(held.sum()), int((held & self.churn_check).sum())
+        low, high = wilson(churned, support)
+        pattern.support, pattern.churned = support, churned
+        pattern.churn_rate = churned / support if support else None
+        pattern.low, pattern.high = (float(low), float(high)) if support else (None, None)
+        pattern.lift = pattern.churn_rate / self.base if self.base and support else None
+        pattern.holdout_support = held_support
+        pattern.holdout_rate = held_churned / held_support if held_support else None
+        pattern.extra.update(holdout_churned=held_churned, base_rate=self.base, horizon=self.horizon)
+        return pattern
 
 
 def table(mined: Mined) -> str:
@@ -403,16 +440,25 @@ def table(mined: Mined) -> str:
         f"{'#':>2}  {'name':<11} {'support':>7} {'churned':>7} {'rate':>6}  {'95% interval':<13} {'lift':>5}  "
         f"{'holdout':>11}  pattern",
     ]
-    for i, p in enumerate(mined.patterns, 1):
-        holdout = "-" if p.holdout_rate is None else f"{p.holdout_rate:.0%} of {p.holdout_support}"
-        lift = "-" if p.lift is None else f"{p.lift:.1f}"
-        lines.append(
-            f"{i:>2}  {p.name:<11} {p.support:>7} {p.churned:>7} {p.churn_rate:>6.1%}  "
-            f"{p.low:>5.1%}-{p.high:<6.1%} {lift:>5}  {holdout:>11}  {p.description}"
-        )
+    lines += [_row(str(i), p) for i, p in enumerate(mined.patterns, 1)]
     if not mined.patterns:
         lines.append("(no pattern: too few renewals, or none churns above the base rate with min_support renewals)")
+    if mined.written:
+        lines += ["", "Hand-written patterns ([[triage.patterns]]) on the same renewals:"]
+        lines += [_row("-", p) for p in mined.written]
     return "\n".join(lines)
+
+
+def _row(rank: str, p: Pattern) -> str:
+    holdout = "-" if p.holdout_rate is None else f"{p.holdout_rate:.0%} of {p.holdout_support}"
+    lift = "-" if p.lift is None else f"{p.lift:.1f}"
+    rate = "-" if p.churn_rate is None else f"{p.churn_rate:.1%}"
+    interval = "-" if p.low is None else f"{p.low:.1%}-{p.high:.1%}"
+    name = p.name if len(p.name) <= 11 else p.name[:10] + "…"
+    return (
+        f"{rank:>2}  {name:<11} {p.support:>7} {p.churned:>7} {rate:>6}  {interval:<13} {lift:>5}  "
+        f"{holdout:>11}  {p.description}"
+    )
 
 
 def with_overrides(settings, **triage: Any):

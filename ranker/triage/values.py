@@ -12,14 +12,18 @@ gives ``account``; without that setting, the entity type). So a pattern's condit
 loop's rules' paths: ``account.industry``, ``account.reporting_api_trend``, ``account.contract.plan``.
 
 Exactness: a feature's window ends at the moment, not at the end of its day. Whole days before the moment's
-day come from the per-day buckets; the moment's own day is folded from the raw events up to the moment (an
-event after it is never counted). Event times are the events' own times (a late event that arrived after the
-moment but happened before it is counted, as a rebuild would). Attribute history older than
-``signals.retention_days`` is pruned down to each entity's latest row, so reads before the retention see that.
+day come from the per-day buckets, added up in SQL by segments of age that end where the features' windows
+end (so each segment lies wholly inside or outside each window, and ``compute`` sees one row per
+segment); the moment's own day is folded from the raw events up to the moment (an event after it is never
+counted). A ``sum`` may differ from enrichment's in its last bits (SQL adds in another order). Event times
+are the events' own times (a late event that arrived after the moment but happened before it is counted, as a
+rebuild would). Attribute history older than ``signals.retention_days`` is pruned down to each entity's
+latest row, so reads before the retention see that.
 
-Cost: one query for the attributes, one for the buckets, one for the distinct values and one for the moment's
-day of raw events, whatever the number of entities (:class:`ranker.store.signals.SignalStore`); then the same
-:func:`ranker.signals.features.compute` that enrichment runs, per entity.
+Cost: one query for the attributes, one for the buckets' totals, one for the distinct values, one for the
+days of ``last`` features and one for the moment's day of raw events, per 2,000 entities
+(:class:`ranker.store.signals.SignalStore`); then the same :func:`ranker.signals.features.compute` that
+enrichment runs, per entity.
 """
 
 from __future__ import annotations
