@@ -209,7 +209,9 @@ def test_the_loop_view_shows_recent_decisions_reward_over_time_and_the_latest_ev
     assert client.get("/review/loops/cards/events/nope").status_code == 404
 
 
-def test_the_outbox_page_shows_waiting_messages_for_copying_and_settles_checks(app, client):
+def test_the_outbox_page_shows_waiting_messages_for_copying_and_settles_checks(tmp_path):
+    app = keyed(tmp_path, triage={"loop": "cards"})  # the outbox page is for keys of the triage loop
+    client = app.test_client()
     store = app.extensions["ranker"].store
     at = timestamp(datetime.now(UTC))
     body = "<script>x()</script>"
@@ -377,6 +379,7 @@ def test_triage_pages_need_a_key_of_the_triage_loop(triage):
     assert client.get("/review/").status_code == 403
     a1 = items_by_account(triage)["a1"]
     assert client.get(f"/review/items/{a1['id']}").status_code == 403
+    assert client.get("/review/outbox").status_code == 403  # the approved emails are the triage loop's too
     assert client.get("/review/loops/other").status_code == 200  # its own loop's view
     assert client.get("/review/loops/cs-next-best-action").status_code == 404
 

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -81,7 +82,7 @@ def site(tmp_path_factory):
         }
         service.signals.put("account", account, attributes, now - timedelta(days=30))
     assert run_pass(service, now)["flagged"] == 4
-    server = Server(data, config, workers=1)
+    server = Server(data, config, workers=2)  # a session and its forms work in whichever worker answers
     yield server, service, inbox
     server.stop()
     smtp.stop()
@@ -128,7 +129,14 @@ def wait_for(condition, seconds: float = 15.0) -> bool:
 
 def heading(driver, text: str) -> bool:
     """Whether the page's heading comes to hold ``text`` (after a navigation)."""
-    return wait_for(lambda: text in driver.find_element(By.TAG_NAME, "h1").text, 10)
+
+    def holds() -> bool:
+        try:
+            return text in driver.find_element(By.TAG_NAME, "h1").text
+        except StaleElementReferenceException:  # the page changed under it: look again
+            return False
+
+    return wait_for(holds, 10)
 
 
 def session_id(driver) -> str | None:

@@ -128,6 +128,15 @@ def visible_loops() -> list[str]:
     return [found["loop"]] if found else []
 
 
+def check_triage_access() -> None:
+    """The triage items and the outbox they fill are for keys of ``triage.loop`` (any key without auth), as in
+    the JSON API."""
+    settings = service().settings
+    found = current_session()
+    if settings.auth and found["loop"] != settings.triage.loop:
+        raise ApiError(403, "OperationNotAllowed", f"this page needs a key of the loop {settings.triage.loop!r}")
+
+
 def render(template: str, status: int = 200, **context: Any) -> Response:
     context.setdefault("session", current_session())
     return Response(render_template(template, **context), status=status)

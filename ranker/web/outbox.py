@@ -19,6 +19,7 @@ STATES = ("pending", "sending", "failed", "sent")
 @bp.get("/outbox")
 @base.signed_in
 def outbox() -> Response:
+    base.check_triage_access()
     svc = base.service()
     state = request.args.get("state") or None
     if state is not None and state not in STATES:
@@ -38,6 +39,7 @@ def outbox() -> Response:
 @base.signed_in
 def resolve() -> Response:
     """A person's check of a message left sending (or failed): it arrived, or send it again."""
+    base.check_triage_access()
     key, answer = request.form.get("key", ""), request.form.get("answer", "")
     if answer not in ("sent", "again"):
         raise ApiError(400, "BadRequest", "answer must be sent or again")

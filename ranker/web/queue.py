@@ -37,13 +37,6 @@ def _who() -> str:
     return f"{found['role']}:{found['key_sha256'][:12]}"
 
 
-def _check_access() -> None:
-    settings = base.service().settings
-    found = base.current_session()
-    if settings.auth and found["loop"] != settings.triage.loop:
-        raise ApiError(403, "OperationNotAllowed", f"triage items need a key of the loop {settings.triage.loop!r}")
-
-
 def _filters(source: Any) -> dict[str, str]:
     """The queue's filters from a query (or a form's ``back`` query): checked, empty ones left out."""
     found = {name: (source.get(name) or "").strip() for name in FILTERS}
@@ -100,7 +93,7 @@ def _pattern_words(pattern: dict[str, Any]) -> str:
 @bp.get("/")
 @base.signed_in
 def queue() -> Response:
-    _check_access()
+    base.check_triage_access()
     svc = base.service()
     filters = _filters(request.args)
     rows, segments = _pending(filters)
@@ -132,7 +125,7 @@ def _notice() -> str | None:
 @bp.get("/items/<int:item_id>")
 @base.signed_in
 def item(item_id: int) -> Response:
-    _check_access()
+    base.check_triage_access()
     return _item_page(item_id, _filters(request.args))
 
 
@@ -203,7 +196,7 @@ def _text(name: str) -> str:
 @bp.post("/items/<int:item_id>/approve")
 @base.signed_in
 def approve(item_id: int) -> Response:
-    _check_access()
+    base.check_triage_access()
     svc = base.service()
     found = items.get_item(svc.store, item_id)
     action = request.form.get("action")
@@ -236,7 +229,7 @@ def approve(item_id: int) -> Response:
 @bp.post("/items/<int:item_id>/dismiss")
 @base.signed_in
 def dismiss(item_id: int) -> Response:
-    _check_access()
+    base.check_triage_access()
     svc = base.service()
     text = _text("text").strip() or None
     items.dismiss(svc.store, svc.settings.triage, item_id, _who(), request.form.get("reason", ""), text)
