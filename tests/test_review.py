@@ -414,3 +414,45 @@ def test_the_loop_view_says_what_the_rules_did(tmp_path):
     page = client.get("/review/loops/cards").text
     assert "Excluded <code>sso</code>: entitlement:pro-only" in page
     assert "Priority on <code>reports</code>: push-reports ×2.0" in page
+
+
+def test_an_items_signal_history_is_drawn_per_week_from_its_events(tmp_path):
+    from triage_config import CONFIG, SIGNALS_KEY, make_app
+
+    from ranker.web.evidence import weekly_charts
+
+    config = CONFIG + (
+        '\n[[signals.features]]\nname = "reporting_calls"\nentity = "account"\nevent = "api.call"\n'
+        'where = [{ path = "api.name", equals = "reporting" }]\naggregate = "count"\nwindow = "P30D"\n'
+        '\n[[signals.features]]\nname = "reporting_trend"\nentity = "account"\nevent = "api.call"\n'
+        'where = [{ path = "api.name", equals = "reporting" }]\naggregate = "change"\nwindow = "P30D"\n'
+        '\n[[signals.features]]\nname = "worst_sentiment"\nentity = "account"\nevent = "ticket.created"\n'
+        'aggregate = "min"\nfield = "sentiment"\nwindow = "P90D"\n'
+    )
+    app = make_app(tmp_path, config)
+    end = datetime(2027, 1, 1, tzinfo=UTC)
+    week = 7 * 86400 * 10**9
+    day = 86400 * 10**9
+    start = int(end.timestamp()) * 10**9 - 26 * week + day + 3600 * 10**9  # an hour into the first week
+
+    def event(name, at, **attributes):
+        attrs = [{"key": k, "value": {"stringValue": v} if isinstance(v, str) else {"doubleValue": v}}
+                 for k, v in attributes.items()]  # fmt: skip
+        return {"timeUnixNano": str(at), "eventName": name, "attributes": attrs}
+
+    records = [
+        event("api.call", start + k * week + n, **{"api.name": "reporting"}) for k in range(10) for n in range(3)
+    ]
+    records += [event("ticket.created", start + 12 * week, sentiment=-0.8)]
+    resource = {"attributes": [{"key": "account.id", "value": {"stringValue": "a1"}}]}
+    body = {"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": records}]}]}
+    sent = app.test_client().post("/v1/logs", json=body, headers={"Ocp-Apim-Subscription-Key": SIGNALS_KEY})
+    assert sent.status_code == 200, sent.text
+    charts = weekly_charts(app.extensions["ranker"], "account", "a1", end, ["account.reporting_trend"])
+    assert len(charts) == 2
+    calls, sentiment = (re.search(r"<desc>(.*?)</desc>", str(c)).group(1) for c in charts)
+    assert "reporting_calls: api.call events where api.name is &#34;reporting&#34;" in str(charts[0])
+    assert [v.split(": ")[1] for v in calls.split("; ")] == ["3"] * 10 + ["0"] * 16
+    assert "worst_sentiment: lowest sentiment" in str(charts[1])
+    values = [v.split(": ")[1] for v in sentiment.split("; ")]
+    assert values[12] == "-0.8" and values.count("none") == 25

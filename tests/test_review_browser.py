@@ -308,7 +308,8 @@ def test_screenshots_of_the_demo(tmp_path, browser):
         browser.save_screenshot(str(DOCS / "review-queue.png"))
         browser.get(browser.find_element(By.CSS_SELECTOR, "table.queue a").get_attribute("href"))
         assert browser.find_element(By.ID, "approve")
-        assert "reporting_api_calls_30d" in browser.find_element(By.CSS_SELECTOR, "figure.chart").text
+        captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "figure.chart figcaption")]
+        assert captions[0].startswith("reporting_api_calls_30d") and any("sentiment" in c for c in captions)
         height = browser.execute_script("return document.documentElement.scrollHeight")
         browser.set_window_size(1280, min(height, 2400))
         browser.save_screenshot(str(DOCS / "review-item.png"))

@@ -16,7 +16,7 @@ from .charts import line_chart
 
 WEEKS = 26
 CHARTED = ("count", "sum", "min", "max")
-MOST = 4
+MOST = 5
 DAY = 86400
 
 
@@ -40,19 +40,21 @@ def weekly_charts(service: Service, entity: str, entity_id: str, end: datetime, 
     features = [f for f in service.settings.signals.features if f.entity == entity and f.event]
     named = {path.rsplit(".", 1)[-1] for path in paths}
     related = {_signature(f) for f in features if f.name in named}
-    charted = [f for f in features if f.aggregate in CHARTED]
-    charted = [
-        f
-        for _, f in sorted(
-            enumerate(charted), key=lambda p: (p[1].name not in named and _signature(p[1]) not in related, p[0])
-        )
-    ]
-    seen, chosen = set(), []
-    for feature in charted:
+    seen, unique = set(), []
+    for feature in features:
         key = (*_signature(feature), feature.aggregate, feature.field)
-        if key not in seen:
+        if feature.aggregate in CHARTED and key not in seen:
             seen.add(key)
+            unique.append(feature)
+    # what the pattern read first; then one chart for each other kind of event (a field's values, such as a
+    # ticket's sentiment, before a count); then the rest, in the settings' order
+    chosen = [f for f in unique if f.name in named or _signature(f) in related]
+    covered = {f.event for f in chosen}
+    for feature in sorted(unique, key=lambda f: f.aggregate == "count"):
+        if feature.event not in covered:
+            covered.add(feature.event)
             chosen.append(feature)
+    chosen += [f for f in unique if f not in chosen]
     chosen = chosen[:MOST]
     if not chosen:
         return []
