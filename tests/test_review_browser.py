@@ -311,7 +311,7 @@ def test_screenshots_of_the_demo(tmp_path, browser):
         captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "figure.chart figcaption")]
         assert captions[0].startswith("reporting_api_calls_30d") and any("sentiment" in c for c in captions)
         height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1280, min(height, 2400))
+        browser.set_window_size(1280, min(height, 1500))
         browser.save_screenshot(str(DOCS / "review-item.png"))
         browser.set_window_size(390, 844)
         browser.save_screenshot(str(DOCS / "review-phone.png"))
