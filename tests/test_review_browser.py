@@ -316,3 +316,9 @@ def test_screenshots_of_the_demo(tmp_path, browser):
         browser.set_window_size(390, 844)
         browser.save_screenshot(str(DOCS / "review-phone.png"))
         browser.set_window_size(1280, 800)
+        # a new user decides: the approved email waits in the outbox for copying (the demo sets no delivery)
+        subject = browser.find_element(By.ID, "subject").get_attribute("value")
+        browser.find_element(By.ID, "approve").click()
+        assert wait_for(lambda: "approved. Here is the next one." in browser.page_source)
+        browser.get(server.url + "/review/outbox")
+        assert "No delivery is set" in browser.page_source and subject in browser.find_element(By.TAG_NAME, "h2").text
