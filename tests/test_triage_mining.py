@@ -8,7 +8,7 @@ import json
 import random
 import shutil
 import sqlite3
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from ranker.triage.mining import mine, renewals, with_overrides
 from ranker.triage.patterns import enabled_patterns, set_enabled
 from ranker.triage.values import values_at
 
-TODAY = date(2026, 11, 20)
+TODAY = datetime.now(UTC).date()  # events go through ingestion, which keeps only the retention's days
 FAST = {"synchronous": "NORMAL"}
 MIN_SUPPORT = 10
 
@@ -328,3 +328,20 @@ def test_mining_nothing_and_bad_options_say_so(tmp_path, runner, monkeypatch):
     bad = runner.invoke(cli, ["patterns", "mine", "--horizon", "P1X"])
     assert bad.exit_code == 1 and "--horizon: " in bad.output and "'P1X'" in bad.output
     assert runner.invoke(cli, ["patterns", "mine", "--entity", "org"]).exit_code == 1
+
+
+def test_each_patterns_figures_are_a_recount_of_the_renewals_it_matches(company):
+    """The search counts with numpy masks; the triage pass matches with the rules' conditions: both agree."""
+    from ranker.triage.values import values_at_many
+
+    settings, app = open_company(company)
+    store = app.extensions["ranker"].signals.store
+    mined = mine(store, settings)
+    found = renewals(store, settings)
+    values = values_at_many(store, settings, [(r.entity_id, r.cutoff) for r in found])
+    for pattern in mined.patterns + mined.written:
+        matched = [(r, pattern.matched(v) is not None) for r, v in zip(found, values, strict=True) if v is not None]
+        mining = [r.churned for r, hit in matched if hit and not r.holdout]
+        held = [r.churned for r, hit in matched if hit and r.holdout]
+        assert (pattern.support, pattern.churned) == (len(mining), sum(mining)), pattern.description
+        assert (pattern.holdout_support, pattern.extra["holdout_churned"]) == (len(held), sum(held))

@@ -183,10 +183,15 @@ def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def candidates(values: list[dict[str, Any]], min_support: int, skip: set[str]) -> tuple[list[Condition], np.ndarray]:
-    """Candidate conditions and their boolean matrix (candidates x renewals)."""
+def candidates(
+    values: list[dict[str, Any]], min_support: int, skip: set[str], fit: np.ndarray | None = None
+) -> tuple[list[Condition], np.ndarray]:
+    """Candidate conditions and their boolean matrix (candidates x renewals). Thresholds and supports come from
+    the renewals ``fit`` marks (the mined ones: the holdout has no say in what is tried), the matrix covers all."""
     columns: dict[str, list[Any]] = {}
     n = len(values)
+    fit = np.ones(n, dtype=bool) if fit is None else fit
+    fitted = int(fit.sum())
     for i, obj in enumerate(values):
         flat: dict[str, Any] = {}
         _leaves(obj, "", flat)
@@ -204,13 +209,13 @@ def candidates(values: list[dict[str, Any]], min_support: int, skip: set[str]) -
         numbers = np.array(
             [v if type(v) in (int, float) and math.isfinite(v) else np.nan for v in column], dtype=np.float64
         )
-        present = ~np.isnan(numbers)
+        present = ~np.isnan(numbers) & fit
         if present.sum() >= min_support:
             thresholds = sorted({_round(q) for q in np.quantile(numbers[present], QUANTILES)})
             for threshold in thresholds:
                 for test in ("lte", "gte"):
                     mask = numbers <= threshold if test == "lte" else numbers >= threshold
-                    if min_support <= int(mask.sum()) < n:
+                    if min_support <= int((mask & fit).sum()) < fitted:
                         conditions.append(Condition(path=path, **{test: threshold}))
                         masks.append(mask)
         categories: dict[str, list[int]] = {}
@@ -219,9 +224,9 @@ def candidates(values: list[dict[str, Any]], min_support: int, skip: set[str]) -
                 categories.setdefault(json.dumps(v), []).append(i)
         if 0 < len(categories) <= MAX_CATEGORIES:
             for key, rows in sorted(categories.items()):
-                if len(rows) >= min_support and len(rows) < n:
-                    mask = np.zeros(n, dtype=bool)
-                    mask[rows] = True
+                mask = np.zeros(n, dtype=bool)
+                mask[rows] = True
+                if min_support <= int((mask & fit).sum()) < fitted:
                     conditions.append(Condition(path=path, equals=json.loads(key)))
                     masks.append(mask)
     matrix = np.array(masks, dtype=bool) if masks else np.zeros((0, n), dtype=bool)
@@ -369,7 +374,7 @@ def mine(
     skip |= {prefix + p if not p.startswith(prefix) else p for p in exclude or []}
     churn_all = np.array([r.churned for r, _ in kept], dtype=bool)
     holdout = np.array([r.holdout for r, _ in kept], dtype=bool)
-    conditions, matrix = candidates([v for _, v in kept], triage.min_support, skip)
+    conditions, matrix = candidates([v for _, v in kept], triage.min_support, skip, ~holdout)
     mining, check = matrix[:, ~holdout], matrix[:, holdout]
     churn, churn_check = churn_all[~holdout], churn_all[holdout]
     seconds["candidates"] = time.perf_counter() - clock - sum(seconds.values())
