@@ -304,6 +304,8 @@ def test_screenshots_of_the_demo(tmp_path, browser):
     with Server(data, (data / "ranker.toml").read_text(), workers=1) as server:
         sign_in(browser, server, key)
         assert heading(browser, "Renewal risks") and int(browser.find_element(By.ID, "waiting").text) > 0
+        value = browser.find_element(By.CSS_SELECTOR, "table.queue td[data-label=Value]").text
+        assert re.fullmatch(r"[\d,]+", value), value  # the accounts' contract values reach the queue
         browser.set_window_size(1280, 800)
         browser.save_screenshot(str(DOCS / "review-queue.png"))
         browser.get(browser.find_element(By.CSS_SELECTOR, "table.queue a").get_attribute("href"))

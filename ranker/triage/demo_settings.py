@@ -107,7 +107,6 @@ TRIAGE = '''
 [triage]
 loop = "cs-next-best-action"
 entity = "account"
-value = "arr"
 renewal_date = "contract.renewalDate"
 outcome = "contract.outcome"
 churned = ["churned"]
