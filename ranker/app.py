@@ -15,6 +15,7 @@ from .service import Service
 from .settings import Settings, load_settings
 from .signals import api as signals_api
 from .triage import api as triage_api
+from .web import pages as review_pages
 
 log = logging.getLogger("ranker")
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | dict[str, Any] | None = None, create_databas
         app.register_blueprint(events.bp, url_prefix=prefix, name=f"events_{name}")
     app.register_blueprint(meta.bp)
     app.register_blueprint(signals_api.bp)  # OTLP's /v1/logs and /entities, at the root
+    review_pages.register(app, settings.review.proxy_hops)  # the review pages (HTML) at /review
     app.register_blueprint(triage_api.bp)  # /triage/items, /triage/report, /triage/patterns, at the root
     if settings.null_endpoint:
         app.add_url_rule("/null", "null", meta.null, methods=["POST"])

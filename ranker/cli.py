@@ -30,6 +30,7 @@ from .evaluation.replay import (
 )
 from .evaluation.search import search
 from .export import export, import_dsjson
+from .outbox import commands as outbox_commands
 from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
 from .store import open_database
 
@@ -749,3 +750,6 @@ def demo_renewal_triage(data_dir: str, accounts: int, seed: int, days: int) -> N
         run(Path(data_dir), accounts, seed, click.echo, days=days)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+cli.add_command(outbox_commands.outbox)

@@ -30,9 +30,11 @@ from pydantic import (
 
 from . import vwoptions
 from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
+from .outbox.definitions import OutboxSettings
 from .rules import Rules
 from .signals.definitions import ENTITY_TYPES, SignalSettings
 from .triage.definitions import TriageSettings
+from .web.definitions import ReviewSettings
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
@@ -274,6 +276,10 @@ class Settings(BaseModel):
     triage: TriageSettings = Field(
         default_factory=TriageSettings, description="The renewal-risk triage: patterns, playbook and reviews."
     )
+    review: ReviewSettings = Field(default_factory=ReviewSettings, description="The review pages' sessions.")
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="Delivery of approved messages (SMTP or webhook)."
+    )
 
     @field_validator("loops")
     @classmethod
@@ -345,7 +351,8 @@ class Settings(BaseModel):
             raise ValueError(f"loop {loop!r}: cannot read policy {path}: {exc}") from exc
 
 
-SCALAR_SETTINGS = [name for name in Settings.model_fields if name not in ("loops", "signals", "triage")]
+SECTIONS = ("loops", "signals", "triage", "review", "outbox")
+SCALAR_SETTINGS = [name for name in Settings.model_fields if name not in SECTIONS]
 
 
 class SettingsError(ValueError):
@@ -385,12 +392,15 @@ def documentation() -> list[tuple[str, str, str]]:
     """(name, default, help) of every setting, server-wide then per loop."""
     rows = []
     for name, field in Settings.model_fields.items():
-        if name not in ("loops", "signals", "triage"):
+        if name not in SECTIONS:
             rows.append((name, _default(field), field.description or ""))
     for name, field in SignalSettings.model_fields.items():
         rows.append((f"signals.{name}", _default(field), field.description or ""))
     for name, field in TriageSettings.model_fields.items():
         rows.append((f"triage.{name}", _default(field), field.description or ""))
+    for section, model in (("review", ReviewSettings), ("outbox", OutboxSettings)):
+        for name, field in model.model_fields.items():
+            rows.append((f"{section}.{name}", _default(field), field.description or ""))
     for name, field in LoopSettings.model_fields.items():
         rows.append((f"loops.<name>.{field.alias or name}", _default(field), field.description or ""))
     return rows

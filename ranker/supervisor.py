@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from .outbox.delivery import Sender
 from .settings import Settings
 from .trainer import Trainer
 
@@ -27,8 +28,8 @@ def run(
     """Run a trainer in this process until SIGTERM or SIGINT (``once``: learn what is due, then return).
 
     With ``parent_pid`` it also stops when that process is gone (a killed ``ranker serve`` leaves no
-    trainer behind). ``ranker train`` calls this; ``options`` go to
-    :class:`Trainer`.
+    trainer behind). With an ``[outbox]`` delivery set, a thread of this process delivers the outbox
+    (:class:`ranker.outbox.delivery.Sender`). ``ranker train`` calls this; ``options`` go to :class:`Trainer`.
     """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -44,6 +45,8 @@ def run(
         threading.Thread(target=watch_parent, name="ranker-trainer-parent", daemon=True).start()
     with Trainer(settings, **options) as trainer:
         if not once:
+            if settings.outbox.delivery is not None:  # approved messages go out from this process too
+                Sender(settings.outbox, settings.database_path, settings.synchronous, stop).start()
             trainer.run_forever(stop)
             return None
         with trainer.lease(stop) as held:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -55,6 +56,7 @@ class Proxy:
         )
         self.process = subprocess.Popen(["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")])
         self.url = f"https://127.0.0.1:{self.port}"
+        self.upstream = server.url
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -71,7 +73,8 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory) -> Iterator[Proxy]:
-    server = Server(tmp_path_factory.mktemp("upstream"))
+    # one trusted proxy: the review pages believe nginx's X-Forwarded-Proto
+    server = Server(tmp_path_factory.mktemp("upstream"), "[review]\nproxy_hops = 1\n")
     proxy = Proxy(tmp_path_factory.mktemp("nginx"), server)
     yield proxy
     proxy.stop()
@@ -117,3 +120,26 @@ def test_a_body_over_the_limit_gets_the_error_body_from_nginx(proxy):
 def test_headers_over_the_limit_get_the_error_body_from_nginx(proxy):
     response = requests.get(proxy.url + "/healthz", headers={"X-Big": "a" * 20000}, verify=proxy.cert, timeout=5)
     assert_error(response, 400, "BadRequest")
+
+
+def _sign_in(session: requests.Session, url: str, **options) -> requests.Response:
+    form = session.get(url + "/review/sign-in", timeout=5, **options)
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text).group(1)
+    return session.post(
+        url + "/review/sign-in", data={"csrf": csrf, "key": "any"}, allow_redirects=False, timeout=5, **options
+    )
+
+
+def test_the_review_session_cookie_is_secure_behind_tls(proxy):
+    """Through nginx (TLS, X-Forwarded-Proto) the review pages' cookies are Secure; straight to the server over
+    plain HTTP they are not."""
+    with requests.Session() as session:
+        answer = _sign_in(session, proxy.url, verify=proxy.cert)
+        assert answer.status_code == 303
+        cookie = next(c for c in answer.cookies if c.name == "ranker_review_session")
+        assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly")
+        assert session.get(proxy.url + "/review/loops", verify=proxy.cert, timeout=5).status_code == 200
+    with requests.Session() as session:
+        answer = _sign_in(session, proxy.upstream)
+        assert answer.status_code == 303
+        assert not next(c for c in answer.cookies if c.name == "ranker_review_session").secure

@@ -154,6 +154,64 @@ def test_a_loops_api_configuration_round_trips(db):
     }
 
 
+def test_an_outbox_message_is_kept_once_per_key_claimed_once_and_settled_only_from_sending(db):
+    from ranker.store import outbox
+
+    with transaction(db.conn):
+        assert outbox.enqueue(db.conn, "k1", "triage:1", "a@x.example", "s", "b", T0)
+        assert not outbox.enqueue(db.conn, "k1", "triage:1", "other@x.example", "s2", "b2", T0)
+        assert outbox.enqueue(db.conn, "k2", "triage:2", "b@x.example", "s", "b", T1)
+    assert [m["key"] for m in outbox.due(db.conn, T0, 10)] == ["k1"]  # k2 is not due before T1
+    first = outbox.due(db.conn, T2, 10)
+    assert [m["key"] for m in first] == ["k1", "k2"] and first[0]["recipient"] == "a@x.example"
+    assert outbox.claim(db.conn, first[0]["id"], T2)
+    assert not outbox.claim(db.conn, first[0]["id"], T2)  # a second sender does not get it
+    assert [m["key"] for m in outbox.due(db.conn, T2, 10)] == ["k2"]  # sending: never due again by itself
+    outbox.mark_sent(db.conn, first[0]["id"], T2)
+    sent = outbox.get(db.store, "k1")
+    assert (sent["state"], sent["attempts"], sent["sent_at"]) == ("sent", 1, T2)
+    assert not outbox.resolve(db.conn, "k1", False, T2)  # a sent message is not sent again
+    assert outbox.claim(db.conn, first[1]["id"], T2)
+    outbox.mark_retry(db.conn, first[1]["id"], "refused", T2)
+    assert outbox.get(db.store, "k2")["state"] == "pending" and outbox.get(db.store, "k2")["last_error"] == "refused"
+    assert outbox.claim(db.conn, first[1]["id"], T2)
+    outbox.mark_unknown(db.conn, first[1]["id"], "cut off")
+    assert outbox.get(db.store, "k2")["state"] == "sending"
+    assert outbox.resolve(db.conn, "k2", False, T2) and outbox.get(db.store, "k2")["state"] == "pending"
+    assert outbox.counts(db.store) == {"sent": 1, "pending": 1}
+    assert [m["key"] for m in outbox.listing(db.conn, None, 10)] == ["k2", "k1"]
+
+
+def test_review_sessions_expire_end_and_share_one_secret(db):
+    from ranker.store import review
+
+    secret = review.secret(db.store)
+    assert len(secret) == 32 and review.secret(db.store) == secret
+    review.create_session(db.store, "s1", "cards", "review", "h" * 64, T0, T1, None)
+    assert review.session(db.store, "s1", T0)["role"] == "review"
+    assert review.session(db.store, "s1", T1) is None  # expired
+    review.create_session(db.store, "s2", "cards", "admin", "h" * 64, T0, T2, None)
+    review.create_session(db.store, "s3", "cards", "admin", "h" * 64, T1, T2, "s2")  # ends s2, and s1 (expired)
+    assert review.session(db.store, "s2", T0) is None and review.session(db.store, "s3", T1) is not None
+    review.end_session(db.store, "s3")
+    assert review.session(db.store, "s3", T1) is None
+
+
+def test_the_loop_view_reads_recent_decisions_and_reward_per_period(db):
+    from ranker.store import review
+
+    for event_id, at in (("e1", T0), ("e2", T1), ("e3", "2030-01-02T00:00:00.000000Z")):
+        assert db.store.record_decision(decision(event_id, at))
+    db.store.add_reward("cards", "e1", 1.0, T1)
+    db.store.add_reward("cards", "e1", 0.5, T1)  # several rewards count as their average
+    assert review.recent_event_ids(db.store, "cards", 2) == ["e3", "e2"]
+    series = review.reward_series(db.store, "cards", T0, 10, 0.25)
+    assert series == [
+        {"period": "2030-01-01", "decisions": 2, "rewarded": 1, "mean": (0.75 + 0.25) / 2},
+        {"period": "2030-01-02", "decisions": 1, "rewarded": 0, "mean": 0.25},
+    ]
+
+
 def test_point_in_time_reads_of_many_entities_see_only_what_was_there(db):
     """Attributes as of a time (the latest change at or before it), bucket totals by age segment of the days
     before a day, and raw events in a range: each want answered by its index, in one call."""

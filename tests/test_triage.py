@@ -369,6 +369,7 @@ def test_list_filters_sorts_and_pages(app, service):
         ("get", "/triage/items?sort=price", None, 400, "InvalidArgument"),
         ("get", "/triage/items?state=open", None, 400, "InvalidArgument"),
         ("get", "/triage/items?renewal_from=soon", None, 400, "InvalidArgument"),
+        ("get", "/triage/items?renewal_to=0", None, 400, "InvalidArgument"),  # not seconds since 1970
         ("get", "/triage/items?state=pending&state=approved", None, 400, "InvalidArgument"),
         ("get", "/triage/items?colour=red", None, 400, "InvalidArgument"),
         ("get", "/triage/items/abc", None, 404, "ResourceNotFound"),

@@ -41,5 +41,10 @@ def test_the_wheel_installs_and_serves_with_the_default_policy(tmp_path):
         body = {"contextFeatures": [{"u": {"seg": "a"}}], "actions": [{"id": "x"}, {"id": "y"}]}
         ranked = requests.post(f"{server.url}/personalizer/v1.0/rank", json=body, timeout=10)
         assert ranked.status_code == 201 and {r["id"] for r in ranked.json()["ranking"]} == {"x", "y"}
+        # the review pages' templates and stylesheet ship in the wheel
+        sign_in = requests.get(f"{server.url}/review", timeout=10)
+        assert sign_in.status_code == 200 and 'name="csrf"' in sign_in.text and "review.css" in sign_in.text
+        style = requests.get(f"{server.url}/review/static/review.css", timeout=10)
+        assert style.status_code == 200 and style.headers["Content-Type"].startswith("text/css")
     finally:
         server.stop()

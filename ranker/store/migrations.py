@@ -305,3 +305,24 @@ def create_triage(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def create_review_sessions(db: Database) -> None:
+    # Sessions of the review pages, kept on the server so sign-out and expiry end them everywhere: the id is
+    # stored as its SHA-256 (a copy of the table signs nobody in). The secret signs the forms' CSRF tokens: one
+    # row, made by the first process that needs it, so every worker (and a restarted server) shares it.
+    db.execute(
+        """
+        CREATE TABLE review_sessions (
+            id_sha256 TEXT PRIMARY KEY,
+            loop TEXT NOT NULL,                 -- the loop of the key that signed in
+            role TEXT NOT NULL,                 -- review or admin
+            key_sha256 TEXT NOT NULL,           -- the key's stored form: the session ends when the key is removed
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX review_sessions_expiry ON review_sessions (expires_at)")
+    db.execute("CREATE TABLE review_secret (id INTEGER PRIMARY KEY CHECK (id = 1), secret BLOB NOT NULL)")

@@ -9,11 +9,12 @@ failure is a 4xx in the one error shape.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Literal
 
 from flask import Blueprint, Response, current_app, request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..api import api_key, json_body, json_response, path_id, request_bytes
 from ..errors import ApiError
@@ -43,6 +44,14 @@ class ItemsQuery(BaseModel):
     )
     top: int = Field(50, ge=1, le=items.MAX_PAGE, description="Items per page.")
     skip: int = Field(0, ge=0, le=10**9, description="Items skipped before the page.")
+
+    @field_validator("renewal_from", "renewal_to", mode="before")
+    @classmethod
+    def _calendar_date(cls, value: object) -> object:
+        # pydantic would read a number ("0") as seconds since 1970: a date here is YYYY-MM-DD and nothing else
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("a date is YYYY-MM-DD")
+        return value
 
 
 class ApproveRequest(BaseModel):
