@@ -46,7 +46,7 @@ def run(
     with Trainer(settings, **options) as trainer:
         if not once:
             if settings.outbox.delivery is not None:  # approved messages go out from this process too
-                Sender(settings.outbox, settings.database_path, settings.synchronous, stop).start()
+                Sender(settings.outbox, trainer.database, stop, trainer.leading).start()  # on the leader only
             trainer.run_forever(stop)
             return None
         with trainer.lease(stop) as held:

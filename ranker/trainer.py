@@ -235,6 +235,11 @@ class Trainer:
             finally:
                 self._stop = None
 
+    def leading(self) -> bool:
+        """Whether this trainer works now: inside :meth:`run_forever`, holding the lease (what runs beside the
+        learning, the outbox's sender, runs only then)."""
+        return self._stop is not None and self.database.leading()
+
     def check(self) -> None:
         """Raise ``StoreUnavailable`` when the decision log's file was deleted or replaced under the trainer, or
         when it lost the leadership (PostgreSQL: its session ended): it stops rather than learn from, and write

@@ -124,3 +124,22 @@ def test_renewals_read_the_renewal_outcome_and_value_attributes(db):
         {"id": "c", "renewal": "2030-04-01", "outcome": None, "outcome_at": None, "value": None},
     ]
     assert {r["value"] for r in store_triage.renewals(db.store, "account", "contract.renewalDate", "x")} == {None}
+
+
+def test_the_review_queue_reads_entity_fields_and_decisions_since(db):
+    from ranker.store import review
+    from ranker.store.signals import SignalStore
+
+    signals = SignalStore(db.store)
+    for account, attributes in (("a", {"name": "Acme", "segment": {"tier": "enterprise"}, "seats": 40}), ("b", {})):
+        signals.upsert_entity("account", account, lambda _a, _t, a=attributes: (a, {}), T0)
+    paths = {"name": "name", "tier": "segment.tier", "seats": "seats"}
+    assert review.entity_fields(db.store, "account", ["a", "b", "zz"], paths) == {
+        "a": {"name": "Acme", "tier": "enterprise", "seats": 40},
+        "b": {"name": None, "tier": None, "seats": None},
+    }
+    assert review.entity_fields(db.store, "account", [], paths) == {}
+    (item_id,) = store_triage.add_items(db.store, [item("a")], "triage")
+    assert review.decided_since(db.store, T0) == 0
+    store_triage.dismiss(db.store, item_id, who="r", at=T1, reason="x", text=None, reward=0.0, suppress_until=None)
+    assert (review.decided_since(db.store, T1), review.decided_since(db.store, T2)) == (1, 0)

@@ -7,11 +7,13 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from postgres import log_rows
 from triage_config import FLAGGED, NOW, REVIEW_KEY, load_accounts, make_app
 
 from ranker.cli import cli
+from ranker.outbox.delivery import Sender
 from ranker.store import patterns, timestamp
 from ranker.trainer import Trainer
 from ranker.triage import items
@@ -112,14 +114,29 @@ def test_copy_to_takes_the_triage_along(tmp_path, pg_cluster, runner):
     assert (done["flagged"], done["already"], done["items"]) == (1, 1, [3])  # a5: flagged before the copy
 
 
-def test_only_the_leading_trainer_runs_triage_passes(tmp_path, pg_cluster):
+def test_only_the_leading_trainer_runs_triage_passes_and_sends_the_outbox(tmp_path, pg_cluster):
     """Two nodes' trainers on one database (triage.schedule PT1H): the leader passes at its start; the standby
-    runs none while it stands by, and its first pass comes when it takes over."""
+    runs no pass and sends no message while it stands by; when it takes over, its first pass comes, and its
+    sender (the only one here, as ``ranker train`` starts it) delivers what waits."""
     url = pg_cluster.database()
+    received: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    outbox = {"delivery": "webhook", "webhook_url": f"http://127.0.0.1:{sink.server_address[1]}/", "interval": 0.1}
     nodes = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        nodes.append(make_app(tmp_path / name, database_url=url).extensions["ranker"])
+        nodes.append(make_app(tmp_path / name, database_url=url, outbox=outbox).extensions["ranker"])
     service, today = nodes[0], datetime.now(UTC).date()
 
     def renewing(account: str, days: int) -> dict:
@@ -131,16 +148,21 @@ def test_only_the_leading_trainer_runs_triage_passes(tmp_path, pg_cluster):
     threads = [
         threading.Thread(target=t.run_forever, args=(stop, 0.05)) for t, stop in zip(trainers, stops, strict=True)
     ]
+    Sender(nodes[1].settings.outbox, trainers[1].database, stops[1], trainers[1].leading).start()
     try:
         threads[0].start()
         assert _wait_for(lambda: set(by_account(service)) == {"t1"}), "the leader's first pass did not flag t1"
         threads[1].start()
         load_accounts(service, renewing("t2", 40), datetime.now(UTC))
+        t1 = by_account(service)["t1"]
+        items.approve(service.store, service.settings.triage, t1["id"], "review:x", now=datetime.now(UTC))
         time.sleep(1.5)  # the leader's next pass is an hour away: a pass by the standby would flag t2
-        assert set(by_account(service)) == {"t1"}
+        assert set(by_account(service)) == {"t1"} and received == []  # and its sender sent nothing
         stops[0].set()
         threads[0].join(30)
         assert _wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "the new leader ran no pass"
+        assert _wait_for(lambda: len(received) == 1), "the new leader's sender sent nothing"
+        assert json.loads(received[0])["key"] == f"triage:{t1['id']}"
     finally:
         for stop, thread in zip(stops, threads, strict=True):
             stop.set()
@@ -148,6 +170,8 @@ def test_only_the_leading_trainer_runs_triage_passes(tmp_path, pg_cluster):
                 thread.join(30)
         for trainer in trainers:
             trainer.close()
+        sink.shutdown()
+        sink.server_close()
 
 
 def _wait_for(condition, seconds: float = 20.0) -> bool:

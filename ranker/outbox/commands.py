@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from ..settings import SettingsError, load_settings
-from ..store import open_log, timestamp
+from ..store import open_database, timestamp
 from ..store import outbox as store
 from .delivery import send_due
 
@@ -18,7 +18,7 @@ CONFIG = click.option("--config", type=click.Path(exists=True, dir_okay=False), 
 def _open(config: str | None):
     try:
         settings = load_settings(config)
-        return settings, open_log(settings.database_path, settings.synchronous)
+        return settings, open_database(settings).open_log()
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -25,6 +25,7 @@ sender there uses it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -35,15 +36,15 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..store import open_log, timestamp
 from ..store import outbox as store
+from ..store import timestamp
 from .definitions import SMTP_PASSWORD_VARIABLE, WEBHOOK_SECRET_VARIABLE, OutboxSettings
 
 log = logging.getLogger("ranker.outbox")
@@ -202,11 +203,18 @@ def send_due(
 
 
 class Sender:
-    """The trainer process's sender: a thread with its own connection that sends what is due every
-    ``outbox.interval`` seconds until ``stop`` is set."""
+    """The trainer process's sender: a thread with its own connection to ``database`` (an engine of
+    :func:`ranker.store.open_database`) that sends what is due every ``outbox.interval`` seconds until ``stop``
+    is set, while ``leading()`` (the trainer holds its leadership: on several nodes, the leader's sends)."""
 
-    def __init__(self, settings: OutboxSettings, database: os.PathLike, synchronous: str, stop: threading.Event):
-        self.settings, self.database, self.synchronous, self.stop = settings, database, synchronous, stop
+    def __init__(
+        self,
+        settings: OutboxSettings,
+        database: Any,
+        stop: threading.Event,
+        leading: Callable[[], bool] = lambda: True,
+    ):
+        self.settings, self.database, self.stop, self.leading = settings, database, stop, leading
         self.thread = threading.Thread(target=self._run, name="ranker-outbox", daemon=True)
 
     def start(self) -> Sender:
@@ -216,10 +224,16 @@ class Sender:
     def _run(self) -> None:
         conn = None
         while not self.stop.wait(self.settings.interval):
+            if not self.leading():
+                continue
             try:
-                conn = conn or open_log(self.database, self.synchronous)
+                conn = conn or self.database.open_log()
                 send_due(self.settings, conn)
-            except Exception:  # the trainer goes on; the next run tries again
+            except Exception:  # the trainer goes on; the next run tries again, on a new connection
                 log.exception("outbox delivery run failed")
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
         if conn is not None:
             conn.close()

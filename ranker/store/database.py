@@ -96,6 +96,7 @@ class SqliteDatabase:
         self.models = FileModels(self.data_dir)
         self.name = str(self.path)
         self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        self._held = False
 
     def migrate(self, create: bool = True) -> list[str]:
         return migrate(self.path, create=create)
@@ -152,8 +153,12 @@ class SqliteDatabase:
                         yield False
                         return
             acquired()
-            yield True
+            self._held = True
+            try:
+                yield True
+            finally:
+                self._held = False
 
     def leading(self) -> bool:
-        """Whether the lease is still held (a lock on a local file stays held)."""
-        return True
+        """Whether this process holds the lease (a lock on a local file stays held while it does)."""
+        return self._held

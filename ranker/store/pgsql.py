@@ -315,6 +315,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "create_review_sessions",
+        """
+        CREATE TABLE review_sessions (
+            id_sha256 TEXT PRIMARY KEY, loop TEXT NOT NULL, role TEXT NOT NULL, key_sha256 TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+        );
+        CREATE INDEX review_sessions_expiry ON review_sessions (expires_at);
+        CREATE TABLE review_secret (id INTEGER PRIMARY KEY CHECK (id = 1), secret BYTEA NOT NULL);
+        """,
+    ),
 ]
 
 

@@ -67,7 +67,7 @@ def reward_series(store: Store, loop: str, since: str, width: int, default_rewar
         "SELECT period, count(*) AS decisions, count(reward) AS rewarded, avg(coalesce(reward, ?)) AS mean "
         "FROM (SELECT substr(d.created_at, 1, ?) AS period, "
         "(SELECT avg(value) FROM rewards r WHERE r.decision_id = d.id) AS reward "
-        "FROM decisions d WHERE d.loop = ? AND d.created_at >= ?) GROUP BY period ORDER BY period"
+        "FROM decisions d WHERE d.loop = ? AND d.created_at >= ?) AS per_decision GROUP BY period ORDER BY period"
     )
     return store.read(sql, (default_reward, width, loop, since))
 
@@ -84,16 +84,35 @@ def decided_since(store: Store, since: str) -> int:
     return store.read("SELECT count(*) AS n FROM triage_items WHERE decided_at >= ?", (since,))[0]["n"]
 
 
+# The attributes at dotted paths of many entities, per engine (the store's ``engine`` switches): SQLite's
+# json_extract with a JSON path and the ids from json_each; PostgreSQL's #> with the path as an array (a JSON
+# string or number comes back as the Python value json_extract gives) and the ids as an array.
+ENTITY_FIELDS = {
+    "sqlite": (
+        "json_extract(attributes, ?)",
+        "SELECT id, {columns} FROM signal_entities WHERE type = ? AND id IN (SELECT value FROM json_each(?))",
+    ),
+    "postgresql": (
+        "CAST(attributes AS jsonb) #> ?",
+        "SELECT id, {columns} FROM signal_entities WHERE type = ? AND id = ANY(?)",
+    ),
+}
+
+
 def entity_fields(store: Store, entity: str, ids: list[str], paths: dict[str, str]) -> dict[str, dict[str, Any]]:
     """For each entity id, the attributes at ``paths`` (``{name: dotted path}``): e.g. the queue's account names
     and segments, in one read."""
     if not ids:
         return {}
     names = list(paths)
-    columns = ", ".join(f"json_extract(attributes, ?) AS c{i}" for i in range(len(names)))
-    json_paths = ["$" + "".join('."' + part.replace('"', '""') + '"' for part in paths[n].split(".")) for n in names]
-    rows = store.read(
-        f"SELECT id, {columns} FROM signal_entities WHERE type = ? AND id IN (SELECT value FROM json_each(?))",
-        (*json_paths, entity, json.dumps(ids)),
-    )
+    column, sql = ENTITY_FIELDS[store.engine]
+    columns = ", ".join(f"{column} AS c{i}" for i in range(len(names)))
+    if store.engine == "sqlite":
+        json_paths: list[Any] = [
+            "$" + "".join('."' + part.replace('"', '""') + '"' for part in paths[n].split(".")) for n in names
+        ]
+        params = (*json_paths, entity, json.dumps(ids))
+    else:
+        params = (*[paths[n].split(".") for n in names], entity, list(ids))
+    rows = store.read(sql.format(columns=columns), params)
     return {row["id"]: {name: row[f"c{i}"] for i, name in enumerate(names)} for row in rows}
