@@ -26,6 +26,8 @@ TRIAGE_TABLES = (
     "triage_items",
     "triage_transitions",
     "triage_suppressions",
+    "review_sessions",
+    "review_secret",
 )
 
 
@@ -93,13 +95,17 @@ def test_copy_to_takes_the_triage_along(tmp_path, pg_cluster, runner):
     mined = '{"name": "mined-1", "conditions": [{"path": "account.health", "lte": 0}], "description": "none"}'
     patterns.replace_mined(service.store, "account", [("mined-1", mined)], timestamp(NOW))
     patterns.switch(service.store, "mined-1", False, timestamp(NOW))
+    from test_review import sign_in
+
+    assert sign_in(app.test_client(), REVIEW_KEY).status_code == 303  # a review session and the pages' secret
 
     url = pg_cluster.database()
     env = {"RANKER_DATA_DIR": str(tmp_path), "RANKER_COPY_TO": url}
     copied = runner.invoke(cli, ["migrate", "--config", str(tmp_path / "ranker.toml")], env=env)
     assert copied.exit_code == 0, copied.output
     expected = (
-        "triage_patterns 1, triage_pattern_switches 1, triage_items 2, triage_transitions 4, triage_suppressions 1"
+        "triage_patterns 1, triage_pattern_switches 1, triage_items 2, triage_transitions 4, triage_suppressions 1, "
+        "review_sessions 1, review_secret 1"
     )
     assert expected in copied.output
     for table in TRIAGE_TABLES:
@@ -181,3 +187,33 @@ def _wait_for(condition, seconds: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_the_review_pages_on_postgresql(tmp_path, pg_cluster):
+    """Sign in, the queue (names and segments read in one query), approve an item from its page, the loop view
+    (reward per day) and the outbox page, on PostgreSQL."""
+    import re
+
+    from test_review import csrf_of, sign_in
+
+    url = pg_cluster.database()
+    app = make_app(tmp_path, database_url=url)
+    service = app.extensions["ranker"]
+    load_accounts(service)
+    service.signals.patch("account", "a5", {"segment": "smb"}, NOW)
+    run_pass(service, NOW)
+    client = app.test_client()
+    assert sign_in(client, REVIEW_KEY).status_code == 303
+    page = client.get("/review/").text
+    assert re.search(r'id="waiting">2<', page) and ">Account A1<" in page
+    assert ">Account A1<" not in client.get("/review/?segment=smb").text
+    a1 = by_account(service)["a1"]
+    form = client.get(f"/review/items/{a1['id']}").text
+    decision = {"csrf": csrf_of(form), "action": "approve", "recipient": a1["recipient"]}
+    decision |= {"subject": a1["draft_subject"], "body": a1["draft_body"]}
+    assert client.post(f"/review/items/{a1['id']}/approve", data=decision).status_code == 303
+    assert re.search(r'id="decided-today">1<', client.get("/review/").text)
+    assert by_account(service)["a1"]["state"] == "approved"
+    loop = client.get("/review/loops/cs-next-best-action").text
+    assert re.search(r"<td>\d{4}-\d\d-\d\d</td><td>\d+</td><td>1</td>", loop)  # one decision rewarded
+    assert f"triage:{a1['id']}" in client.get("/review/outbox").text

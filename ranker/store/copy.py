@@ -9,9 +9,10 @@ sequences then continue after the largest id SQLite ever gave out (retention nev
 Finally the counts of every table are compared.
 
 Copied: decisions, rewards, the trainer's checkpoints, loop configuration, jobs, mode switches, the signals'
-entities, events and buckets, the outbox, the triage's patterns, items, transitions and suppressions, and the
-published models with the ``CURRENT`` pointer. Tables not on PostgreSQL yet (``NOT_COPIED``) refuse the copy
-when they hold rows, rather than lose them.
+entities, events and buckets, the outbox, the triage's patterns, items, transitions and suppressions, the review
+pages' sessions and secret (signed-in reviewers stay signed in), and the published models with the ``CURRENT``
+pointer. Tables not on PostgreSQL yet (``NOT_COPIED``) refuse the copy when they hold rows, rather than lose
+them.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ TABLES: list[tuple[str, str, str | None, str]] = [
     ),
     ("triage_transitions", "id, item_id, at, who, from_state, to_state, detail", "id", ""),
     ("triage_suppressions", "account, until, reason, item_id, created_at", None, "account"),
+    ("review_sessions", "id_sha256, loop, role, key_sha256, created_at, expires_at", None, "id_sha256"),
+    ("review_secret", "id, secret", None, "id"),
 ]
 IDENTITIES = (
     "decisions",
