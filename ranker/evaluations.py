@@ -52,8 +52,8 @@ from .api import caller, json_body, json_response, path_id, service
 from .engine import is_multislot
 from .errors import ApiError
 from .evaluation import jobs
+from .evaluation.candidates import BASELINE, ONLINE, RANDOM, Candidate
 from .evaluation.jobs import EVALUATION, IMPORTANCE, PENDING, SOURCES, SUCCEEDED
-from .evaluation.replay import BASELINE, ONLINE, RANDOM, Candidate
 from .export import log_time
 from .schemas import (
     ID_RULE,
