@@ -102,8 +102,9 @@ def _job_id(value: Any, target: str) -> str:
 
 
 def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]:
-    """The stored job definition: name, time range and, for an evaluation, the policies to replay."""
-    checked_body = validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
+    """The stored job definition: name, time range and, for an evaluation, the policies to replay, the segment
+    paths and the rules of a what-if."""
+    parsed = validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
     name = body["name"]
     start, end = _moment(body, "startTime"), _moment(body, "endTime")
     if start >= end:
@@ -131,10 +132,10 @@ def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]
             checked.append(policy.model_dump())
         definition["policies"] = checked
         definition["enablePolicyOptimization"] = body.get("enablePolicyOptimization", False)
-        if checked_body.segmentBy:
-            definition["segmentBy"] = checked_body.segmentBy
-            definition["minSegmentEvents"] = checked_body.minSegmentEvents
-        if checked_body.rules is not None:
+        if parsed.segmentBy:
+            definition["segmentBy"] = parsed.segmentBy
+            definition["minSegmentEvents"] = parsed.minSegmentEvents
+        if parsed.rules is not None:
             definition["rules"] = body["rules"]  # as given (validated): Rules reads it again when the job runs
     return definition
 
