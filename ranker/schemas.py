@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
@@ -254,6 +255,8 @@ class JobRequest(BaseModel):
 
 MAX_POLICIES = 20
 MAX_SEGMENT_PATHS = 10
+# an integer, as JSON Schema has it: 100.0 is one too (a strict int alone refuses it; strings and booleans stay out)
+WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if type(v) is float and v.is_integer() else v)]
 # a dotted path of the logged context: non-empty parts separated by dots
 SegmentPath = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^.]+(\.[^.]+)*$")]
 
@@ -274,7 +277,7 @@ class EvaluationRequest(JobRequest):
         description="Dotted paths of the logged context (such as account.plan): each adds every policy's result "
         "per segment value, in the result's segments.",
     )
-    minSegmentEvents: int = Field(
+    minSegmentEvents: WholeNumber = Field(
         100, ge=1, le=2**31, description="Segments with fewer events are pooled into one named other."
     )
     rules: Rules | None = Field(
