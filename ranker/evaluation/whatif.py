@@ -46,8 +46,9 @@ from ranker import discovery, rules
 from ranker.engine import reweight
 from ranker.evaluation.estimators import weight_bound
 from ranker.evaluation.intervals import cressie_read_interval
-from ranker.evaluation.replay import DsjsonFile, Event, LoopLog, Report, source_is_multislot
-from ranker.store import Store
+from ranker.evaluation.report import Report
+from ranker.evaluation.sources import DsjsonFile, Event, LoopLog, source_is_multislot
+from ranker.store import open_database
 
 __all__ = ["joined_interval", "load_rules", "what_if"]
 
@@ -72,7 +73,7 @@ def _explanations(source: LoopLog | DsjsonFile, event_ids: list[str]) -> Iterato
     if not isinstance(source, LoopLog):
         yield from (None for _ in event_ids)
         return
-    store = Store(source.settings.database_path, create=False)
+    store = open_database(source.settings).store(create=False)
     for event_id in event_ids:
         row = store.decision(source.loop, event_id)
         yield json.loads(row["explanation"]) if row is not None else None
