@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from . import supervisor
+from .commandline import loop_or_fail, settings_or_fail
 from .errors import StoreUnavailable
 from .evaluation import whatif
 from .evaluation.compare import describe
@@ -31,15 +32,10 @@ from .evaluation.replay import (
 from .evaluation.search import search
 from .export import export, import_dsjson
 from .outbox import commands as outbox_commands
-from .settings import LOOPBACK, SettingsError, documentation, hash_key, load_settings
+from .settings import LOOPBACK, documentation, hash_key
+from .signals import commands as signals_commands
 from .store import open_database
-
-
-def _settings(config: str | None, **overrides):
-    try:
-        return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
+from .triage import commands as triage_commands
 
 
 @click.group()
@@ -61,7 +57,7 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
 
     Example: ranker serve --port 8080 --config ranker.toml
     """
-    settings = _settings(config, host=host, port=port, workers=workers)
+    settings = settings_or_fail(config, host=host, port=port, workers=workers)
     if not settings.auth and settings.host not in LOOPBACK:
         raise click.ClickException(f"refusing to serve {settings.host} without keys: add keys or bind 127.0.0.1")
     env = dict(os.environ)
@@ -111,7 +107,7 @@ def train(config, data_dir, once, checkpoint_events, checkpoint_seconds, parent_
     options = {"checkpoint_events": checkpoint_events, "checkpoint_seconds": checkpoint_seconds}
     try:
         report = supervisor.run(
-            _settings(config, data_dir=data_dir),
+            settings_or_fail(config, data_dir=data_dir),
             once=once,
             parent_pid=parent_pid,
             create_database=not no_create_database,
@@ -139,7 +135,7 @@ def migrate_command(config: str | None, copy_to: str | None) -> None:
 
     Example: ranker migrate --config ranker.toml --copy-to postgresql://ranker@db.internal/ranker
     """
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     if copy_to:
         _copy_to(settings, copy_to)
         return
@@ -154,7 +150,7 @@ def _copy_to(settings, url: str) -> None:
     from .settings import mask_secrets
     from .store.copy import CopyError, copy_to_postgres
 
-    target = _settings(None, database_url=url, data_dir=settings.data_dir)
+    target = settings_or_fail(None, database_url=url, data_dir=settings.data_dir)
     if settings.database_url is not None:
         raise click.ClickException("--copy-to copies the SQLite log: unset database_url for it")
     try:
@@ -197,17 +193,10 @@ def settings_command(config: str | None) -> None:
     Example: ranker settings --config ranker.toml
     """
     if config:
-        settings = _settings(config)
+        settings = settings_or_fail(config)
         click.echo(f"{config}: valid; loops {', '.join(settings.loops)}; auth {'on' if settings.auth else 'off'}")
     for name, default, text in documentation():
         click.echo(f"{name} = {default}\n    {text}")
-
-
-def _loop(settings, loop: str | None) -> str:
-    loop = loop or settings.default_loop
-    if loop not in settings.loops:
-        raise click.ClickException(f"no loop {loop!r}; loops: {', '.join(settings.loops)}")
-    return loop
 
 
 @cli.command("export")
@@ -225,9 +214,9 @@ def export_command(loop: str | None, start: str | None, end: str | None, output,
 
     Example: ranker export --loop cards --from 2030-01-01 --to 2030-02-01 -o cards.json
     """
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     try:
-        count = export(settings, _loop(settings, loop), output, start, end)
+        count = export(settings, loop_or_fail(settings, loop), output, start, end)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{count} decisions exported", err=True)
@@ -245,8 +234,8 @@ def import_command(file, loop: str | None, config: str | None) -> None:
 
     Example: ranker import --loop cards personalizer-logs.json
     """
-    settings = _settings(config)
-    imported, errors = import_dsjson(settings, _loop(settings, loop), file)
+    settings = settings_or_fail(config)
+    imported, errors = import_dsjson(settings, loop_or_fail(settings, loop), file)
     for number, message in errors:
         click.echo(f"{file.name}:{number}: {message}", err=True)
     click.echo(f"{imported} decisions imported, {len(errors)} lines skipped")
@@ -336,7 +325,7 @@ def evaluate_command(
         raise click.UsageError("--rules goes with an evaluation, not with --search")
     if apply_best and (search_seconds is None or path):
         raise click.UsageError("--apply needs --search over a loop's log (not --file)")
-    settings = _settings(config)
+    settings = settings_or_fail(config)
     if search_seconds is not None:
         _search(settings, loop, path, start, end, search_seconds, apply_best, workers, output)
         return
@@ -345,7 +334,7 @@ def evaluate_command(
         if path:
             source = DsjsonFile(Path(path))
         else:
-            source = LoopLog(settings, _loop(settings, loop), start, end)
+            source = LoopLog(settings, loop_or_fail(settings, loop), start, end)
         candidates = [*BUILT_INS, *policy_candidates(settings, policies, multislot=source_is_multislot(source))]
         candidates += [Candidate(words, words) for words in arguments]
         with click.progressbar(length=source.size(), label="replaying", file=sys.stderr) as bar:
@@ -377,7 +366,7 @@ def _search(settings, loop, path, start, end, seconds, apply_best, workers, outp
     from .service import Service
     from .settings import Policy
 
-    name = _loop(settings, loop)
+    name = loop_or_fail(settings, loop)
     service = Service(settings)
     current = administration.effective(service, service.loops[name])[1].arguments
     source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
@@ -424,8 +413,8 @@ def importance_command(loop, path, start, end, arguments, features, output, conf
 
     if path and (start or end):
         raise click.UsageError("--from and --to select from a loop's log, not from --file")
-    settings = _settings(config)
-    name = _loop(settings, loop)
+    settings = settings_or_fail(config)
+    name = loop_or_fail(settings, loop)
     source = DsjsonFile(Path(path)) if path else LoopLog(settings, name, start, end)
     try:
         rows = importance(source, arguments or settings.policy(name).arguments, features=features)
@@ -455,8 +444,8 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
     """
     from . import events
 
-    settings = _settings(config)
-    name = _loop(settings, loop)
+    settings = settings_or_fail(config)
+    name = loop_or_fail(settings, loop)
     database = open_database(settings)
     try:
         database.open_log().close()  # a reader: never create an empty log where there is none
@@ -468,288 +457,8 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
     click.echo(json.dumps(body, indent=2) if as_json else events.describe(body))
 
 
-@cli.group("signals")
-def signals_group() -> None:
-    """Entity attributes and features: import a CRM file, rebuild features, prune old events.
-
-    Example: ranker signals import --type account crm.csv
-    """
-
-
-def _signals(config: str | None):
-    from .signals.service import Signals
-
-    settings = _settings(config)
-    return Signals(settings.signals, open_database(settings).store(settings.commit_timeout))
-
-
-@signals_group.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
-@click.option("--type", "entity", required=True, help="Entity type of the rows: account or user.")
-@click.option(
-    "--format", "kind", type=click.Choice(["csv", "jsonl"]), help="File format (default: from the name, else csv)."
-)
-@click.option("--at", help="The rows are history as of this ISO 8601 time (import snapshots oldest first).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def signals_import(file, entity: str, kind: str | None, at: str | None, config: str | None) -> None:
-    """Merge entity attributes from a CSV file (a header row with 'id' and one column per attribute; dotted
-    names nest: contract.renewalDate) or JSON lines ({"id": ..., "attributes": {...}}).
-
-    Bad rows are reported with their line number and skipped (exit status 1); a rerun of the same file
-    changes nothing. With --at, the rows are the attributes as of that time (a CRM snapshot), so that
-    point-in-time reads and pattern mining see when each value held; import snapshots oldest first.
-
-    Example: ranker signals import --type account crm.csv
-    """
-    from datetime import UTC, datetime
-
-    from .store import parse_time
-
-    kind = kind or ("jsonl" if file.name.endswith((".jsonl", ".json", ".ndjson")) else "csv")
-    signals = _signals(config)
-    try:
-        when = None if at is None else parse_time(at)
-        report = signals.import_entities(entity, file.read(), kind, datetime.now(UTC), when)
-    except (ValueError, LookupError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(report))
-    if report["errors"]:
-        sys.exit(1)
-
-
-@signals_group.command("rebuild")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def signals_rebuild(config: str | None) -> None:
-    """Recompute every feature from the raw events kept (after feature definitions changed).
-
-    Example: ranker signals rebuild --config ranker.toml
-    """
-    events = _signals(config).rebuild()
-    click.echo(f"features rebuilt from {events} events")
-
-
-@signals_group.command("prune")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def signals_prune(config: str | None) -> None:
-    """Delete events, buckets and attribute history older than signals.retention_days.
-
-    Example: ranker signals prune --config ranker.toml
-    """
-    from datetime import UTC, datetime
-
-    click.echo(json.dumps(_signals(config).prune(datetime.now(UTC))))
-
-
-@cli.group("triage")
-def triage_group() -> None:
-    """Renewal-risk triage: flag accounts at risk, rank their next best action, draft the email; report.
-
-    Example: ranker triage run --config ranker.toml
-    """
-
-
-def _triage_service(config: str | None):
-    from .service import Service
-
-    settings = _settings(config)
-    if settings.database_url is None and not settings.database_path.exists():
-        raise click.ClickException(f"there is no decision log at {settings.database_path}; ranker migrate makes one")
-    return Service(settings, create_database=False)
-
-
-@triage_group.command("run")
-@click.option("--at", help="Judge as of this ISO 8601 time (UTC if no zone) instead of now, e.g. in a demo.")
-@click.option("--json", "as_json", is_flag=True, help="Print the pass's report as JSON.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def triage_run(at: str | None, as_json: bool, config: str | None) -> None:
-    """Run one triage pass now: record the outcomes of passed renewals, flag the accounts renewing within
-    triage.horizon that match an enabled pattern, rank and draft each. The trainer runs it on triage.schedule.
-
-    Example: ranker triage run --config ranker.toml
-    """
-    from .store import parse_time
-    from .triage.flagging import run_pass
-
-    try:
-        moment = parse_time(at) if at else None
-    except ValueError as exc:
-        raise click.ClickException(f"--at: {exc}") from exc
-    try:
-        report = run_pass(_triage_service(config), moment)
-    except (ValueError, StoreUnavailable) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    click.echo(
-        f"{report['flagged']} accounts flagged ({report['due']} renewing within the horizon, {report['matched']} "
-        f"matching a pattern, {report['already']} flagged before, {report['suppressed']} suppressed); "
-        f"{report['outcomes']} outcomes recorded in {report['seconds']} s"
-    )
-    for error in report["errors"]:
-        click.echo(f"  not flagged: {error}", err=True)
-
-
-@triage_group.command("report")
-@click.option("--json", "as_json", is_flag=True, help="Print GET /triage/report's JSON instead of a table.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def triage_report(as_json: bool, config: str | None) -> None:
-    """Accounts flagged, approval rate, time to decision, renewal rate of acted vs dismissed items, and the
-    surprise churn (churned accounts never flagged) per month.
-
-    Example: ranker triage report --config ranker.toml
-    """
-    from .triage.report import report, table
-
-    settings = _settings(config)
-    if settings.database_url is None and not settings.database_path.exists():
-        raise click.ClickException(f"there is no decision log at {settings.database_path}")
-    data = report(open_database(settings).store(create=False), settings.triage)
-    click.echo(json.dumps(data) if as_json else table(data))
-
-
-@cli.group("patterns")
-def patterns_group() -> None:
-    """Churn risk patterns: mine them from past renewals, list, disable and enable them.
-
-    Example: ranker patterns mine --entity account --outcome contract.outcome --horizon P90D
-    """
-
-
-def _patterns_context(config: str | None):
-    settings = _settings(config)
-    return settings, open_database(settings).store(settings.commit_timeout)
-
-
-@patterns_group.command("mine")
-@click.option("--entity", help="Entity type whose renewals to mine (default: triage.entity).")
-@click.option("--outcome", help="Attribute holding a renewal's outcome (default: triage.outcome).")
-@click.option("--renewal-date", help="Attribute holding the renewal date (default: triage.renewal_date).")
-@click.option("--horizon", help="ISO 8601 duration: values as of this long before each renewal (triage.horizon).")
-@click.option(
-    "--min-support", type=click.IntRange(1), help="Fewest renewals a pattern must cover (triage.min_support)."
-)
-@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Patterns kept, best first.")
-@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), help="Also write the patterns as JSON here.")
-@click.option("--dry-run", is_flag=True, help="Print (and write) the patterns but do not store them.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def patterns_mine(entity, outcome, renewal_date, horizon, min_support, top, output, dry_run, config) -> None:
-    """Mine churn patterns from past renewals: each account's attributes and features as of HORIZON before
-    each renewal (never values from after), conjunctions of up to triage.max_conditions conditions, ranked by
-    the lower end of the churn rate's 95 % interval, with each pattern's rate on held-out renewals. Prints a
-    table, writes JSON with --output, and stores them as the mined patterns (switches are kept).
-
-    Example: ranker patterns mine --entity account --outcome contract.outcome --horizon P90D --output patterns.json
-    """
-    from pydantic import ValidationError
-
-    from .signals.service import Signals
-    from .triage.mining import mine, table, with_overrides
-    from .triage.patterns import save_mined
-
-    settings, store = _patterns_context(config)
-    try:
-        settings = with_overrides(
-            settings,
-            entity=entity,
-            outcome=outcome,
-            renewal_date=renewal_date,
-            horizon=horizon,
-            min_support=min_support,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        raise click.ClickException(f"invalid option {problems}") from exc
-    if settings.triage.entity not in ("account", "user"):
-        raise click.ClickException(f"no entity type {settings.triage.entity!r}; the types are account, user")
-    try:
-        mined = mine(Signals(settings.signals, store).store, settings, top=top)
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(table(mined))
-    if output is not None:
-        json.dump(mined.to_dict(), output, indent=2)
-    if not dry_run:
-        save_mined(store, settings.triage.entity, mined.patterns)
-        click.echo(f"\n{len(mined.patterns)} patterns stored as the mined patterns of {settings.triage.entity}")
-
-
-@patterns_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def patterns_list(as_json: bool, config: str | None) -> None:
-    """List the risk patterns triage flags accounts with: hand-written ones (settings) and mined ones, enabled
-    or not, with the figures of their mining.
-
-    Example: ranker patterns list --config ranker.toml
-    """
-    from .triage.patterns import all_patterns, listing
-
-    settings, store = _patterns_context(config)
-    patterns = all_patterns(store, settings)
-    click.echo(json.dumps([p.to_dict() for p in patterns], indent=2) if as_json else listing(patterns))
-
-
-def _switch(name: str, enabled: bool, config: str | None) -> None:
-    from .triage.patterns import UnknownPattern, set_enabled
-
-    settings, store = _patterns_context(config)
-    try:
-        pattern = set_enabled(store, settings, name, enabled)
-    except UnknownPattern as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"{pattern.name} {'enabled' if enabled else 'disabled'}: {pattern.description}")
-
-
-@patterns_group.command("disable")
-@click.argument("name")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def patterns_disable(name: str, config: str | None) -> None:
-    """Stop flagging accounts with a pattern (mined or hand-written); it stays disabled after a new mining.
-
-    Example: ranker patterns disable m-545ee96f
-    """
-    _switch(name, False, config)
-
-
-@patterns_group.command("enable")
-@click.argument("name")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
-def patterns_enable(name: str, config: str | None) -> None:
-    """Flag accounts with a disabled pattern again.
-
-    Example: ranker patterns enable m-545ee96f
-    """
-    _switch(name, True, config)
-
-
-@cli.group("demo")
-def demo_group() -> None:
-    """Worked examples in a fresh data folder.
-
-    Example: ranker demo renewal-triage --data-dir demo
-    """
-
-
-@demo_group.command("renewal-triage")
-@click.option("--data-dir", type=click.Path(file_okay=False), default="renewal-demo", show_default=True)
-@click.option("--accounts", type=click.IntRange(50, 100_000), default=500, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True, help="The same seed makes the same company.")
-@click.option("--days", type=click.IntRange(180, 395), default=365, show_default=True, help="Days of history.")
-def demo_renewal_triage(data_dir: str, accounts: int, seed: int, days: int) -> None:
-    """Generate a SaaS company with a planted churn pattern (fintech accounts whose Reporting API usage stops
-    before renewal churn at 80 %): a year of product usage sent through OTLP, support tickets, contracts with
-    outcomes through the entities API; then mine the patterns, run triage, and print where to look (the keys
-    are printed once).
-
-    Example: ranker demo renewal-triage --data-dir renewal-demo --accounts 500
-    """
-    from .triage.demo import DemoError, run
-
-    try:
-        run(Path(data_dir), accounts, seed, click.echo, days=days)
-    except DemoError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
+cli.add_command(signals_commands.signals_group)
+cli.add_command(triage_commands.triage_group)
+cli.add_command(triage_commands.patterns_group)
+cli.add_command(triage_commands.demo_group)
 cli.add_command(outbox_commands.outbox)

@@ -9,7 +9,11 @@ and ``Random``. Each policy's ``expectedReward`` is the Cressie-Read estimate an
 lists, per reference (Online and Baseline), the policy's paired difference with it on the same events
 (:func:`ranker.evaluation.compare.paired_difference`): ``difference``, ``confidenceInterval``, ``verdict``
 (better, worse, not distinguishable) and ``moreEvents``; ``optimalPolicy`` prefers a policy distinguishably
-better than Online, then the highest lower end. With ``enablePolicyOptimization`` the job first runs
+better than Online, then the highest lower end. ``segmentBy`` (dotted paths of the logged context, with
+``minSegmentEvents``) adds ``segments``, each policy's summary per segment value
+(:mod:`ranker.evaluation.segments`); ``rules`` (a loop's rules, as JSON) adds ``rulesWhatIf``, the decisions
+replayed through those rules (:mod:`ranker.evaluation.whatif`; single-slot loops only). With
+``enablePolicyOptimization`` the job first runs
 :func:`ranker.evaluation.search.search` over the same decisions for ``policy_optimization_seconds`` and replays
 the best arguments it found as one more policy (``policySource`` ``OfflineExperimentation``, Personalizer's
 name for it). ``POST configurations/applyFromEvaluation`` makes a policy of a finished evaluation (the
@@ -52,8 +56,8 @@ from .api import caller, json_body, json_response, path_id, service
 from .engine import is_multislot
 from .errors import ApiError
 from .evaluation import jobs
+from .evaluation.candidates import BASELINE, ONLINE, RANDOM, Candidate
 from .evaluation.jobs import EVALUATION, IMPORTANCE, PENDING, SOURCES, SUCCEEDED
-from .evaluation.replay import BASELINE, ONLINE, RANDOM, Candidate
 from .export import log_time
 from .schemas import (
     ID_RULE,
@@ -98,8 +102,9 @@ def _job_id(value: Any, target: str) -> str:
 
 
 def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]:
-    """The stored job definition: name, time range and, for an evaluation, the policies to replay."""
-    validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
+    """The stored job definition: name, time range and, for an evaluation, the policies to replay, the segment
+    paths and the rules of a what-if."""
+    parsed = validate(model, body, "BadRequest")  # the types; the relations between fields are checked below
     name = body["name"]
     start, end = _moment(body, "startTime"), _moment(body, "endTime")
     if start >= end:
@@ -127,6 +132,11 @@ def _definition(body: Any, kind: str, model: type[JobRequest]) -> dict[str, Any]
             checked.append(policy.model_dump())
         definition["policies"] = checked
         definition["enablePolicyOptimization"] = body.get("enablePolicyOptimization", False)
+        if parsed.segmentBy:
+            definition["segmentBy"] = parsed.segmentBy
+            definition["minSegmentEvents"] = parsed.minSegmentEvents
+        if parsed.rules is not None:
+            definition["rules"] = body["rules"]  # as given (validated): Rules reads it again when the job runs
     return definition
 
 
@@ -151,6 +161,10 @@ def _create(kind: str, job_id: str | None, target: str) -> dict[str, Any]:
                 f"this loop is {which}: the policies to evaluate must use {option}",
                 target=f"policies[{i}]",
             )
+    if multislot and "rules" in definition:
+        raise ApiError(
+            400, "BadRequest", "rule what-ifs replay single-slot decisions; this loop is multi-slot", target="rules"
+        )
     definition["online"] = {
         "name": policy.name,
         "arguments": policy.arguments,
@@ -190,6 +204,9 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
         body["description"] = result["error"]
     elif kind == EVALUATION:
         body["enablePolicyOptimization"] = definition.get("enablePolicyOptimization", False)
+        for name in ("segmentBy", "rules"):
+            if name in definition:
+                body[name] = definition[name]
         body["policies"] = definition["policies"] + (
             [result["optimizedPolicy"]] if result.get("optimizedPolicy") else []
         )
@@ -199,6 +216,9 @@ def _body(kind: str, row: dict[str, Any], full: bool = True) -> dict[str, Any]:
             body["skipped"] = result["skipped"]
             body["optimalPolicy"] = result["optimalPolicy"]
             body["content"] = result["content"]
+            for name in ("segments", "minSegmentEvents", "rulesWhatIf"):
+                if name in result:
+                    body[name] = result[name]
     elif result:
         body["description"] = f"{result['events']} events replayed"
         body["featureScores"] = result["featureScores"]

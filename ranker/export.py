@@ -36,10 +36,7 @@ features VW cannot read, an EventId already in the loop) are reported with their
 skipped; blank lines are ignored. Import reads single-slot lines into single-slot loops only: a multi-slot line
 (one with ``_outcomes``), and every line sent to a multi-slot loop, is refused with its line number.
 
-For evaluation, :class:`LoopLog` and :class:`DsjsonFile` read a loop's log or a DSJSON file as the events
-:mod:`ranker.evaluation.replay` replays: the labeled line VW learns from, the logged action, its probability,
-the reward (an :class:`Event`), or for a multi-slot decision the same per slot (a :class:`MultiSlotEvent`);
-never-activated decisions, unlabeled and invalid lines are :class:`Skipped`.
+:mod:`ranker.evaluation.sources` reads the same decisions (:func:`decisions`) as the events a replay scores.
 """
 
 from __future__ import annotations
@@ -49,12 +46,10 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-import pydantic_core
 import vowpalwabbit
 
 from . import dsjson, loopconfig, vwcalls
@@ -66,7 +61,7 @@ from .store import log, open_database, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
-_MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
+MULTI_KEYS = {"_id", "_tag"}  # reserved keys kept in a _multi entry; VW ignores them as features
 
 
 def log_time(value: datetime | str) -> str:
@@ -155,7 +150,8 @@ class Imported(NamedTuple):
     shown: bool  # False for ``"_skipLearn": true``: never activated
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite JSON number, not a boolean."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -180,11 +176,11 @@ def read_decision(obj: Any) -> Imported:
     if not isinstance(multi, list) or not multi or not all(isinstance(entry, dict) for entry in multi):
         raise ValueError('"c._multi" must be a non-empty array of objects')
     context = {key: value for key, value in c.items() if key != "_multi"}
-    _check_features(context, "c")
+    check_dsjson_features(context, "c")
     actions = []
     for i, entry in enumerate(multi):
-        features = {key: value for key, value in entry.items() if key not in _MULTI_KEYS}
-        _check_features(features, f"c._multi[{i}]")
+        features = {key: value for key, value in entry.items() if key not in MULTI_KEYS}
+        check_dsjson_features(features, f"c._multi[{i}]")
         action_id = entry.get("_id", entry.get("_tag", str(i)))
         if not isinstance(action_id, str) or not action_id:
             raise ValueError(f"c._multi[{i}]: _id and _tag must be non-empty strings")
@@ -197,14 +193,14 @@ def read_decision(obj: Any) -> Imported:
         raise ValueError('"a" must be a non-empty array of 1-based action indices')
     if len(set(a)) != len(a) or not all(1 <= i <= len(multi) for i in a):
         raise ValueError(f'"a" must hold distinct indices from 1 to {len(multi)}')
-    if not isinstance(p, list) or len(p) != len(a) or not all(_number(x) and 0 <= x <= 1 for x in p):
+    if not isinstance(p, list) or len(p) != len(a) or not all(is_number(x) and 0 <= x <= 1 for x in p):
         raise ValueError('"p" must hold a probability in [0, 1] for each entry of "a"')
     if p[0] <= 0:
         raise ValueError("the chosen action (first in a) must have a positive probability")
     reward = None
     if "_label_cost" in obj:
         cost = obj["_label_cost"]
-        if not _number(cost) or not -1 <= -cost <= 1:
+        if not is_number(cost) or not -1 <= -cost <= 1:
             raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
         if obj.get("_label_Action", a[0]) != a[0] or obj.get("_labelIndex", a[0] - 1) != a[0] - 1:
             raise ValueError("the label must be on the chosen action (the first in a)")
@@ -221,7 +217,7 @@ def read_decision(obj: Any) -> Imported:
     return Imported(event_id, created_at, record, ids, order[0], pmf[order[0]], reward, not skip)
 
 
-def _check_features(features: dict[str, Any], where: str) -> None:
+def check_dsjson_features(features: dict[str, Any], where: str) -> None:
     """The checks a Rank request's features pass, so VW reads an imported record as it reads a served one."""
     for key in features:
         if key.startswith("_"):
@@ -322,290 +318,3 @@ def _write(
     written, refused = log.import_decisions(conn, database, loop, rows)
     errors.extend((number, f"not written: {reason}") for number, reason in refused)
     return written
-
-
-# -- reading events for evaluation ----------------------------------------------------------------------------
-
-
-class Event(NamedTuple):
-    """One logged single-slot event as the replay uses it."""
-
-    line: str  # the labeled record every VW candidate learns from
-    chosen: int  # 0-based index of the logged action in ``_multi``
-    probability: float  # logged probability of the logged action
-    reward: float
-    a: list[int]  # the record's ``a`` (1-based indices) and ``p``: the logged PMF
-    p: list[float]
-    actions: int  # K, the number of eligible actions
-    timestamp: str
-
-
-class SlotOutcome(NamedTuple):
-    """One filled slot of a multi-slot event, in the record's ``_outcomes`` order."""
-
-    id: str  # the slot's ``_id`` (its position, from 0, when it has none)
-    chosen: int  # 0-based ``_multi`` index of the logged action
-    probability: float  # its logged probability, given the actions of the slots before (``_p[0]``)
-    reward: float
-    candidates: int  # how many actions the slot could take: its ``_inc``, else those no earlier slot took
-    baseline: int  # ``_multi`` index of the slot's baseline (``_ba``; without one, its first candidate)
-
-
-class MultiSlotEvent(NamedTuple):
-    """One logged multi-slot (CCB) event as the replay uses it."""
-
-    line: str  # the labeled record, ``_outcomes`` after ``c``, every VW candidate learns from
-    slots: tuple[SlotOutcome, ...]
-    timestamp: str
-
-
-class Skipped(NamedTuple):
-    """A decision or line the replay leaves out: ``reason`` is a count key, ``error`` what was wrong (or None)."""
-
-    line: int  # 1-based line number in a file; the decision id in a log
-    reason: str
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class LoopLog:
-    """A loop's logged decisions made in ``[start, end)``, joined with their rewards as the trainer joins them."""
-
-    settings: Settings
-    loop: str
-    start: datetime | str | None = None
-    end: datetime | str | None = None
-    now: datetime | None = None
-
-    def __str__(self) -> str:
-        return (
-            f"loop {self.loop}"
-            + (f" from {self.start}" if self.start else "")
-            + (f" to {self.end}" if self.end else "")
-        )
-
-    def size(self) -> int:
-        """An upper bound of the events: the loop's decisions in the time range (for a progress bar)."""
-        start, end = (log_time(moment) if moment is not None else None for moment in (self.start, self.end))
-        conn = open_database(self.settings).open_log()
-        try:
-            return log.count_decisions(conn, self.loop, start, end)
-        finally:
-            conn.close()
-
-    def multislot(self) -> bool:
-        """Whether the loop's policy is multi-slot: its multi-slot decisions are the ones the trainer learns."""
-        conn = open_database(self.settings).open_log()
-        try:
-            return is_multislot(loopconfig.read(conn, self.settings, self.loop)[1].arguments)
-        finally:
-            conn.close()
-
-    def events(self) -> Iterator[Event | MultiSlotEvent | Skipped]:
-        for decision, line in decisions(self.settings, self.loop, self.start, self.end, self.now):
-            if not decision.outcome.shown:
-                yield Skipped(decision.id, "not_activated")
-                continue
-            record = decision.record
-            if decision.outcome.slots is not None:
-                event = _slot_event(json.loads(line), decision.created_at, line)
-                assert event is not None  # the export labels every slot
-                yield event
-                continue
-            head = json.loads(record[: record.index(',"c":')] + "}")
-            a, p = head["a"], head["p"]
-            reward = decision.outcome.reward
-            yield Event(line, a[0] - 1, p[0], reward, a, p, len(a), decision.created_at)
-
-
-@dataclass(frozen=True)
-class DsjsonFile:
-    """A DSJSON file of decisions (``ranker export`` writes them; Personalizer's logs and VW's are read as
-    ``ranker import`` reads them). Single-slot lines in the export's shape (label, head, then ``c``) are replayed
-    as they are; others are rebuilt in ranker's record shape by :func:`ranker.export.read_decision`. Multi-slot
-    lines (with ``_outcomes``) are replayed with their ``_outcomes`` (``_a`` and ``_p`` as arrays) and ``_ba``
-    put after ``c``, where VW reads them."""
-
-    path: Path
-
-    def __str__(self) -> str:
-        return f"file {self.path}"
-
-    def size(self) -> int:
-        """An upper bound of the events: the file's lines (for a progress bar)."""
-        with open(self.path, "rb") as stream:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
-
-    def multislot(self) -> bool:
-        """Whether the file holds multi-slot decisions: its first JSON object line has ``_outcomes``."""
-        with open(self.path, encoding="utf-8") as lines:
-            for line in lines:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    return "_outcomes" in obj
-        return False
-
-    def events(self) -> Iterator[Event | MultiSlotEvent | Skipped]:
-        with open(self.path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield _file_event(number, line)
-
-
-# The head of every line of a file is decoded before anything else; pydantic's JSON parser (jiter) does it in
-# a third of the time of the standard library's, which matters when a replay reads 100,000 lines.
-_decode = pydantic_core.from_json
-
-
-def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
-    if '"_outcomes"' in line:  # perhaps multi-slot: only a key of the line itself says so
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            return Skipped(number, "invalid", f"invalid JSON: {exc}")
-        if isinstance(obj, dict) and "_outcomes" in obj:
-            if obj.get("_skipLearn") is True:
-                return Skipped(number, "not_activated")
-            try:
-                _check_c(obj.get("c"))
-                event = _slot_event(obj, str(obj.get("Timestamp", "")))
-            except (TypeError, ValueError) as exc:
-                return Skipped(number, "invalid", str(exc))
-            return Skipped(number, "unlabeled") if event is None else event
-    cut = line.find(',"c":')
-    try:
-        head = _decode(line[:cut] + "}") if cut > 0 else None
-    except ValueError:
-        head = None
-    if type(head) is dict and "_label_cost" in head and "a" in head and "p" in head:
-        try:
-            if not line.isascii():  # only a non-ASCII name can be one VW cannot read (see ranker.schemas)
-                _check_c(json.loads(line).get("c"))
-            return _exported_event(number, line, head)
-        except (TypeError, ValueError, IndexError) as exc:
-            return Skipped(number, "invalid", str(exc))
-    try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        return Skipped(number, "invalid", f"invalid JSON: {exc}")
-    try:
-        decision = read_decision(obj)
-    except ValueError as exc:
-        return Skipped(number, "invalid", str(exc))
-    if not decision.shown:
-        return Skipped(number, "not_activated")
-    if decision.reward is None:
-        return Skipped(number, "unlabeled")
-    line = dsjson.labeled(decision.record, decision.reward)
-    head = json.loads(decision.record[: decision.record.index(',"c":')] + "}")
-    return Event(
-        line,
-        decision.chosen,
-        decision.probability,
-        decision.reward,
-        head["a"],
-        head["p"],
-        len(decision.action_ids),
-        decision.created_at,
-    )
-
-
-def _check_c(c: Any) -> None:
-    """The checks a Rank request's features pass, on a file line's ``c`` (context, ``_multi`` and ``_slots``
-    entries): a line VW would misread, or crash on, is refused before VW reads it."""
-    if not isinstance(c, dict):
-        raise ValueError('"c" must be an object')
-    _check_features({key: value for key, value in c.items() if key not in ("_multi", "_slots")}, "c")
-    for name, reserved in (("_multi", _MULTI_KEYS), ("_slots", {"_id", "_inc"})):
-        entries = c.get(name)
-        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
-            if isinstance(entry, dict):
-                _check_features({key: value for key, value in entry.items() if key not in reserved}, f"c.{name}[{i}]")
-
-
-def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Skipped:
-    if head.get("_skipLearn") is True:
-        return Skipped(number, "not_activated")
-    a, p, cost = head["a"], head["p"], head["_label_cost"]
-    k = len(a)  # the export lists every eligible action in "a"
-    if not k or len(p) != k or head.get("_labelIndex", a[0] - 1) != a[0] - 1:
-        raise ValueError('"a", "p" and the label do not agree')
-    if not all(type(i) is int for i in a) or min(a) < 1 or max(a) > k:
-        raise ValueError(f'"a" must hold the action indices 1 to {k}')
-    if min(p) < 0 or max(p) > 1 or not p[0] > 0:
-        raise ValueError('"p" must hold probabilities, the first one positive')
-    if type(cost) not in (int, float) or not -1 <= cost <= 1:
-        raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
-    return Event(line, a[0] - 1, float(p[0]), 0.0 - cost, a, p, k, str(head.get("Timestamp", "")))
-
-
-def _indices(value: Any, k: int, where: str) -> list[int]:
-    """A non-empty array (or one number) of distinct 0-based ``_multi`` indices."""
-    indices = [value] if type(value) is int else value
-    if not isinstance(indices, list) or not indices or not all(type(i) is int and 0 <= i < k for i in indices):
-        raise ValueError(f'"{where}" must hold 0-based indices of the {k} actions in c._multi')
-    if len(set(indices)) != len(indices):
-        raise ValueError(f'"{where}" repeats an action')
-    return indices
-
-
-def _slot_event(obj: Any, timestamp: str, line: str | None = None) -> MultiSlotEvent | None:
-    """A parsed multi-slot line as a :class:`MultiSlotEvent`; None when a slot has no ``_label_cost``. ``line``
-    is the text VW learns; without it, the line is rebuilt with ``_outcomes`` and ``_ba`` after ``c``, where
-    VW reads them. A :class:`ValueError` says what is wrong with the line."""
-    if not isinstance(obj, dict):
-        raise ValueError("a DSJSON line must be a JSON object")
-    c, outcomes, baselines = obj.get("c"), obj.get("_outcomes"), obj.get("_ba")
-    if not isinstance(c, dict):
-        raise ValueError('"c" must be an object')
-    multi, slots = c.get("_multi"), c.get("_slots")
-    if not isinstance(multi, list) or not multi:
-        raise ValueError('"c._multi" must be a non-empty array of objects')
-    if not (isinstance(slots, list) and isinstance(outcomes, list) and outcomes and len(slots) == len(outcomes)):
-        raise ValueError('"c._slots" and "_outcomes" must be arrays with one entry per slot')
-    if not all(isinstance(x, dict) for x in [*slots, *outcomes]):
-        raise ValueError('the entries of "c._slots" and "_outcomes" must be objects')
-    if baselines is not None and not (
-        isinstance(baselines, list) and len(baselines) == len(slots) and all(type(b) is int for b in baselines)
-    ):
-        raise ValueError('"_ba" must hold one 0-based action index per slot')
-    taken: set[int] = set()
-    read: list[SlotOutcome] = []
-    normalized = []
-    labeled = True
-    for position, (slot, outcome) in enumerate(zip(slots, outcomes, strict=True)):
-        a = _indices(outcome.get("_a"), len(multi), f"_outcomes[{position}]._a")
-        p = outcome.get("_p")
-        p = [p] if _number(p) else p
-        if not isinstance(p, list) or len(p) != len(a) or not all(_number(x) and 0 <= x <= 1 for x in p):
-            raise ValueError(f'"_outcomes[{position}]._p" must hold a probability for each entry of its "_a"')
-        if not p[0] > 0:
-            raise ValueError(f"slot {position}: the chosen action (first in _a) must have a positive probability")
-        if "_inc" in slot:
-            candidates = _indices(slot["_inc"], len(multi), f"c._slots[{position}]._inc")
-        else:
-            candidates = [m for m in range(len(multi)) if m not in taken]
-        if a[0] in taken or a[0] not in candidates:
-            raise ValueError(f"slot {position}: the chosen action is taken by an earlier slot or not in its _inc")
-        cost = outcome.get("_label_cost")
-        if cost is None:
-            labeled = False
-        elif not _number(cost) or not -1 <= cost <= 1:
-            raise ValueError(f"_outcomes[{position}]._label_cost must be a number in [-1, 1] (the reward negated)")
-        slot_id = outcome.get("_id", slot.get("_id", position))
-        baseline = baselines[position] if baselines is not None else candidates[0]
-        reward = 0.0 - cost if labeled else 0.0
-        read.append(SlotOutcome(str(slot_id), a[0], float(p[0]), reward, len(candidates), baseline))
-        normalized.append({**outcome, "_a": a, "_p": p})
-        taken.add(a[0])
-    if not labeled:
-        return None
-    if line is None:
-        head = {key: v for key, v in obj.items() if key not in ("c", "_outcomes", "_ba", "_skipLearn")}
-        tail = {"_outcomes": normalized} | ({"_ba": baselines} if baselines is not None else {})
-        line = dsjson.ccb_line(head, c, tail)
-    return MultiSlotEvent(line, tuple(read), timestamp)

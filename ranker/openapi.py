@@ -197,7 +197,8 @@ ADMIN: list[tuple[str, str, str, str, int, str | None, tuple[int, ...]]] = [
         "/evaluations/{evaluationId}",
         "get",
         "getEvaluation",
-        "Status and, when done, each policy's estimate, interval and paired comparisons with Online and Baseline.",
+        "Status and, when done, each policy's estimate, interval and paired comparisons with Online and Baseline; "
+        "per segment (segmentBy) and under other rules (rulesWhatIf) when asked.",
         200,
         None,
         (400, 404),

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import ApiError
+from .rules import Rules
 from .settings import Policy
 
 MAX_NUMBER = 1e15  # VW computes in float32; larger values overflow under quadratic interactions
@@ -252,6 +254,11 @@ class JobRequest(BaseModel):
 
 
 MAX_POLICIES = 20
+MAX_SEGMENT_PATHS = 10
+# an integer, as JSON Schema has it: 100.0 is one too (a strict int alone refuses it; strings and booleans stay out)
+WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if type(v) is float and v.is_integer() else v)]
+# a dotted path of the logged context: non-empty parts separated by dots
+SegmentPath = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^.]+(\.[^.]+)*$")]
 
 
 class EvaluationRequest(JobRequest):
@@ -263,6 +270,22 @@ class EvaluationRequest(JobRequest):
         ),
     ] = Field(None, max_length=MAX_POLICIES, description="Policies to replay besides Online, Baseline and Random.")
     enablePolicyOptimization: bool = Field(False, description="Also search VW arguments and replay the best found.")
+    # extensions of Personalizer's request: ranker evaluate's --by, --min-segment-events and --rules
+    segmentBy: list[SegmentPath] | None = Field(
+        None,
+        max_length=MAX_SEGMENT_PATHS,
+        description="Dotted paths of the logged context (such as account.plan): each adds every policy's result "
+        "per segment value, in the result's segments.",
+    )
+    minSegmentEvents: WholeNumber = Field(
+        100, ge=1, le=2**31, description="Segments with fewer events are pooled into one named other."
+    )
+    rules: Rules | None = Field(
+        None,
+        description="Business rules of the shape of a loop's rules (entitlements, availability, priority, "
+        "discovery): the decisions are also replayed through them, in the result's rulesWhatIf. Single-slot "
+        "loops only.",
+    )
 
 
 class EvaluationSubmission(EvaluationRequest):

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ from .errors import ApiError, StoreUnavailable
 from .schemas import MultiSlotRankRequest, RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
 from .signals.service import Signals
+from .slots import choose_slots, slot_options
 from .store import open_database, timestamp
 
 log = logging.getLogger("ranker")
@@ -64,88 +64,6 @@ def check_kind(engine: Engine, multislot: bool) -> None:
 
 
 @dataclass
-class Slots:
-    """The slots :func:`choose_slots` filled: the record's ``_slots``, ``_outcomes`` and ``_ba`` (filled slots
-    only), and per requested slot the ``_multi`` index chosen with its probability (None: no action left)."""
-
-    slots: list[dict[str, Any]] = field(default_factory=list)
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    baselines: list[int] = field(default_factory=list)
-    chosen: list[tuple[int, float] | None] = field(default_factory=list)
-
-
-def slot_options(
-    slot_ids: list[str], features: list[dict[str, Any]], verdicts: list[rules.Verdict], baselines: list[int]
-) -> tuple[list[int], list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]]]:
-    """What :func:`choose_slots` chooses from, given each slot's rule verdict and baselineAction (indices into
-    the request's actions): the actions some slot may take, in request order (the record's ``_multi``), and
-    per slot its id, features, allowed ``_multi`` indices with their priority factors and its baseline's
-    ``_multi`` index (None where the rules forbid it in the slot)."""
-    offered = sorted({i for verdict in verdicts for i in verdict.eligible})
-    position = {action: m for m, action in enumerate(offered)}
-    slots = [
-        (
-            slot_id,
-            slot_features,
-            [(position[i], f) for i, f in zip(verdict.eligible, verdict.factors, strict=True)],
-            position[baseline] if baseline in verdict.eligible else None,
-        )
-        for slot_id, slot_features, verdict, baseline in zip(slot_ids, features, verdicts, baselines, strict=True)
-    ]
-    return offered, slots
-
-
-def choose_slots(
-    event_id: str,
-    c_json: str,
-    slots: list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]],
-    predict_slots: Callable[[str], list[dict[int, float]]] | None,
-) -> Slots:
-    """Fill the slots in order, each with a different action (see :meth:`Service.rank_multislot`); a script
-    calls it with its own VW workspace to choose exactly as the service does.
-
-    ``slots``: per slot its id, its features, the ``_multi`` indices its rules allow with their priority
-    factors, and its baselineAction's ``_multi`` index (None where the rules forbid it in the slot).
-    ``predict_slots`` gives VW's per-slot scores for a ``c`` object with ``_slots`` (``Engine.predict_slots``);
-    None serves every slot its baseline (Apprentice). Per slot: the actions allowed minus those earlier slots
-    took; VW's scores for the slot with the earlier slots pinned to their actions (``_inc``), reweighted by
-    the priority factors; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline
-    where it is left, else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
-    (taken or not: the Baseline of offline evaluation), else the first action left.
-    """
-    taken: set[int] = set()
-    filling = Slots()
-    for k, (slot_id, features, allowed, baseline) in enumerate(slots):
-        left = [(m, f) for m, f in allowed if m not in taken]
-        if not left:
-            filling.chosen.append(None)
-            continue
-        candidates = [m for m, _ in left]
-        served_baseline = baseline if baseline in candidates else candidates[0]
-        if predict_slots is None:
-            pmf = [float(m == served_baseline) for m in candidates]
-            chosen = candidates.index(served_baseline)
-        else:
-            # the earlier slots pinned to their actions, so VW's PMF for this slot is conditioned on them
-            pinned = [
-                {**entry, "_inc": [outcome["_a"][0]]}
-                for entry, outcome in zip(filling.slots, filling.outcomes, strict=True)
-            ]
-            slot_entry = {"_id": slot_id, **features, "_inc": candidates}
-            per_slot = predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
-            scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
-            pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
-            chosen = sample(pmf, f"{event_id}\n{k}")
-        order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
-        filling.slots.append({"_id": slot_id, **features, "_inc": candidates})
-        filling.outcomes.append({"_id": slot_id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
-        filling.baselines.append(served_baseline if baseline is None else baseline)
-        filling.chosen.append((candidates[chosen], pmf[chosen]))
-        taken.add(candidates[chosen])
-    return filling
-
-
-@dataclass
 class Loop:
     name: str
     settings: LoopSettings
@@ -156,6 +74,40 @@ class Loop:
     model_stamp: tuple[int, int] | None = None
     checked_at: float = 0.0
     loading: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(slots=True)
+class Call:
+    """One Rank call's inputs once checked: the loop's configuration, policy and model as the call began (one of
+    each serves the whole request and is the one logged), the action ids, the merged (and enriched) context and
+    ``(id, features)`` actions, the time and the event id."""
+
+    loop: Loop
+    settings: LoopSettings
+    policy: Policy
+    engine: Engine
+    ids: list[str]
+    context: dict[str, Any]
+    actions: list[tuple[str, dict[str, Any]]]
+    now: datetime
+    stamp: str
+    event_id: str
+    deferred: bool
+    times: dict[str, float] | None = None  # the enriched paths' signal times, for fresh_within
+
+    def row(self, **fields: Any) -> dict[str, Any]:
+        """The decision's row: what every decision logs, and ``fields`` (its record, choice and explanation)."""
+        return {
+            "event_id": self.event_id,
+            "created_at": self.stamp,
+            "action_ids": json.dumps(self.ids),
+            "model_version": self.engine.version,
+            "policy": self.policy.name,
+            "learning_mode": self.settings.learning_mode,
+            "deferred": int(self.deferred),
+            "activated_at": None,
+            **fields,
+        }
 
 
 class Service:
@@ -301,6 +253,25 @@ class Service:
         actions = [(a.id, dsjson.merge(a.features, f"actions[{i}].features")) for i, a in enumerate(request.actions)]
         return ids, context, actions
 
+    def _begin(
+        self, loop: Loop, request: RankRequest | MultiSlotRankRequest, multislot: bool, now: datetime | None
+    ) -> Call:
+        """Check the request against the loop as it is now and fix the call's inputs (see :class:`Call`)."""
+        self.refresh(loop)
+        settings, policy, engine = loop.settings, loop.policy, loop.engine
+        ids, context, actions = self._candidates(engine, settings, request, multislot)
+        now = now or utcnow()
+        event_id = request.eventId or uuid.uuid4().hex
+        deferred = request.deferActivation
+        return Call(loop, settings, policy, engine, ids, context, actions, now, timestamp(now), event_id, deferred)
+
+    def _enrich(self, call: Call) -> None:
+        """The stored values of the entities the context names join it, before the rules, VW and the record."""
+        if call.settings.entities:
+            call.context, call.times = self.signals.enricher.enrich(
+                call.settings.entities, call.context, call.now, call.settings.rules.test_freshness
+            )
+
     def _log(self, loop: Loop, row: dict[str, Any]) -> None:
         if not self.store.record_decision({"loop": loop.name, **row}):
             event_id = row["event_id"]
@@ -308,19 +279,11 @@ class Service:
 
     def rank(self, loop: Loop, request: RankRequest, now: datetime | None = None) -> dict[str, Any]:
         """Choose an action, log the decision durably, and return Personalizer's RankResponse."""
-        self.refresh(loop)
-        # one configuration and one model serve the whole request, and are the ones logged
-        settings, policy, engine = loop.settings, loop.policy, loop.engine
-        ids, context, actions = self._candidates(engine, settings, request, multislot=False)
-        now = now or utcnow()
-        stamp = timestamp(now)
-        event_id = request.eventId or uuid.uuid4().hex
-        times = None
-        if settings.entities:  # the stored values join the context before the rules, VW and the record
-            context, times = self.signals.enricher.enrich(
-                settings.entities, context, now, settings.rules.test_freshness
-            )
-        verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now, times)
+        call = self._begin(loop, request, False, now)
+        self._enrich(call)
+        settings, engine, ids, actions = call.settings, call.engine, call.ids, call.actions
+        context, now, stamp, event_id = call.context, call.now, call.stamp, call.event_id
+        verdict = rules.apply(settings.rules, context, actions, set(request.excludedActions), now, call.times)
         explaining = settings.is_inference_explainability_enabled
         parsed = was_explored = None
         raised_by: dict[str, dict[str, Any]] = {}
@@ -360,21 +323,13 @@ class Service:
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
             record = dsjson.decision_line(event_id, stamp, c_json, order, pmf)
 
-        row = {
-            "event_id": event_id,
-            "created_at": stamp,
-            "record": record,
-            "action_ids": json.dumps(ids),
-            "reward_action_id": chosen_id,
-            "probability": chosen_p,
-            "explanation": json.dumps(explain.logged(verdict, raised_by)),
-            "explored": None if was_explored is None else int(was_explored),
-            "model_version": engine.version,
-            "policy": policy.name,
-            "learning_mode": settings.learning_mode,
-            "deferred": int(request.deferActivation),
-            "activated_at": None,
-        }
+        row = call.row(
+            record=record,
+            reward_action_id=chosen_id,
+            probability=chosen_p,
+            explanation=json.dumps(explain.logged(verdict, raised_by)),
+            explored=None if was_explored is None else int(was_explored),
+        )
         self._log(loop, row)
 
         ranked = [ids[verdict.eligible[i]] for i in order]
@@ -411,9 +366,8 @@ class Service:
         there or an earlier slot took it, the first action left. A slot with no action left gets
         ``rewardActionId`` null.
         """
-        self.refresh(loop)
-        settings, policy, engine = loop.settings, loop.policy, loop.engine
-        ids, context, actions = self._candidates(engine, settings, request, multislot=True)
+        call = self._begin(loop, request, True, now)
+        settings, engine, ids, actions = call.settings, call.engine, call.ids, call.actions
         index = {action_id: i for i, action_id in enumerate(ids)}
         slot_ids = [slot.id for slot in request.slots]
         if len(set(slot_ids)) != len(slot_ids):
@@ -443,17 +397,11 @@ class Service:
                     target=f"slots.{k}.baselineAction",
                 )
             baselines.append(index[slot.baselineAction])
-        now = now or utcnow()
-        stamp = timestamp(now)
-        event_id = request.eventId or uuid.uuid4().hex
         slot_features = [dsjson.merge(slot.features, f"slots[{k}].features") for k, slot in enumerate(request.slots)]
-        times = None
-        if settings.entities:
-            context, times = self.signals.enricher.enrich(
-                settings.entities, context, now, settings.rules.test_freshness
-            )
+        self._enrich(call)
+        context, now, stamp, event_id = call.context, call.now, call.stamp, call.event_id
         verdicts = [
-            rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now, times)
+            rules.apply(settings.rules, {**context, **features}, actions, set(slot.excludedActions), now, call.times)
             for slot, features in zip(request.slots, slot_features, strict=True)
         ]
         offered, slots = slot_options(slot_ids, slot_features, verdicts, baselines)
@@ -493,23 +441,15 @@ class Service:
         }
         self._log(
             loop,
-            {
-                "event_id": event_id,
-                "created_at": stamp,
-                "record": record,
-                "action_ids": json.dumps(ids),
-                "reward_action_id": None,
-                "probability": None,
-                "explanation": json.dumps(
+            call.row(
+                record=record,
+                reward_action_id=None,
+                probability=None,
+                explanation=json.dumps(
                     {"slots": explanation, "explored": dict(explain.slots_explored(predicted, filling))}
                 ),
-                "model_version": engine.version,
-                "policy": policy.name,
-                "learning_mode": settings.learning_mode,
-                "deferred": int(request.deferActivation),
-                "activated_at": None,
-                "slots": json.dumps(answers),
-            },
+                slots=json.dumps(answers),
+            ),
         )
         answer = {
             "eventId": event_id,

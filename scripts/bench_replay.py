@@ -14,6 +14,9 @@ VW in two processes at once shows how much two busy cores of this machine do, ag
 Replay events/s is events / wall time for all 5 policies together (two of them VW learners, plus the DR reward
 model when on); the ratios compare it with VW's events/s for one policy (target: at least 50%).
 
+``--replay-only`` times the two replays alone: run it for two versions of ranker in turn (PYTHONPATH) to compare
+their replay throughput.
+
 Example: python scripts/bench_replay.py --events 100000 --workers 2
 """
 
@@ -37,6 +40,7 @@ from ranker import dsjson
 from ranker.evaluation.replay import BUILT_INS, DEFAULT_REWARD_MODEL, Candidate, DsjsonFile, replay
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
+VW_LABELS = ("VW parse+learn (pyvw), 1 policy", "VW parse+learn (pylibvw), 1 policy", "VW -d reader, 1 policy")
 
 
 def write_log(path: Path, events: int, actions: int, seed: int = 7) -> None:
@@ -117,6 +121,9 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement, interleaved; the best counts")
+    parser.add_argument(
+        "--replay-only", action="store_true", help="time the two replays only (for runs of two versions in turn)"
+    )
     args = parser.parse_args()
 
     candidates = list(BUILT_INS)
@@ -150,6 +157,8 @@ def main() -> None:
             "replay, 5 policies, with DR model": replayed(DEFAULT_REWARD_MODEL),
             "replay, 5 policies, without DR model": replayed(None),
         }
+        if args.replay_only:
+            measurements = {label: run for label, run in measurements.items() if label.startswith("replay")}
         # Other work on the machine slows some runs down: each measurement runs --repeat times, interleaved
         # with the others, and its fastest run counts.
         best = {label: math.inf for label in measurements}
@@ -159,12 +168,12 @@ def main() -> None:
         rate = {label: args.events / seconds for label, seconds in best.items()}
         print(runs[-1].table())
         print()
-        pyvw, raw, reader = (rate[label] for label in list(measurements)[:3])
+        pyvw, raw, reader = (rate.get(label, math.nan) for label in VW_LABELS)
         for label, value in rate.items():
             line = f"{label:40s} {value:10,.0f} events/s"
             if label == "VW parse+learn (pylibvw), 2 processes":
                 line += f"   two busy cores do {value / raw:.2f}x the work of one"
-            if label.startswith("replay"):
+            if label.startswith("replay") and not args.replay_only:
                 line += f"   {value / pyvw:6.1%} of pyvw, {value / raw:6.1%} of pylibvw, {value / reader:6.1%} of -d"
             print(line)
 

@@ -70,7 +70,7 @@ import vowpalwabbit
 from ranker import dsjson, models, rules
 from ranker.engine import Engine, slot_scores_of, uniform, vw_arguments
 from ranker.harness import Server
-from ranker.service import choose_slots, slot_options
+from ranker.slots import choose_slots, slot_options
 from ranker.settings import hash_key
 
 

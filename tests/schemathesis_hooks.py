@@ -97,3 +97,38 @@ def _job(body: dict[str, Any]) -> None:
         body["policies"] = [
             {"name": f"policy-{i}", "arguments": SINGLE_SLOT} for i, _ in enumerate(body["policies"][:MAX_POLICIES])
         ]
+    if isinstance(body.get("rules"), dict):
+        _rules(body["rules"])
+
+
+TESTS = ("equals", "in", "not_in", "gte", "lte", "exists")
+FOREVER = timedelta(days=10000)  # what _duration answers for text that is not a duration ranker takes
+
+
+def _rules(rules: dict[str, Any]) -> None:
+    """A what-if's rules are checked as a loop's are; what their schema cannot say: a rule's actions name ids or
+    features, a condition holds exactly one test (fresh_within aside) and a valid duration, an availability
+    window starts before it ends, a discovery window is at least a second."""
+    for kind in ("entitlements", "availability", "priority", "discovery"):
+        for rule in rules.get(kind, []):
+            actions = rule["actions"]
+            if actions.get("ids") is None and actions.get("features") is None:
+                actions["ids"] = ["a1"]
+            for condition in [*(actions.get("features") or []), *rule.get("requires", []), *rule.get("when", [])]:
+                _condition(condition)
+            if kind == "availability" and rule.get("start") and rule.get("end"):
+                start, end = _moment(rule["start"]), _moment(rule["end"])
+                if start is None or end is None or start >= end:
+                    rule["end"] = None
+            if kind == "discovery" and not timedelta(seconds=1) <= _duration(rule.get("window", "P7D")) < FOREVER:
+                rule["window"] = "P7D"
+
+
+def _condition(condition: dict[str, Any]) -> None:
+    if condition.get("fresh_within") is not None and _duration(condition["fresh_within"]) >= FOREVER:
+        condition["fresh_within"] = "PT1H"
+    tests = [name for name in TESTS if condition.get(name) is not None]
+    for name in tests[1:]:
+        del condition[name]
+    if not tests and condition.get("fresh_within") is None:
+        condition["exists"] = True

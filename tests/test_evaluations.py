@@ -148,6 +148,92 @@ def test_an_evaluation_runs_reports_each_policy_and_its_policy_can_be_applied(lo
     assert client.get(f"{V1}/evaluations", headers=ADMIN).get_json() == {"value": []}
 
 
+# A0 only for segment s3, where it is the clicked one: under these rules Baseline (the first eligible action)
+# shows a0 in s3 and a1 elsewhere, earning (0.7 + 0.7 + 0.1 + 0.1) / 4 in the simulated world (0.25 as logged);
+# Random, uniform over a1-a3 in s0-s2 and over all four in s3, earns (3 * 0.3 + 0.25) / 4.
+WHAT_IF_RULES = {
+    "entitlements": [
+        {
+            "name": "a0-for-s3",
+            "actions": {"ids": ["a0"]},
+            "requires": [{"path": "user.segment", "equals": "s3"}],
+        }
+    ]
+}
+WHAT_IF_TRUTH = {"Baseline": 0.4, "Random": (3 * 0.3 + 0.25) / 4}
+
+
+def test_an_evaluation_reports_segments_and_a_rule_what_if(logged):
+    client, settings, window, _ = logged
+    body = {"name": "why", **window, "policies": [LEARNER], "segmentBy": ["user.segment", "noise.draw"]}
+    body |= {"minSegmentEvents": 150, "rules": WHAT_IF_RULES}
+    created = client.put(f"{V1}/evaluations/seg", json=body, headers=ADMIN)
+    assert created.status_code == 200, created.get_json()
+    assert run_pending(settings) == 1
+    evaluation = client.get(f"{V1}/evaluations/seg", headers=ADMIN).get_json()
+    assert evaluation["status"] == "Succeeded", evaluation
+    assert evaluation["segmentBy"] == ["user.segment", "noise.draw"] and evaluation["rules"] == WHAT_IF_RULES
+    assert evaluation["minSegmentEvents"] == 150
+    segments = evaluation["segments"]
+    assert list(segments) == ["user.segment", "noise.draw"]
+    assert {s["segment"] for s in segments["user.segment"]} == {"s0", "s1", "s2", "s3"}
+    assert {s["segment"] for s in segments["noise.draw"]} == {"0", "1", "2"}  # numbers as JSON
+    for path, rows in segments.items():
+        assert sum(s["events"] for s in rows) == EVENTS, path
+        for segment in rows:
+            policies = {p["name"]: p["summary"] for p in segment["policies"]}
+            assert set(policies) == {"Online", "Baseline", "Random", "learner"}
+            for name, summary in policies.items():
+                assert summary["events"] == segment["events"]
+                lower, upper = summary["confidenceInterval"]
+                assert 0 <= lower <= summary["expectedReward"] <= upper <= 1, (path, segment["segment"], name)
+            assert [c["reference"] for c in policies["learner"]["comparisons"]] == ["Online", "Baseline"]
+    # every segment's Baseline shows a0: clicked 70% in s3, 10% elsewhere
+    baseline = {
+        s["segment"]: next(p["summary"] for p in s["policies"] if p["name"] == "Baseline")
+        for s in segments["user.segment"]
+    }
+    assert baseline["s3"]["confidenceInterval"][0] > baseline["s0"]["confidenceInterval"][1]
+
+    what_if = evaluation["rulesWhatIf"]
+    assert what_if["events"] == EVENTS and what_if["excludedActionsKnown"] is True
+    rows = {row["name"]: row for row in what_if["policies"]}
+    assert set(rows) == {"Online", "Baseline", "Random", "learner"}
+    for name, truth in WHAT_IF_TRUTH.items():
+        row = rows[name]
+        assert row["unsupportedShare"] == 0  # the rules only take actions away; the logging explored every one
+        assert row["worst"] == row["best"] == pytest.approx(row["supportedEstimate"])
+        lower, upper = row["confidenceInterval"]
+        assert lower <= truth <= upper, (name, row)
+    # as logged, Baseline showed a0 everywhere and earned about 0.25: the what-if sees the rules' change
+    assert rows["Baseline"]["confidenceInterval"][0] > by_name(evaluation)["Baseline"]["summary"]["expectedReward"]
+
+
+@pytest.mark.parametrize(
+    "extra, target",
+    [
+        ({"segmentBy": ["user..segment"]}, "segmentBy.0"),
+        ({"segmentBy": "user.segment"}, "segmentBy"),
+        ({"segmentBy": ["p"] * 11}, "segmentBy"),
+        ({"minSegmentEvents": 0}, "minSegmentEvents"),
+        ({"minSegmentEvents": "100"}, "minSegmentEvents"),
+        ({"rules": {"entitlement": []}}, "rules.entitlement"),
+        ({"rules": {"priority": [{"name": "p", "actions": {"ids": ["a1"]}, "factor": 0}]}}, "rules.priority.0.factor"),
+        ({"rules": []}, "rules"),
+    ],
+)
+def test_bad_segments_and_rules_are_a_400_in_the_one_error_shape(tmp_path, extra, target):
+    path = tmp_path / "ranker.toml"
+    path.write_text(CONFIG)
+    client = create_app(load_settings(path, environ={}, overrides={"data_dir": tmp_path})).test_client()
+    window = {"startTime": "2030-01-01T00:00:00Z", "endTime": "2030-01-02T00:00:00Z"}
+    response = client.put(f"{V1}/evaluations/bad", json={"name": "n", **window, **extra}, headers=ADMIN)
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "BadRequest" and error["target"] == target and error["message"]
+    assert client.get(f"{V1}/evaluations/bad", headers=ADMIN).status_code == 404
+
+
 def test_policy_optimization_adds_the_best_policy_it_found_and_it_can_be_applied(logged):
     client, settings, window, _ = logged
     body = {"name": "tuned", **window, "enablePolicyOptimization": "false"}
@@ -280,7 +366,8 @@ def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(se
     time.sleep(2.5)  # rewardWaitTime and the commit grace: every decision is due
     window = {"startTime": start.isoformat(), "endTime": datetime.now(UTC).isoformat()}
 
-    admin.create_evaluation("sdk", {"name": "sdk", **window, "policies": [LEARNER]})
+    extensions = {"segmentBy": ["user.segment"], "minSegmentEvents": 5, "rules": WHAT_IF_RULES}
+    admin.create_evaluation("sdk", {"name": "sdk", **window, "policies": [LEARNER], **extensions})
     with pytest.raises(ResourceExistsError):
         admin.create_evaluation("sdk", {"name": "sdk", **window, "policies": [LEARNER]})
     admin.create_feature_importance("sdk-fi", {"name": "sdk-fi", **window})
@@ -294,6 +381,14 @@ def test_the_sdk_evaluation_calls_run_unchanged_and_the_trainer_runs_the_jobs(se
         time.sleep(0.2)
     assert evaluation["status"] == "Succeeded", evaluation
     assert {p["name"] for p in evaluation["content"]["value"]} == {"Online", "Baseline", "Random", "learner"}
+    # the extensions pass through the SDK: the segments and the rule what-if
+    assert evaluation["segmentBy"] == ["user.segment"] and evaluation["rules"] == WHAT_IF_RULES
+    by_segment = evaluation["segments"]["user.segment"]
+    assert sum(segment["events"] for segment in by_segment) == evaluation["events"]
+    assert all(len(segment["policies"]) == 4 for segment in by_segment)
+    what_if = {row["name"]: row for row in evaluation["rulesWhatIf"]["policies"]}
+    assert set(what_if) == {"Online", "Baseline", "Random", "learner"}
+    assert all(row["worst"] <= row["best"] for row in what_if.values())
     assert importance["status"] == "Succeeded", importance
     assert {s["namespace"] for s in importance["featureScores"]} == {"user", "item", "noise"}
     assert [e["id"] for e in admin.list_evaluations()] == ["sdk"]

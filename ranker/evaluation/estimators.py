@@ -102,6 +102,20 @@ class LoggedData:
         weights.setflags(write=False)
         return weights
 
+    def subset(self, mask: np.ndarray) -> LoggedData:
+        """The events where ``mask`` (a boolean array over the events) holds, every field kept."""
+        optional = {
+            name: getattr(self, name)[mask]
+            for name in ("reward_model_target", "reward_model_logged")
+            if getattr(self, name) is not None
+        }
+        return LoggedData(
+            reward=self.reward[mask],
+            logged_probability=self.logged_probability[mask],
+            target_probability=self.target_probability[mask],
+            **optional,
+        )
+
 
 class Estimator(ABC):
     """An estimator of the target policy's expected reward V(π) = E_x Σ_a π(a|x) E[r | x, a]."""

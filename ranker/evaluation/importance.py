@@ -30,17 +30,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ranker.evaluation.replay import (
-    RANDOM,
-    Candidate,
-    DsjsonFile,
-    Event,
-    LoopLog,
-    MultiSlotEvent,
-    Skipped,
-    replay,
-    source_is_multislot,
-)
+from ranker.evaluation.candidates import RANDOM, Candidate
+from ranker.evaluation.replay import replay
+from ranker.evaluation.sources import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped, source_is_multislot
 
 __all__ = ["DEFAULT", "importance", "namespaces", "unscored"]
 

@@ -13,10 +13,12 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from ranker.evaluation import whatif
 from ranker.evaluation.compare import BETTER
 from ranker.evaluation.importance import DEFAULT, importance, unscored
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
+from ranker.rules import Rules
 from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
 from ranker.store import open_database, timestamp
@@ -91,7 +93,8 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
     if optimized is not None:
         policies.append(optimized)
     custom = [Candidate(p["name"], p["arguments"]) for p in policies]
-    report = replay(source, [*BUILT_INS, *custom], reference=BASELINE)
+    by, minimum = definition.get("segmentBy", []), definition.get("minSegmentEvents", 100)
+    report = replay(source, [*BUILT_INS, *custom], reference=BASELINE, by=by, min_segment_events=minimum)
     arguments = {p["name"]: p["arguments"] for p in policies}
     arguments[ONLINE] = definition["online"]["arguments"]
     sources = {**SOURCES, **({optimized["name"]: OPTIMIZED} if optimized else {})}
@@ -105,24 +108,7 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
             "arguments": arguments.get(name, ""),
             "policySource": sources.get(name, "Custom"),
             "slotId": slot_id,
-            "summary": {
-                "expectedReward": row["cressie_read"] if row["cressie_read"] is not None else row["ips"],
-                "confidenceInterval": row["interval"],
-                "events": row["n"],
-                "ips": row["ips"],
-                "snips": row["snips"],
-                "dr": row["dr"],
-                "comparisons": [
-                    {
-                        "reference": reference,
-                        "difference": difference["estimate"],
-                        "confidenceInterval": difference["interval"],
-                        "verdict": difference["verdict"],
-                        "moreEvents": difference["more_events"],
-                    }
-                    for reference, difference in row["versus"].items()
-                ],
-            },
+            "summary": _summary(row),
             "timeseries": {
                 "data": [
                     {"timeStamp": report.cumulative["timestamp"][i], "expectedReward": series[i]}
@@ -140,12 +126,71 @@ def _evaluate(settings: Settings, loop: str, definition: dict[str, Any]) -> dict
                 value.append(result(name, slot_id, slot_row, report.cumulative["slots"][slot_id]["ips"][name]))
     choices = [v for v in value if v["name"] not in (BASELINE, RANDOM) and not v["slotId"]]
     best = max(choices, key=_preference)
+    extensions: dict[str, Any] = {}
+    if by:
+        extensions["segments"] = {
+            path: [
+                {
+                    "segment": segment["segment"],
+                    "events": segment["events"],
+                    "samples": segment["samples"],
+                    "policies": [{"name": row["policy"], "summary": _summary(row)} for row in segment["policies"]],
+                }
+                for segment in segments
+            ]
+            for path, segments in report.segments.items()
+        }
+        extensions["minSegmentEvents"] = minimum
+    if "rules" in definition:
+        extensions["rulesWhatIf"] = _what_if(whatif.what_if(source, report, Rules.model_validate(definition["rules"])))
     return {
         "events": report.events,
         "skipped": report.skipped,
         "optimalPolicy": best["name"],
         "optimizedPolicy": optimized,
         "content": {"startTime": definition["startTime"], "endTime": definition["endTime"], "value": value},
+        **extensions,
+    }
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A replay row as Personalizer's result summary, with the paired comparisons (an extension)."""
+    return {
+        "expectedReward": row["cressie_read"] if row["cressie_read"] is not None else row["ips"],
+        "confidenceInterval": row["interval"],
+        "events": row["n"],
+        "ips": row["ips"],
+        "snips": row["snips"],
+        "dr": row["dr"],
+        "comparisons": [
+            {
+                "reference": reference,
+                "difference": difference["estimate"],
+                "confidenceInterval": difference["interval"],
+                "verdict": difference["verdict"],
+                "moreEvents": difference["more_events"],
+            }
+            for reference, difference in row["versus"].items()
+        ],
+    }
+
+
+def _what_if(result: dict[str, Any]) -> dict[str, Any]:
+    """A rule what-if (:func:`~ranker.evaluation.whatif.what_if`) in the API's words."""
+    return {
+        "events": result["events"],
+        "excludedActionsKnown": result["excluded_known"],
+        "policies": [
+            {
+                "name": row["policy"],
+                "unsupportedShare": row["unsupported_share"],
+                "supportedEstimate": row["supported_estimate"],
+                "worst": row["worst"],
+                "best": row["best"],
+                "confidenceInterval": row["interval"],
+            }
+            for row in result["policies"]
+        ],
     }
 
 

@@ -53,7 +53,7 @@ class Learners:
 
     An entry that is an index instead of arguments reports the scores of that entry's regressor, before its
     update: a ``--cb_adf`` reward model learns exactly what an epsilon-greedy policy's MTR regressor learns, so
-    the policy's workspace can report both (:func:`ranker.evaluation.replay.regressor`): VW leaves every action
+    the policy's workspace can report both (:func:`ranker.evaluation.scheduling.regressor`): VW leaves every action
     example's score in place after an MTR update but the logged one's, which a prediction over the logged action
     alone gives first. The scores are the reward model's own (tests/test_replay.py).
     """

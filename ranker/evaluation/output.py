@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ranker.evaluation.replay import Report
+from ranker.evaluation.report import Report
 
 
 def write(report: Report, folder: str | Path) -> tuple[Path, Path | None]:

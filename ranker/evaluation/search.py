@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ranker.engine import is_multislot
+from ranker.evaluation.candidates import BASELINE, ONLINE, Candidate
 from ranker.evaluation.compare import BETTER
-from ranker.evaluation.replay import BASELINE, ONLINE, Candidate, DsjsonFile, LoopLog, replay, source_is_multislot
+from ranker.evaluation.replay import replay
+from ranker.evaluation.sources import DsjsonFile, LoopLog, source_is_multislot
 from ranker.settings import POLICY_KINDS
 
 __all__ = ["PERSONALIZER_DEFAULT", "SearchResult", "graduation", "grid", "search"]

@@ -64,20 +64,6 @@ def _pool(values: Sequence[str], minimum: int) -> list[str]:
     return [value if counts[value] >= minimum else OTHER for value in values]
 
 
-def _subset(data: LoggedData, mask: np.ndarray) -> LoggedData:
-    optional = {
-        name: getattr(data, name)[mask]
-        for name in ("reward_model_target", "reward_model_logged")
-        if getattr(data, name) is not None
-    }
-    return LoggedData(
-        reward=data.reward[mask],
-        logged_probability=data.logged_probability[mask],
-        target_probability=data.target_probability[mask],
-        **optional,
-    )
-
-
 def segment_rows(
     data: Mapping[str, LoggedData],
     sample_event: np.ndarray,
@@ -106,7 +92,7 @@ def segment_rows(
             mask = per_sample == value
             if not mask.any():  # events whose samples were all left out
                 continue
-            parts = {name: _subset(values, mask) for name, values in data.items()}
+            parts = {name: values.subset(mask) for name, values in data.items()}
             versus = compare(parts, references, alpha=alpha, r_min=r_min, r_max=r_max)
             policies = [row(name, part) | {"versus": versus[name]} for name, part in parts.items()]
             segments.append(

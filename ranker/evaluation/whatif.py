@@ -46,7 +46,8 @@ from ranker import discovery, rules
 from ranker.engine import reweight
 from ranker.evaluation.estimators import weight_bound
 from ranker.evaluation.intervals import cressie_read_interval
-from ranker.evaluation.replay import DsjsonFile, Event, LoopLog, Report, source_is_multislot
+from ranker.evaluation.report import Report
+from ranker.evaluation.sources import DsjsonFile, Event, LoopLog, source_is_multislot
 from ranker.store import open_database
 
 __all__ = ["joined_interval", "load_rules", "what_if"]

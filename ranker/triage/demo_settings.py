@@ -139,13 +139,12 @@ features = { kind = "meeting", effort = "high", area = "product" }
 subject = "{{ account.name }}: a technical review of your reporting setup"
 template = """Hello {{ account.contact.name }},
 
-We noticed your team's use of the Reporting API has changed recently, and we would like to help.
+We noticed your team's use of the Reporting API has changed recently, and we would like to help. \\
 Could we schedule a 45-minute technical review with one of our solution engineers?
 
+What has changed on our side:
 {% for point in talking_points.reporting %}- {{ point }}
 {% endfor %}
-Why now: {{ pattern.description }}.
-
 Best regards,
 Your customer success team"""
 
@@ -168,8 +167,8 @@ features = { kind = "meeting", effort = "high", area = "relationship" }
 subject = "A call with our VP of Customer Success, for {{ account.name }}"
 template = """Hello {{ account.contact.name }},
 
-Ahead of your renewal on {{ account.contract.renewalDate }}, our VP of Customer Success would like to hear how
-the product is working for {{ account.name }} and what you need from us next year. Would a 30-minute call in
+Ahead of your renewal on {{ account.contract.renewalDate }}, our VP of Customer Success would like to hear how \\
+the product is working for {{ account.name }} and what you need from us next year. Would a 30-minute call in \\
 the coming two weeks suit you?
 
 Best regards,
@@ -181,7 +180,7 @@ features = { kind = "offer", effort = "low", area = "commercial" }
 subject = "Your renewal: an offer for {{ account.name }}"
 template = """Hello {{ account.contact.name }},
 
-Your renewal is coming up on {{ account.contract.renewalDate }}. We would like to offer {{ account.name }}
+Your renewal is coming up on {{ account.contract.renewalDate }}. We would like to offer {{ account.name }} \\
 a renewal at a reduced price for a multi-year commitment.
 {% for point in talking_points.pricing %}
 - {{ point }}{% endfor %}

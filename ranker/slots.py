@@ -1,0 +1,95 @@
+"""Multi-slot Rank's filling: which actions each slot may take once its rules have spoken, and the slots
+filled in order, each with a different action, each predicted with the slots above it pinned (VW's CCB).
+:meth:`ranker.service.Service.rank_multislot` uses it; a simulation calls it with its own VW workspace to
+choose exactly as the service does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import dsjson, rules
+from .engine import reweight, sample
+
+
+@dataclass
+class Slots:
+    """The slots :func:`choose_slots` filled: the record's ``_slots``, ``_outcomes`` and ``_ba`` (filled slots
+    only), and per requested slot the ``_multi`` index chosen with its probability (None: no action left)."""
+
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    baselines: list[int] = field(default_factory=list)
+    chosen: list[tuple[int, float] | None] = field(default_factory=list)
+
+
+def slot_options(
+    slot_ids: list[str], features: list[dict[str, Any]], verdicts: list[rules.Verdict], baselines: list[int]
+) -> tuple[list[int], list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]]]:
+    """What :func:`choose_slots` chooses from, given each slot's rule verdict and baselineAction (indices into
+    the request's actions): the actions some slot may take, in request order (the record's ``_multi``), and
+    per slot its id, features, allowed ``_multi`` indices with their priority factors and its baseline's
+    ``_multi`` index (None where the rules forbid it in the slot)."""
+    offered = sorted({i for verdict in verdicts for i in verdict.eligible})
+    position = {action: m for m, action in enumerate(offered)}
+    slots = [
+        (
+            slot_id,
+            slot_features,
+            [(position[i], f) for i, f in zip(verdict.eligible, verdict.factors, strict=True)],
+            position[baseline] if baseline in verdict.eligible else None,
+        )
+        for slot_id, slot_features, verdict, baseline in zip(slot_ids, features, verdicts, baselines, strict=True)
+    ]
+    return offered, slots
+
+
+def choose_slots(
+    event_id: str,
+    c_json: str,
+    slots: list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]],
+    predict_slots: Callable[[str], list[dict[int, float]]] | None,
+) -> Slots:
+    """Fill the slots in order, each with a different action (see :meth:`Service.rank_multislot`); a script
+    calls it with its own VW workspace to choose exactly as the service does.
+
+    ``slots``: per slot its id, its features, the ``_multi`` indices its rules allow with their priority
+    factors, and its baselineAction's ``_multi`` index (None where the rules forbid it in the slot).
+    ``predict_slots`` gives VW's per-slot scores for a ``c`` object with ``_slots`` (``Engine.predict_slots``);
+    None serves every slot its baseline (Apprentice). Per slot: the actions allowed minus those earlier slots
+    took; VW's scores for the slot with the earlier slots pinned to their actions (``_inc``), reweighted by
+    the priority factors; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline
+    where it is left, else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
+    (taken or not: the Baseline of offline evaluation), else the first action left.
+    """
+    taken: set[int] = set()
+    filling = Slots()
+    for k, (slot_id, features, allowed, baseline) in enumerate(slots):
+        left = [(m, f) for m, f in allowed if m not in taken]
+        if not left:
+            filling.chosen.append(None)
+            continue
+        candidates = [m for m, _ in left]
+        served_baseline = baseline if baseline in candidates else candidates[0]
+        if predict_slots is None:
+            pmf = [float(m == served_baseline) for m in candidates]
+            chosen = candidates.index(served_baseline)
+        else:
+            # the earlier slots pinned to their actions, so VW's PMF for this slot is conditioned on them
+            pinned = [
+                {**entry, "_inc": [outcome["_a"][0]]}
+                for entry, outcome in zip(filling.slots, filling.outcomes, strict=True)
+            ]
+            slot_entry = {"_id": slot_id, **features, "_inc": candidates}
+            per_slot = predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
+            scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
+            pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
+            chosen = sample(pmf, f"{event_id}\n{k}")
+        order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
+        filling.slots.append({"_id": slot_id, **features, "_inc": candidates})
+        filling.outcomes.append({"_id": slot_id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
+        filling.baselines.append(served_baseline if baseline is None else baseline)
+        filling.chosen.append((candidates[chosen], pmf[chosen]))
+        taken.add(candidates[chosen])
+    return filling
