@@ -70,8 +70,8 @@ import vowpalwabbit
 from ranker import dsjson, models, rules
 from ranker.engine import Engine, slot_scores_of, uniform, vw_arguments
 from ranker.harness import Server
-from ranker.slots import choose_slots, slot_options
 from ranker.settings import hash_key
+from ranker.slots import choose_slots, slot_options
 
 
 def _load_b2b() -> Any:
