@@ -56,15 +56,13 @@ from typing import Any
 
 import vowpalwabbit
 
-from . import dsjson, loopconfig, vwcalls
-from .engine import is_multislot, pmf_of, slot_scores_of
+from . import apprentice, dsjson, loopconfig, vwcalls
+from .engine import is_multislot
 from .errors import StoreUnavailable
 from .evaluation import jobs
-from .evaluation.replay import LoopLog
-from .evaluation.search import graduation
 from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
 from .settings import LoopSettings, Settings, parse_duration
-from .store import learning, loop_config_row, open_database, parse_time, timestamp, transaction
+from .store import learning, open_database, parse_time, timestamp, transaction
 from .triage.schedule import TriageSchedule
 
 log = logging.getLogger("ranker.trainer")
@@ -312,7 +310,7 @@ class Trainer:
             if label is not None:
                 try:
                     if mode == "Apprentice":
-                        matched = self._imitate(ws, record)
+                        matched = apprentice.imitate(ws, record)
                         loop.apprentice.append((created_at, matched, label))
                         del loop.apprentice[:-APPRENTICE_WINDOW]
                     elif outcome.slots is not None:
@@ -330,35 +328,6 @@ class Trainer:
                 report["skipped"] += 1
             loop.last_id = decision_id
             loop.pending += 1
-
-    @staticmethod
-    def _imitate(ws: vowpalwabbit.Workspace, record: str) -> bool:
-        """Apprentice: learn that the served baseline earns 1 and the model's other choice, if any, 0.
-
-        Returns whether the model already chose the baseline before learning from this decision. A
-        multi-slot decision is imitated slot by slot: each slot's served baseline (its ``_a[0]``) earns 1 and,
-        when the model's chain of greedy choices differs anywhere, a second example labels those choices (1
-        where they are the baseline, else 0).
-        """
-        if dsjson.is_multislot(record):
-            baselines = dsjson.logged_actions(record)
-            greedy = [max(scores, key=lambda m: (scores[m], -m)) for scores in slot_scores_of(ws, record)]
-            vwcalls.learn(ws, dsjson.with_slot_labels(record, [(b, 1.0) for b in baselines]))
-            if greedy != baselines and len(greedy) == len(baselines) == len(set(greedy)):
-                vwcalls.learn(
-                    ws,
-                    dsjson.with_slot_labels(
-                        record, [(g, float(g == b)) for g, b in zip(greedy, baselines, strict=True)]
-                    ),
-                )
-            return greedy == baselines
-        head = json.loads(record[: record.index(',"c":')] + "}")
-        baseline = head["a"][0] - 1
-        greedy = _greedy(ws, record)
-        vwcalls.learn(ws, _with_label(record, baseline, 1.0))
-        if greedy != baseline:
-            vwcalls.learn(ws, _with_label(record, greedy, 0.0))
-        return greedy == baseline
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -493,23 +462,7 @@ class Trainer:
             return
         loop.graduation_checked_at = now
 
-        evidence = graduation(LoopLog(self.settings, loop.name, now=now), loop.arguments, needed)
-        if not evidence["graduate"]:
-            log.info("loop %s: stays in Apprentice mode: %s", loop.name, evidence["reason"])
-            return
-        row = loop_config_row(self._conn, loop.name)
-        service = {**json.loads((row and row[0]) or "{}"), "learningMode": "Online"}
-        learning.switch_mode(
-            self._conn,
-            loop.name,
-            service=json.dumps(service),
-            policy=row and row[1],
-            at=timestamp(now),
-            from_mode="Apprentice",
-            to_mode="Online",
-            evidence=json.dumps(evidence),
-        )
-        log.warning("loop %s: switched from Apprentice to Online: %s", loop.name, json.dumps(evidence))
+        apprentice.graduate(self._conn, self.settings, loop.name, loop.arguments, needed, now)
 
     def _drop(self, name: str) -> None:
         loop = self._loops.pop(name, None)
@@ -541,16 +494,3 @@ class Trainer:
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
-
-
-def _with_label(record: str, index: int, reward: float) -> str:
-    """The record with a CB label on ``_multi[index]`` at probability 1, placed before ``c`` as VW needs
-    (see :func:`ranker.dsjson.labeled`, which labels the served action with its logged probability)."""
-    label = {"_label_cost": -reward, "_label_probability": 1.0, "_label_Action": index + 1, "_labelIndex": index}
-    return json.dumps(label, separators=(",", ":"))[:-1] + "," + record[1:]
-
-
-def _greedy(ws: vowpalwabbit.Workspace, record: str) -> int:
-    """The action the workspace would choose without exploring: the most probable one, first on ties."""
-    pmf = pmf_of(ws, record)
-    return max(range(len(pmf)), key=lambda i: (pmf[i], -i))

@@ -4,7 +4,9 @@
   (:mod:`ranker.store.postgres`, speaking through :mod:`ranker.store.pgsql`) shared by several nodes; one
   interface, so callers never branch on it; :mod:`ranker.store.copy` moves an SQLite log into PostgreSQL;
 - :mod:`ranker.store.sqlite`: the decision log in SQLite (WAL) and its group commit (:class:`Store`), the
-  connection, migration and transaction helpers, a loop's API configuration;
+  connection, migration and transaction helpers;
+- :mod:`ranker.store.decisions`: the decision log's operations over either engine's group commit (record,
+  rewards, activation, reads, counts, a loop's API configuration) and the log's format of times;
 - :mod:`ranker.store.learning`: the trainer's checkpoint, publications, retention and mode switches;
 - :mod:`ranker.store.log`: the decisions in order with their rewards (join, export, replay), and imports;
 - :mod:`ranker.store.jobs`: the queue of evaluation and feature-importance jobs;
@@ -15,19 +17,8 @@
 """
 
 from .database import open_database
-from .sqlite import (
-    Store,
-    connect,
-    file_identity,
-    loop_config_row,
-    migrate,
-    open_log,
-    parse_time,
-    save_loop_config,
-    timestamp,
-    transaction,
-    write_turn,
-)
+from .decisions import loop_config_row, parse_time, save_loop_config, timestamp
+from .sqlite import Store, connect, file_identity, migrate, open_log, transaction, write_turn
 
 __all__ = [
     "Store",

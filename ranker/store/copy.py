@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import models as files
+from .decisions import timestamp
 from .pgsql import Connection
 from .postgres import PostgresDatabase
-from .sqlite import open_log, timestamp
+from .sqlite import open_log
 
 BATCH = 5000
 # (table, columns, the id column copied in order or None for a keyed table, its key)

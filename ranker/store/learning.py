@@ -11,7 +11,8 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from .sqlite import save_loop_config, transaction
+from .decisions import save_loop_config
+from .sqlite import transaction
 
 _STATE_COLUMNS = (
     "loop, settings, last_decision_id, length(model) AS model_bytes, learned, skipped, updated_at, "

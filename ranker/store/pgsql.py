@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from .sqlite import timestamp
+from .decisions import timestamp
 
 WRITE_TURN = 0x72616E6B65720001  # pg_advisory_xact_lock key of the write turn
 TRAINER = 0x72616E6B65720002  # pg_advisory_lock key of the trainer's leadership

@@ -50,8 +50,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..errors import StoreUnavailable
+from .decisions import timestamp
 from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, TRIAGE, Connection, migrate, translate
-from .sqlite import BATCH_LIMIT, Store, timestamp
+from .sqlite import BATCH_LIMIT, Store
 
 __all__ = ["TRAINER", "Connection", "DatabaseModels", "PostgresDatabase", "PostgresStore", "translate"]
 

@@ -13,8 +13,9 @@ import json
 import sqlite3
 from typing import Any
 
+from .decisions import activate, add_reward
 from .outbox import enqueue
-from .sqlite import Store, activate, add_reward
+from .sqlite import Store
 
 PENDING, APPROVED, DISMISSED = "pending", "approved", "dismissed"
 STATES = (PENDING, APPROVED, DISMISSED)
