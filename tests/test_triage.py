@@ -225,9 +225,10 @@ def test_dismissing_rewards_the_decision_and_records_the_reason(app, service):
 
 
 class DrafterServer:
-    """A real HTTP drafter on 127.0.0.1: answers with ``answer`` (status, body) after ``delay`` seconds."""
+    """A real HTTP drafter on 127.0.0.1: answers with ``answer`` (status, body) after ``delay`` seconds, its body
+    a byte every ``drip`` seconds when given."""
 
-    def __init__(self, status: int = 200, answer: object = None, delay: float = 0.0):
+    def __init__(self, status: int = 200, answer: object = None, delay: float = 0.0, drip: float = 0.0):
         self.received: list[dict] = []
         outer = self
 
@@ -241,7 +242,12 @@ class DrafterServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not drip:
+                        self.wfile.write(data)
+                    for byte in data if drip else ():  # one byte at a time: no single read waits long
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(drip)
                 except OSError:  # the client gave up (its timeout)
                     pass
 
@@ -283,16 +289,17 @@ def test_the_drafter_endpoint_writes_the_draft(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "status, answer, delay, note",
+    "status, answer, delay, drip, note",
     [
-        (200, {"subject": "s", "body": "b"}, 1.0, "no answer within 0.2 s"),
-        (500, {"error": "overloaded"}, 0.0, "HTTP 500"),
-        (200, {"subject": "only a subject"}, 0.0, 'no "subject" and "body"'),
-        (200, ["not", "an", "object"], 0.0, "not a JSON object"),
+        (200, {"subject": "s", "body": "b"}, 1.0, 0.0, "no answer within 0.2 s"),
+        (200, {"subject": "s", "body": "b" * 40}, 0.0, 0.05, "no answer within 0.2 s"),  # 2.5 s, a byte at a time
+        (500, {"error": "overloaded"}, 0.0, 0.0, "HTTP 500"),
+        (200, {"subject": "only a subject"}, 0.0, 0.0, 'no "subject" and "body"'),
+        (200, ["not", "an", "object"], 0.0, 0.0, "not a JSON object"),
     ],
 )
-def test_a_failing_drafter_falls_back_to_the_template_and_says_so(tmp_path, status, answer, delay, note):
-    drafter = DrafterServer(status, answer, delay)
+def test_a_failing_drafter_falls_back_to_the_template_and_says_so(tmp_path, status, answer, delay, drip, note):
+    drafter = DrafterServer(status, answer, delay, drip)
     try:
         app = make_app(tmp_path)
         settings = app.extensions["ranker"].settings.triage
@@ -304,9 +311,12 @@ def test_a_failing_drafter_falls_back_to_the_template_and_says_so(tmp_path, stat
             "action": {"id": action.id},
             "talking_points": settings.talking_points,
         }
+        started = time.monotonic()
         written = draft(action, context, settings)
+        waited = time.monotonic() - started
     finally:
         drafter.close()
+    assert waited < 1.0  # the timeout holds for the whole answer, however it arrives
     assert written.drafted_by == "template" and note in written.note and "the template's draft is used" in written.note
     assert written.subject == "Technical review for Acme"
     assert written.body.startswith("Schedule a technical review for Acme. Focus on the Reporting API.\n- Reporting API")

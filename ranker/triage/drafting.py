@@ -13,6 +13,7 @@ an error status, an answer without both texts) the template's draft is used, and
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -93,8 +94,16 @@ def ask(url: str, context: dict[str, Any], timeout: float) -> tuple[str, str]:
     data = json.dumps(context, default=str).encode()
     request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method="POST")
     try:
+        deadline = time.monotonic() + timeout  # for the whole answer: a drafter that drips its bytes is late too
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (an http(s) URL setting)
-            raw = response.read(MAX_ANSWER_BYTES + 1)
+            raw = bytearray()
+            while len(raw) <= MAX_ANSWER_BYTES:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = response.read1(65536)  # what has arrived (each read also waits at most ``timeout``)
+                if not chunk:
+                    break
+                raw += chunk
     except urllib.error.HTTPError as exc:
         raise DrafterError(f"HTTP {exc.code}") from None
     except TimeoutError:
