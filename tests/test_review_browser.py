@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -133,7 +133,8 @@ def heading(driver, text: str) -> bool:
     def holds() -> bool:
         try:
             return text in driver.find_element(By.TAG_NAME, "h1").text
-        except StaleElementReferenceException:  # the page changed under it: look again
+        except WebDriverException:  # the page changed under it (a stale element, or chromedriver's "Node with
+            # given id does not belong to the document"), or has no heading yet: look again
             return False
 
     return wait_for(holds, 10)
