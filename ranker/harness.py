@@ -20,6 +20,17 @@ from typing import Any
 from .settings import Settings
 
 
+def wait_for(condition, seconds: float = 30.0, poll: float = 0.05) -> bool:
+    """Whether ``condition()`` comes true within ``seconds`` (asked every ``poll`` seconds): for tests and
+    scripts waiting on another process (a trainer's pass, a sender, a browser's page)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

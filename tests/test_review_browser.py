@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from triage_config import ADMIN_KEY, CONFIG, RANK_KEY, REVIEW_KEY, make_app
 
-from ranker.harness import Server, free_port
+from ranker.harness import Server, free_port, wait_for
 from ranker.triage import items
 from ranker.triage.flagging import run_pass
 
@@ -116,15 +115,6 @@ def sign_in(driver, server: Server, key: str = REVIEW_KEY) -> None:
 
 def by_account(service) -> dict[str, dict]:
     return {i["account"]: i for i in items.list_items(service.store, top=500)["items"]}
-
-
-def wait_for(condition, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def heading(driver, text: str) -> bool:

@@ -30,6 +30,7 @@ from triage_config import (
     make_app,
 )
 
+from ranker.harness import wait_for
 from ranker.store import timestamp
 from ranker.triage import items
 from ranker.triage.definitions import Drafter
@@ -511,25 +512,16 @@ def test_the_trainer_process_runs_the_pass_on_its_schedule(tmp_path):
     argv = [sys.executable, "-m", "ranker", "train", "--config", str(tmp_path / "ranker.toml")]
     trainer = subprocess.Popen([*argv, "--data-dir", str(tmp_path)], env=env, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: set(by_account(service)) == {"t1"}), "the first pass did not flag t1"
+        assert wait_for(lambda: set(by_account(service)) == {"t1"}), "the first pass did not flag t1"
         # an account that comes into the horizon later is flagged by a later pass
         later = {"t2": ("fintech", 10, (today + timedelta(days=60)).isoformat(), False)}
         load_accounts(service, later, datetime.now(UTC))
-        assert _wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "no later pass flagged t2"
+        assert wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "no later pass flagged t2"
     finally:
         trainer.terminate()
         _, err = trainer.communicate(timeout=30)
     assert trainer.returncode == 0, err.decode()
     assert b"triage pass" in err
-
-
-def _wait_for(condition, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 json_values = st.recursive(

@@ -13,6 +13,7 @@ from postgres import log_rows
 from triage_config import FLAGGED, NOW, REVIEW_KEY, load_accounts, make_app
 
 from ranker.cli import cli
+from ranker.harness import wait_for
 from ranker.outbox.delivery import Sender
 from ranker.store import patterns, timestamp
 from ranker.trainer import Trainer
@@ -157,7 +158,7 @@ def test_only_the_leading_trainer_runs_triage_passes_and_sends_the_outbox(tmp_pa
     Sender(nodes[1].settings.outbox, trainers[1].database, stops[1], trainers[1].leading).start()
     try:
         threads[0].start()
-        assert _wait_for(lambda: set(by_account(service)) == {"t1"}), "the leader's first pass did not flag t1"
+        assert wait_for(lambda: set(by_account(service)) == {"t1"}), "the leader's first pass did not flag t1"
         threads[1].start()
         load_accounts(service, renewing("t2", 40), datetime.now(UTC))
         t1 = by_account(service)["t1"]
@@ -166,8 +167,8 @@ def test_only_the_leading_trainer_runs_triage_passes_and_sends_the_outbox(tmp_pa
         assert set(by_account(service)) == {"t1"} and received == []  # and its sender sent nothing
         stops[0].set()
         threads[0].join(30)
-        assert _wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "the new leader ran no pass"
-        assert _wait_for(lambda: len(received) == 1), "the new leader's sender sent nothing"
+        assert wait_for(lambda: set(by_account(service)) == {"t1", "t2"}), "the new leader ran no pass"
+        assert wait_for(lambda: len(received) == 1), "the new leader's sender sent nothing"
         assert json.loads(received[0])["key"] == f"triage:{t1['id']}"
     finally:
         for stop, thread in zip(stops, threads, strict=True):
@@ -178,15 +179,6 @@ def test_only_the_leading_trainer_runs_triage_passes_and_sends_the_outbox(tmp_pa
             trainer.close()
         sink.shutdown()
         sink.server_close()
-
-
-def _wait_for(condition, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_the_review_pages_on_postgresql(tmp_path, pg_cluster):
