@@ -235,7 +235,7 @@ def log_interval(
             if statistic(outside) <= threshold:
                 candidates.append(outside)
                 continue
-            for _ in range(30):
+            for _ in range(24):  # to 6e-8 of the reward range
                 middle = 0.5 * (inside + outside)
                 inside, outside = (middle, outside) if statistic(middle) <= threshold else (inside, middle)
             candidates.append(inside)

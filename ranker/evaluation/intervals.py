@@ -262,6 +262,10 @@ def cressie_read_interval(
     importance weight (0 and max π/μ), not the observed extremes; observed weights outside them widen them, as
     in the reference. When no bound is feasible (rounding only) the trivial bound ``r_min``/``r_max`` is returned
     (the reference returns ``r_min`` for both ends).
+
+    Without the unobserved point this is the regression estimate ± √(F⁻¹ s²/n); the point at ``w_max`` with the
+    extreme reward is all of the width beyond that, and what keeps the level where rewards at large weights are
+    rare (``scripts/coverage.py --ablation``; docs/evaluation.md, "Where the width goes").
     """
     _check_alpha(alpha)
     w, r = _check_weighted_rewards(weights, rewards, r_min, r_max, w_min, w_max)
