@@ -22,11 +22,14 @@ on the sample plus one unseen point at an extreme weight with the extreme reward
 re-derived here with switches, checked against :func:`ranker.evaluation.cressie_read_interval` on every log,
 and each part is changed alone: the χ²₁ quantile for F(1, n), each fake weight's own G*, the fake point at
 ``w_max`` only, one fake point (on G*'s side), no fake point. The rows are added below the default ones (the
-target check stays on the default rows). Then, for each setting at ``--sizes`` events, the bounded interval,
-the interval without the fake point and the SNIPS bootstrap, with the width ratio Cressie-Read / bootstrap.
+target check stays on the default rows). ``--log-el LOGS`` adds the log form (λ = 0, Owen's empirical
+likelihood: same fake points and threshold, each end by bisection on the dual; about a second per interval at
+n = 5000) over the first LOGS logs. Then, for each setting at ``--sizes`` events, the bounded interval, the
+interval without the fake point and the SNIPS bootstrap, with the width ratio Cressie-Read / bootstrap.
 
 Example: python scripts/coverage.py --replications 500
 Example: python scripts/coverage.py --replications 500 --ablation --sizes 500,2000,10000
+Example: python scripts/coverage.py --replications 200 --ablation --log-el 200
 """
 
 from __future__ import annotations
