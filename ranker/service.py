@@ -28,6 +28,7 @@ from .store import open_database, timestamp
 
 log = logging.getLogger("ranker")
 
+_NO_RULES = json.dumps(explain.logged(rules.Verdict([], [], {}, {}), {}))  # a decision no rule touched
 REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat)
 RELEASE_WAIT_SECONDS = 0.5  # how long a model load waits for requests to let go of the replaced model
 
@@ -327,7 +328,9 @@ class Service:
             record=record,
             reward_action_id=chosen_id,
             probability=chosen_p,
-            explanation=json.dumps(explain.logged(verdict, raised_by)),
+            explanation=_NO_RULES
+            if not (verdict.excluded or verdict.reweighted or raised_by)
+            else json.dumps(explain.logged(verdict, raised_by)),
             explored=None if was_explored is None else int(was_explored),
         )
         self._log(loop, row)

@@ -58,14 +58,21 @@ def activate(conn: sqlite3.Connection, loop: str, event_id: str, at: str) -> boo
     return conn.execute(sql, (at, loop, event_id)).rowcount == 1
 
 
+_INSERTS: dict[tuple[str, ...], tuple[str, str]] = {}  # a decision's columns -> its INSERT (head, statement)
+
+
 class DecisionLog:
     """What Rank, Reward, Activate, the admin API, the trainer and metrics ask of the decision log; an engine's
     store provides ``write(fn, insert=None)`` and ``read(sql, params)``."""
 
     def record_decision(self, row: dict[str, Any]) -> bool:
         """Insert a decision; False when the loop already has this event id."""
-        head = f"INSERT OR IGNORE INTO decisions ({', '.join(row)}) VALUES "
-        sql = head + "(" + ", ".join("?" * len(row)) + ")"
+        columns = tuple(row)
+        statement = _INSERTS.get(columns)
+        if statement is None:
+            head = f"INSERT OR IGNORE INTO decisions ({', '.join(row)}) VALUES "
+            statement = _INSERTS[columns] = (head, head + "(" + ", ".join("?" * len(row)) + ")")
+        head, sql = statement
         values = tuple(row.values())
         return self.write(lambda conn: conn.execute(sql, values).rowcount == 1, insert=(head, values))
 
