@@ -756,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"null  max throughput   {null.rate:8.0f} req/s   server CPU {1e3 * null.server_cpu / null.done:.2f} ms/req")
     print(f"rank  max throughput   {rank.rate:8.0f} req/s   server CPU {1e3 * rank.server_cpu / rank.done:.2f} ms/req")
     print(f"ratio rank/null        {100 * ratio:8.1f} %       (target >= 55 %, median of 5 runs)")
+    cpu_ratio = (null.server_cpu / null.done) / (rank.server_cpu / rank.done)
+    print(f"  by CPU per request   {100 * cpu_ratio:8.1f} %       (null's server CPU / Rank's)")
     print(f"rank at {paced.rate:.0f} req/s (open loop, {100 * args.fraction:.0f}% of max):")
     print(f"      p50              {p50:8.2f} ms")
     print(f"      p99              {p99:8.2f} ms      (target < 20 ms)")

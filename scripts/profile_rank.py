@@ -35,6 +35,7 @@ REQUEST_PIECES = [
     "request body",
     "JSON parse",
     "pydantic validation",
+    "JSON parse and pydantic validation, one pass",
     "feature checks",
     "auth (key, loop)",
     "candidates, ids, timestamp",
