@@ -318,7 +318,9 @@ class Service:
                     raised_by = {ids_eligible[i]: why[i] for i in sorted(raised)}
                 chosen = sample(pmf, event_id)
                 was_explored = explain.explored(model_pmf, chosen)
-            order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])
+            # by probability, highest first, ties in request order (a reversed sort keeps equal keys in order)
+            others = [i for i in range(len(eligible)) if i != chosen]
+            order = [chosen] + sorted(others, key=pmf.__getitem__, reverse=True)
             for i, (action_id, _) in enumerate(eligible):
                 probabilities[action_id] = pmf[i]
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]

@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per round (default 10)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per endpoint, alternated (default 1)")
     parser.add_argument("--concurrency", type=int, default=24, help="closed-loop connections (default 24)")
+    parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
     args = parser.parse_args(argv)
     parts = rank_body_parts()
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROFILE_RANK_OUT"] = str(out)
         data = Path(tmp) / "data"
         data.mkdir()
-        server = start_server(data, None, None)
+        server = start_server(data, None, args.threads)
         try:
             runs: dict[str, list] = {"null": [], "rank": []}
             for _ in range(args.rounds):

@@ -16,7 +16,11 @@ from typing import Any
 
 def timestamp(moment: datetime) -> str:
     """A time as the log writes it: ISO 8601 in UTC with microseconds, sorting as text in time order."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.year < 1000:  # strftime writes fewer digits for such a year; the f-string below would not
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # the same text as that strftime, at under half its cost (on every Rank and Reward)
+    m = moment
+    return f"{m.year}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
 
 
 def parse_time(text: str) -> datetime:
