@@ -16,6 +16,12 @@ only, far cheaper per request than the server, so on 2 cores it takes little fro
    whatever the server does, and a latency runs from the moment a request was due, so a slow answer
    that delays the next ones is counted against the server (no coordinated omission).
 
+4. Reward (each names an event ranked above, ``{"value": 1.0}``, 204) alternated with ``/null`` for
+   ``--rounds`` rounds; the best round of each gives Reward / null;
+5. multi-slot Rank (the same context, 20 actions, 3 slots each with a position feature and a baseline action) on
+   a second server started the same way whose one loop is multi-slot, alternated with that server's ``/null``:
+   multi-slot / null, and its rows checked against the Ranks sent. ``--rank-only`` skips 4 and 5.
+
 Each phase stops after ``--requests`` requests or ``--duration`` seconds, whichever comes first.
 Every Rank carries a unique eventId; at the end the ``decisions`` table must hold exactly one row per
 201 answered. The body: 10 context features and 10 actions with 5 features each (strings and
