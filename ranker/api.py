@@ -7,6 +7,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, g, request
+from pydantic import BaseModel
+from pydantic_core import to_json
 from werkzeug.routing import PathConverter
 
 from .errors import ApiError
@@ -18,7 +20,7 @@ from .schemas import (
     RewardRequest,
     is_id,
     parse_json,
-    validate,
+    validate_json,
 )
 from .service import Loop, Service
 
@@ -41,7 +43,8 @@ def api_key() -> str | None:
 
 
 def caller(admin: bool = False) -> Loop:
-    loop = service().authenticate(api_key(), admin=admin)
+    ranker = service()
+    loop = ranker.authenticate(api_key() if ranker.settings.auth else None, admin=admin)  # keys off: no header read
     g.loop = loop.name  # the request's loop, for its metrics (ranker.metrics)
     return loop
 
@@ -62,15 +65,28 @@ def json_body() -> Any:
     return parse_json(request_bytes())
 
 
+def validated_body(model: type[BaseModel], code: str) -> Any:
+    """The JSON body as ``model``: what :func:`json_body` then :func:`validate` give, errors included, in one
+    pass where it can (:func:`ranker.schemas.validate_json`)."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
+    return validate_json(model, request_bytes(), code)
+
+
 def json_response(body: Any, status: int) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def answer(body: dict[str, Any]) -> Response:
+    """A Rank's 201: its answer encoded compactly by pydantic's encoder (several times faster than json's)."""
+    return Response(to_json(body), status=201, mimetype="application/json")
 
 
 @bp.post("/rank")
 def rank() -> Response:
     loop = caller()
-    req = validate(RankRequest, json_body(), "InvalidRankRequest")
-    return json_response(service().rank(loop, req), 201)
+    req = validated_body(RankRequest, "InvalidRankRequest")
+    return answer(service().rank(loop, req))
 
 
 class IdConverter(PathConverter):
@@ -110,7 +126,7 @@ def path_id(value: str, code: str, target: str) -> str:
 def reward(event_id: str) -> Response:
     loop = caller()
     event_id = path_id(event_id, "InvalidRewardRequest", "eventId")
-    req = validate(RewardRequest, json_body(), "InvalidRewardRequest")
+    req = validated_body(RewardRequest, "InvalidRewardRequest")
     service().reward(loop, event_id, req.value)
     return Response(status=204)
 
@@ -126,15 +142,15 @@ def activate(event_id: str) -> Response:
 @bp.post("/multislot/rank")
 def rank_multislot() -> Response:
     loop = caller()
-    req = validate(MultiSlotRankRequest, json_body(), "InvalidRankRequest")
-    return json_response(service().rank_multislot(loop, req), 201)
+    req = validated_body(MultiSlotRankRequest, "InvalidRankRequest")
+    return answer(service().rank_multislot(loop, req))
 
 
 @bp.post("/multislot/events/<id:event_id>/reward")
 def reward_multislot(event_id: str) -> Response:
     loop = caller()
     event_id = path_id(event_id, "InvalidRewardRequest", "eventId")
-    req = validate(MultiSlotRewardRequest, json_body(), "InvalidRewardRequest")
+    req = validated_body(MultiSlotRewardRequest, "InvalidRewardRequest")
     service().reward_slots(loop, event_id, [(r.slotId, r.value) for r in req.reward])
     return Response(status=204)
 

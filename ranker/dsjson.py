@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic_core import to_json
+
 from .errors import ApiError
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
@@ -52,7 +54,9 @@ def context_json(context: dict[str, Any], actions: list[tuple[str, dict[str, Any
             entry["id"] = action_id
         entry.update(features)
         multi.append(entry)
-    return _dumps({**context, "_multi": multi})
+    # pydantic_core's encoder: the same text as _dumps (numbers in their shortest form, UTF-8 as is), but for
+    # the exponent of small floats (1e-5 where json writes 1e-05), at under half the cost
+    return to_json({**context, "_multi": multi}).decode()
 
 
 def predict_line(c_json: str, n_actions: int) -> str:

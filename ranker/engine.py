@@ -79,9 +79,12 @@ def sample(pmf: list[float], event_id: str) -> int:
 
 def reweight(pmf: list[float], factors: list[float]) -> list[float]:
     """Multiply by priority factors and renormalise; a model PMF that is not a distribution is uniform."""
-    if not all(math.isfinite(p) and p >= 0 for p in pmf) or sum(pmf) <= 0:
+    if len(pmf) != len(factors):
+        raise ValueError(f"{len(pmf)} probabilities for {len(factors)} factors")
+    if not (pmf and all(map(math.isfinite, pmf)) and min(pmf) >= 0 and sum(pmf) > 0):
         pmf = [1.0] * len(pmf)
-    weighted = [p * f for p, f in zip(pmf, factors, strict=True)]
+    # factors of 1 (no priority rule applies) leave each p as it is: the same floats, without the products
+    weighted = pmf if factors.count(1.0) == len(factors) else [p * f for p, f in zip(pmf, factors, strict=True)]
     total = sum(weighted)
     if total <= 0 or not math.isfinite(total):
         weighted, total = list(factors), sum(factors)

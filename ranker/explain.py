@@ -297,7 +297,7 @@ def explored(model_pmf: list[float], chosen: int) -> bool:
     if len(model_pmf) <= 1:
         return False
     top = max(model_pmf)
-    return model_pmf[chosen] < top or sum(p == top for p in model_pmf) > 1
+    return model_pmf[chosen] < top or model_pmf.count(top) > 1
 
 
 def action_entry(action_id: str, features: dict[str, Any], id_feature: bool) -> dict[str, Any]:

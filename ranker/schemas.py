@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -53,10 +54,12 @@ def is_id(value: Any) -> bool:
     return type(value) is str and len(value) <= MAX_ID and _ID.fullmatch(value) is not None
 
 
-def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
+def _check_object(obj: dict[str, Any], where: str, depth: int) -> int:
+    """Refuse what VW would misread (a ValueError says where); the number of keys, nested ones included."""
     # On every Rank's every feature: plain values are settled with exact type tests before anything else.
     if depth > MAX_DEPTH:
         raise ValueError(f"{where}: features nest deeper than {MAX_DEPTH} levels")
+    keys = len(obj)
     for key, value in obj.items():
         if not key or key[0] == "_":
             raise ValueError(f"{where}: feature name {key!r} is empty or starts with '_' (reserved)")
@@ -72,23 +75,23 @@ def _check_object(obj: dict[str, Any], where: str, depth: int) -> None:
             # (>= 0x80) vowpalwabbit 9.11 corrupts memory and the worker dies (SIGSEGV/SIGABRT).
             raise ValueError(f"{where}: the name {key!r} of an object or array must start with an ASCII character")
         if kind is dict:
-            _check_object(value, f"{where}.{key}", depth + 1)
+            keys += _check_object(value, f"{where}.{key}", depth + 1)
         elif kind is list:
-            _check_array(value, f"{where}.{key}", depth)
+            keys += _check_array(value, f"{where}.{key}", depth)
         else:
             raise ValueError(f"{where}.{key}: unsupported value")
+    return keys
 
 
-def _check_array(values: list[Any], where: str, depth: int) -> None:
+def _check_array(values: list[Any], where: str, depth: int) -> int:
     if all(type(v) is int or type(v) is float for v in values):
         for i, v in enumerate(values):
             if not -MAX_NUMBER <= v <= MAX_NUMBER:
                 raise ValueError(f"{where}[{i}]: numbers must be finite and within ±1e15")
-    elif all(type(v) is dict for v in values):
-        for i, v in enumerate(values):
-            _check_object(v, f"{where}[{i}]", depth + 1)
-    else:
-        raise ValueError(f"{where}: an array holds only numbers or only objects")
+        return 0
+    if all(type(v) is dict for v in values):
+        return sum(_check_object(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(values))
+    raise ValueError(f"{where}: an array holds only numbers or only objects")
 
 
 def check_features(obj: dict[str, Any], where: str) -> None:
@@ -96,9 +99,17 @@ def check_features(obj: dict[str, Any], where: str) -> None:
     _check_object(obj, where, 0)
 
 
+# The keys of the feature objects validated so far in this thread, while validate_json counts them (else None).
+_counted = threading.local()
+
+
 def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = 0
     for i, obj in enumerate(items):
-        _check_object(obj, f"[{i}]", 0)
+        keys += _check_object(obj, f"[{i}]", 0)
+    counted = getattr(_counted, "keys", None)
+    if counted is not None:
+        _counted.keys = counted + keys
     return items
 
 
@@ -340,6 +351,56 @@ def _check_unicode(value: Any) -> None:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# Bodies that go the checked way at once: NaN/Infinity literals, an escaped quote (the keys are then not counted
+# by '":' alone), whitespace between a key and its colon, and (below) surrogate escapes.
+_WS_COLON = re.compile(rb'"[ \t\r\n]+:')
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _plain(raw: bytes) -> bool:
+    """Whether every key of ``raw`` is a quote and a colon side by side (``'":'`` counts the keys exactly: in a
+    string, a quote is always escaped) and nothing needs :func:`parse_json`'s own refusals."""
+    if b"NaN" in raw or b"Infinity" in raw or b'\\"' in raw:
+        return False
+    if b"\\u" in raw and _SURROGATE_BYTES.search(raw):
+        return False
+    return _WS_COLON.search(raw) is None
+
+
+def _model_keys(model: BaseModel) -> int:
+    """The keys a validated model was given, its nested models' included (not their feature objects')."""
+    fields = model.model_fields_set
+    keys = len(fields)
+    for name in fields:
+        item = model.__dict__[name]
+        if type(item) is list and item and isinstance(item[0], BaseModel):
+            keys += sum(_model_keys(member) for member in item)
+        elif isinstance(item, BaseModel):
+            keys += _model_keys(item)
+    return keys
+
+
+def validate_json(model: type[BaseModel], raw: bytes, code: str) -> Any:
+    """``validate(model, parse_json(raw), code)``, in one pass where it can: pydantic's parser on the raw bytes.
+
+    A body it accepts is taken only when the text holds as many keys as the result (no key repeated in an
+    object: pydantic's parser would keep the last) and nothing :func:`parse_json` refuses by itself; any other
+    body, and any failure, goes through :func:`parse_json` and :func:`validate`, so every error answer is theirs,
+    byte for byte.
+    """
+    if _plain(raw):
+        _counted.keys = 0
+        try:
+            value = model.model_validate_json(raw)
+        except ValueError:  # ValidationError included
+            value = None
+        finally:
+            features, _counted.keys = _counted.keys, None
+        if value is not None and _model_keys(value) + features == raw.count(b'":'):
+            return value
+    return validate(model, parse_json(raw), code)
 
 
 def validate(model: type[BaseModel], data: Any, code: str) -> Any:

@@ -28,6 +28,7 @@ from .store import open_database, timestamp
 
 log = logging.getLogger("ranker")
 
+_NO_RULES = json.dumps(explain.logged(rules.Verdict([], [], {}, {}), {}))  # a decision no rule touched
 REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat)
 RELEASE_WAIT_SECONDS = 0.5  # how long a model load waits for requests to let go of the replaced model
 
@@ -317,7 +318,9 @@ class Service:
                     raised_by = {ids_eligible[i]: why[i] for i in sorted(raised)}
                 chosen = sample(pmf, event_id)
                 was_explored = explain.explored(model_pmf, chosen)
-            order = [chosen] + sorted((i for i in range(len(eligible)) if i != chosen), key=lambda i: -pmf[i])
+            # by probability, highest first, ties in request order (a reversed sort keeps equal keys in order)
+            others = [i for i in range(len(eligible)) if i != chosen]
+            order = [chosen] + sorted(others, key=pmf.__getitem__, reverse=True)
             for i, (action_id, _) in enumerate(eligible):
                 probabilities[action_id] = pmf[i]
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
@@ -327,7 +330,9 @@ class Service:
             record=record,
             reward_action_id=chosen_id,
             probability=chosen_p,
-            explanation=json.dumps(explain.logged(verdict, raised_by)),
+            explanation=_NO_RULES
+            if not (verdict.excluded or verdict.reweighted or raised_by)
+            else json.dumps(explain.logged(verdict, raised_by)),
             explored=None if was_explored is None else int(was_explored),
         )
         self._log(loop, row)

@@ -16,6 +16,12 @@ only, far cheaper per request than the server, so on 2 cores it takes little fro
    whatever the server does, and a latency runs from the moment a request was due, so a slow answer
    that delays the next ones is counted against the server (no coordinated omission).
 
+4. Reward (each names an event ranked above, ``{"value": 1.0}``, 204) alternated with ``/null`` for
+   ``--rounds`` rounds; the best round of each gives Reward / null;
+5. multi-slot Rank (the same context, 20 actions, 3 slots each with a position feature and a baseline action) on
+   a second server started the same way whose one loop is multi-slot, alternated with that server's ``/null``:
+   multi-slot / null, and its rows checked against the Ranks sent. ``--rank-only`` skips 4 and 5.
+
 Each phase stops after ``--requests`` requests or ``--duration`` seconds, whichever comes first.
 Every Rank carries a unique eventId; at the end the ``decisions`` table must hold exactly one row per
 201 answered. The body: 10 context features and 10 actions with 5 features each (strings and
@@ -64,6 +70,9 @@ from ranker.settings import hash_key
 
 RANK_PATH = "/personalizer/v1.0/rank"
 NULL_PATH = "/null"
+MULTISLOT_PATH = "/personalizer/v1.0/multislot/rank"
+REWARD_PATH = "/personalizer/v1.0/events/{id}/reward"
+MULTISLOT_CONFIG = '[loops.default]\npolicy = "multislot"\n'  # the multi-slot server's one loop
 
 CONTEXT = [
     {
@@ -113,8 +122,47 @@ def rank_body_parts(context: list | None = None) -> tuple[bytes, bytes]:
     return (head + '"').encode(), ('"' + tail).encode()
 
 
+def multislot_body_parts(actions: int = 20, slots: int = 3) -> tuple[bytes, bytes]:
+    """A multi-slot Rank body around its eventId: the context above, ``actions`` actions (the 10 above and
+    numbered copies) and ``slots`` slots, each with a position feature and a baseline action."""
+    listed = [dict(a, id=a["id"] if i < len(ACTIONS) else f"{a['id']}-{i}") for i, a in enumerate(ACTIONS * 3)]
+    listed = listed[:actions]
+    body = {
+        "contextFeatures": CONTEXT,
+        "actions": [
+            {
+                "id": a["id"],
+                "features": [
+                    {
+                        "kind": a["kind"],
+                        "team": a["team"],
+                        "effortDays": a["effort"],
+                        "impact": a["impact"],
+                        "cost": 120.0,
+                    }
+                ],
+            }
+            for a in listed
+        ],
+        "slots": [
+            {"id": f"slot-{k}", "features": [{"position": k}], "baselineAction": listed[k]["id"]}
+            for k in range(1, slots + 1)
+        ],
+        "eventId": "\x00",
+    }
+    head, tail = json.dumps(body, separators=(",", ":")).split('"\\u0000"')
+    return (head + '"').encode(), ('"' + tail).encode()
+
+
+REWARD_PARTS = (b'{"value":1.0}', b"")  # a Reward's body; its path names the event (REWARD_PATH)
+
+
 def request_bytes(path: str, port: int, head: bytes, event_id: str, tail: bytes, key: str = "") -> bytes:
-    body = head + event_id.encode() + tail
+    """A whole request: the event id goes into the path where it holds ``{id}`` (Reward), else into the body."""
+    if "{id}" in path:
+        path, body = path.replace("{id}", event_id), head + tail
+    else:
+        body = head + event_id.encode() + tail
     auth = f"Ocp-Apim-Subscription-Key: {key}\r\n" if key else ""
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
@@ -191,6 +239,7 @@ class Phase:
     client_cpu: float = 0.0
     server_cpu: float = 0.0
     machine_cpu: float = 0.0  # busy CPU seconds of the whole machine, every process included
+    ok_status: int = 201  # the status of a request that succeeded (Reward: 204)
 
     @property
     def done(self) -> int:
@@ -366,7 +415,7 @@ async def measure(server: Server, phase: Phase, run) -> Phase:
 
 def describe(phase: Phase) -> str:
     lat = sorted(phase.latencies)
-    errors = phase.done - phase.statuses.get(201, 0)
+    errors = phase.done - phase.statuses.get(phase.ok_status, 0)
     per_request = 1e3 * phase.server_cpu / phase.done if phase.done else float("nan")
     others = max(0.0, phase.machine_cpu - phase.server_cpu - phase.client_cpu) / max(phase.elapsed, 1e-9)
     return (
@@ -429,7 +478,50 @@ async def benchmark(server: Server, args) -> tuple[list[Phase], int]:
     await measure(server, phase, open_loop(port, paced, RANK_PATH, parts, rank_ids, phase, rate, n, args.open_duration))
     print(describe(phase), flush=True)
     ok = sum(p.statuses.get(201, 0) for p in rank_phases)
-    return [best_null, best_rank, phase], ok
+    return [best_null, best_rank, phase], ok, rank_ids
+
+
+async def against_null(server: Server, args, path: str, parts: tuple, ids, ok_status: int, name: str) -> list[Phase]:
+    """Closed-loop rounds of ``path`` alternated with ``/null`` (after a warm-up of each): [best null, best
+    of ``path``]. ``ids`` gives each request's event id."""
+    null_ids = EventIds(f"null-{name}-{os.urandom(4).hex()}")
+    null_parts = rank_body_parts()
+    port, n, s = server.port, args.requests, args.duration
+    conns = [await connect(port) for _ in range(args.concurrency)]
+    await closed_loop(port, conns, NULL_PATH, null_parts, null_ids, Phase("warm-up null"), int(args.warmup * 500), 1)
+    await closed_loop(port, conns, path, parts, ids, Phase("warm-up", ok_status=ok_status), int(args.warmup * 500), 1)
+    nulls, others = [], []
+    for r in range(1, args.rounds + 1):
+        phase = Phase(f"null, closed loop #{r}")
+        nulls.append(
+            await measure(server, phase, closed_loop(port, conns, NULL_PATH, null_parts, null_ids, phase, n, s))
+        )
+        print(describe(phase), flush=True)
+        phase = Phase(f"{name}, closed loop #{r}", ok_status=ok_status)
+        others.append(await measure(server, phase, closed_loop(port, conns, path, parts, ids, phase, n, s)))
+        print(describe(phase), flush=True)
+    for conn in conns:
+        conn.close()
+    return [max(nulls, key=lambda p: p.rate), max(others, key=lambda p: p.rate)]
+
+
+class Ranked:
+    """The event ids the Rank phases used (``prefix-000000001`` on), in turn: each Reward names a ranked event."""
+
+    def __init__(self, prefix: str, count: int) -> None:
+        self.prefix, self.count, self.next = prefix, count, 0
+
+    def __call__(self) -> str:
+        self.next += 1
+        return f"{self.prefix}-{(self.next - 1) % self.count + 1:09d}"
+
+
+def ratio_line(name: str, null: Phase, other: Phase) -> str:
+    return (
+        f"{name:<14} {other.rate:7.0f} req/s, server CPU {1e3 * other.server_cpu / other.done:.2f} ms/req;  "
+        f"null {null.rate:7.0f} req/s, {1e3 * null.server_cpu / null.done:.2f} ms/req;  "
+        f"{name} / null {100 * other.rate / null.rate:5.1f} %"
+    )
 
 
 # -- enrichment mode ---------------------------------------------------------------------------
@@ -603,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="keep the server's data here (default: a temporary folder)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
+        "--rank-only", action="store_true", help="skip the Reward and multi-slot Rank ratios (and their server)"
+    )
+    parser.add_argument(
         "--explain", action="store_true", help="each round also runs Rank with explanations on (same server)"
     )
     parser.add_argument(
@@ -633,10 +728,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{os.cpu_count()} CPUs shared with this client",
                 flush=True,
             )
-            (null, rank, paced), ok = asyncio.run(benchmark(server, args))
+            (null, rank, paced), ok, ranked = asyncio.run(benchmark(server, args))
+            if not args.rank_only:
+                rewards = Ranked(ranked.prefix, ranked.next)
+                print("Reward (each names an event ranked above), alternated with null:", flush=True)
+                reward_pair = asyncio.run(against_null(server, args, REWARD_PATH, REWARD_PARTS, rewards, 204, "reward"))
         finally:
             server.stop()
         rows = committed_decisions(data_dir)
+    multislot_pair, multislot_ok, multislot_rows = None, 0, 0
+    if not args.rank_only:
+        with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
+            server = start_server(Path(tmp), args.workers, args.threads, MULTISLOT_CONFIG)
+            try:
+                print(f"multi-slot Rank (3 slots of 20 actions), a server of its own on {server.url}:", flush=True)
+                ids = EventIds(f"slots-{os.urandom(4).hex()}")
+                run = against_null(server, args, MULTISLOT_PATH, multislot_body_parts(), ids, 201, "multi-slot")
+                multislot_pair = asyncio.run(run)
+                multislot_ok = ids.next  # every request of the warm-up and rounds; each must be a 201 and a row
+                multislot_errors = sum(p.done - p.statuses.get(201, 0) for p in multislot_pair)
+            finally:
+                server.stop()
+            multislot_rows = committed_decisions(Path(tmp))
 
     lat = sorted(paced.latencies)
     ratio = rank.rate / null.rate
@@ -649,13 +762,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"null  max throughput   {null.rate:8.0f} req/s   server CPU {1e3 * null.server_cpu / null.done:.2f} ms/req")
     print(f"rank  max throughput   {rank.rate:8.0f} req/s   server CPU {1e3 * rank.server_cpu / rank.done:.2f} ms/req")
     print(f"ratio rank/null        {100 * ratio:8.1f} %       (target >= 55 %, median of 5 runs)")
+    cpu_ratio = (null.server_cpu / null.done) / (rank.server_cpu / rank.done)
+    print(f"  by CPU per request   {100 * cpu_ratio:8.1f} %       (null's server CPU / Rank's)")
     print(f"rank at {paced.rate:.0f} req/s (open loop, {100 * args.fraction:.0f}% of max):")
     print(f"      p50              {p50:8.2f} ms")
     print(f"      p99              {p99:8.2f} ms      (target < 20 ms)")
     print(f"      max              {1e3 * lat[-1]:8.2f} ms      client timer lag p99 {lag:.2f} ms")
     print(f"rows committed         {rows:8d}          201s answered to Rank: {ok}")
     print(f"other processes        {100 * others:8.0f} % of a CPU meanwhile (the targets assume an idle machine)")
-    consistent = rows == ok
+    if not args.rank_only:
+        print(ratio_line("reward", *reward_pair))
+        print(ratio_line("multi-slot", *multislot_pair))
+        print(f"multi-slot rows committed {multislot_rows}; Ranks sent {multislot_ok}")
+    consistent = rows == ok and (args.rank_only or (multislot_rows == multislot_ok and not multislot_errors))
     met = ratio >= 0.55 and p99 < 20
     print(
         f"durability check       {'OK' if consistent else 'MISMATCH'}; targets {'met' if met else 'missed'}"

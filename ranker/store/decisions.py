@@ -16,7 +16,11 @@ from typing import Any
 
 def timestamp(moment: datetime) -> str:
     """A time as the log writes it: ISO 8601 in UTC with microseconds, sorting as text in time order."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.year < 1000:  # strftime writes fewer digits for such a year; the f-string below would not
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # the same text as that strftime, at under half its cost (on every Rank and Reward)
+    m = moment
+    return f"{m.year}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -58,14 +62,21 @@ def activate(conn: sqlite3.Connection, loop: str, event_id: str, at: str) -> boo
     return conn.execute(sql, (at, loop, event_id)).rowcount == 1
 
 
+_INSERTS: dict[tuple[str, ...], tuple[str, str]] = {}  # a decision's columns -> its INSERT (head, statement)
+
+
 class DecisionLog:
     """What Rank, Reward, Activate, the admin API, the trainer and metrics ask of the decision log; an engine's
     store provides ``write(fn, insert=None)`` and ``read(sql, params)``."""
 
     def record_decision(self, row: dict[str, Any]) -> bool:
         """Insert a decision; False when the loop already has this event id."""
-        head = f"INSERT OR IGNORE INTO decisions ({', '.join(row)}) VALUES "
-        sql = head + "(" + ", ".join("?" * len(row)) + ")"
+        columns = tuple(row)
+        statement = _INSERTS.get(columns)
+        if statement is None:
+            head = f"INSERT OR IGNORE INTO decisions ({', '.join(row)}) VALUES "
+            statement = _INSERTS[columns] = (head, head + "(" + ", ".join("?" * len(row)) + ")")
+        head, sql = statement
         values = tuple(row.values())
         return self.write(lambda conn: conn.execute(sql, values).rowcount == 1, insert=(head, values))
 

@@ -1,0 +1,170 @@
+"""In-worker CPU accounting for ``scripts/profile_rank.py``: each piece of a request timed with its thread's CPU clock.
+
+``register()`` (from a ``sitecustomize`` that the profiler puts on the server's ``PYTHONPATH``) arranges for every
+forked gunicorn worker to wrap the functions of ``PIECES`` before it loads the app. A wrapper adds the thread CPU
+time spent in its function, less what nested wrapped functions took (exclusive time), to its piece, and counts the
+calls; the threads' CPU clock counts no time spent waiting (for the GIL, a lock, the disk). Every 0.5 s the worker
+writes its totals, and the CPU of its main thread (the poller that reads requests) and of its store writer thread
+(from /proc), to ``$PROFILE_RANK_OUT/<pid>.json``. Nothing here is part of ranker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+
+_clock = time.thread_time_ns
+_totals: dict[str, list[int]] = {}  # piece -> [exclusive ns, calls]
+_local = threading.local()
+_writer_tids: set[int] = set()
+
+
+def _wrap(fn, piece: str):
+    entry = _totals.setdefault(piece, [0, 0])
+
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        stack = getattr(_local, "stack", None)
+        if stack is None:
+            stack = _local.stack = []
+        stack.append(0)
+        start = _clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            elapsed = _clock() - start
+            nested = stack.pop()
+            entry[0] += elapsed - nested
+            entry[1] += 1
+            if stack:
+                stack[-1] += elapsed
+
+    return timed
+
+
+def _patch(owner, name: str, piece: str) -> None:
+    """Time ``owner.name`` as ``piece``; nothing when this version of ranker has no such name."""
+    raw = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    if raw is None:
+        return
+    if isinstance(raw, staticmethod):
+        setattr(owner, name, staticmethod(_wrap(raw.__func__, piece)))
+    else:
+        setattr(owner, name, _wrap(raw, piece))
+
+
+def _calibrate() -> tuple[float, float]:
+    """(ns a wrapper adds inside its own measure, ns it adds to its caller) per call, from a wrapped no-op."""
+
+    def noop():
+        return None
+
+    wrapped = _wrap(noop, "calibration")
+    n = 3000
+    for _ in range(2):
+        start = _clock()
+        for _ in range(n):
+            noop()
+        plain = _clock() - start
+        _totals["calibration"] = [0, 0]
+        start = _clock()
+        for _ in range(n):
+            wrapped()
+        total = _clock() - start
+    inside = _totals.pop("calibration")[0] / n
+    return inside, max(0.0, (total - plain) / n - inside)
+
+
+def _thread_cpu(tid: int) -> float:
+    try:
+        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def install() -> None:
+    from gunicorn.workers import gthread
+
+    from ranker import api, dsjson, engine, explain, http_worker, meta, metrics, rules, schemas, service
+    from ranker.store import decisions, sqlite
+
+    inside, outside = _calibrate()
+    for module in (api, meta):
+        _patch(module, "parse_json", "JSON parse")
+    for module in (api, meta):
+        _patch(module, "request_bytes", "request body")
+    _patch(api, "validate", "pydantic validation")
+    _patch(api, "validate_json", "JSON parse and pydantic validation, one pass")
+    _patch(schemas, "_check_object", "feature checks")
+    _patch(api, "caller", "auth (key, loop)")
+    _patch(service.Service, "_begin", "candidates, ids, timestamp")
+    _patch(service.Service, "rank", "Service.rank's own lines")
+    _patch(service.Service, "rank_multislot", "Service.rank's own lines")
+    _patch(service.Service, "reward", "Service.reward's own lines")
+    _patch(rules, "apply", "rules")
+    for name in ("context_json", "decision_line", "multislot_line", "with_slots"):
+        _patch(dsjson, name, "record building")
+    _patch(service.Call, "row", "record building")
+    _patch(explain, "logged", "record building")
+    _patch(engine.Engine, "predict", "VW predict")
+    _patch(engine.Engine, "predict_slots", "VW predict")
+    for name in ("reweight", "sample"):
+        _patch(service, name, "sampling")
+    _patch(explain, "explored", "sampling")
+    _patch(service, "choose_slots", "slot filling (predicts inside)")
+    _patch(api, "json_response", "response encoding")
+    _patch(api, "answer", "response encoding")
+    _patch(metrics.Metrics, "started", "metrics")
+    _patch(metrics.Metrics, "finished", "metrics")
+    _patch(sqlite.Store, "write", "hand-off to the writer (request thread)")
+    _patch(decisions.DecisionLog, "record_decision", "hand-off to the writer (request thread)")
+    _patch(sqlite, "_run_merged", "writer: INSERT")
+    _patch(sqlite.Store, "_commit", "writer: BEGIN, COMMIT")
+    _patch(sqlite.Store, "check", "writer: file checks (stat)")
+    _patch(http_worker.BufferingWorker, "serve", "request thread's framework")
+    _patch(gthread.ThreadWorker, "handle_request", "request thread's framework")
+    for name in ("null",):
+        _patch(meta, name, "null view's own lines")
+
+    write_loop = sqlite.Store._write_loop
+
+    def tracked(self):
+        _writer_tids.add(threading.get_native_id())
+        return write_loop(self)
+
+    sqlite.Store._write_loop = tracked
+    out = os.environ["PROFILE_RANK_OUT"]
+    main_tid = threading.get_native_id()
+
+    def dump() -> None:
+        path = os.path.join(out, f"{os.getpid()}.json")
+        while True:
+            body = {
+                "pieces": {k: list(v) for k, v in _totals.items()},
+                "inside_ns": inside,
+                "outside_ns": outside,
+                "main_cpu": _thread_cpu(main_tid),
+                "writer_cpu": sum(_thread_cpu(tid) for tid in list(_writer_tids)),
+            }
+            with open(path + ".tmp", "w") as f:
+                json.dump(body, f)
+            os.replace(path + ".tmp", path)
+            time.sleep(0.5)
+
+    threading.Thread(target=dump, daemon=True, name="profile-dump").start()
+
+
+def register() -> None:
+    if os.environ.get("PROFILE_RANK_OUT"):
+        os.register_at_fork(after_in_child=_in_worker)
+
+
+def _in_worker() -> None:
+    import sys
+
+    if "gunicorn" in sys.modules and "ranker.app" not in sys.modules:  # a worker, before it loads the app
+        install()

@@ -1,0 +1,178 @@
+"""Where a Rank's server CPU goes, piece by piece, measured inside the workers of a real ``ranker serve`` under load.
+
+The script starts the server as ``scripts/bench_rank.py`` does (production gunicorn settings, ``synchronous =
+FULL``, the null endpoint on) with ``scripts/profile_hook.py`` loaded into each gunicorn worker: every piece of
+the request path (JSON parse, pydantic validation, feature checks, rules, record building, VW predict, sampling,
+response encoding, metrics, the hand-off to the writer thread, INSERT, BEGIN/COMMIT, ...) is timed with its
+thread's CPU clock, exclusive of the pieces it calls, so no time waiting for the GIL, a lock or the disk counts.
+This process loads the server with bench_rank's keep-alive client and body, each endpoint in turn (``POST /null``,
+then Rank), and prints the microseconds of CPU per request of each piece. What no piece names: the request
+threads' framework (gunicorn's request handling, Flask, werkzeug), the worker's main thread (the poller that
+reads whole requests, ``ranker.http_worker``), the writer thread's loop (queue, file lock, wake-ups) and the
+worker's other threads, from /proc. "framework beyond null" is Rank's framework less the null request's.
+
+A wrapper's own cost (two reads of the thread clock) is measured in each worker and taken off its piece and its
+caller; the figures still run a few percent above an unprofiled server's, which the script also shows.
+
+Example:
+    python scripts/profile_rank.py --seconds 10 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_rank import NULL_PATH, RANK_PATH, EventIds, Phase, closed_loop, connect, rank_body_parts, start_server
+
+REQUEST_PIECES = [
+    "request body",
+    "JSON parse",
+    "pydantic validation",
+    "JSON parse and pydantic validation, one pass",
+    "feature checks",
+    "auth (key, loop)",
+    "candidates, ids, timestamp",
+    "rules",
+    "record building",
+    "VW predict",
+    "sampling",
+    "slot filling (predicts inside)",
+    "Service.rank's own lines",
+    "Service.reward's own lines",
+    "response encoding",
+    "metrics",
+    "hand-off to the writer (request thread)",
+    "null view's own lines",
+]
+WRITER_PIECES = ["writer: INSERT", "writer: BEGIN, COMMIT", "writer: file checks (stat)"]
+FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
+
+
+def cpu_of(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def snapshot(server, out: Path) -> dict:
+    time.sleep(0.6)  # the workers write their totals every 0.5 s
+    pids = server.worker_pids()
+    dumps = [json.loads((out / f"{pid}.json").read_text()) for pid in pids]
+    pieces: dict[str, list[float]] = {}
+    for dump in dumps:
+        for name, (ns, calls) in dump["pieces"].items():
+            entry = pieces.setdefault(name, [0.0, 0])
+            entry[0] += ns / 1e9
+            entry[1] += calls
+    return {
+        "pieces": pieces,
+        "inside": max(d["inside_ns"] for d in dumps) / 1e9,
+        "outside": max(d["outside_ns"] for d in dumps) / 1e9,
+        "main": sum(d["main_cpu"] for d in dumps),
+        "writer": sum(d["writer_cpu"] for d in dumps),
+        "workers": cpu_of(pids),
+        "server": server.cpu_seconds(),
+        "at": time.monotonic(),
+    }
+
+
+def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """µs per request of each piece between two snapshots."""
+    inside, outside = after["inside"], after["outside"]
+    us: dict[str, float] = {}
+    wrapped_calls = 0
+    for name, (seconds, calls) in after["pieces"].items():
+        seconds0, calls0 = before["pieces"].get(name, [0.0, 0])
+        n = calls - calls0
+        wrapped_calls += n if name not in FRAMEWORK else 0
+        us[name] = 1e6 * (seconds - seconds0 - n * inside) / requests
+    framework = us.get("request thread's framework", 0.0) - 1e6 * wrapped_calls * outside / requests
+    us["request thread's framework"] = framework
+    us["wrappers' own cost"] = 1e6 * wrapped_calls * (inside + outside) / requests
+    per = {k: 1e6 * (after[k] - before[k]) / requests for k in ("main", "writer", "workers", "server")}
+    us["poller (worker's main thread)"] = per["main"]
+    writer = sum(us.get(p, 0.0) for p in WRITER_PIECES)
+    us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
+    in_threads = sum(us.get(p, 0.0) for p in REQUEST_PIECES) + framework + us["wrappers' own cost"]
+    us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
+    us["trainer and gunicorn master"] = per["server"] - per["workers"]
+    us["whole server"] = per["server"]
+    us["workers"] = per["workers"]
+    return us
+
+
+async def load(server, path: str, parts: tuple, seconds: float, concurrency: int, out: Path, rounds: int):
+    conns = [await connect(server.port) for _ in range(concurrency)]
+    ids = EventIds(f"{Path(path).name}-{os.urandom(3).hex()}")
+    await closed_loop(server.port, conns, path, parts, ids, Phase("warm-up"), 10**9, 2.0)
+    results = []
+    for _ in range(rounds):
+        before = snapshot(server, out)
+        phase = Phase(path)
+        await closed_loop(server.port, conns, path, parts, ids, phase, 10**9, seconds)
+        after = snapshot(server, out)
+        results.append((phase, breakdown(before, after, phase.done)))
+    for conn in conns:
+        conn.close()
+    return results
+
+
+ORDER = REQUEST_PIECES + WRITER_PIECES + ["writer: loop (queue, lock, wake-ups)"] + FRAMEWORK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per endpoint, alternated (default 1)")
+    parser.add_argument("--concurrency", type=int, default=24, help="closed-loop connections (default 24)")
+    parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
+    args = parser.parse_args(argv)
+    parts = rank_body_parts()
+    with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
+        site = Path(tmp) / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text("import profile_hook\n\nprofile_hook.register()\n")
+        out = Path(tmp) / "out"
+        out.mkdir()
+        here = str(Path(__file__).resolve().parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), here, os.environ.get("PYTHONPATH")]))
+        os.environ["PROFILE_RANK_OUT"] = str(out)
+        data = Path(tmp) / "data"
+        data.mkdir()
+        server = start_server(data, None, args.threads)
+        try:
+            runs: dict[str, list] = {"null": [], "rank": []}
+            for _ in range(args.rounds):
+                for name, path in (("null", NULL_PATH), ("rank", RANK_PATH)):
+                    runs[name] += asyncio.run(load(server, path, parts, args.seconds, args.concurrency, out, 1))
+        finally:
+            server.stop()
+    print(f"load average {os.getloadavg()[0]:.1f}; µs of CPU per request (each round)")
+    columns = [(name, phase, us) for name in runs for phase, us in runs[name]]
+    print(f"{'piece':<42}" + "".join(f"{name:>9}" for name, _, _ in columns))
+    for piece in ORDER + ["wrappers' own cost", "trainer and gunicorn master", "whole server"]:
+        print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
+    print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
+    for name in ("rank",):
+        for (_, _, rank), (_, _, null) in zip(
+            [c for c in columns if c[0] == name], [c for c in columns if c[0] == "null"], strict=False
+        ):
+            beyond = sum(rank.get(p, 0.0) for p in FRAMEWORK) - sum(null.get(p, 0.0) for p in FRAMEWORK)
+            print(f"framework beyond null: {beyond:.0f} µs per Rank")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
