@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_rank import Phase, Server, connect, machine_busy_seconds, percentile
+from bench_rank import Phase, connect, machine_busy_seconds, percentile, start_server
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from ranker.settings import hash_key
@@ -223,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
         data_dir = Path(tmp)
-        config = data_dir / "ranker.toml"
-        config.write_text(CONFIG)
-        server = Server(data_dir, args.workers, args.threads, config)
+        server = start_server(data_dir, args.workers, args.threads, CONFIG)
         try:
-            print(f"ranker serve on {server.url}, {len(server.workers())} workers; {os.cpu_count()} CPUs", flush=True)
+            print(
+                f"ranker serve on {server.url}, {len(server.worker_pids())} workers; {os.cpu_count()} CPUs", flush=True
+            )
             warm = int(args.warmup * args.rate_guess / args.batch)
             requests = [request_bytes(server.port, p) for p in payloads]
             warm_ok = asyncio.run(
