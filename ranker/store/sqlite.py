@@ -43,6 +43,13 @@ from .decisions import DecisionLog
 from .migrations import migrations
 
 BATCH_LIMIT = 512
+# The writer connection's page cache (KiB): signal ingestion updates pages all over the event indexes and
+# buckets, which SQLite's default 2 MiB cache cannot hold, so each batch read most of them back from the OS.
+WRITER_CACHE_KIB = 65_536
+# The writer checkpoints the WAL itself, after its write turn and at most this often (seconds), instead of
+# SQLite doing it inside the COMMIT that crosses 1,000 pages: there, the copy back into the database ran
+# while this process held the write turn, and every other process's writer waited for it.
+CHECKPOINT_EVERY = 0.05
 BUSY_SLACK_MS = 100  # how far past a deadline SQLite's busy handler may keep the writer waiting
 
 log = logging.getLogger("ranker")
@@ -279,6 +286,7 @@ class Store(DecisionLog):
         conn: sqlite3.Connection | None = None
         pending = self._queue
         lock = None
+        checkpointed = time.monotonic()
         while True:
             batch = [pending.get()]
             if lock is None:
@@ -308,6 +316,8 @@ class Store(DecisionLog):
                     self.check()
                     if conn is None:
                         conn = connect(self.path, self.synchronous, create=False)
+                        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+                        conn.execute("PRAGMA wal_autocheckpoint=0")  # see CHECKPOINT_EVERY
                         self._busy_ms = 30000  # connect's busy timeout
                     self._commit(conn, batch)
                     self.check()
@@ -325,6 +335,18 @@ class Store(DecisionLog):
                 fcntl.flock(lock, fcntl.LOCK_UN)
             for op in batch:
                 op.finish()
+            if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
+                checkpointed = self._checkpoint(conn)
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> float:
+        """Copy the WAL's committed pages back into the database, outside the write turn: a PASSIVE
+        checkpoint waits for no one, and the other processes' writers go on meanwhile. Returns when it ran."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # e.g. the file went: the next commit reports that; the WAL only grows
+            log.warning("checkpoint of the decision log failed: %s", exc)
+        return time.monotonic()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
