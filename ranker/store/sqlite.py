@@ -187,6 +187,24 @@ def _run_merged(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
     return True
 
 
+def writer_connection(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """The connection a store's writer thread commits through (its cache; its checkpoints are the writer's
+    own: see CHECKPOINT_EVERY and :func:`checkpoint`)."""
+    conn = connect(path, synchronous, create=False)
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL's committed pages back into the database. The writer runs it after its write turn: a
+    PASSIVE checkpoint waits for no one, and the other processes' writers go on meanwhile."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:  # e.g. the file went: the next commit reports that; the WAL only grows
+        log.warning("checkpoint of the decision log failed: %s", exc)
+
+
 def file_identity(path: Path) -> tuple[int, int]:
     """What tells one file from another at ``path``: its device and inode (``FileNotFoundError`` if none)."""
     st = os.stat(path)
@@ -315,9 +333,7 @@ class Store(DecisionLog):
                     # that went into one: the file may go between the two checks, not after the second.
                     self.check()
                     if conn is None:
-                        conn = connect(self.path, self.synchronous, create=False)
-                        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-                        conn.execute("PRAGMA wal_autocheckpoint=0")  # see CHECKPOINT_EVERY
+                        conn = writer_connection(self.path, self.synchronous)
                         self._busy_ms = 30000  # connect's busy timeout
                     self._commit(conn, batch)
                     self.check()
@@ -336,17 +352,8 @@ class Store(DecisionLog):
             for op in batch:
                 op.finish()
             if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
-                checkpointed = self._checkpoint(conn)
-
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection) -> float:
-        """Copy the WAL's committed pages back into the database, outside the write turn: a PASSIVE
-        checkpoint waits for no one, and the other processes' writers go on meanwhile. Returns when it ran."""
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # e.g. the file went: the next commit reports that; the WAL only grows
-            log.warning("checkpoint of the decision log failed: %s", exc)
-        return time.monotonic()
+                checkpoint(conn)
+                checkpointed = time.monotonic()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
