@@ -689,6 +689,7 @@ def enrichment_main(args) -> int:
     per_round = {name: [p.server_cpu / max(p.done, 1) for p in runs] for name, runs in phases.items()}
     vs_plain = [e / p - 1 for e, p in zip(per_round["enriched"], per_round["plain"], strict=True)]
     vs_inline = [e / i - 1 for e, i in zip(per_round["enriched"], per_round["inline"], strict=True)]
+    inline_vs_plain = [i / p - 1 for i, p in zip(per_round["inline"], per_round["plain"], strict=True)]
     print("round   plain ms  enriched ms  inline ms  enriched/plain  enriched/inline  other processes")
     for r, (p, e, i) in enumerate(zip(*per_round.values(), strict=True)):
         others = [
@@ -704,6 +705,10 @@ def enrichment_main(args) -> int:
         "(target <= +10 %)"
     )
     print(f"enriched vs inline     {100 * statistics.median(vs_inline):+6.1f} % median (the lookup and merge alone)")
+    print(
+        f"inline vs plain        {100 * statistics.median(inline_vs_plain):+6.1f} % median (the larger context alone, "
+        "sent by the caller)"
+    )
     errors = sum(p.done - p.statuses.get(201, 0) for runs in phases.values() for p in runs)
     ok = sum(p.statuses.get(201, 0) for runs in phases.values() for p in runs)
     consistent = rows == ok + warm_ok
