@@ -48,8 +48,10 @@ BATCH_LIMIT = 512
 WRITER_CACHE_KIB = 65_536
 # The writer checkpoints the WAL itself, after its write turn and at most this often (seconds), instead of
 # SQLite doing it inside the COMMIT that crosses 1,000 pages: there, the copy back into the database ran
-# while this process held the write turn, and every other process's writer waited for it.
-CHECKPOINT_EVERY = 0.05
+# while this process held the write turn, and every other process's writer waited for it. Half a second
+# keeps checkpoints (each an fsync of the database) about as rare as before under Rank load, and lets a page
+# that ingestion rewrites many times a second be copied back once.
+CHECKPOINT_EVERY = 0.5
 BUSY_SLACK_MS = 100  # how far past a deadline SQLite's busy handler may keep the writer waiting
 
 log = logging.getLogger("ranker")
