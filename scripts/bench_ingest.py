@@ -12,8 +12,15 @@ over the last ``--spread-days`` (1 by default; 30 sends late events into old buc
 costlier case). It reports records/s, the server's CPU per record and the other processes' share of the
 CPUs, and checks at the end that the log holds exactly one event row per record acknowledged.
 
+With ``--breakdown`` it starts no server: one thread of this process ingests the same batches step by step
+(gunzip, protobuf parse, record extraction, feature matching, bucket fold) into a log on the writer's own
+connection settings, with ``--per-commit`` batches in each commit, after ``--stored`` batches already in the
+log, and prints the CPU per record of each step and each SQL statement: where a record's cost goes, free of
+the request threads and the other worker.
+
 Example:
     python scripts/bench_ingest.py --duration 15
+    python scripts/bench_ingest.py --breakdown --per-commit 4
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import sqlite3
 import sys
 import tempfile
 import time
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 
-from bench_rank import Phase, Server, connect, machine_busy_seconds, percentile
+from bench_rank import Phase, connect, machine_busy_seconds, percentile, start_server
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from ranker.settings import hash_key
@@ -195,6 +204,116 @@ def stored_events(data_dir: Path) -> int:
         conn.close()
 
 
+class _Timed:
+    """The writer's connection, adding up the CPU each statement takes (by its first words)."""
+
+    def __init__(self, conn: sqlite3.Connection, spent: dict[str, float]):
+        self.conn, self.spent = conn, spent
+
+    def execute(self, sql: str, *params):
+        started = time.thread_time()
+        try:
+            return self.conn.execute(sql, *params)
+        finally:
+            self.spent[sql.split("(")[0].strip()[:40]] += time.thread_time() - started
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
+class _OneWriter:
+    """What SignalStore needs of a store, on one connection in this thread: ``per_commit`` writes per
+    transaction, then the commit and the checkpoint the writer runs after its write turn, each timed."""
+
+    engine = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection, per_commit: int):
+        self.conn, self.per_commit, self.writes = conn, per_commit, 0
+        self.spent: dict[str, float] = defaultdict(float)
+
+    def write(self, fn):
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+        result = fn(_Timed(self.conn, self.spent))
+        self.writes += 1
+        if self.writes % self.per_commit == 0:
+            self.finish()
+        return result
+
+    def finish(self) -> None:
+        from ranker.store.sqlite import checkpoint
+
+        if self.conn.in_transaction:
+            started = time.thread_time()
+            self.conn.execute("COMMIT")
+            self.spent["COMMIT (in the write turn)"] += time.thread_time() - started
+            started = time.thread_time()
+            checkpoint(self.conn)
+            self.spent["checkpoint (after the write turn)"] += time.thread_time() - started
+
+
+def breakdown(args) -> int:
+    """CPU per record of each step of ingestion, in this thread (see the module's docstring)."""
+    from ranker.signals import otlp
+    from ranker.signals.definitions import SignalSettings
+    from ranker.signals.features import Definitions, kinds_of
+    from ranker.signals.ingest import extract
+    from ranker.store.signals import SignalStore
+    from ranker.store.sqlite import migrate, writer_connection
+
+    settings = SignalSettings(**tomllib.loads(CONFIG)["signals"])
+    definitions, none, kinds = Definitions(settings), Definitions(SignalSettings()), kinds_of(settings)
+    payloads = batches(args.stored + args.batches, args.batch, args.accounts, args.users, args.spread_days)
+    clock = time.thread_time
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
+        path = Path(tmp) / "ranker.db"
+        migrate(path)
+        writer = _OneWriter(writer_connection(path), args.per_commit)
+        store = SignalStore(writer)
+        now = time.time_ns()
+        for payload in payloads[: args.stored]:
+            batch = extract(
+                otlp.parse(otlp.decompress(payload, "gzip", 1 << 26), otlp.PROTOBUF), settings, definitions, now
+            )
+            store.record_events(batch.rows, batch.fold(kinds))
+        writer.finish()
+        writer.spent.clear()
+        steps: dict[str, float] = defaultdict(float)
+        for payload in payloads[args.stored :]:
+            t0 = clock()
+            data = otlp.decompress(payload, "gzip", 1 << 26)
+            t1 = clock()
+            request = otlp.parse(data, otlp.PROTOBUF)
+            t2 = clock()
+            extract(request, settings, none, now)  # the same without feature definitions
+            t3 = clock()
+            batch = extract(request, settings, definitions, now)
+            t4 = clock()
+            fold = batch.fold(kinds)
+            fold(batch.rows)
+            t5 = clock()
+            store.record_events(batch.rows, fold)  # folds again (before its write), then the SQL
+            steps["gunzip"] += t1 - t0
+            steps["protobuf parse"] += t2 - t1
+            steps["record extraction (events, ids, identity)"] += t3 - t2
+            steps["feature matching"] += (t4 - t3) - (t3 - t2)
+            steps["bucket fold"] += t5 - t4
+        writer.finish()
+    records = args.batches * args.batch
+    print(
+        f"CPU per record in one thread: {args.batches} batches of {args.batch} after {args.stored} stored, "
+        f"{args.per_commit} per commit"
+    )
+    for name, seconds in steps.items():
+        print(f"  {name:<44} {1e6 * seconds / records:6.1f} µs")
+    for name, seconds in sorted(writer.spent.items(), key=lambda item: -item[1]):
+        print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs")
+    turn = sum(v for k, v in writer.spent.items() if not k.startswith("checkpoint"))
+    print(f"  the write turn holds (SQL and COMMIT)          {1e6 * turn / records:6.1f} µs")
+    print(f"  request thread (gunzip to fold)                {1e6 * sum(steps.values()) / records:6.1f} µs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load (default 15)")
@@ -210,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="RANKER_WORKERS (default: the setting's)")
     parser.add_argument("--threads", type=int, help="RANKER_THREADS (default: the setting's)")
     parser.add_argument("--check", action="store_true", help="exit 1 when under 20,000 records/s")
+    parser.add_argument("--breakdown", action="store_true", help="no server: CPU per record of each step")
+    parser.add_argument("--per-commit", type=int, default=4, help="--breakdown: batches per commit (default 4)")
+    parser.add_argument("--stored", type=int, default=200, help="--breakdown: batches stored first (default 200)")
+    parser.add_argument("--batches", type=int, default=100, help="--breakdown: batches measured (default 100)")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        return breakdown(args)
 
     count = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
     started = time.process_time()
@@ -223,11 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
         data_dir = Path(tmp)
-        config = data_dir / "ranker.toml"
-        config.write_text(CONFIG)
-        server = Server(data_dir, args.workers, args.threads, config)
+        server = start_server(data_dir, args.workers, args.threads, CONFIG)
         try:
-            print(f"ranker serve on {server.url}, {len(server.workers())} workers; {os.cpu_count()} CPUs", flush=True)
+            print(
+                f"ranker serve on {server.url}, {len(server.worker_pids())} workers; {os.cpu_count()} CPUs", flush=True
+            )
             warm = int(args.warmup * args.rate_guess / args.batch)
             requests = [request_bytes(server.port, p) for p in payloads]
             warm_ok = asyncio.run(

@@ -243,6 +243,33 @@ def test_point_in_time_reads_of_many_entities_see_only_what_was_there(db):
     assert [row[0] for row in signals.events_between("account", [("a1", ns, ns), ("a1", ns + 1, ns + 9)])] == [0]
 
 
+def test_a_batch_of_events_counts_each_record_once_however_it_is_split_into_statements(db):
+    """A batch goes in through multi-row statements of several sizes: duplicates inside it and redelivered
+    records count once, in the number returned, the event rows and the buckets."""
+    from collections import Counter
+
+    from ranker.store.signals import SignalStore
+
+    signals = SignalStore(db.store)
+    day = 20_000
+
+    def event(i: int) -> tuple:
+        return (i.to_bytes(16, "big"), day * 86_400 * 10**9 + i, "api.call", f"a{i % 7}", f"u{i % 11}", "{}")
+
+    def fold(rows):
+        per_account = Counter(row[3] for row in rows)
+        newest = day * 86_400 * 10**9
+        return [("account", a, "calls", day, n, 0.0, None, None, newest, None) for a, n in per_account.items()], []
+
+    assert signals.record_events([event(i) for i in range(297)] + [event(2), event(1), event(0)], fold) == 297
+    assert signals.record_events([event(i) for i in range(290, 310)], fold) == 13  # 7 of them seen before
+    assert signals.counts()["events"] == 310
+    for account in ("a0", "a3"):
+        (row,), _ = signals.buckets("account", account, day)
+        assert row[2] == sum(1 for i in range(310) if f"a{i % 7}" == account)
+    assert signals.versions([("account", "a3"), ("user", "u5")]) == {("account", "a3"): 2, ("user", "u5"): 2}
+
+
 def test_mined_patterns_are_replaced_as_a_set_and_switches_stay(db):
     from ranker.store import patterns
 

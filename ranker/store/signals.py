@@ -11,9 +11,10 @@ account and user, unique by the record's identity so redeliveries are ignored),
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .sqlite import Store
@@ -25,9 +26,11 @@ ID_COLUMN = {"account": "account", "user": "user"}
 # what new events add: (bucket rows, distinct rows) as ranker.signals.features.Buckets gives them
 Fold = Callable[[list[EventRow]], tuple[list[tuple], list[tuple]]]
 
-_BUCKET_UPSERT = (
+_BUCKET_HEAD = (
     "INSERT INTO signal_buckets (type, entity_id, feature, day, count, total, low, high, newest, last_value) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (type, entity_id, day, feature) DO UPDATE SET "
+)
+_BUCKET_TAIL = (
+    " ON CONFLICT (type, entity_id, day, feature) DO UPDATE SET "
     # the stored row's columns named with their table: bare, PostgreSQL finds them ambiguous with excluded's
     "count = b.count + excluded.count, total = b.total + excluded.total, "
     "low = coalesce(min(b.low, excluded.low), b.low, excluded.low), "
@@ -36,15 +39,42 @@ _BUCKET_UPSERT = (
     "OR (excluded.newest = b.newest AND excluded.last_value > b.last_value)) THEN excluded.last_value "
     "ELSE b.last_value END, newest = max(b.newest, excluded.newest)"
 ).replace("b.", "signal_buckets.")
-_EVENT_INSERT = (
-    "INSERT OR IGNORE INTO signal_events (key, at, name, account, user, attributes) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_EVENT_HEAD = "INSERT OR IGNORE INTO signal_events (key, at, name, account, user, attributes) "
+_EVENT_INSERT = _EVENT_HEAD + "VALUES (?, ?, ?, ?, ?, ?)"
 _EVENT_COLUMNS = "key, at, name, account, user, attributes"
-_DISTINCT_INSERT = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, feature, day, value) VALUES (?, ?, ?, ?, ?)"
-_TOUCH = (
-    "INSERT INTO signal_versions (type, id, version) VALUES (?, ?, 1) "
-    "ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
-)
+_DISTINCT_HEAD = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, feature, day, value) "
+_TOUCH_HEAD = "INSERT INTO signal_versions (type, id, version) "
+_TOUCH_TAIL = " ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
+_TOUCH = _TOUCH_HEAD + "VALUES (?, ?, 1)" + _TOUCH_TAIL
+# Rows per multi-row statement, largest first: a batch goes out in a few statements of these sizes, each
+# prepared once per connection (SQLite's statement cache) rather than one statement per row size.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+def _bucket_order(row: tuple) -> tuple:
+    return row[0], row[1], row[3], row[2]  # the primary key's order: type, entity_id, day, feature
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(head: str, tail: str, rows: int, width: int, constant: str = "") -> str:
+    row = "(" + ", ".join(["?"] * width) + constant + ")"
+    return head + "VALUES " + ", ".join([row] * rows) + tail
+
+
+def insert_rows(conn, head: str, rows: Sequence[tuple], tail: str = "", constant: str = "") -> None:
+    """Insert ``rows`` with a few multi-row statements instead of one per row: each statement lets the writer
+    thread drop the GIL, and getting it back from busy request threads can take a switch interval (see
+    :func:`ranker.store.sqlite._run_merged`). ``constant``: SQL text appended to every row's values."""
+    if not rows:
+        return
+    width = len(rows[0])
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        while n - i >= size:
+            params = [value for row in rows[i : i + size] for value in row]
+            conn.execute(_statement(head, tail, size, width, constant), params)
+            i += size
+
 
 # The batched reads' wants as a table j(key, value), per engine (see SignalStore's point-in-time reads).
 WANTS = {
@@ -283,13 +313,16 @@ class SignalStore:
         # What they add if all are new (the usual case), worked out before the write turn: the writer thread
         # holds the lock all processes take turns on, so it should run SQL only.
         all_new = fold(events)
+        # In index order, so consecutive rows mostly land on the page the last one did
+        events = sorted(events)
+        all_new = (sorted(all_new[0], key=_bucket_order), all_new[1])
 
         def run(conn: sqlite3.Connection) -> int:
             # Usually every event is new: one statement for all. When some were seen before, redo them one
             # by one to learn which (only new ones count).
             conn.execute("SAVEPOINT events")
             before = conn.total_changes
-            conn.executemany(_EVENT_INSERT, events)
+            insert_rows(conn, _EVENT_HEAD, events)
             if conn.total_changes - before == len(events):
                 new = events
             else:
@@ -299,11 +332,10 @@ class SignalStore:
             if not new:
                 return 0
             buckets, distinct = all_new if new is events else fold(new)
-            conn.executemany(_BUCKET_UPSERT, buckets)
-            if distinct:
-                conn.executemany(_DISTINCT_INSERT, distinct)
+            insert_rows(conn, _BUCKET_HEAD, buckets, _BUCKET_TAIL)
+            insert_rows(conn, _DISTINCT_HEAD, distinct)
             touched = {("account", e[3]) for e in new if e[3] is not None} | {("user", e[4]) for e in new if e[4]}
-            conn.executemany(_TOUCH, sorted(touched))
+            insert_rows(conn, _TOUCH_HEAD, sorted(touched), _TOUCH_TAIL, ", 1")
             return len(new)
 
         return self.store.write(run)
@@ -350,8 +382,8 @@ class SignalStore:
             while rows := cursor.fetchmany(chunk):
                 total += len(rows)
                 buckets, distinct = fold(rows)
-                conn.executemany(_BUCKET_UPSERT, buckets)
-                conn.executemany(_DISTINCT_INSERT, distinct)
+                insert_rows(conn, _BUCKET_HEAD, buckets, _BUCKET_TAIL)
+                insert_rows(conn, _DISTINCT_HEAD, distinct)
             conn.execute("UPDATE signal_versions SET version = version + 1")
             return total
 

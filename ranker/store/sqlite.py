@@ -43,6 +43,15 @@ from .decisions import DecisionLog
 from .migrations import migrations
 
 BATCH_LIMIT = 512
+# The writer connection's page cache (KiB): signal ingestion updates pages all over the event indexes and
+# buckets, which SQLite's default 2 MiB cache cannot hold, so each batch read most of them back from the OS.
+WRITER_CACHE_KIB = 65_536
+# The writer checkpoints the WAL itself, after its write turn and at most this often (seconds), instead of
+# SQLite doing it inside the COMMIT that crosses 1,000 pages: there, the copy back into the database ran
+# while this process held the write turn, and every other process's writer waited for it. Half a second
+# keeps checkpoints (each an fsync of the database) about as rare as before under Rank load, and lets a page
+# that ingestion rewrites many times a second be copied back once.
+CHECKPOINT_EVERY = 0.5
 BUSY_SLACK_MS = 100  # how far past a deadline SQLite's busy handler may keep the writer waiting
 
 log = logging.getLogger("ranker")
@@ -180,6 +189,24 @@ def _run_merged(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
     return True
 
 
+def writer_connection(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """The connection a store's writer thread commits through (its cache; its checkpoints are the writer's
+    own: see CHECKPOINT_EVERY and :func:`checkpoint`)."""
+    conn = connect(path, synchronous, create=False)
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL's committed pages back into the database. The writer runs it after its write turn: a
+    PASSIVE checkpoint waits for no one, and the other processes' writers go on meanwhile."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:  # e.g. the file went: the next commit reports that; the WAL only grows
+        log.warning("checkpoint of the decision log failed: %s", exc)
+
+
 def file_identity(path: Path) -> tuple[int, int]:
     """What tells one file from another at ``path``: its device and inode (``FileNotFoundError`` if none)."""
     st = os.stat(path)
@@ -279,6 +306,7 @@ class Store(DecisionLog):
         conn: sqlite3.Connection | None = None
         pending = self._queue
         lock = None
+        checkpointed = time.monotonic()
         while True:
             batch = [pending.get()]
             if lock is None:
@@ -307,7 +335,7 @@ class Store(DecisionLog):
                     # that went into one: the file may go between the two checks, not after the second.
                     self.check()
                     if conn is None:
-                        conn = connect(self.path, self.synchronous, create=False)
+                        conn = writer_connection(self.path, self.synchronous)
                         self._busy_ms = 30000  # connect's busy timeout
                     self._commit(conn, batch)
                     self.check()
@@ -325,6 +353,9 @@ class Store(DecisionLog):
                 fcntl.flock(lock, fcntl.LOCK_UN)
             for op in batch:
                 op.finish()
+            if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
+                checkpoint(conn)
+                checkpointed = time.monotonic()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
