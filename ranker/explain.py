@@ -357,9 +357,11 @@ def slots_explanation(
     offered: list[tuple[str, dict[str, Any]]],
     id_feature: bool,
     top: int,
+    discovery: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Multi-slot Rank's ``inferenceExplanation``: per filled slot, the chosen action's explanation and
-    whether it was explored. ``predicted`` holds each filled slot's prediction, in order (``choose_slots``
+    """Multi-slot Rank's ``inferenceExplanation``: per filled slot, the chosen action's explanation, whether
+    it was explored, and the discovery rule that raised it in the slot, if one did (``discovery``: per slot id,
+    the actions a floor raised). ``predicted`` holds each filled slot's prediction, in order (``choose_slots``
     predicts once per filled slot, that slot last)."""
     entries = [action_entry(i, f, id_feature) for i, f in offered]
     out = []
@@ -368,6 +370,9 @@ def slots_explanation(
     for k, ((_, parsed), slot, (chosen, _)) in enumerate(zip(predicted, filling.slots, filled, strict=True)):
         found = explain_ccb(model, parsed, context, entries, slot, k, chosen, top)
         body = {"slotId": slot["_id"], **found.body(offered[chosen][0]), "explored": flags[slot["_id"]]}
+        rule = (discovery or {}).get(slot["_id"], {}).get(offered[chosen][0])
+        if rule is not None:
+            body["discovery"] = {"rule": rule["rule"], "floor": rule["floor"]}
         out.append(body)
     return out
 
