@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,41 @@ def test_multi_slot_contributions_add_up_per_slot_for_the_chosen_action(tmp_path
         names = {t["name"] for t in entry["features"]}
         assert f"_ccb_slot_index^index{k}" in names  # VW's slot index feature, named as its audit names it
         assert matches_audit(entry, audit(path, line, True)[-len(slots[k]["_inc"]) :])
+
+
+def test_actions_features_kept_between_requests_follow_a_change_and_hold_under_threads(tmp_path, single_model):
+    """An action's features are kept from Rank to Rank: an action whose features changed is explained with
+    the new ones, and threads explaining at once get what one request at a time gets."""
+    app = serving_app(tmp_path, SINGLE, single_model)
+    client = app.test_client()
+    changed = rank_body("c1")
+    changed["actions"][0]["features"] = [{"kind": {"motion": "adoption"}, "effort": 2}]
+    for event_id, body, motion in (("c0", rank_body("c0"), "renewal"), ("c1", changed, "adoption")):
+        answer = client.post(f"{V1}/rank", json={**body, "eventId": event_id}).json
+        entry = next(e for e in answer["inferenceExplanation"] if e["id"] == "renewal-call")
+        names = " ".join(t["name"] for t in entry["features"])
+        assert (
+            f"kind^motion{motion}" in names
+            and f"kind^motion{'renewal' if motion != 'renewal' else 'adoption'}" not in names
+        )
+        assert abs(entry["constant"] + sum(t["score"] for t in entry["features"]) - entry["score"]) <= 1e-6
+
+    def by_action(answer: dict) -> dict:
+        return {e["id"]: e for e in answer["inferenceExplanation"]}
+
+    bodies = [changed if t % 2 else rank_body("") for t in range(24)]
+    alone = [by_action(client.post(f"{V1}/rank", json={**b, "eventId": f"a{t}"}).json) for t, b in enumerate(bodies)]
+    together: dict[int, dict] = {}
+
+    def send(t: int) -> None:
+        together[t] = by_action(app.test_client().post(f"{V1}/rank", json={**bodies[t], "eventId": f"t{t}"}).json)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [together[t] for t in range(len(bodies))] == alone
 
 
 def test_explored_decisions_say_their_explanation_is_not_the_reason(tmp_path, single_model):
