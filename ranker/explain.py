@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,8 +45,7 @@ NOT_ATTRIBUTED = "(not attributed)"
 TOLERANCE = 1e-5
 
 
-@dataclass
-class Term:
+class Term(NamedTuple):
     name: str
     score: float
 
@@ -65,7 +64,7 @@ class Explanation:
             "id": action_id,
             "score": self.score,
             "constant": self.constant,
-            "features": [{"name": t.name, "score": t.score} for t in self.features],
+            "features": [{"name": name, "score": score} for name, score in self.features],
         }
 
 
@@ -231,14 +230,14 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     scores = np.concatenate(parts, axis=1).astype(np.float64)
     constants = np.where(ns == CONSTANT_NAMESPACE, -(model.weights(index) * value), 0).sum(axis=1, dtype=np.float64)
     # each action's largest terms, largest first (ties in argpartition's order), all actions at once
-    k = min(top, scores.shape[1])
+    k, rows = min(top, scores.shape[1]), np.arange(n)[:, None]
     if k < scores.shape[1]:
-        best = np.argpartition(-np.abs(scores), k - 1, axis=1)[:, :k]
+        best = np.argpartition(np.abs(scores), -k, axis=1)[:, -k:]
     else:
         best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    largest = np.take_along_axis(scores, best, axis=1)
+    largest = scores[rows, best]
     ranks = np.argsort(-np.abs(largest), axis=1, kind="stable")
-    best, largest = np.take_along_axis(best, ranks, axis=1).tolist(), np.take_along_axis(largest, ranks, 1).tolist()
+    best, largest = best[rows, ranks].tolist(), largest[rows, ranks].tolist()
     sums, counts = scores.sum(axis=1).tolist(), np.count_nonzero(scores, axis=1).tolist()
     slots, constants, mm = slot_at.tolist(), constants.tolist(), m + m * m
     out = []
