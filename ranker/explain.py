@@ -213,15 +213,17 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     later = _later(m)
     same = ns[:, :, None] == ns[:, None, :]
     order_ok = ~same | later
-    pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
-    pair_value = value[:, :, None] * value[:, None, :]
-    allowed = model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok
-    pair_scores = model.weights(pair_hash) * pair_value
-    pair_scores *= np.where(allowed, np.float32(-1), np.float32(0))
-    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores.reshape(n, -1)]
+    # only the pairs that are interactions read the weight table (a random read each: the cost of the grid)
+    a, i, j = np.nonzero(model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok)
+    pair_scores = np.zeros((n, m * m), dtype=np.float32)
+    hashed = (index[a, i] * FNV_PRIME) ^ index[a, j]
+    pair_scores[a, i * m + j] = -(model.weights(hashed) * (value[a, i] * value[a, j]))
+    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores]
     slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
     cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
     if cubic:  # (a, b, slot index): VW's chain hash with the slot index feature last
+        pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
+        pair_value = value[:, :, None] * value[:, None, :]
         slot_index = index[np.arange(n), slot_at]
         allowed3 = model.triples[ns[:, :, None], ns[:, None, :]] & order_ok
         hashed = (pair_hash * FNV_PRIME) ^ slot_index[:, None, None]

@@ -22,6 +22,7 @@ from vowpalwabbit.pyvw import pylibvw
 from ranker import dsjson, models
 from ranker.app import create_app
 from ranker.cli import cli
+from ranker.settings import hash_key
 
 SINGLE = "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
 MULTI = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
@@ -363,16 +364,38 @@ def test_cli_explain_without_a_log_says_so_and_creates_none(tmp_path, runner):
     assert not (tmp_path / "empty" / "ranker.db").exists()
 
 
+SLOTS_KEY = "slots-explain-rank-key-0123456789"
+SLOTS_LOOP = f"""
+[loops.slots]
+policy = "multislot"
+isInferenceExplainabilityEnabled = true
+keys = [{{ role = "rank", sha256 = "{hash_key(SLOTS_KEY)}" }}]
+
+[[loops.slots.rules.discovery]]
+name = "try-tours"
+actions = {{ ids = ["feature-tour"] }}
+min_probability = 0.6
+max_share = 0.5
+"""
+
+
 def test_the_personalizer_sdk_returns_the_explanation_as_json(tmp_path_factory):
     server = Server(
         tmp_path_factory.mktemp("sdk-explain"),
-        KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nisInferenceExplainabilityEnabled = true'),
+        KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nisInferenceExplainabilityEnabled = true')
+        + SLOTS_LOOP,
     )
     try:
         sdk = PersonalizerClient(server.url, AzureKeyCredential(RANK_KEY), retry_total=0)
         answer = sdk.rank(rank_body("sdk-1"))
         assert [e["id"] for e in answer["inferenceExplanation"]] == [r["id"] for r in answer["ranking"]]
         assert isinstance(answer["explored"], bool) and "rules" in answer
+        # multi-slot: the rules per slot, discovery's floors among them, and each slot's chosen action explained
+        slots = PersonalizerClient(server.url, AzureKeyCredential(SLOTS_KEY), retry_total=0)
+        multi = slots.rank_multi_slot(slots_body("sdk-m1"))
+        chosen = {s["id"]: s["rewardActionId"] for s in multi["slots"]}
+        assert multi["rules"]["hero"]["discovery"]["feature-tour"]["floor"] == 0.6  # a first decision: share 0
+        assert [(e["slotId"], e["id"]) for e in multi["inferenceExplanation"]] == list(chosen.items())
         found = requests.get(
             f"{server.url}/personalizer/events/sdk-1?explain=true&api-version=2022-09-01-preview",
             headers={"Ocp-Apim-Subscription-Key": RANK_KEY},
