@@ -5,6 +5,9 @@ action was chosen in less than ``max_share`` of the loop's decisions over the ru
 is mixed into the final distribution (after the model and the priority factors, before the draw), so the
 probability logged is the one the action was drawn with and offline evaluation stays unbiased.
 
+A multi-slot Rank mixes each slot's floors into that slot's distribution over the actions left to it
+(:func:`ranker.slots.choose_slots`), and an action's share is that of the decisions that gave it a slot.
+
 The shares come from the decision log, read by each worker at most every ``discovery_refresh_seconds`` per
 loop and window (one grouped query), never on every Rank.
 """
@@ -48,12 +51,14 @@ class Exposures:
     def __init__(self, store: Store, refresh_seconds: float):
         self.store = store
         self.refresh_seconds = refresh_seconds
-        self._cache: dict[tuple[str, float], tuple[float, dict[str, float]]] = {}
+        self._cache: dict[tuple[str, float, bool], tuple[float, dict[str, float]]] = {}
         self._lock = threading.Lock()
 
-    def shares(self, loop: str, window: str, now: datetime) -> dict[str, float]:
+    def shares(self, loop: str, window: str, now: datetime, multislot: bool = False) -> dict[str, float]:
+        """Each action's share of the loop's decisions over ``window``; ``multislot``: the share of decisions
+        that gave it a slot."""
         seconds = parse_duration(window).total_seconds()
-        key = (loop, seconds)
+        key = (loop, seconds, multislot)
         found = self._cache.get(key)
         clock = time.monotonic()
         if found is not None and clock - found[0] < self.refresh_seconds:
@@ -62,7 +67,7 @@ class Exposures:
             found = self._cache.get(key)
             if found is not None and time.monotonic() - found[0] < self.refresh_seconds:
                 return found[1]
-            total, counts = self.store.exposures(loop, timestamp(now - timedelta(seconds=seconds)))
+            total, counts = self.store.exposures(loop, timestamp(now - timedelta(seconds=seconds)), multislot)
             shares = {action: n / total for action, n in counts.items()} if total else {}
             self._cache[key] = (time.monotonic(), shares)
             return shares
@@ -72,17 +77,34 @@ class Exposures:
 
 
 def floors(
-    exposures: Exposures, loop: str, verdict: Verdict, ids: list[str], now: datetime
+    exposures: Exposures, loop: str, verdict: Verdict, ids: list[str], now: datetime, multislot: bool = False
 ) -> tuple[dict[int, float], dict[int, dict[str, Any]]]:
     """For the eligible actions (``ids`` in eligible order) that a discovery rule matched: their floors, and per
     action the rule that set it ``{"rule", "floor", "share"}``. A rule counts while the action's share of the
-    rule's window is below its ``max_share``; the highest floor wins."""
+    rule's window is below its ``max_share`` (``multislot``: the share of decisions that gave it a slot); the
+    highest floor wins."""
     out: dict[int, float] = {}
     why: dict[int, dict[str, Any]] = {}
     for position, found in verdict.discovery.items():
         for rule in found:
-            share = exposures.shares(loop, rule.window, now).get(ids[position], 0.0)
+            share = exposures.shares(loop, rule.window, now, multislot).get(ids[position], 0.0)
             if share < rule.max_share and rule.min_probability > out.get(position, 0.0):
                 out[position] = rule.min_probability
                 why[position] = {"rule": rule.name, "floor": rule.min_probability, "share": share}
     return out, why
+
+
+def slot_floors(
+    exposures: Exposures, loop: str, verdicts: list[Verdict], ids: list[str], offered: list[int], now: datetime
+) -> list[dict[int, dict[str, Any]]]:
+    """Per slot of a multi-slot Rank (``verdicts``: the slots' rule verdicts; ``offered``: the request's action
+    indices of the record's ``_multi``), the rule of each floor as :func:`floors` gives it
+    (``{"rule", "floor", "share"}``), keyed by ``_multi`` index; empty when no discovery rule matched."""
+    if not any(verdict.discovery for verdict in verdicts):
+        return []
+    at = {action: m for m, action in enumerate(offered)}
+    out = []
+    for verdict in verdicts:
+        _, why = floors(exposures, loop, verdict, [ids[i] for i in verdict.eligible], now, multislot=True)
+        out.append({at[verdict.eligible[p]]: w for p, w in why.items()})
+    return out

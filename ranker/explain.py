@@ -21,8 +21,9 @@ one more term, ``(not attributed)``, so that the sum still holds and nothing is 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .vwfeatures import (
     Model,
     Parsed,
     compile_interactions,
+    flat,
     interaction_namespace,
 )
 
@@ -43,8 +45,7 @@ NOT_ATTRIBUTED = "(not attributed)"
 TOLERANCE = 1e-5
 
 
-@dataclass
-class Term:
+class Term(NamedTuple):
     name: str
     score: float
 
@@ -63,7 +64,7 @@ class Explanation:
             "id": action_id,
             "score": self.score,
             "constant": self.constant,
-            "features": [{"name": t.name, "score": t.score} for t in self.features],
+            "features": [{"name": name, "score": score} for name, score in self.features],
         }
 
 
@@ -73,7 +74,8 @@ class Explanation:
 @dataclass
 class _Features:
     """One action's features as VW's learner sees them: each feature's namespace, index (the hash times VW's
-    multiplier, applied in :func:`explain_batch`), value and name, namespaces in order."""
+    multiplier, applied in :func:`explain_batch`), value and name; namespaces in order (:func:`merged_features`),
+    except for :func:`explain_batch`'s grid, which needs only each namespace's features in VW's order."""
 
     ns: list[int]
     index: list[int]
@@ -189,6 +191,14 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
     return Explanation(score, constant, listed, count)
 
 
+@functools.lru_cache(maxsize=64)
+def _later(m: int) -> np.ndarray:
+    """``[i, j]``: position j is i or after it (read only)."""
+    later = np.triu(np.ones((m, m), dtype=bool))
+    later.flags.writeable = False
+    return later
+
+
 def explain_batch(model: Model, feats: list[_Features], costs: list[float], top: int) -> list[Explanation]:
     """:func:`explain_action` for several actions at once, with every interaction of every action in one grid
     of feature pairs (VW's pair order: a namespace with itself pairs each feature with itself and the later
@@ -196,24 +206,24 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     if not model.fast:
         return [explain_action(model, f, c, top) for f, c in zip(feats, costs, strict=True)]
     n, m = len(feats), max(len(f.index) for f in feats)
-    ns = np.full((n, m), PAD, dtype=np.uint8)
-    index = np.zeros((n, m), dtype=np.uint64)
-    value = np.zeros((n, m), dtype=np.float32)
-    for k, f in enumerate(feats):
-        ns[k, : len(f.ns)], index[k, : len(f.ns)], value[k, : len(f.ns)] = f.ns, f.index, f.value
+    ns = np.array([f.ns + [PAD] * (m - len(f.ns)) for f in feats], dtype=np.uint8)
+    index = np.array([f.index + [0] * (m - len(f.ns)) for f in feats], dtype=np.uint64)
+    value = np.array([f.value + [0.0] * (m - len(f.ns)) for f in feats], dtype=np.float32)
     index *= np.uint64(feats[0].multiplier)
-    later = np.triu(np.ones((m, m), dtype=bool))
+    later = _later(m)
     same = ns[:, :, None] == ns[:, None, :]
     order_ok = ~same | later
-    pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
-    pair_value = value[:, :, None] * value[:, None, :]
-    allowed = model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok
-    pair_scores = model.weights(pair_hash) * pair_value
-    pair_scores *= np.where(allowed, np.float32(-1), np.float32(0))
-    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores.reshape(n, -1)]
+    # only the pairs that are interactions read the weight table (a random read each: the cost of the grid)
+    a, i, j = np.nonzero(model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok)
+    pair_scores = np.zeros((n, m * m), dtype=np.float32)
+    hashed = (index[a, i] * FNV_PRIME) ^ index[a, j]
+    pair_scores[a, i * m + j] = -(model.weights(hashed) * (value[a, i] * value[a, j]))
+    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores]
     slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
     cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
     if cubic:  # (a, b, slot index): VW's chain hash with the slot index feature last
+        pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
+        pair_value = value[:, :, None] * value[:, None, :]
         slot_index = index[np.arange(n), slot_at]
         allowed3 = model.triples[ns[:, :, None], ns[:, None, :]] & order_ok
         hashed = (pair_hash * FNV_PRIME) ^ slot_index[:, None, None]
@@ -221,26 +231,37 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
         parts.append(np.where(allowed3, -(model.weights(hashed) * (pair_value * slot_value)), 0).reshape(n, -1))
     scores = np.concatenate(parts, axis=1).astype(np.float64)
     constants = np.where(ns == CONSTANT_NAMESPACE, -(model.weights(index) * value), 0).sum(axis=1, dtype=np.float64)
-    k = min(top, scores.shape[1])
-    best = np.argpartition(-np.abs(scores), k - 1, axis=1)[:, :k] if k < scores.shape[1] else None
+    # each action's largest terms, largest first (ties in argpartition's order), all actions at once
+    k, rows = min(top, scores.shape[1]), np.arange(n)[:, None]
+    if k < scores.shape[1]:
+        best = np.argpartition(np.abs(scores), -k, axis=1)[:, -k:]
+    else:
+        best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    largest = scores[rows, best]
+    ranks = np.argsort(-np.abs(largest), axis=1, kind="stable")
+    best, largest = best[rows, ranks].tolist(), largest[rows, ranks].tolist()
+    sums, counts = scores.sum(axis=1).tolist(), np.count_nonzero(scores, axis=1).tolist()
+    slots, constants, mm = slot_at.tolist(), constants.tolist(), m + m * m
     out = []
     for a, f in enumerate(feats):
-        row = scores[a]
-        chosen = best[a].tolist() if best is not None else list(range(len(row)))
-        chosen = sorted((i for i in chosen if row[i] != 0), key=lambda i: -abs(row[i]))
+        names = f.names
         listed = []
-        for i in chosen:
+        for i, term in zip(best[a], largest[a], strict=True):
+            if term == 0:
+                continue
             if i < m:
-                members = (i,)
-            elif i < m + m * m:
-                members = divmod(i - m, m)
+                name = names[i]
+            elif i < mm:
+                first, second = divmod(i - m, m)
+                name = names[first] + "*" + names[second]
             else:
-                members = (*divmod(i - m - m * m, m), int(slot_at[a]))
-            listed.append(Term("*".join(f.names[p] for p in members), float(row[i])))
+                first, second = divmod(i - mm, m)
+                name = names[first] + "*" + names[second] + "*" + names[slots[a]]
+            listed.append(Term(name, term))
         score = 0.0 - float(costs[a])
-        constant = float(constants[a]) + 0.0
-        rest = score - constant - float(row.sum())
-        count = int(np.count_nonzero(row))
+        constant = constants[a] + 0.0
+        rest = score - constant - sums[a]
+        count = counts[a]
         if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
             constant += rest  # VW adds in single precision: the constant carries the rounding
         else:
@@ -255,7 +276,19 @@ def explain_cb(
 ) -> dict[int, Explanation]:
     """Explanations of the actions ``which`` (``_multi`` indices) of a single-slot prediction."""
     shared = model.features(context)
-    feats = [merged_features(model, model.features(actions[i]), shared, parsed.multiplier) for i in which]
+    if model.fast:  # the grid: each action's own features, then the shared ones (VW's order in a namespace)
+        s_ns, s_index, s_value, s_names = flat(shared)
+        if model.constant:
+            s_ns, s_index = [*s_ns, CONSTANT_NAMESPACE], [*s_index, CONSTANT_HASH]
+            s_value, s_names = [*s_value, 1.0], [*s_names, "Constant"]
+        feats = []
+        for i in which:
+            ns, index, value, names = model.action_features(actions[i]).flat
+            feats.append(_Features(ns + s_ns, index + s_index, value + s_value, names + s_names, parsed.multiplier))
+    else:
+        feats = [
+            merged_features(model, model.action_features(actions[i]).groups, shared, parsed.multiplier) for i in which
+        ]
     return dict(zip(which, explain_batch(model, feats, [parsed.costs[i] for i in which], top), strict=True))
 
 
@@ -280,7 +313,7 @@ def explain_ccb(
         group[2].extend(n)
     slot_hash = model.ws.hash_feature(f"index{k}", model.space("_id"))
     shared[CCB_ID_NAMESPACE] = ([slot_hash], [1.0], [f"_ccb_slot_index^index{k}"])
-    f = merged_features(model, model.features(actions[action]), shared, parsed.multiplier)
+    f = merged_features(model, model.action_features(actions[action]).groups, shared, parsed.multiplier)
     return explain_batch(model, [f], [parsed.costs[action]], top)[0]
 
 
@@ -357,9 +390,11 @@ def slots_explanation(
     offered: list[tuple[str, dict[str, Any]]],
     id_feature: bool,
     top: int,
+    discovery: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Multi-slot Rank's ``inferenceExplanation``: per filled slot, the chosen action's explanation and
-    whether it was explored. ``predicted`` holds each filled slot's prediction, in order (``choose_slots``
+    """Multi-slot Rank's ``inferenceExplanation``: per filled slot, the chosen action's explanation, whether
+    it was explored, and the discovery rule that raised it in the slot, if one did (``discovery``: per slot id,
+    the actions a floor raised). ``predicted`` holds each filled slot's prediction, in order (``choose_slots``
     predicts once per filled slot, that slot last)."""
     entries = [action_entry(i, f, id_feature) for i, f in offered]
     out = []
@@ -368,6 +403,9 @@ def slots_explanation(
     for k, ((_, parsed), slot, (chosen, _)) in enumerate(zip(predicted, filling.slots, filled, strict=True)):
         found = explain_ccb(model, parsed, context, entries, slot, k, chosen, top)
         body = {"slotId": slot["_id"], **found.body(offered[chosen][0]), "explored": flags[slot["_id"]]}
+        rule = (discovery or {}).get(slot["_id"], {}).get(offered[chosen][0])
+        if rule is not None:
+            body["discovery"] = {"rule": rule["rule"], "floor": rule["floor"]}
         out.append(body)
     return out
 

@@ -187,7 +187,8 @@ class Discovery(BaseModel):
 
     The floor is mixed into the final distribution before the draw (:func:`ranker.discovery.floor`), so the
     probability logged is the one the action was drawn with. Entitlements and availability come first: an
-    excluded action gets no floor."""
+    excluded action gets no floor. Multi-slot Rank mixes it into each slot's distribution (see
+    :mod:`ranker.discovery`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)

@@ -366,10 +366,10 @@ class Service:
         Per slot, the loop's rules apply to the context with the slot's features added (a slot feature wins
         over a context feature of the same name), then the slot's ``excludedActions``; actions that earlier
         slots took are gone. VW's CCB model gives the PMF over what is left, conditioned on the earlier
-        slots' actions; priority factors reweight it and the action is drawn with the event id's uniform
-        number for the slot. In Apprentice mode a slot gets its baselineAction, or when the rules forbid it
-        there or an earlier slot took it, the first action left. A slot with no action left gets
-        ``rewardActionId`` null.
+        slots' actions; priority factors reweight it, the slot's discovery floors are mixed in, and the action
+        is drawn with the event id's uniform number for the slot. In Apprentice mode a slot gets its
+        baselineAction, or when the rules forbid it there or an earlier slot took it, the first action left. A
+        slot with no action left gets ``rewardActionId`` null.
         """
         call = self._begin(loop, request, True, now)
         settings, engine, ids, actions = call.settings, call.engine, call.ids, call.actions
@@ -380,27 +380,19 @@ class Service:
             raise ApiError(400, "InvalidRankRequest", f"slot id {duplicate!r} appears twice", target="slots")
         baselines: list[int] = []
         for k, slot in enumerate(request.slots):
-            if slot.baselineAction not in index:
-                raise ApiError(
-                    400,
-                    "InvalidRankRequest",
-                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is not one of the actions",
-                    target=f"slots.{k}.baselineAction",
-                )
-            if slot.baselineAction in slot.excludedActions:
-                raise ApiError(
-                    400,
-                    "InvalidRankRequest",
-                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is in its excludedActions",
-                    target=f"slots.{k}.baselineAction",
-                )
-            if index[slot.baselineAction] in baselines:
-                raise ApiError(
-                    400,
-                    "InvalidRankRequest",
-                    f"slot {slot.id!r}: baselineAction {slot.baselineAction!r} is another slot's baseline too",
-                    target=f"slots.{k}.baselineAction",
-                )
+            baseline = slot.baselineAction
+            wrong = (
+                "is not one of the actions"
+                if baseline not in index
+                else "is in its excludedActions"
+                if baseline in slot.excludedActions
+                else "is another slot's baseline too"
+                if index[baseline] in baselines
+                else None
+            )
+            if wrong:
+                message = f"slot {slot.id!r}: baselineAction {baseline!r} {wrong}"
+                raise ApiError(400, "InvalidRankRequest", message, target=f"slots.{k}.baselineAction")
             baselines.append(index[slot.baselineAction])
         slot_features = [dsjson.merge(slot.features, f"slots[{k}].features") for k, slot in enumerate(request.slots)]
         self._enrich(call)
@@ -428,7 +420,10 @@ class Service:
             except (RuntimeError, ValueError) as exc:  # VW refused the features
                 raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
-        filling = choose_slots(event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict)
+        floors = discovery.slot_floors(self.exposures, loop.name, verdicts, ids, offered, now)
+        filling = choose_slots(
+            event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict, floors
+        )
         answers = [
             {"id": slot.id, "rewardActionId": None, "probability": None}
             if chosen is None
@@ -440,10 +435,11 @@ class Service:
             record = dsjson.multislot_line(
                 event_id, stamp, dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines
             )
-        explanation = {
-            slot.id: {"excluded": verdict.excluded, "reweighted": verdict.reweighted}
-            for slot, verdict in zip(request.slots, verdicts, strict=True)
-        }
+        raised_by: dict[str, dict[str, Any]] = {}  # per slot, the actions a discovery floor raised
+        explanation = {}
+        for slot_id, verdict, up in zip(slot_ids, verdicts, filling.raised, strict=True):
+            raised_by[slot_id] = {ids[offered[m]]: rule for m, rule in up.items()}
+            explanation[slot_id] = explain.logged(verdict, raised_by[slot_id])
         self._log(
             loop,
             call.row(
@@ -471,6 +467,7 @@ class Service:
                     [actions[i] for i in offered],
                     settings.action_id_feature,
                     self.settings.explanation_features,
+                    raised_by,
                 )
         return answer
 

@@ -9,19 +9,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import dsjson, rules
+from . import discovery, dsjson, rules
 from .engine import reweight, sample
 
 
 @dataclass
 class Slots:
     """The slots :func:`choose_slots` filled: the record's ``_slots``, ``_outcomes`` and ``_ba`` (filled slots
-    only), and per requested slot the ``_multi`` index chosen with its probability (None: no action left)."""
+    only), and per requested slot the ``_multi`` index chosen with its probability (None: no action left) and
+    the actions a discovery floor raised (``_multi`` index -> the rule's ``{"rule", "floor", "share"}``)."""
 
     slots: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[int] = field(default_factory=list)
     chosen: list[tuple[int, float] | None] = field(default_factory=list)
+    raised: list[dict[int, dict[str, Any]]] = field(default_factory=list)
 
 
 def slot_options(
@@ -50,6 +52,7 @@ def choose_slots(
     c_json: str,
     slots: list[tuple[str, dict[str, Any], list[tuple[int, float]], int | None]],
     predict_slots: Callable[[str], list[dict[int, float]]] | None,
+    floors: list[dict[int, dict[str, Any]]] | None = None,
 ) -> Slots:
     """Fill the slots in order, each with a different action (see :meth:`Service.rank_multislot`); a script
     calls it with its own VW workspace to choose exactly as the service does.
@@ -59,16 +62,21 @@ def choose_slots(
     ``predict_slots`` gives VW's per-slot scores for a ``c`` object with ``_slots`` (``Engine.predict_slots``);
     None serves every slot its baseline (Apprentice). Per slot: the actions allowed minus those earlier slots
     took; VW's scores for the slot with the earlier slots pinned to their actions (``_inc``), reweighted by
-    the priority factors; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline
-    where it is left, else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
+    the priority factors, then the slot's discovery ``floors`` (per slot, ``_multi`` index -> ``{"rule",
+    "floor", "share"}``: :func:`ranker.discovery.slot_floors`) mixed in over the actions left
+    (:func:`ranker.discovery.floor`), so the probability logged for the slot is the one its action was drawn
+    with; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline where it is left
+    (no floors), else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
     (taken or not: the Baseline of offline evaluation), else the first action left.
     """
     taken: set[int] = set()
     filling = Slots()
     for k, (slot_id, features, allowed, baseline) in enumerate(slots):
+        raised: dict[int, dict[str, Any]] = {}
         left = [(m, f) for m, f in allowed if m not in taken]
         if not left:
             filling.chosen.append(None)
+            filling.raised.append(raised)
             continue
         candidates = [m for m, _ in left]
         served_baseline = baseline if baseline in candidates else candidates[0]
@@ -85,11 +93,16 @@ def choose_slots(
             per_slot = predict_slots(dsjson.with_slots(c_json, [*pinned, slot_entry]))
             scores = per_slot[-1] if len(per_slot) == len(pinned) + 1 else {}
             pmf = reweight([scores.get(m, 0.0) for m in candidates], [f for _, f in left])
+            if floors and floors[k]:
+                at = {m: j for j, m in enumerate(candidates)}
+                pmf, up = discovery.floor(pmf, {at[m]: w["floor"] for m, w in floors[k].items() if m in at})
+                raised = {candidates[j]: floors[k][candidates[j]] for j in sorted(up)}
             chosen = sample(pmf, f"{event_id}\n{k}")
         order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
         filling.slots.append({"_id": slot_id, **features, "_inc": candidates})
         filling.outcomes.append({"_id": slot_id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
         filling.baselines.append(served_baseline if baseline is None else baseline)
         filling.chosen.append((candidates[chosen], pmf[chosen]))
+        filling.raised.append(raised)
         taken.add(candidates[chosen])
     return filling

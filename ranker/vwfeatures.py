@@ -16,7 +16,7 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -147,6 +147,25 @@ def weight_table(ws: Any) -> np.ndarray:
     return table
 
 
+def flat(groups: dict[int, tuple[list, list, list]]) -> tuple[list[int], list[int], list[float], list[str]]:
+    """Features per namespace (:meth:`Model.features`) as flat lists: namespaces, hashes, values, names."""
+    ns: list[int] = []
+    hashes: list[int] = []
+    values: list[float] = []
+    names: list[str] = []
+    for index, (h, v, n) in groups.items():
+        ns += [index] * len(h)
+        hashes += h
+        values += v
+        names += n
+    return ns, hashes, values, names
+
+
+class ActionFeatures(NamedTuple):
+    groups: dict[int, tuple[list, list, list]]  # per namespace: hashes, values, names
+    flat: tuple[list[int], list[int], list[float], list[str]]  # :func:`flat` of them
+
+
 class Model:
     """What explaining needs of one served model; built once per engine, then only read."""
 
@@ -164,6 +183,7 @@ class Model:
         self.constant = "--noconstant" not in vwoptions.split(arguments)
         self._hashes: dict[tuple[str, str], int] = {}
         self._space: dict[str, int] = {}
+        self._actions: dict[str, ActionFeatures] = {}
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
@@ -195,6 +215,20 @@ class Model:
         out: dict[int, tuple[list, list, list]] = {}
         self._walk(obj, " ", out, CCB_SLOT_NAMESPACE if slot else DEFAULT_NAMESPACE)
         return out
+
+    def action_features(self, entry: dict[str, Any]) -> ActionFeatures:
+        """:meth:`features` of an action's ``_multi`` entry, per namespace and flat, kept between requests (an
+        action's features repeat from Rank to Rank). Keyed by the entry's ``repr`` (the same keys, values and
+        order give the same text, and VW's features depend on nothing else); the lists returned are shared, so
+        callers only read them. Two threads may compute one entry at once; both results are the same."""
+        key = repr(entry)
+        found = self._actions.get(key)
+        if found is None:
+            if len(self._actions) >= 10_000:
+                self._actions.clear()
+            groups = self.features(entry)
+            found = self._actions[key] = ActionFeatures(groups, flat(groups))
+        return found
 
     def _walk(self, obj: dict[str, Any], ns: str, out: dict, index: int) -> None:
         prefix = "" if ns == " " else ns + "^"

@@ -390,6 +390,41 @@ def explanations(server: Server, on: bool) -> None:
     time.sleep(0.5)
 
 
+def serve_trained_model(server: Server) -> None:
+    """Import (``PUT model``) a model trained on the bench body's features with random rewards, so that Rank
+    with explanations lists real contributions: an untrained model's weights are all zero and its
+    explanations list none (less to sort, name and encode than a served model's)."""
+    import vowpalwabbit
+
+    from ranker import dsjson
+    from ranker.engine import vw_arguments
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(server.url + "/personalizer/v1.0/configurations/" + path, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    arguments = vw_arguments(get("policy")["arguments"], get("service")["explorationPercentage"])
+    head, tail = rank_body_parts()
+    body = json.loads(head + b"train" + tail)
+    context = dsjson.merge(body["contextFeatures"], "contextFeatures")
+    actions = [(a["id"], dsjson.merge(a["features"], "features")) for a in body["actions"]]
+    c_json = dsjson.context_json(context, actions, True)
+    rng = random.Random(1)
+    ws = vowpalwabbit.Workspace(arguments + " --dsjson --quiet")
+    for t in range(500):
+        order = rng.sample(range(len(actions)), len(actions))
+        line = dsjson.decision_line(f"train{t}", "2026-01-01T00:00:00.000000Z", c_json, order, [0.1] * len(actions))
+        ws.learn(dsjson.labeled(line, float(rng.random() < 0.1 + 0.08 * order[0])))
+    with tempfile.TemporaryDirectory() as tmp:
+        ws.save(f"{tmp}/model.vw")
+        ws.finish()
+        data = Path(f"{tmp}/model.vw").read_bytes()
+    put = urllib.request.Request(server.url + "/personalizer/v1.0/model", data=data, method="PUT")
+    with urllib.request.urlopen(put, timeout=60) as answer:
+        assert answer.status == 204
+    time.sleep(1.0)  # the workers load it within 0.1 s of the pointer moving
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -444,6 +479,8 @@ async def benchmark(server: Server, args) -> tuple[list[Phase], int]:
     for path, ids, phase in ((NULL_PATH, null_ids, Phase("warm-up null")), (RANK_PATH, rank_ids, rank("warm-up"))):
         await closed_loop(port, conns, path, parts, ids, phase, int(args.warmup * 500), args.warmup)
     nulls, ranks, explained = [], [], []
+    if args.explain:  # explanations off and on, with a trained model
+        serve_trained_model(server)
     for r in range(1, args.rounds + 1):
         phase = Phase(f"null, closed loop #{r}")
         nulls.append(await measure(server, phase, closed_loop(port, conns, NULL_PATH, parts, null_ids, phase, n, s)))
@@ -699,7 +736,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rank-only", action="store_true", help="skip the Reward and multi-slot Rank ratios (and their server)"
     )
     parser.add_argument(
-        "--explain", action="store_true", help="each round also runs Rank with explanations on (same server)"
+        "--explain",
+        action="store_true",
+        help="serve a trained model, and each round also runs Rank with explanations on (same server)",
     )
     parser.add_argument(
         "--database-url",

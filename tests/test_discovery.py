@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -120,3 +121,59 @@ def test_offline_evaluation_over_a_log_with_discovery_recovers_a_known_policy_va
         lower, upper = IPS().gaussian_interval(data)
         assert lower <= value <= upper
         assert abs(IPS().estimate(data) - value) < 0.1
+
+
+# -- multi-slot: the floor is mixed into each slot's distribution over the actions left to it ------------------
+
+SLOTS = [{"id": "hero", "baselineAction": "dashboard"}, {"id": "side", "baselineAction": "alerts"}]
+
+
+def slots_app(tmp_path, discovery: list[dict], **rules):
+    loop = {"policy": "multislot", "rules": {"discovery": discovery, **rules}, "isInferenceExplainabilityEnabled": True}
+    settings = {"data_dir": tmp_path, "discovery_refresh_seconds": 0.001, "synchronous": "NORMAL"}
+    return create_app({**settings, "loops": {"default": loop}})
+
+
+def slots_rank(app, event_id: str, slots: list[dict] = SLOTS) -> tuple[dict, list[dict[str, float]]]:
+    """The answer, and per filled slot the probabilities logged with its outcome (action id -> p)."""
+    answer = app.test_client().post(f"{V1}/multislot/rank", json={**body(event_id), "slots": slots}).json
+    record = json.loads(app.extensions["ranker"].store.decision("default", event_id)["record"])
+    logged = [{ACTIONS[a]: p for a, p in zip(o["_a"], o["_p"], strict=True)} for o in record["_outcomes"]]
+    return answer, logged
+
+
+def test_multi_slot_discovery_floors_each_slot_while_under_its_share_then_stops(tmp_path):
+    app = slots_app(tmp_path, [RULE])
+    answer, logged = slots_rank(app, "m0")
+    for slot, probabilities in zip(SLOTS, logged, strict=True):
+        assert sum(probabilities.values()) == pytest.approx(1.0)
+        if "exports" in probabilities:  # still left to this slot: at its floor (a fresh model is uniform)
+            assert probabilities["exports"] == pytest.approx(0.5)
+            assert answer["rules"][slot["id"]]["discovery"]["exports"]["rule"] == "try-exports"
+    chosen = {s["id"]: s["rewardActionId"] for s in answer["slots"]}
+    assert "exports" in chosen.values()  # at 0.5 in the hero slot, else at 0.5 in the side slot: drawn here
+    for entry in answer["inferenceExplanation"]:  # the explanation names discovery where it raised the action
+        raised = answer["rules"][entry["slotId"]].get("discovery", {})
+        expected = {"rule": "try-exports", "floor": 0.5} if entry["id"] in raised else None
+        assert entry.get("discovery") == expected and entry["id"] == chosen[entry["slotId"]]
+    # exports took a slot in the one decision so far: its share (100 %) is over 30 %, the floor stops
+    later, logged = slots_rank(app, "m1")
+    assert all("discovery" not in rules for rules in later["rules"].values())
+    assert logged[0] == {a: pytest.approx(0.2) for a in ACTIONS}
+
+
+def test_multi_slot_rules_that_exclude_an_action_beat_discovery_in_their_slot(tmp_path):
+    hero_only = {"name": "hero-only", "actions": {"ids": ["exports"]}, "requires": [{"path": "size", "equals": "l"}]}
+    app = slots_app(tmp_path, [{**RULE, "max_share": 1.0}], entitlements=[hero_only])
+    slots = [{**SLOTS[0], "features": [{"size": "s"}]}, {**SLOTS[1], "features": [{"size": "l"}]}]
+    floored = 0
+    for t in range(6):
+        answer, logged = slots_rank(app, f"x{t}", slots)
+        assert "exports" not in logged[0] and answer["slots"][0]["rewardActionId"] != "exports"
+        assert answer["rules"]["hero"]["excluded"] == {"exports": ["entitlement:hero-only"]}
+        assert "discovery" not in answer["rules"]["hero"]
+        assert sum(logged[1].values()) == pytest.approx(1.0)
+        if "discovery" in answer["rules"]["side"]:  # while exports's share is under 100 %: at its floor
+            assert logged[1]["exports"] == pytest.approx(0.5)
+            floored += 1
+    assert floored >= 1

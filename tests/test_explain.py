@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from vowpalwabbit.pyvw import pylibvw
 from ranker import dsjson, models
 from ranker.app import create_app
 from ranker.cli import cli
+from ranker.settings import hash_key
 
 SINGLE = "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
 MULTI = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
@@ -200,6 +202,41 @@ def test_multi_slot_contributions_add_up_per_slot_for_the_chosen_action(tmp_path
         assert matches_audit(entry, audit(path, line, True)[-len(slots[k]["_inc"]) :])
 
 
+def test_actions_features_kept_between_requests_follow_a_change_and_hold_under_threads(tmp_path, single_model):
+    """An action's features are kept from Rank to Rank: an action whose features changed is explained with
+    the new ones, and threads explaining at once get what one request at a time gets."""
+    app = serving_app(tmp_path, SINGLE, single_model)
+    client = app.test_client()
+    changed = rank_body("c1")
+    changed["actions"][0]["features"] = [{"kind": {"motion": "adoption"}, "effort": 2}]
+    for event_id, body, motion in (("c0", rank_body("c0"), "renewal"), ("c1", changed, "adoption")):
+        answer = client.post(f"{V1}/rank", json={**body, "eventId": event_id}).json
+        entry = next(e for e in answer["inferenceExplanation"] if e["id"] == "renewal-call")
+        names = " ".join(t["name"] for t in entry["features"])
+        assert (
+            f"kind^motion{motion}" in names
+            and f"kind^motion{'renewal' if motion != 'renewal' else 'adoption'}" not in names
+        )
+        assert abs(entry["constant"] + sum(t["score"] for t in entry["features"]) - entry["score"]) <= 1e-6
+
+    def by_action(answer: dict) -> dict:
+        return {e["id"]: e for e in answer["inferenceExplanation"]}
+
+    bodies = [changed if t % 2 else rank_body("") for t in range(24)]
+    alone = [by_action(client.post(f"{V1}/rank", json={**b, "eventId": f"a{t}"}).json) for t, b in enumerate(bodies)]
+    together: dict[int, dict] = {}
+
+    def send(t: int) -> None:
+        together[t] = by_action(app.test_client().post(f"{V1}/rank", json={**bodies[t], "eventId": f"t{t}"}).json)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [together[t] for t in range(len(bodies))] == alone
+
+
 def test_explored_decisions_say_their_explanation_is_not_the_reason(tmp_path, single_model):
     app = serving_app(tmp_path, SINGLE, single_model)
     client = app.test_client()
@@ -327,16 +364,38 @@ def test_cli_explain_without_a_log_says_so_and_creates_none(tmp_path, runner):
     assert not (tmp_path / "empty" / "ranker.db").exists()
 
 
+SLOTS_KEY = "slots-explain-rank-key-0123456789"
+SLOTS_LOOP = f"""
+[loops.slots]
+policy = "multislot"
+isInferenceExplainabilityEnabled = true
+keys = [{{ role = "rank", sha256 = "{hash_key(SLOTS_KEY)}" }}]
+
+[[loops.slots.rules.discovery]]
+name = "try-tours"
+actions = {{ ids = ["feature-tour"] }}
+min_probability = 0.6
+max_share = 0.5
+"""
+
+
 def test_the_personalizer_sdk_returns_the_explanation_as_json(tmp_path_factory):
     server = Server(
         tmp_path_factory.mktemp("sdk-explain"),
-        KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nisInferenceExplainabilityEnabled = true'),
+        KEYED_CONFIG.replace('policy = "default"', 'policy = "default"\nisInferenceExplainabilityEnabled = true')
+        + SLOTS_LOOP,
     )
     try:
         sdk = PersonalizerClient(server.url, AzureKeyCredential(RANK_KEY), retry_total=0)
         answer = sdk.rank(rank_body("sdk-1"))
         assert [e["id"] for e in answer["inferenceExplanation"]] == [r["id"] for r in answer["ranking"]]
         assert isinstance(answer["explored"], bool) and "rules" in answer
+        # multi-slot: the rules per slot, discovery's floors among them, and each slot's chosen action explained
+        slots = PersonalizerClient(server.url, AzureKeyCredential(SLOTS_KEY), retry_total=0)
+        multi = slots.rank_multi_slot(slots_body("sdk-m1"))
+        chosen = {s["id"]: s["rewardActionId"] for s in multi["slots"]}
+        assert multi["rules"]["hero"]["discovery"]["feature-tour"]["floor"] == 0.6  # a first decision: share 0
+        assert [(e["slotId"], e["id"]) for e in multi["inferenceExplanation"]] == list(chosen.items())
         found = requests.get(
             f"{server.url}/personalizer/events/sdk-1?explain=true&api-version=2022-09-01-preview",
             headers={"Ocp-Apim-Subscription-Key": RANK_KEY},

@@ -344,3 +344,14 @@ def test_an_outbox_message_is_enqueued_once_per_key_inside_the_callers_transacti
     assert outbox.get(db.store, "triage:1")["recipient"] == "csm@example.com"
     assert outbox.get(db.store, "triage:2") is None
     assert [m["key"] for m in outbox.page(db.store, state="pending")] == ["triage:1"]
+
+
+def test_exposures_count_the_decisions_that_showed_each_action_single_and_multi_slot(db):
+    db.store.record_decision(decision("s1", at=T0))  # chose a
+    db.store.record_decision(decision("s2", at=T1))  # chose a, within the window
+    slots = [{"id": "hero", "rewardActionId": "b", "probability": 0.5}]
+    slots += [{"id": "side", "rewardActionId": "a", "probability": 0.5}, {"id": "foot", "rewardActionId": None}]
+    db.store.record_decision({**decision("m1", at=T2), "reward_action_id": None, "slots": json.dumps(slots)})
+    assert db.store.exposures("cards", T1) == (2, {"a": 1})  # single-slot only: the multi-slot row counts, unread
+    assert db.store.exposures("cards", T1, multislot=True) == (2, {"a": 2, "b": 1})
+    assert db.store.exposures("other", T0, multislot=True) == (0, {})

@@ -38,6 +38,18 @@ LOOP_CONFIG_UPSERT = (
 )
 
 
+# How many of a loop's multi-slot decisions from a time on gave each action a slot (``slots`` is a JSON array of
+# {"id", "rewardActionId", "probability"}); the engines spell JSON arrays differently.
+SLOT_EXPOSURES = {
+    "sqlite": "SELECT json_extract(j.value, '$.rewardActionId') AS action, count(*) AS n "
+    "FROM decisions d, json_each(d.slots) j WHERE d.loop = ? AND d.created_at >= ? AND d.slots IS NOT NULL "
+    "GROUP BY action",
+    "postgresql": "SELECT j.value ->> 'rewardActionId' AS action, count(*) AS n "
+    "FROM decisions d, jsonb_array_elements(CAST(d.slots AS jsonb)) j WHERE d.loop = ? AND d.created_at >= ? "
+    "AND d.slots IS NOT NULL GROUP BY action",
+}
+
+
 def loop_config_row(conn: sqlite3.Connection, loop: str) -> tuple | None:
     """The loop's ``(service, policy, updated_at)`` set through the API, read on an open connection."""
     return conn.execute(LOOP_CONFIG_SELECT, (loop,)).fetchone()
@@ -222,14 +234,20 @@ class DecisionLog:
 
     # -- explanations and discovery -----------------------------------------------------------
 
-    def exposures(self, loop: str, since: str) -> tuple[int, dict[str, int]]:
-        """The loop's decisions from ``since`` on: how many, and how many chose each action (single-slot)."""
+    def exposures(self, loop: str, since: str, multislot: bool = False) -> tuple[int, dict[str, int]]:
+        """The loop's decisions from ``since`` on: how many, and how many chose each action; ``multislot``:
+        also the multi-slot decisions that gave it a slot (a decision gives an action one slot at most)."""
         rows = self.read(
             "SELECT reward_action_id AS action, count(*) AS n FROM decisions "
             "WHERE loop = ? AND created_at >= ? GROUP BY reward_action_id",
             (loop, since),
         )
-        return sum(r["n"] for r in rows), {r["action"]: r["n"] for r in rows if r["action"] is not None}
+        counts = {r["action"]: r["n"] for r in rows if r["action"] is not None}
+        if multislot:
+            for r in self.read(SLOT_EXPOSURES[self.engine], (loop, since)):
+                if r["action"] is not None:
+                    counts[r["action"]] = counts.get(r["action"], 0) + r["n"]
+        return sum(r["n"] for r in rows), counts
 
     def event_rewards(self, loop: str, event_id: str) -> list[dict[str, Any]]:
         """Every reward of a decision, in the order received, with its slot (null for a single-slot decision)."""
