@@ -132,11 +132,15 @@ class PostgresStore(Store):
 
     def _commit_pipelined(self, conn: Connection, batch: list) -> bool:
         """A batch of merged inserts alone (Ranks) in one round trip: BEGIN, the turn, one multi-row INSERT and
-        COMMIT sent together (psycopg's pipeline mode), each op learning from RETURNING whether its row went in.
+        COMMIT sent as one query, each op learning from RETURNING whether its row went in.
 
-        Each round trip is a wake-up of the server process and of this thread (which then waits for the GIL):
-        on a busy machine three of them made the commit's latency. False, with nothing written, for any other
-        batch or when a statement failed: :meth:`Store._commit` then commits it statement by statement.
+        Each wait for the server is a wake-up of the server process and of this thread, which then waits for
+        the GIL behind the busy request threads (up to a switch interval, 5 ms): on a busy worker those waits,
+        not the commit's own work, made the commit's latency. So the statements go out together as one
+        simple-protocol query, the values bound client-side by psycopg's ``ClientCursor`` (its quoting of
+        every type), and the thread waits once; psycopg's pipeline mode sends them together too, but waits
+        once per statement. False, with nothing written, for any other batch or when a statement failed:
+        :meth:`Store._commit` then commits it statement by statement.
         """
         head, values = batch[0].insert or ("", ())
         match = _MERGED_INSERT.match(head)
@@ -151,18 +155,15 @@ class PostgresStore(Store):
         key = INSERT_KEYS[table]
         row = "(" + ", ".join(["%s"] * len(values)) + ")"
         sql = (
+            f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; {TAKE_TURN}; "
             f"INSERT INTO {table} ({match.group(2)}) VALUES {', '.join([row] * len(batch))} "
-            f"ON CONFLICT DO NOTHING RETURNING {', '.join(key)}"
+            f"ON CONFLICT DO NOTHING RETURNING {', '.join(key)}; COMMIT"
         )
-        raw = conn.raw
+        cursor = psycopg.ClientCursor(conn.raw)
         try:
-            with raw.pipeline():
-                raw.execute("BEGIN")
-                raw.execute("SELECT set_config('lock_timeout', %s, true)", (str(wait_ms),))
-                raw.execute(TAKE_TURN)
-                cursor = raw.cursor()
-                cursor.execute(sql, [value for op in batch for value in op.insert[1]])
-                raw.execute("COMMIT")
+            cursor.execute(sql, [value for op in batch for value in op.insert[1]])
+            for _ in range(3):  # BEGIN, SET, the turn: the INSERT's rows come fourth
+                cursor.nextset()
             inserted = cursor.fetchall()
         except psycopg.Error:
             if conn.in_transaction:
