@@ -36,6 +36,7 @@ from bench_rank import (
 )
 
 from ranker.harness import Server
+from ranker.store.pgsql import migrate
 from ranker.settings import mask_url
 
 
@@ -152,6 +153,7 @@ def engines_main(args) -> int:
             f"{os.cpu_count()} CPUs shared with this client",
             flush=True,
         )
+        migrate(url)  # an empty database gets the schema, as the server would make it
         before = pg_stats(url)
         phases = run(start, url, args)
         after = pg_stats(url)
