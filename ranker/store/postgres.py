@@ -61,6 +61,13 @@ log = logging.getLogger("ranker")
 # The conflict key of each table whose single-row inserts a batch merges (Store.record_decision's ``insert``).
 INSERT_KEYS = {"decisions": ("loop", "event_id")}
 _MERGED_INSERT = re.compile(r"^INSERT OR IGNORE INTO (\w+) \(([^)]*)\) VALUES $")
+# A write whose connection broke during the transaction may have been committed (the COMMIT reached the server,
+# its answer did not come back): the request answers 503 with this message, and a retry is safe for a Rank
+# (its event id: 409 when the first attempt went in) and an Activate, not for a Reward (kept twice).
+LOST_IN_COMMIT = (
+    "the connection to the database was lost during the commit, which may or may not have been made; "
+    "retry with the same eventId (a Rank whose first attempt was committed then answers 409)"
+)
 POOL_SIZE = 4  # read connections per process; a node holds workers x (POOL_SIZE + 1 writer) + the trainer's 3
 # -- the service's store ----------------------------------------------------------------------------------
 
@@ -116,7 +123,10 @@ class PostgresStore(Store):
                     conn = self.database.connect(create=False)
                 self._commit(conn, batch)
             except Exception as exc:
-                failure = StoreUnavailable(f"the decision log could not commit: {exc}")
+                if conn is not None and conn.raw.broken:  # the server may have committed before it went
+                    failure = StoreUnavailable(LOST_IN_COMMIT)
+                else:
+                    failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
                 for op in batch:
                     op.result, op.error = None, failure
                 if conn is not None:
@@ -166,6 +176,8 @@ class PostgresStore(Store):
                 cursor.nextset()
             inserted = cursor.fetchall()
         except psycopg.Error:
+            if conn.raw.broken:
+                raise  # committed or not, nobody can tell: the batch answers 503 (LOST_IN_COMMIT)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return False
