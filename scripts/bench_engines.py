@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -36,8 +37,8 @@ from bench_rank import (
 )
 
 from ranker.harness import Server
-from ranker.store.pgsql import migrate
 from ranker.settings import mask_url
+from ranker.store.pgsql import migrate
 
 
 def postgres_cpu(url: str) -> float:
@@ -181,6 +182,22 @@ def engines_main(args) -> int:
     pg_cpu = sum(p.pg_cpu for p in closed_pg) / done
     wal = sum(p.pg_wal for p in closed_pg) / done
     print(f"PostgreSQL / SQLite     {100 * ratio:6.1f} % of SQLite's Rank throughput   (target >= 80 %)")
+    # a round's two phases ran back to back: their ratio depends less on what else the machine did meanwhile
+    pairs = sorted(p.rate / s.rate for p, s in zip(phases["postgresql"][:-1], phases["sqlite"][:-1], strict=True))
+    print(
+        f"  round by round        {', '.join(f'{100 * r:.1f} %' for r in pairs)} "
+        f"(median {100 * statistics.median(pairs):.1f} %)"
+    )
+    cpu = {
+        name: sum(p.server_cpu + (p.pg_cpu if name == "postgresql" else 0) for p in runs[:-1])
+        / sum(p.done for p in runs[:-1])
+        for name, runs in phases.items()
+    }
+    print(
+        f"  by CPU per Rank       {100 * cpu['sqlite'] / cpu['postgresql']:6.1f} % (ranker + PostgreSQL CPU per Rank "
+        f"{1e3 * cpu['postgresql']:.2f} ms against SQLite's {1e3 * cpu['sqlite']:.2f} ms: the rate ratio of a machine "
+        "whose CPU is the limit)"
+    )
     print(
         f"PostgreSQL at max rate  {commits / seconds:.0f} commits/s, "
         f"{done / max(commits, 1):.1f} decisions per commit (WAL flushes), its own CPU {1e3 * pg_cpu:.2f} ms and "
