@@ -1,7 +1,12 @@
 """``bench_rank.py --database-url``: Rank on SQLite against Rank on PostgreSQL, in one run (see bench_rank.py).
 
-Both servers run side by side on this machine, each as production runs it; the closed-loop rounds alternate
-between them (the order flips each round), then each server gets an open loop at half its own best rate.
+Each engine's server runs as production runs it (``ranker serve``: gunicorn's workers and the trainer), and only
+one server runs at a time: each phase starts its own (on the engine's data, kept from phase to phase), warms it
+up and stops it after, so neither the other server's workers and trainer (which poll their database) nor its
+connections take from the one being measured. The closed-loop rounds alternate between the engines (the order
+flips each round), then each engine gets an open loop at half its own best rate. Each phase's line says what
+else used the CPU meanwhile: PostgreSQL's processes and all others (the figures only mean something when
+"others" is small).
 The figures for a capacity plan come from PostgreSQL's own statistics: commits (``pg_stat_database``), the
 CPU of its processes (/proc, from the checkpointer's parent, the postmaster, down) and the size of the
 ``decisions`` table with its indexes.
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from bench_rank import (
 
 from ranker.harness import Server
 from ranker.settings import mask_url
+from ranker.store.pgsql import migrate
 
 
 def postgres_cpu(url: str) -> float:
@@ -62,72 +69,102 @@ def pg_stats(url: str) -> dict[str, float]:
         return {"commits": syncs, "wal": int(wal), "rows": rows, "bytes": size}
 
 
-async def run(servers: dict[str, Server], url: str, args) -> dict[str, list[Phase]]:
-    parts = rank_body_parts()
-    ids = EventIds(f"bench-{os.urandom(4).hex()}")
-    n, s = args.requests, args.duration
-    conns = {name: [await connect(server.port) for _ in range(args.concurrency)] for name, server in servers.items()}
-    phases: dict[str, list[Phase]] = {name: [] for name in servers}  # warm-up, closed rounds, open loop
-    for name, server in servers.items():
-        warm = Phase(f"warm-up {name}")
-        await closed_loop(server.port, conns[name], RANK_PATH, parts, ids, warm, int(args.warmup * 500), args.warmup)
-        phases[name].append(warm)
-    for r in range(1, args.rounds + 1):
-        for name in list(servers) if r % 2 else list(reversed(servers)):
-            server, phase = servers[name], Phase(f"rank {name} #{r}")
-            before_pg, before = postgres_cpu(url), pg_stats(url)
-            await measure(server, phase, closed_loop(server.port, conns[name], RANK_PATH, parts, ids, phase, n, s))
-            phase.pg_cpu = postgres_cpu(url) - before_pg
-            after = pg_stats(url)
-            phase.pg_commits = after["commits"] - before["commits"]
-            phase.pg_wal = after["wal"] - before["wal"]
-            phases[name].append(phase)
-            print(
-                describe(phase)
-                + (f"  PostgreSQL CPU {1e3 * phase.pg_cpu / phase.done:.2f} ms/req" if name == "postgresql" else ""),
-                flush=True,
-            )
-    for name, server in servers.items():
-        for conn in conns[name]:
+def others_cpu(phase: Phase) -> float:
+    """The share of a CPU that processes other than the ranker server, this client and PostgreSQL took."""
+    busy = phase.machine_cpu - phase.server_cpu - phase.client_cpu - phase.pg_cpu
+    return max(0.0, busy) / max(phase.elapsed, 1e-9)
+
+
+def line(name: str, phase: Phase) -> str:
+    """``describe``'s line, its "other processes" split into PostgreSQL's share and the rest's."""
+    head, _, tail = describe(phase).partition(", other processes")
+    errors = tail.partition("  NON-201")[2]
+    return (
+        f"{head}, PostgreSQL {100 * phase.pg_cpu / max(phase.elapsed, 1e-9):3.0f}%"
+        + (f" = {1e3 * phase.pg_cpu / max(phase.done, 1):.2f} ms/req" if name == "postgresql" else "")
+        + f", others {100 * others_cpu(phase):3.0f}% of a CPU"
+        + (f"  NON-201{errors}" if errors else "")
+    )
+
+
+async def load(server: Server, name: str, url: str, args, phase: Phase, ids: EventIds, rate: float = 0) -> Phase:
+    """Warm the freshly started server up, then one closed loop (``rate`` 0) or open loop at ``rate``, measuring
+    the ranker's, PostgreSQL's and everything else's CPU meanwhile."""
+    parts, n, s = rank_body_parts(), args.requests, args.duration
+    conns = [await connect(server.port) for _ in range(args.concurrency)]
+    warm = Phase(f"warm-up {name}")
+    await closed_loop(server.port, conns, RANK_PATH, parts, ids, warm, int(args.warmup * 500), args.warmup)
+    before_pg, before = postgres_cpu(url), pg_stats(url)
+    if rate:
+        for conn in conns:
             conn.close()
-        rate = args.fraction * max(p.rate for p in phases[name][1:])
-        phase = Phase(f"rank {name}, open {rate:.0f}/s")
-        paced = [await connect(server.port) for _ in range(args.open_connections)]
-        await measure(
-            server, phase, open_loop(server.port, paced, RANK_PATH, parts, ids, phase, rate, n, args.open_duration)
-        )
-        print(describe(phase), flush=True)
-        phases[name].append(phase)
+        conns = [await connect(server.port) for _ in range(args.open_connections)]
+        run = open_loop(server.port, conns, RANK_PATH, parts, ids, phase, rate, n, args.open_duration)
+    else:
+        run = closed_loop(server.port, conns, RANK_PATH, parts, ids, phase, n, s)
+    await measure(server, phase, run)
+    phase.pg_cpu = postgres_cpu(url) - before_pg
+    after = pg_stats(url)
+    phase.pg_commits = after["commits"] - before["commits"]
+    phase.pg_wal = after["wal"] - before["wal"]
+    phase.warm_ok = warm.statuses.get(201, 0)
+    for conn in conns:
+        conn.close()
+    print(line(name, phase), flush=True)
+    return phase
+
+
+def run(start, url: str, args) -> dict[str, list[Phase]]:
+    """Closed-loop rounds alternating between the engines, then each engine's open loop at half its best rate;
+    every phase on a server of its own, started for it and stopped after it, so only one ranker server runs at a
+    time (the other engine's would poll the database and take CPU from the one being measured)."""
+    ids = EventIds(f"bench-{os.urandom(4).hex()}")
+    phases: dict[str, list[Phase]] = {"sqlite": [], "postgresql": []}
+    order = list(phases)
+    for r in range(1, args.rounds + 1):
+        for name in order if r % 2 else order[::-1]:
+            server = start(name)
+            try:
+                phases[name].append(asyncio.run(load(server, name, url, args, Phase(f"rank {name} #{r}"), ids)))
+            finally:
+                server.stop()
+    for name in order if args.rounds % 2 == 0 else order[::-1]:
+        rate = args.fraction * max(p.rate for p in phases[name])
+        server = start(name)
+        try:
+            phase = Phase(f"rank {name}, open {rate:.0f}/s")
+            phases[name].append(asyncio.run(load(server, name, url, args, phase, ids, rate)))
+        finally:
+            server.stop()
     return phases
 
 
 def engines_main(args) -> int:
     url = args.database_url
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
-        servers = {}
-        try:
-            for name, more in (("sqlite", {}), ("postgresql", {"database_url": url})):
-                folder = Path(tmp) / name
-                folder.mkdir()
-                servers[name] = start_server(folder, args.workers, args.threads, **more)
-            print(
-                f"Rank on SQLite ({servers['sqlite'].url}) and on PostgreSQL {mask_url(url)} "
-                f"({servers['postgresql'].url}); {os.cpu_count()} CPUs shared with this client",
-                flush=True,
-            )
-            before = pg_stats(url)
-            phases = asyncio.run(run(servers, url, args))
-        finally:
-            for server in servers.values():
-                server.stop()
+        settings = {"sqlite": {}, "postgresql": {"database_url": url}}
+        for name in settings:
+            (Path(tmp) / name).mkdir()
+
+        def start(name: str) -> Server:
+            return start_server(Path(tmp) / name, args.workers, args.threads, **settings[name])
+
+        print(
+            f"Rank on SQLite and on PostgreSQL {mask_url(url)}, one server at a time, each started for its phase; "
+            f"{os.cpu_count()} CPUs shared with this client",
+            flush=True,
+        )
+        migrate(url)  # an empty database gets the schema, as the server would make it
+        before = pg_stats(url)
+        phases = run(start, url, args)
         after = pg_stats(url)
         lite = sqlite3.connect(Path(tmp) / "sqlite" / "ranker.db")
         lite_rows = lite.execute("SELECT count(*) FROM decisions").fetchone()[0]
         lite.close()
         lite_bytes = (Path(tmp) / "sqlite" / "ranker.db").stat().st_size  # the file: almost only decisions
 
-    best = {name: max(runs[1:-1], key=lambda p: p.rate) for name, runs in phases.items()}
-    acked = {name: sum(p.statuses.get(201, 0) for p in runs) for name, runs in phases.items()}
+    best = {name: max(runs[:-1], key=lambda p: p.rate) for name, runs in phases.items()}
+    acked = {name: sum(p.statuses.get(201, 0) + p.warm_ok for p in runs) for name, runs in phases.items()}
     ratio = best["postgresql"].rate / best["sqlite"].rate
     print()
     for name in ("sqlite", "postgresql"):
@@ -138,13 +175,29 @@ def engines_main(args) -> int:
             f"open loop {paced.rate:.0f} req/s p50 {1e3 * percentile(lat, 0.5):.2f} ms p99 "
             f"{1e3 * percentile(lat, 0.99):.2f} ms  (target < 20 ms)"
         )
-    closed_pg = phases["postgresql"][1:-1]
+    closed_pg = phases["postgresql"][:-1]
     done = sum(p.done for p in closed_pg)
     seconds = sum(p.elapsed for p in closed_pg)
     commits = sum(p.pg_commits for p in closed_pg)
     pg_cpu = sum(p.pg_cpu for p in closed_pg) / done
     wal = sum(p.pg_wal for p in closed_pg) / done
     print(f"PostgreSQL / SQLite     {100 * ratio:6.1f} % of SQLite's Rank throughput   (target >= 80 %)")
+    # a round's two phases ran back to back: their ratio depends less on what else the machine did meanwhile
+    pairs = sorted(p.rate / s.rate for p, s in zip(phases["postgresql"][:-1], phases["sqlite"][:-1], strict=True))
+    print(
+        f"  round by round        {', '.join(f'{100 * r:.1f} %' for r in pairs)} "
+        f"(median {100 * statistics.median(pairs):.1f} %)"
+    )
+    cpu = {
+        name: sum(p.server_cpu + (p.pg_cpu if name == "postgresql" else 0) for p in runs[:-1])
+        / sum(p.done for p in runs[:-1])
+        for name, runs in phases.items()
+    }
+    print(
+        f"  by CPU per Rank       {100 * cpu['sqlite'] / cpu['postgresql']:6.1f} % (ranker + PostgreSQL CPU per Rank "
+        f"{1e3 * cpu['postgresql']:.2f} ms against SQLite's {1e3 * cpu['sqlite']:.2f} ms: the rate ratio of a machine "
+        "whose CPU is the limit)"
+    )
     print(
         f"PostgreSQL at max rate  {commits / seconds:.0f} commits/s, "
         f"{done / max(commits, 1):.1f} decisions per commit (WAL flushes), its own CPU {1e3 * pg_cpu:.2f} ms and "

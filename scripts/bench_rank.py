@@ -37,12 +37,14 @@ account and a user, to which the server adds 2 x 20 features and their attribute
 and the plain loop with that same merged context sent inline by the caller (so the difference between the
 last two is the lookup and merge alone, the rest being the cost of a larger context in VW and the log).
 
-With ``--database-url postgresql://...`` it compares instead, in one run, Rank on two servers started side by
-side: one on SQLite (as above) and one on that PostgreSQL database (an empty or ranker-migrated one, on this
-machine). Closed-loop rounds alternate between them; then each gets its open loop at half its own maximum.
-It also prints what a capacity plan needs: the CPU per Rank of the ranker processes and of PostgreSQL's
-(the server's processes, found from its checkpointer), PostgreSQL's commits per second and decisions per
-commit (group commit), and the bytes per decision row (table and indexes).
+With ``--database-url postgresql://...`` it compares instead, in one run, Rank on SQLite (as above) and on that
+PostgreSQL database (an empty or ranker-migrated one, on this machine), one server at a time: each phase starts
+its engine's server, warms it up and stops it after (scripts/bench_engines.py). Closed-loop rounds alternate
+between the engines; then each gets its open loop at half its own maximum. Besides the best rounds' ratio it
+prints each round's ratio and the ratio of CPU per Rank (ranker's and PostgreSQL's together), and what a
+capacity plan needs: the CPU per Rank of the ranker processes and of PostgreSQL's (the server's processes,
+found from its checkpointer), PostgreSQL's commits per second and decisions per commit (group commit), and the
+bytes per decision row (table and indexes).
 
 Example:
     python scripts/bench_rank.py --concurrency 24 --duration 8 --requests 50000

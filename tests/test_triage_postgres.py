@@ -209,3 +209,26 @@ def test_the_review_pages_on_postgresql(tmp_path, pg_cluster):
     loop = client.get("/review/loops/cs-next-best-action").text
     assert re.search(r"<td>\d{4}-\d\d-\d\d</td><td>\d+</td><td>1</td>", loop)  # one decision rewarded
     assert f"triage:{a1['id']}" in client.get("/review/outbox").text
+
+
+def test_the_demo_command_on_postgresql(tmp_path, pg_cluster, runner, monkeypatch):
+    """``ranker demo renewal-triage`` with RANKER_DATABASE_URL: the company, its patterns and triage items go into
+    the database (no SQLite file beside the settings); a database holding data already is refused."""
+    url = pg_cluster.database()
+    monkeypatch.setenv("RANKER_DATABASE_URL", url)
+    folder = tmp_path / "demo"
+    args = ["demo", "renewal-triage", "--accounts", "50", "--days", "180"]
+    result = runner.invoke(cli, [*args, "--data-dir", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert not (folder / "ranker.db").exists()
+    assert f"RANKER_DATABASE_URL=<the same URL> ranker serve --config {folder / 'ranker.toml'}" in result.output
+    flagged = int(result.output.split(" match an enabled pattern")[0].rsplit(" ", 1)[1])
+    sent = int(result.output.split(" usage and ticket events sent")[0].rsplit(" ", 1)[1])
+    assert log_rows(folder, url, "SELECT count(*) AS n FROM signal_versions WHERE type = 'account'") == [{"n": 50}]
+    assert log_rows(folder, url, "SELECT count(*) AS n FROM signal_events") == [{"n": sent}]
+    assert log_rows(folder, url, "SELECT count(*) AS n FROM triage_items") == [{"n": flagged}]
+    decisions = log_rows(folder, url, "SELECT count(*) AS n FROM decisions WHERE deferred = 1")
+    assert decisions == [{"n": flagged}]  # a flagged account's next best action awaits its review
+    again = runner.invoke(cli, [*args, "--data-dir", str(tmp_path / "other")])
+    assert again.exit_code == 1 and "needs an empty database" in again.output, again.output
+    assert not (tmp_path / "other" / "ranker.toml").exists()

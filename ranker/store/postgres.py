@@ -61,6 +61,13 @@ log = logging.getLogger("ranker")
 # The conflict key of each table whose single-row inserts a batch merges (Store.record_decision's ``insert``).
 INSERT_KEYS = {"decisions": ("loop", "event_id")}
 _MERGED_INSERT = re.compile(r"^INSERT OR IGNORE INTO (\w+) \(([^)]*)\) VALUES $")
+# A write whose connection broke during the transaction may have been committed (the COMMIT reached the server,
+# its answer did not come back): the request answers 503 with this message, and a retry is safe for a Rank
+# (its event id: 409 when the first attempt went in) and an Activate, not for a Reward (kept twice).
+LOST_IN_COMMIT = (
+    "the connection to the database was lost during the commit, which may or may not have been made; "
+    "retry with the same eventId (a Rank whose first attempt was committed then answers 409)"
+)
 POOL_SIZE = 4  # read connections per process; a node holds workers x (POOL_SIZE + 1 writer) + the trainer's 3
 # -- the service's store ----------------------------------------------------------------------------------
 
@@ -116,7 +123,10 @@ class PostgresStore(Store):
                     conn = self.database.connect(create=False)
                 self._commit(conn, batch)
             except Exception as exc:
-                failure = StoreUnavailable(f"the decision log could not commit: {exc}")
+                if conn is not None and conn.raw.broken:  # the server may have committed before it went
+                    failure = StoreUnavailable(LOST_IN_COMMIT)
+                else:
+                    failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
                 for op in batch:
                     op.result, op.error = None, failure
                 if conn is not None:
@@ -132,11 +142,15 @@ class PostgresStore(Store):
 
     def _commit_pipelined(self, conn: Connection, batch: list) -> bool:
         """A batch of merged inserts alone (Ranks) in one round trip: BEGIN, the turn, one multi-row INSERT and
-        COMMIT sent together (psycopg's pipeline mode), each op learning from RETURNING whether its row went in.
+        COMMIT sent as one query, each op learning from RETURNING whether its row went in.
 
-        Each round trip is a wake-up of the server process and of this thread (which then waits for the GIL):
-        on a busy machine three of them made the commit's latency. False, with nothing written, for any other
-        batch or when a statement failed: :meth:`Store._commit` then commits it statement by statement.
+        Each wait for the server is a wake-up of the server process and of this thread, which then waits for
+        the GIL behind the busy request threads (up to a switch interval, 5 ms): on a busy worker those waits,
+        not the commit's own work, made the commit's latency. So the statements go out together as one
+        simple-protocol query, the values bound client-side by psycopg's ``ClientCursor`` (its quoting of
+        every type), and the thread waits once; psycopg's pipeline mode sends them together too, but waits
+        once per statement. False, with nothing written, for any other batch or when a statement failed:
+        :meth:`Store._commit` then commits it statement by statement.
         """
         head, values = batch[0].insert or ("", ())
         match = _MERGED_INSERT.match(head)
@@ -151,20 +165,19 @@ class PostgresStore(Store):
         key = INSERT_KEYS[table]
         row = "(" + ", ".join(["%s"] * len(values)) + ")"
         sql = (
+            f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; {TAKE_TURN}; "
             f"INSERT INTO {table} ({match.group(2)}) VALUES {', '.join([row] * len(batch))} "
-            f"ON CONFLICT DO NOTHING RETURNING {', '.join(key)}"
+            f"ON CONFLICT DO NOTHING RETURNING {', '.join(key)}; COMMIT"
         )
-        raw = conn.raw
+        cursor = psycopg.ClientCursor(conn.raw)
         try:
-            with raw.pipeline():
-                raw.execute("BEGIN")
-                raw.execute("SELECT set_config('lock_timeout', %s, true)", (str(wait_ms),))
-                raw.execute(TAKE_TURN)
-                cursor = raw.cursor()
-                cursor.execute(sql, [value for op in batch for value in op.insert[1]])
-                raw.execute("COMMIT")
+            cursor.execute(sql, [value for op in batch for value in op.insert[1]])
+            for _ in range(3):  # BEGIN, SET, the turn: the INSERT's rows come fourth
+                cursor.nextset()
             inserted = cursor.fetchall()
         except psycopg.Error:
+            if conn.raw.broken:
+                raise  # committed or not, nobody can tell: the batch answers 503 (LOST_IN_COMMIT)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return False

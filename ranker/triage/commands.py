@@ -214,13 +214,17 @@ def demo_renewal_triage(data_dir: str, accounts: int, seed: int, days: int) -> N
     """Generate a SaaS company with a planted churn pattern (fintech accounts whose Reporting API usage stops
     before renewal churn at 80 %): a year of product usage sent through OTLP, support tickets, contracts with
     outcomes through the entities API; then mine the patterns, run triage, and print where to look (the keys
-    are printed once).
+    are printed once). With RANKER_DATABASE_URL set, the data goes into that PostgreSQL database (it must
+    be empty; the data folder then holds the settings and the models' cache).
 
     Example: ranker demo renewal-triage --data-dir renewal-demo --accounts 500
     """
+    import os
+
     from .demo import DemoError, run
 
+    url = os.environ.get("RANKER_DATABASE_URL")
     try:
-        run(Path(data_dir), accounts, seed, click.echo, days=days)
+        run(Path(data_dir), accounts, seed, click.echo, days=days, overrides={"database_url": url} if url else None)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -330,9 +330,15 @@ def run(
     settings = load_settings(config, environ={}, overrides=overrides)
     app = create_app(settings)
     service = app.extensions["ranker"]
+    where = str(data_dir)
+    if settings.database_url is not None:  # the database, not the folder, must be fresh
+        where = f"{settings.database_name} (settings in {data_dir})"
+        if any(service.store.counts().values()) or any(service.signals.store.counts().values()):
+            config.unlink()
+            raise DemoError(f"{settings.database_name} holds data already: the demo needs an empty database")
     company = generate(accounts, seed, today, days)
     planted = sum(a.planted and a.past for a in company.accounts)
-    echo(f"A SaaS company of {accounts} accounts and {days} days of history (seed {seed}), into {data_dir}:")
+    echo(f"A SaaS company of {accounts} accounts and {days} days of history (seed {seed}), into {where}:")
     counts = load(app.test_client(), company, admin, seed, lambda line: echo("  " + line))
     echo(
         f"  planted: fintech accounts whose Reporting API usage stops 105-135 days before renewal churn at "
@@ -353,13 +359,14 @@ def run(
             f"action and a draft email ({len(summary.get('errors') or [])} errors)"
         )
     base = f"http://127.0.0.1:{port}"
+    serve = "" if settings.database_url is None else "RANKER_DATABASE_URL=<the same URL> "
     echo(
         f"""
 Keys (shown once; ranker.toml keeps only their hashes):
   admin:  {admin}
   review: {review}
 
-Serve it:      ranker serve --config {config}
+Serve it:      {serve}ranker serve --config {config}
 Review items:  {base}/review  (sign in with the review key)
 JSON API:      curl -H 'Ocp-Apim-Subscription-Key: {review}' {base}/triage/items
 Patterns:      ranker patterns list --config {config}"""

@@ -1,0 +1,110 @@
+"""A connection to PostgreSQL lost during COMMIT: the query reached the server, which commits it, and its answer
+never comes back. The request cannot know whether it was written: it answers 503 in the error shape, and a
+Rank retried with the same eventId finds its first attempt committed (409); a retried Reward is kept twice."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from postgres import log_rows
+
+from ranker.app import create_app
+from ranker.settings import load_settings
+
+RANK = "/personalizer/v1.0/rank"
+BODY = {
+    "contextFeatures": [{"plan": "enterprise"}],
+    "actions": [{"id": "a", "features": [{"kind": "guide"}]}, {"id": "b", "features": [{"kind": "call"}]}],
+}
+
+
+class DroppingProxy:
+    """A Unix-socket proxy in front of the cluster's socket. Once ``drop`` is set, the next message from the
+    client that holds a COMMIT goes on to the server and the client's connection is closed at once: the server
+    commits, its answer is thrown away."""
+
+    def __init__(self, target: Path, port: int):
+        self.folder = Path(tempfile.mkdtemp(prefix="pgproxy-"))
+        self.target = str(target)
+        self.drop = threading.Event()
+        self.dropped = threading.Event()
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(self.folder / f".s.PGSQL.{port}"))
+        self.listener.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(self.target)
+        muted = threading.Event()
+
+        def answers() -> None:
+            with contextlib.suppress(OSError):
+                while (data := upstream.recv(65536)) and not muted.is_set():
+                    client.sendall(data)
+
+        threading.Thread(target=answers, daemon=True).start()
+        with client, upstream, contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                dropping = self.drop.is_set() and b"COMMIT" in data
+                if dropping:
+                    muted.set()
+                upstream.sendall(data)
+                if dropping:
+                    self.drop.clear()
+                    client.shutdown(socket.SHUT_RDWR)
+                    self.dropped.set()
+                    time.sleep(2)  # the server finishes the query before it notices the client went
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def proxied(pg_cluster):
+    url = pg_cluster.database()
+    proxy = DroppingProxy(pg_cluster.folder / f".s.PGSQL.{pg_cluster.port}", pg_cluster.port)
+    yield url, url.replace(f"host={pg_cluster.folder}", f"host={proxy.folder}"), proxy
+    proxy.close()
+
+
+def test_a_connection_lost_during_commit_answers_503_and_a_retry_says_what_was_committed(tmp_path, proxied):
+    url, through_proxy, proxy = proxied
+    settings = load_settings(None, environ={}, overrides={"data_dir": tmp_path, "database_url": through_proxy})
+    client = create_app(settings).test_client()
+    assert client.post(RANK, json={**BODY, "eventId": "warm"}).status_code == 201
+
+    proxy.drop.set()
+    lost = client.post(RANK, json={**BODY, "eventId": "e1"})
+    assert proxy.dropped.is_set()
+    assert lost.status_code == 503 and lost.json["error"]["code"] == "StoreUnavailable", lost.json
+    assert "may or may not have been made" in lost.json["error"]["message"]
+    # the server committed it: the retry (on a new connection) is told so, and nothing is logged twice
+    retried = client.post(RANK, json={**BODY, "eventId": "e1"})
+    assert retried.status_code == 409 and retried.json["error"]["code"] == "EventIdAlreadyExists"
+    assert log_rows(tmp_path, url, "SELECT count(*) AS n FROM decisions WHERE event_id = 'e1'") == [{"n": 1}]
+
+    proxy.dropped.clear()
+    proxy.drop.set()
+    reward = "/personalizer/v1.0/events/e1/reward"
+    assert client.post(reward, json={"value": 1.0}).status_code == 503 and proxy.dropped.is_set()
+    assert client.post(reward, json={"value": 1.0}).status_code == 204
+    rewards = "SELECT count(*) AS n FROM rewards r JOIN decisions d ON d.id = r.decision_id WHERE d.event_id = 'e1'"
+    assert log_rows(tmp_path, url, rewards) == [{"n": 2}]  # a Reward is not idempotent: both attempts count
