@@ -42,12 +42,11 @@ def imitate(ws: vowpalwabbit.Workspace, record: str) -> bool:
                 dsjson.with_slot_labels(record, [(g, float(g == b)) for g, b in zip(greedy, baselines, strict=True)]),
             )
         return greedy == baselines
-    head = json.loads(record[: record.index(',"c":')] + "}")
-    baseline = head["a"][0] - 1
+    baseline = dsjson.head(record)["a"][0] - 1
     greedy = _greedy(ws, record)
-    vwcalls.learn(ws, _with_label(record, baseline, 1.0))
+    vwcalls.learn(ws, dsjson.with_label(record, baseline, 1.0))
     if greedy != baseline:
-        vwcalls.learn(ws, _with_label(record, greedy, 0.0))
+        vwcalls.learn(ws, dsjson.with_label(record, greedy, 0.0))
     return greedy == baseline
 
 
@@ -74,13 +73,6 @@ def graduate(
         evidence=json.dumps(evidence),
     )
     log.warning("loop %s: switched from Apprentice to Online: %s", loop, json.dumps(evidence))
-
-
-def _with_label(record: str, index: int, reward: float) -> str:
-    """The record with a CB label on ``_multi[index]`` at probability 1, placed before ``c`` as VW needs
-    (see :func:`ranker.dsjson.labeled`, which labels the served action with its logged probability)."""
-    label = {"_label_cost": -reward, "_label_probability": 1.0, "_label_Action": index + 1, "_labelIndex": index}
-    return json.dumps(label, separators=(",", ":"))[:-1] + "," + record[1:]
 
 
 def _greedy(ws: vowpalwabbit.Workspace, record: str) -> int:

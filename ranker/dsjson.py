@@ -17,6 +17,7 @@ forbid the baseline in that slot).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import to_json
@@ -77,21 +78,40 @@ def decision_line(event_id: str, timestamp: str, c_json: str, order: list[int], 
     return _dumps(head)[:-1] + ',"c":' + c_json + "}"
 
 
-def labeled(line: str, reward: float, *, skip_learn: bool = False) -> str:
-    """The record with VW's CB label added: cost = -reward on the chosen (first) action.
+def head(line: str, decode: Callable[[str], Any] = json.loads) -> Any:
+    """The record's head: its keys before ``c`` (``EventId``, ``Timestamp``, ``a``, ``p``, a label), decoded
+    without the features; a :class:`ValueError` when the line has no ``c`` or its head is not JSON."""
+    return decode(line[: line.index(',"c":')] + "}")
 
-    VW's DSJSON parser reads the label only when it comes before ``c``, so it is put first.
-    """
-    head = json.loads(line[: line.index(',"c":')] + "}")
+
+def labeled(line: str, reward: float, *, skip_learn: bool = False) -> str:
+    """The record with VW's CB label added: cost = -reward on the chosen (first) action, at its logged
+    probability."""
+    logged = head(line)
+    return with_label(line, logged["a"][0] - 1, reward, logged["p"][0], skip_learn=skip_learn)
+
+
+def with_label(line: str, index: int, reward: float, probability: float = 1.0, *, skip_learn: bool = False) -> str:
+    """The record with VW's CB label: cost = -reward on ``_multi[index]`` at ``probability`` (1: a known reward,
+    not an explored one, as Apprentice's imitation learns). VW's DSJSON parser reads the label only when it
+    comes before ``c``, so it is put first."""
     label = {
         "_label_cost": -reward,
-        "_label_probability": head["p"][0],
-        "_label_Action": head["a"][0],
-        "_labelIndex": head["a"][0] - 1,
+        "_label_probability": probability,
+        "_label_Action": index + 1,
+        "_labelIndex": index,
     }
     if skip_learn:
         label["_skipLearn"] = True
     return _dumps(label)[:-1] + "," + line[1:]
+
+
+def label_reward(cost: Any, where: str = "_label_cost") -> float:
+    """The reward a read label's cost stands for (the cost negated, never -0.0); a :class:`ValueError` unless
+    it is a number in [-1, 1]."""
+    if type(cost) not in (int, float) or not -1 <= cost <= 1:
+        raise ValueError(f"{where} must be a number in [-1, 1] (the reward negated)")
+    return 0.0 - cost
 
 
 def with_slots(c_json: str, slots: list[dict[str, Any]]) -> str:

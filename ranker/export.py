@@ -57,7 +57,7 @@ from .engine import is_multislot
 from .join import Joined, Outcome, RewardJoin, joined
 from .schemas import check_features
 from .settings import Settings
-from .store import log, open_database, parse_time, timestamp
+from .store import decision_row, log, open_database, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})
@@ -199,12 +199,9 @@ def read_decision(obj: Any) -> Imported:
         raise ValueError("the chosen action (first in a) must have a positive probability")
     reward = None
     if "_label_cost" in obj:
-        cost = obj["_label_cost"]
-        if not is_number(cost) or not -1 <= -cost <= 1:
-            raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
+        reward = dsjson.label_reward(obj["_label_cost"])
         if obj.get("_label_Action", a[0]) != a[0] or obj.get("_labelIndex", a[0] - 1) != a[0] - 1:
             raise ValueError("the label must be on the chosen action (the first in a)")
-        reward = 0.0 - cost  # no -0.0
     skip = obj.get("_skipLearn", False)
     if not isinstance(skip, bool):
         raise ValueError("_skipLearn must be true or false")
@@ -301,17 +298,17 @@ def _write(
     rows = [
         (
             number,
-            {
-                "event_id": d.event_id,
-                "created_at": d.created_at,
-                "record": d.record,
-                "action_ids": d.action_ids,
-                "reward_action_id": d.action_ids[d.chosen],
-                "probability": d.probability,
-                "explanation": EXPLANATION,
-                "deferred": int(not d.shown),
-                "reward": d.reward,
-            },
+            decision_row(
+                d.event_id,
+                d.created_at,
+                d.action_ids,
+                deferred=not d.shown,
+                record=d.record,
+                reward_action_id=d.action_ids[d.chosen],
+                probability=d.probability,
+                explanation=EXPLANATION,
+            ),
+            d.reward,
         )
         for number, d in batch
     ]

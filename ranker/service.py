@@ -24,7 +24,7 @@ from .schemas import MultiSlotRankRequest, RankRequest
 from .settings import LoopSettings, Policy, Settings, hash_key
 from .signals.service import Signals
 from .slots import choose_slots, slot_options
-from .store import open_database, timestamp
+from .store import decision_row, open_database, timestamp
 
 log = logging.getLogger("ranker")
 
@@ -98,17 +98,16 @@ class Call:
 
     def row(self, **fields: Any) -> dict[str, Any]:
         """The decision's row: what every decision logs, and ``fields`` (its record, choice and explanation)."""
-        return {
-            "event_id": self.event_id,
-            "created_at": self.stamp,
-            "action_ids": json.dumps(self.ids),
-            "model_version": self.engine.version,
-            "policy": self.policy.name,
-            "learning_mode": self.settings.learning_mode,
-            "deferred": int(self.deferred),
-            "activated_at": None,
+        return decision_row(
+            self.event_id,
+            self.stamp,
+            self.ids,
+            deferred=self.deferred,
+            model_version=self.engine.version,
+            policy=self.policy.name,
+            learning_mode=self.settings.learning_mode,
             **fields,
-        }
+        )
 
 
 class Service:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ranker.settings import Settings
+from ranker.store import decision_row, learning, log, open_database, outbox, transaction
 from ranker.store import jobs as store_jobs
-from ranker.store import learning, log, open_database, outbox, transaction
 
 ENGINES = ["sqlite", "postgresql"]
 T0, T1, T2 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:01.000000Z", "2030-01-01T00:00:02.000000Z"
@@ -87,9 +87,11 @@ def test_decisions_are_read_in_commit_order_with_their_rewards_in_the_order_rece
 
 def test_an_import_writes_all_it_can_and_nothing_of_a_refused_row(db, tmp_path):
     db.store.record_decision(decision("taken"))
-    row = {"created_at": T0, "record": "{}", "action_ids": ["a"], "reward_action_id": "a", "probability": 1.0}
-    row |= {"explanation": "{}", "deferred": 0}
-    rows = [(1, {**row, "event_id": "new", "reward": 1.0}), (2, {**row, "event_id": "taken", "reward": 1.0})]
+    fields = {"record": "{}", "reward_action_id": "a", "probability": 1.0, "explanation": "{}"}
+    rows = [
+        (number, decision_row(event_id, T0, ["a"], deferred=False, **fields), 1.0)
+        for number, event_id in ((1, "new"), (2, "taken"))
+    ]
     written, refused = log.import_decisions(db.conn, db.database, "cards", rows)
     assert written == 1 and refused == [(2, "EventId 'taken' is already in loop 'cards'")]
     assert db.store.counts() == {"decisions": 2, "rewards": 1}  # the refused row's reward is not kept either

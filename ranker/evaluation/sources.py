@@ -118,7 +118,7 @@ class LoopLog:
                 assert event is not None  # the export labels every slot
                 yield event
                 continue
-            head = json.loads(record[: record.index(',"c":')] + "}")
+            head = dsjson.head(record)
             a, p = head["a"], head["p"]
             reward = decision.outcome.reward
             yield Event(line, a[0] - 1, p[0], reward, a, p, len(a), decision.created_at)
@@ -182,9 +182,8 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
             except (TypeError, ValueError) as exc:
                 return Skipped(number, "invalid", str(exc))
             return Skipped(number, "unlabeled") if event is None else event
-    cut = line.find(',"c":')
     try:
-        head = _decode(line[:cut] + "}") if cut > 0 else None
+        head = dsjson.head(line, _decode)
     except ValueError:
         head = None
     if type(head) is dict and "_label_cost" in head and "a" in head and "p" in head:
@@ -207,7 +206,7 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
     if decision.reward is None:
         return Skipped(number, "unlabeled")
     line = dsjson.labeled(decision.record, decision.reward)
-    head = json.loads(decision.record[: decision.record.index(',"c":')] + "}")
+    head = dsjson.head(decision.record)
     return Event(
         line,
         decision.chosen,
@@ -238,7 +237,7 @@ def _check_c(c: Any) -> None:
 def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Skipped:
     if head.get("_skipLearn") is True:
         return Skipped(number, "not_activated")
-    a, p, cost = head["a"], head["p"], head["_label_cost"]
+    a, p = head["a"], head["p"]
     k = len(a)  # the export lists every eligible action in "a"
     if not k or len(p) != k or head.get("_labelIndex", a[0] - 1) != a[0] - 1:
         raise ValueError('"a", "p" and the label do not agree')
@@ -246,9 +245,8 @@ def _exported_event(number: int, line: str, head: dict[str, Any]) -> Event | Ski
         raise ValueError(f'"a" must hold the action indices 1 to {k}')
     if min(p) < 0 or max(p) > 1 or not p[0] > 0:
         raise ValueError('"p" must hold probabilities, the first one positive')
-    if type(cost) not in (int, float) or not -1 <= cost <= 1:
-        raise ValueError("_label_cost must be a number in [-1, 1] (the reward negated)")
-    return Event(line, a[0] - 1, float(p[0]), 0.0 - cost, a, p, k, str(head.get("Timestamp", "")))
+    reward = dsjson.label_reward(head["_label_cost"])
+    return Event(line, a[0] - 1, float(p[0]), reward, a, p, k, str(head.get("Timestamp", "")))
 
 
 def _indices(value: Any, k: int, where: str) -> list[int]:
@@ -300,13 +298,10 @@ def _slot_event(obj: Any, timestamp: str, line: str | None = None) -> MultiSlotE
         if a[0] in taken or a[0] not in candidates:
             raise ValueError(f"slot {position}: the chosen action is taken by an earlier slot or not in its _inc")
         cost = outcome.get("_label_cost")
-        if cost is None:
-            labeled = False
-        elif not is_number(cost) or not -1 <= cost <= 1:
-            raise ValueError(f"_outcomes[{position}]._label_cost must be a number in [-1, 1] (the reward negated)")
+        labeled = labeled and cost is not None
+        reward = 0.0 if cost is None else dsjson.label_reward(cost, f"_outcomes[{position}]._label_cost")
         slot_id = outcome.get("_id", slot.get("_id", position))
         baseline = baselines[position] if baselines is not None else candidates[0]
-        reward = 0.0 - cost if labeled else 0.0
         read.append(SlotOutcome(str(slot_id), a[0], float(p[0]), reward, len(candidates), baseline))
         normalized.append({**outcome, "_a": a, "_p": p})
         taken.add(a[0])

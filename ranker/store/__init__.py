@@ -17,12 +17,13 @@
 """
 
 from .database import open_database
-from .decisions import loop_config_row, parse_time, save_loop_config, timestamp
+from .decisions import decision_row, loop_config_row, parse_time, save_loop_config, timestamp
 from .sqlite import Store, connect, file_identity, migrate, open_log, transaction, write_turn
 
 __all__ = [
     "Store",
     "connect",
+    "decision_row",
     "file_identity",
     "loop_config_row",
     "migrate",

@@ -29,6 +29,33 @@ def parse_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def decision_row(
+    event_id: str,
+    created_at: str,
+    action_ids: list[str],
+    *,
+    deferred: bool,
+    model_version: str | None = None,
+    policy: str | None = None,
+    learning_mode: str = "Online",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A row of the decision log (its loop aside), as Rank and an import write it: what every decision logs,
+    and ``fields`` (its record, choice, probability, explanation; ``explored`` or ``slots`` where Rank knows
+    them). An imported decision was served by no model or policy of ranker's, and is Online's."""
+    return {
+        "event_id": event_id,
+        "created_at": created_at,
+        "action_ids": json.dumps(action_ids),
+        "model_version": model_version,
+        "policy": policy,
+        "learning_mode": learning_mode,
+        "deferred": int(deferred),
+        "activated_at": None,
+        **fields,
+    }
+
+
 # A loop's configuration set through the API (ranker.loopconfig combines it with the settings file).
 LOOP_CONFIG_SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
 LOOP_CONFIG_UPSERT = (

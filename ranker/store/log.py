@@ -5,7 +5,6 @@ These work on an open connection of their caller's (a trainer's, an export's), n
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -65,48 +64,36 @@ def count_decisions(conn: sqlite3.Connection, loop: str, start: str | None = Non
 
 
 def import_decisions(
-    conn: sqlite3.Connection, database: Any, loop: str, rows: Sequence[tuple[int, dict[str, Any]]]
+    conn: sqlite3.Connection, database: Any, loop: str, rows: Sequence[tuple[int, dict[str, Any], float | None]]
 ) -> tuple[int, list[tuple[int, str]]]:
     """Write imported decisions (each with its reward, if any) in one transaction, in the log's write turn (the
     service's writers wait on it instead of retrying in SQLite's busy handler); ``database`` is the
     :func:`~ranker.store.open_database` ``conn`` belongs to. Each row goes in under a
     savepoint of its own, so one that is refused (its event id taken) leaves nothing behind.
 
-    ``rows`` are ``(line number, {"event_id", "created_at", "record", "action_ids", "reward_action_id",
-    "probability", "explanation", "deferred", "reward"})``; returns how many were written and
+    ``rows`` are ``(line number, row, reward)``: the row as :func:`ranker.store.decisions.decision_row` builds
+    it, the reward None or a value received at the decision's time; returns how many were written and
     ``(line number, reason)`` for the others."""
     written, errors = 0, []
     with database.write_turn(), transaction(conn):
-        for number, d in rows:
+        for number, row, reward in rows:
             conn.execute("SAVEPOINT line")
             try:
                 decision_id = conn.execute(
-                    "INSERT INTO decisions (loop, event_id, created_at, record, action_ids, reward_action_id, "
-                    "probability, explanation, model_version, policy, learning_mode, deferred, activated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 'Online', ?, NULL)",
-                    (
-                        loop,
-                        d["event_id"],
-                        d["created_at"],
-                        d["record"],
-                        json.dumps(d["action_ids"]),
-                        d["reward_action_id"],
-                        d["probability"],
-                        d["explanation"],
-                        d["deferred"],
-                    ),
+                    f"INSERT INTO decisions (loop, {', '.join(row)}) VALUES (?{', ?' * len(row)})",
+                    (loop, *row.values()),
                 ).lastrowid
-                if d["reward"] is not None:
+                if reward is not None:
                     conn.execute(
                         "INSERT INTO rewards (decision_id, value, received_at) VALUES (?, ?, ?)",
-                        (decision_id, d["reward"], d["created_at"]),
+                        (decision_id, reward, row["created_at"]),
                     )
             except conn.IntegrityError as exc:  # the engine's (DB-API's connection attribute)
                 conn.execute("ROLLBACK TO line")
                 conn.execute("RELEASE line")
                 duplicate = any(name in str(exc) for name in ("decisions.loop, decisions.event_id", UNIQUE_EVENT_ID))
                 errors.append(
-                    (number, f"EventId {d['event_id']!r} is already in loop {loop!r}" if duplicate else str(exc))
+                    (number, f"EventId {row['event_id']!r} is already in loop {loop!r}" if duplicate else str(exc))
                 )
                 continue
             conn.execute("RELEASE line")
