@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+import ranker
+
 from . import vwoptions
 from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
 from .outbox.definitions import OutboxSettings
@@ -38,7 +40,8 @@ from .web.definitions import ReviewSettings
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
-_HERE = Path(__file__).resolve().parent
+# Found from the package, not from this module's file, so that this module can live in any folder of the package.
+_HERE = Path(ranker.__file__).resolve().parent
 PACKAGE_POLICIES = _HERE / "policies" if (_HERE / "policies").is_dir() else _HERE.parent / "policies"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
