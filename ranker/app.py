@@ -9,10 +9,10 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from . import admin, api, evaluations, events, meta, metrics
-from .errors import ApiError, StoreUnavailable
-from .service import Service
-from .settings import Settings, load_settings
+from .core.errors import ApiError, StoreUnavailable
+from .core.settings import Settings, load_settings
+from .server import admin, api, evaluations, events, meta, metrics
+from .serving.service import Service
 from .signals import api as signals_api
 from .triage import api as triage_api
 from .web import pages as review_pages

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
-from . import supervisor
 from .commandline import loop_or_fail, settings_or_fail
-from .errors import StoreUnavailable
+from .core.errors import StoreUnavailable
+from .core.settings import LOOPBACK, documentation, hash_key
 from .evaluation import whatif
 from .evaluation.compare import describe
 from .evaluation.output import write
@@ -30,9 +30,9 @@ from .evaluation.replay import (
     source_is_multislot,
 )
 from .evaluation.search import search
-from .export import export, import_dsjson
+from .learning import supervisor
+from .logdata.export import export, import_dsjson
 from .outbox import commands as outbox_commands
-from .settings import LOOPBACK, documentation, hash_key
 from .signals import commands as signals_commands
 from .store import open_database
 from .triage import commands as triage_commands
@@ -72,7 +72,9 @@ def serve(host: str | None, port: int | None, workers: int | None, config: str |
         open_database(settings).migrate()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:ranker.gunicorn_config"], env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "python:ranker.server.gunicorn_config"], env=env
+    )
     trainer = supervisor.Supervisor(env=env).start()
 
     def forward(signum: int, _frame: object) -> None:
@@ -147,7 +149,7 @@ def migrate_command(config: str | None, copy_to: str | None) -> None:
 
 
 def _copy_to(settings, url: str) -> None:
-    from .settings import mask_secrets
+    from .core.settings import mask_secrets
     from .store.copy import CopyError, copy_to_postgres
 
     target = settings_or_fail(None, database_url=url, data_dir=settings.data_dir)
@@ -362,9 +364,9 @@ def evaluate_command(
 
 
 def _search(settings, loop, path, start, end, seconds, apply_best, workers, output) -> None:
-    from . import administration
-    from .service import Service
-    from .settings import Policy
+    from .core.settings import Policy
+    from .serving import administration
+    from .serving.service import Service
 
     name = loop_or_fail(settings, loop)
     service = Service(settings)
@@ -442,7 +444,7 @@ def explain_command(event_id: str, loop: str | None, features: bool, as_json: bo
 
     Example: ranker explain --loop cards 3f2a9c0e
     """
-    from . import events
+    from .server import events
 
     settings = settings_or_fail(config)
     name = loop_or_fail(settings, loop)

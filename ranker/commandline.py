@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .settings import SettingsError, load_settings
+from .core.settings import SettingsError, load_settings
 
 
 def settings_or_fail(config: str | None, **overrides):

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings
+from .core.settings import Settings
 
 
 def wait_for(condition, seconds: float = 30.0, poll: float = 0.05) -> bool:

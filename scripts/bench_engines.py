@@ -36,8 +36,8 @@ from bench_rank import (
     start_server,
 )
 
+from ranker.core.settings import mask_url
 from ranker.harness import Server
-from ranker.settings import mask_url
 from ranker.store.pgsql import migrate
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from bench_rank import Phase, connect, machine_busy_seconds, percentile, start_server
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from ranker.settings import hash_key
+from ranker.core.settings import hash_key
 
 KEY = "bench-signals-key-0123456789"
 EVENTS = ["api.call", "report.export", "user.login", "dashboard.view"]

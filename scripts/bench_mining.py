@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from ranker.settings import load_settings
+from ranker.core.settings import load_settings
 from ranker.signals.features import Definitions, kinds_of
 from ranker.signals.ingest import fold_stored
 from ranker.signals.service import Signals

@@ -1,7 +1,7 @@
 """Benchmark Rank against the null endpoint on a real ``ranker serve``, in one run.
 
 The script starts the server exactly as production does (``python -m ranker serve``, so gunicorn with
-``ranker.gunicorn_config``), with ``RANKER_NULL_ENDPOINT=1`` (``POST /null`` parses the JSON body and
+``ranker.server.gunicorn_config``), with ``RANKER_NULL_ENDPOINT=1`` (``POST /null`` parses the JSON body and
 answers a small 201), a temporary data folder and a free 127.0.0.1 port. Durable logging stays at its
 default (SQLite ``synchronous=FULL``): every 201 of a Rank is committed before it is sent.
 
@@ -68,8 +68,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ranker.core.settings import hash_key
 from ranker.harness import Server
-from ranker.settings import hash_key
 
 RANK_PATH = "/personalizer/v1.0/rank"
 NULL_PATH = "/null"
@@ -398,8 +398,8 @@ def serve_trained_model(server: Server) -> None:
     explanations list none (less to sort, name and encode than a served model's)."""
     import vowpalwabbit
 
-    from ranker import dsjson
-    from ranker.engine import vw_arguments
+    from ranker.core import dsjson
+    from ranker.serving.engine import vw_arguments
 
     def get(path: str) -> dict:
         with urllib.request.urlopen(server.url + "/personalizer/v1.0/configurations/" + path, timeout=10) as answer:

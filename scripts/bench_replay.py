@@ -36,7 +36,7 @@ from pathlib import Path
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
-from ranker import dsjson
+from ranker.core import dsjson
 from ranker.evaluation.replay import BUILT_INS, DEFAULT_REWARD_MODEL, Candidate, DsjsonFile, replay
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"

@@ -29,12 +29,13 @@ from pathlib import Path
 import vowpalwabbit
 from vowpalwabbit.pyvw import pylibvw
 
-from ranker import dsjson, models
+from ranker.core import dsjson
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.harness import Server
-from ranker.schemas import RankRequest
-from ranker.service import Service
-from ranker.settings import load_settings
-from ranker.trainer import Trainer
+from ranker.learning.trainer import Trainer
+from ranker.serving.service import Service
+from ranker.store import models
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 CONTEXT = [{f"signal{k}": {"value": f"v{k}", "score": k / 10}} for k in range(5)]

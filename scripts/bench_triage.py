@@ -33,8 +33,8 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from ranker.service import Service
-from ranker.settings import load_settings
+from ranker.core.settings import load_settings
+from ranker.serving.service import Service
 from ranker.triage.flagging import run_pass
 
 TARGET_SECONDS = 10.0

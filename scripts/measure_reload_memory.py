@@ -22,10 +22,10 @@ from pathlib import Path
 
 import vowpalwabbit
 
-from ranker import models
-from ranker.engine import vw_arguments
+from ranker.core.settings import PACKAGE_POLICIES, hash_key
 from ranker.harness import Server
-from ranker.settings import PACKAGE_POLICIES, hash_key
+from ranker.serving.engine import vw_arguments
+from ranker.store import models
 
 LOOPS = {"cards": "cards-key-0123456789", "actions": "actions-key-0123456789"}
 ACTIONS = [{"id": f"action-{i}", "features": [{"item": {"kind": f"k{i % 3}", "price": i}}]} for i in range(10)]

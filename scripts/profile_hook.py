@@ -89,7 +89,9 @@ def _thread_cpu(tid: int) -> float:
 def install() -> None:
     from gunicorn.workers import gthread
 
-    from ranker import api, dsjson, engine, explain, http_worker, meta, metrics, rules, schemas, service
+    from ranker.core import dsjson, rules, schemas
+    from ranker.server import api, http_worker, meta, metrics
+    from ranker.serving import engine, explain, service
     from ranker.store import decisions, sqlite
 
     inside, outside = _calibrate()

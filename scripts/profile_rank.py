@@ -8,7 +8,7 @@ thread's CPU clock, exclusive of the pieces it calls, so no time waiting for the
 This process loads the server with bench_rank's keep-alive client and body, each endpoint in turn (``POST /null``,
 then Rank), and prints the microseconds of CPU per request of each piece. What no piece names: the request
 threads' framework (gunicorn's request handling, Flask, werkzeug), the worker's main thread (the poller that
-reads whole requests, ``ranker.http_worker``), the writer thread's loop (queue, file lock, wake-ups) and the
+reads whole requests, ``ranker.server.http_worker``), the writer thread's loop (queue, file lock, wake-ups) and the
 worker's other threads, from /proc. "framework beyond null" is Rank's framework less the null request's.
 
 A wrapper's own cost (two reads of the thread clock) is measured in each worker and taken off its piece and its

@@ -16,9 +16,9 @@ stream:
   127.0.0.1 port with a temporary data folder and one loop (rewardWaitTime PT1S, modelExportFrequency
   PT1S, the default policy, the rules above), and ``--threads`` clients send Personalizer's Rank and
   Reward calls (the reward right after its Rank), at most ``--rate`` events per second;
-- in-process VW with the same arguments (``ranker.engine.vw_arguments``), the same rules
-  (``ranker.rules.apply`` with the loop's parsed rules), the same records (``ranker.dsjson``) and the same
-  seeded sampling (``ranker.engine.sample`` on the event id), learning each event as soon as it happened;
+- in-process VW with the same arguments (``ranker.serving.engine.vw_arguments``), the same rules
+  (``ranker.core.rules.apply`` with the loop's parsed rules), the same records (``ranker.core.dsjson``) and the same
+  seeded sampling (``ranker.serving.engine.sample`` on the event id), learning each event as soon as it happened;
 - a non-learning baseline: uniform over the eligible actions, drawn from the event id's uniform number.
 
 The service learns an event only once its reward window and the trainer's commit grace have passed and
@@ -53,10 +53,10 @@ import numpy as np
 import requests
 import vowpalwabbit
 
-from ranker import dsjson, rules
-from ranker.engine import reweight, sample, uniform, vw_arguments
+from ranker.core import dsjson, rules
+from ranker.core.settings import Settings, hash_key, load_settings
 from ranker.harness import Server
-from ranker.settings import Settings, hash_key, load_settings
+from ranker.serving.engine import reweight, sample, uniform, vw_arguments
 
 LOOP = "b2b"
 RANK_PATH = "/personalizer/v1.0/rank"

@@ -22,12 +22,12 @@ stream:
   127.0.0.1 port with a temporary data folder and one loop (policy ``multislot``, rewardWaitTime PT1S,
   modelExportFrequency PT1S, the rules above), and ``--threads`` clients send Personalizer's multi-slot Rank
   and Reward calls (every slot's reward right after its Rank), at most ``--rate`` events per second;
-- in-process VW with the same arguments (``ranker.engine.vw_arguments``), the same rules
-  (``ranker.rules.apply`` per slot, on the context with the slot's features), the same records
-  (``ranker.dsjson``), the same per-slot PMFs (VW's, each slot conditioned on the earlier slots pinned to
+- in-process VW with the same arguments (``ranker.serving.engine.vw_arguments``), the same rules
+  (``ranker.core.rules.apply`` per slot, on the context with the slot's features), the same records
+  (``ranker.core.dsjson``), the same per-slot PMFs (VW's, each slot conditioned on the earlier slots pinned to
   their actions with ``_inc``, as ``Service.rank_multislot`` asks) and the same seeded sampling
-  (``ranker.engine.sample`` on ``"{event id}\\n{slot index}"``), learning each event as soon as it happened
-  (``ranker.dsjson.labeled_slots``, as the trainer does);
+  (``ranker.serving.engine.sample`` on ``"{event id}\\n{slot index}"``), learning each event as soon as it happened
+  (``ranker.core.dsjson.labeled_slots``, as the trainer does);
 - a non-learning baseline: per slot, uniform over the modules left, drawn from the same per-slot number.
 
 The service learns an event only once its reward window and the trainer's commit grace have passed and the
@@ -67,11 +67,12 @@ import numpy as np
 import requests
 import vowpalwabbit
 
-from ranker import dsjson, models, rules
-from ranker.engine import Engine, slot_scores_of, uniform, vw_arguments
+from ranker.core import dsjson, rules
+from ranker.core.settings import hash_key
 from ranker.harness import Server
-from ranker.settings import hash_key
-from ranker.slots import choose_slots, slot_options
+from ranker.serving.engine import Engine, slot_scores_of, uniform, vw_arguments
+from ranker.serving.slots import choose_slots, slot_options
+from ranker.store import models
 
 
 def _load_b2b() -> Any:

@@ -5,7 +5,7 @@ contextual bandits": two users (Tom, Anna) visit in the morning or afternoon
 and are shown one of seven articles. Tom clicks politics in the morning and
 music in the afternoon; Anna clicks sports in the morning and politics in the
 afternoon. A click costs -1, anything else 0. Every event is sent to VW as a
-DSJSON record built by ``ranker.dsjson``, exactly as the service logs it.
+DSJSON record built by ``ranker.core.dsjson``, exactly as the service logs it.
 
 For each policy the script prints the click-through rate (mean reward) per
 window of events and over the last window, averaged over ``--seeds`` runs.
@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 import vowpalwabbit
 
-from ranker import dsjson
+from ranker.core import dsjson
 
 USERS = ("Tom", "Anna")
 TIMES = ("morning", "afternoon")

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from postgres import Cluster, binaries
 
 from ranker.app import create_app
+from ranker.core.settings import hash_key
 from ranker.harness import Server
-from ranker.settings import hash_key
 
 RANK_KEY = "rank-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"

@@ -12,7 +12,7 @@ from typing import Any
 
 import schemathesis
 
-from ranker.settings import parse_duration
+from ranker.core.settings import parse_duration
 
 SINGLE_SLOT = "--cb_explore_adf --epsilon 0.2"
 MAX_POLICIES = 2  # each policy is loaded by VW in a separate process: bounded so that the run stays short

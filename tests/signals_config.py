@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import ADMIN_KEY, RANK_KEY
 
-from ranker.settings import hash_key
+from ranker.core.settings import hash_key
 
 SIGNALS_KEY = "signals-key-0123456789"
 

@@ -15,10 +15,11 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from conftest import ADMIN_KEY, KEYED_CONFIG, RANK_KEY
 
-from ranker import dsjson, models
 from ranker.app import create_app
-from ranker.settings import load_settings
-from ranker.trainer import Trainer
+from ranker.core import dsjson
+from ranker.core.settings import load_settings
+from ranker.learning.trainer import Trainer
+from ranker.store import models
 
 ADMIN = {"Ocp-Apim-Subscription-Key": ADMIN_KEY}
 RANK = {"Ocp-Apim-Subscription-Key": RANK_KEY}

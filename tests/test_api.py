@@ -9,11 +9,11 @@ import pytest
 import vowpalwabbit
 from conftest import ADMIN_KEY, KEYED_CONFIG, OTHER_KEY, RANK_KEY
 
-from ranker import dsjson, schemas
 from ranker.app import create_app
-from ranker.engine import Engine, vw_arguments
-from ranker.schemas import RankRequest, RewardRequest
-from ranker.settings import load_settings
+from ranker.core import dsjson, schemas
+from ranker.core.schemas import RankRequest, RewardRequest
+from ranker.core.settings import load_settings
+from ranker.serving.engine import Engine, vw_arguments
 
 PREFIXES = ["/personalizer/v1.0", "/personalizer/v1.1-preview.3", "/personalizer"]
 

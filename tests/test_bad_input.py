@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ranker.app import create_app
-from ranker.settings import load_settings
+from ranker.core.settings import load_settings
 
 RANK = "/personalizer/v1.0/rank"
 RANK_PREVIEW = "/personalizer/v1.1-preview.3/rank"

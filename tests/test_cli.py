@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from ranker.cli import cli
-from ranker.settings import hash_key
+from ranker.core.settings import hash_key
 
 
 def test_new_key_prints_a_key_and_its_hash(runner):
@@ -108,9 +108,9 @@ def test_import_export_and_evaluate(runner, tmp_path, monkeypatch):
 def test_train_once_learns_what_is_due(runner, tmp_path, monkeypatch):
     from datetime import UTC, datetime, timedelta
 
-    from ranker.schemas import RankRequest
-    from ranker.service import Service
-    from ranker.settings import load_settings
+    from ranker.core.schemas import RankRequest
+    from ranker.core.settings import load_settings
+    from ranker.serving.service import Service
 
     monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
     config = tmp_path / "ranker.toml"

@@ -10,11 +10,11 @@ from postgres import log_rows
 from test_trainer import LATER, T0, rank, reward
 
 from ranker.cli import cli
-from ranker.service import Service
-from ranker.settings import load_settings
+from ranker.core.settings import load_settings
+from ranker.learning.trainer import Trainer
+from ranker.serving.service import Service
 from ranker.store import open_database
 from ranker.store.signals import SignalStore
-from ranker.trainer import Trainer
 
 LOOPS = {"default": {"rewardWaitTime": "PT1S", "modelExportFrequency": "PT1S"}}
 

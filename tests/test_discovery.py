@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ranker.app import create_app
-from ranker.discovery import floor
 from ranker.evaluation.estimators import IPS, LoggedData
+from ranker.serving.discovery import floor
 
 V1 = "/personalizer/v1.0"
 ACTIONS = ["dashboard", "alerts", "exports", "sso", "api-keys"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ranker.cli import cli
-from ranker.openapi import openapi
-from ranker.settings import documentation
+from ranker.core.settings import documentation
+from ranker.server.openapi import openapi
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -67,7 +67,7 @@ def test_every_endpoint_is_documented(method, path):
 
 
 def test_the_documented_configuration_example_is_valid(tmp_path):
-    from ranker.settings import hash_key, load_settings
+    from ranker.core.settings import hash_key, load_settings
 
     example = re.search(r"```toml\n(.*?)```", DOCS["configuration.md"], re.S).group(1)
     example = example.replace('sha256 = "..."', f'sha256 = "{hash_key("k")}"')

@@ -16,10 +16,10 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from conftest import ADMIN_KEY, KEYED_CONFIG, RANK_KEY
 
 from ranker.app import create_app
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation.jobs import requeue_interrupted, run_pending
-from ranker.schemas import RankRequest
-from ranker.service import timestamp
-from ranker.settings import load_settings
+from ranker.serving.service import timestamp
 from ranker.store import connect
 
 ADMIN = {"Ocp-Apim-Subscription-Key": ADMIN_KEY}

@@ -19,10 +19,11 @@ from azure.core.credentials import AzureKeyCredential
 from conftest import ADMIN_KEY, KEYED_CONFIG, OTHER_KEY, RANK_KEY, Server
 from vowpalwabbit.pyvw import pylibvw
 
-from ranker import dsjson, models
 from ranker.app import create_app
 from ranker.cli import cli
-from ranker.settings import hash_key
+from ranker.core import dsjson
+from ranker.core.settings import hash_key
+from ranker.store import models
 
 SINGLE = "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
 MULTI = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
@@ -324,7 +325,7 @@ def test_lookup_of_a_multi_slot_decision(tmp_path, multi_model):
 def test_lookup_needs_a_key_of_the_decisions_loop(tmp_path):
     path = tmp_path / "ranker.toml"
     path.write_text(KEYED_CONFIG)
-    from ranker.settings import load_settings
+    from ranker.core.settings import load_settings
 
     client = create_app(load_settings(path, environ={}, overrides={"data_dir": tmp_path})).test_client()
     client.post(f"{V1}/rank", json=rank_body("k1"), headers={"Ocp-Apim-Subscription-Key": RANK_KEY})

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import vowpalwabbit
 
-from ranker import dsjson
-from ranker.export import export, import_dsjson
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import Settings, load_settings
-from ranker.trainer import Trainer
+from ranker.core import dsjson
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import Settings, load_settings
+from ranker.learning.trainer import Trainer
+from ranker.logdata.export import export, import_dsjson
+from ranker.serving.service import Service, timestamp
 
 # the first 6 lines of VowpalWabbit/vowpal_wabbit test/train-sets/dsjson_cb.json (commit da668bf)
 VW_TEST_FILE = Path(__file__).parent / "data" / "dsjson_cb.json"

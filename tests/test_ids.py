@@ -10,7 +10,7 @@ import pytest
 import requests
 from conftest import ADMIN_KEY, KEYED_CONFIG, Server
 
-from ranker.schemas import is_id
+from ranker.core.schemas import is_id
 
 API = "/personalizer/v1.0"
 ADMIN = {"Ocp-Apim-Subscription-Key": ADMIN_KEY}

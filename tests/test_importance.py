@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from ranker.app import create_app
 from ranker.cli import cli
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation.importance import DEFAULT, importance, namespaces, unscored
 from ranker.evaluation.jobs import run_pending
 from ranker.evaluation.replay import LoopLog
-from ranker.export import export
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import load_settings
+from ranker.logdata.export import export
+from ranker.serving.service import Service, timestamp
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)  # in the past: the API's jobs read what is due now
 K, EVENTS = 4, 1200

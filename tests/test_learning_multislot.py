@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ranker.engine import Engine
+from ranker.serving.engine import Engine
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "simulate_multislot.py"
 EVENTS = 3000

@@ -18,12 +18,12 @@ from conftest import ADMIN_KEY, KEYED_CONFIG, OTHER_KEY, RANK_KEY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from ranker import models
 from ranker.app import create_app
-from ranker.metrics import LATENCY_BUCKETS, prepare_multiprocess_dir
-from ranker.schemas import RankRequest
-from ranker.settings import load_settings
-from ranker.trainer import Trainer
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
+from ranker.learning.trainer import Trainer
+from ranker.server.metrics import LATENCY_BUCKETS, prepare_multiprocess_dir
+from ranker.store import models
 
 CARDS = {"Ocp-Apim-Subscription-Key": RANK_KEY}
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}

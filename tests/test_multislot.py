@@ -33,14 +33,15 @@ from test_bad_input import (
 )
 from test_trainer import vw_model
 
-from ranker import dsjson, models
 from ranker.app import create_app
-from ranker.engine import Engine, sample
-from ranker.join import RewardJoin, joined
-from ranker.schemas import MultiSlotRankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import hash_key, load_settings
-from ranker.trainer import Trainer
+from ranker.core import dsjson
+from ranker.core.schemas import MultiSlotRankRequest
+from ranker.core.settings import hash_key, load_settings
+from ranker.learning.trainer import Trainer
+from ranker.logdata.join import RewardJoin, joined
+from ranker.serving.engine import Engine, sample
+from ranker.serving.service import Service, timestamp
+from ranker.store import models
 
 SLOTS_KEY = "slots-rank-key-0123456789"
 APPRENTICE_KEY = "apprentice-rank-key-0123456789"

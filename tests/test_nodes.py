@@ -25,10 +25,10 @@ from azure.core.exceptions import ResourceExistsError
 from postgres import log_rows
 from test_trainer import build_log
 
+from ranker.core.settings import load_settings
 from ranker.harness import Server
-from ranker.settings import load_settings
+from ranker.learning.trainer import Trainer
 from ranker.store.postgres import TRAINER
-from ranker.trainer import Trainer
 
 TAKEOVER_SECONDS = 10.0
 

@@ -8,8 +8,8 @@ import jsonschema_rs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranker.openapi import openapi
-from ranker.schemas import ID_PATTERN, MAX_ID, check_features, is_id
+from ranker.core.schemas import ID_PATTERN, MAX_ID, check_features, is_id
+from ranker.server.openapi import openapi
 
 
 def validator(name: str):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from conftest import ADMIN_KEY, KEYED_CONFIG
 
-from ranker.openapi import openapi
-from ranker.settings import hash_key
+from ranker.core.settings import hash_key
+from ranker.server.openapi import openapi
 
 SLOTS_KEY = "slots-admin-key-0123456789"
 SCRATCH_KEY = "scratch-admin-key-0123456789"

@@ -16,7 +16,7 @@ import pytest
 from postgres import log_rows
 
 from ranker.app import create_app
-from ranker.settings import load_settings
+from ranker.core.settings import load_settings
 
 RANK = "/personalizer/v1.0/rank"
 BODY = {

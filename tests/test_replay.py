@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import vowpalwabbit
 
-from ranker import dsjson
+from ranker.core import dsjson
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation import cressie_read_interval, scheduling
 from ranker.evaluation.compare import paired_difference
 from ranker.evaluation.learners import Learners
@@ -35,11 +37,9 @@ from ranker.evaluation.replay import (
     replay,
 )
 from ranker.evaluation.scheduling import regressor
-from ranker.export import export, read_decision
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import load_settings
-from ranker.trainer import Trainer
+from ranker.learning.trainer import Trainer
+from ranker.logdata.export import export, read_decision
+from ranker.serving.service import Service, timestamp
 
 VW_TEST_FILE = Path(__file__).parent / "data" / "dsjson_cb.json"
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -383,7 +383,7 @@ def test_vw_test_file_and_bad_lines(tmp_path):
     exported = dsjson.labeled(read_decision(json.loads(good[0])).record, 0.0)
     assert '"a":[4,2,1,3]' in exported
     wrong = exported.replace('"a":[4,2,1,3]', '"a":[4,2,1,9]')
-    # a namespace whose name starts with a non-ASCII character: VW crashes on it (see ranker.schemas)
+    # a namespace whose name starts with a non-ASCII character: VW crashes on it (see ranker.core.schemas)
     crashing = exported.replace('"c":{', '"c":{"über":{"s":1},', 1)
     bad = ["not json", json.dumps(unlabeled), '{"a": 1}', wrong, crashing]
     path.write_text("\n".join([good[0], bad[0], *good[1:3], *bad[1:], *good[3:]]) + "\n")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import vowpalwabbit
 
-from ranker import dsjson
 from ranker.app import create_app
-from ranker.engine import Engine
+from ranker.core import dsjson
+from ranker.core.schemas import MultiSlotRankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation.importance import importance
 from ranker.evaluation.jobs import run_pending
 from ranker.evaluation.output import write
@@ -29,11 +30,10 @@ from ranker.evaluation.replay import (
     replay,
 )
 from ranker.evaluation.search import graduation, grid, search
-from ranker.export import export, import_dsjson
-from ranker.schemas import MultiSlotRankRequest
-from ranker.service import Service
-from ranker.settings import load_settings
-from ranker.trainer import Trainer
+from ranker.learning.trainer import Trainer
+from ranker.logdata.export import export, import_dsjson
+from ranker.serving.engine import Engine
+from ranker.serving.service import Service
 
 VW_TEST_FILE = Path(__file__).parent / "data" / "dsjson_cb.json"
 K, SEGMENTS, EVENTS, DEFERRED = 5, 4, 1500, 5

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ranker.app import create_app
-from ranker.settings import hash_key
+from ranker.core.settings import hash_key
 from ranker.store import outbox, timestamp
 from ranker.web.base import SESSION_COOKIE
 

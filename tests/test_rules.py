@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ranker import dsjson, rules
 from ranker.app import create_app
-from ranker.engine import Engine
-from ranker.schemas import RankRequest
-from ranker.service import Service
-from ranker.settings import Settings, SettingsError, load_settings
+from ranker.core import dsjson, rules
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import Settings, SettingsError, load_settings
+from ranker.serving.engine import Engine
+from ranker.serving.service import Service
 
 NOW = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 RANK_URL = "/personalizer/v1.0/rank"

@@ -34,8 +34,8 @@ from msrest.authentication import CognitiveServicesCredentials
 from msrest.exceptions import HttpOperationError
 from postgres import log_rows
 
+from ranker.core.settings import hash_key
 from ranker.harness import Server
-from ranker.settings import hash_key
 
 CONTEXT = [{"account": {"plan": "enterprise", "seats": 120}}, {"usage": {"logins_7d": 3}}]
 ACTIONS = [

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import vowpalwabbit
 
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation.importance import importance
 from ranker.evaluation.replay import LoopLog
 from ranker.evaluation.search import PERSONALIZER_DEFAULT, _score, graduation, search
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import load_settings
+from ranker.serving.service import Service, timestamp
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 K, SEGMENTS, EVENTS = 5, 4, 1500

@@ -12,7 +12,7 @@ import pytest
 import requests
 from postgres import log_rows
 
-from ranker.settings import Settings
+from ranker.core.settings import Settings
 from ranker.store import open_database
 
 ACTIONS = [{"id": f"a{i}", "features": [{"item": {"kind": f"k{i % 3}", "tag": f"t{i}"}}]} for i in range(10)]

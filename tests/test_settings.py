@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranker.settings import SettingsError, load_settings, parse_duration
+from ranker.core.settings import SettingsError, load_settings, parse_duration
 
 ROOT = Path(__file__).parent.parent
 

@@ -26,9 +26,9 @@ from signals_config import ACTIONS, CONFIG, SIGNALS_KEY
 
 from ranker.app import create_app
 from ranker.cli import cli
-from ranker.export import export
-from ranker.schemas import RankRequest
-from ranker.settings import load_settings
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
+from ranker.logdata.export import export
 from ranker.signals.definitions import AGGREGATES
 
 DAY_NS = 86_400 * 10**9

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ranker.settings import Settings
+from ranker.core.settings import Settings
 from ranker.store import decision_row, learning, log, open_database, outbox, transaction
 from ranker.store import jobs as store_jobs
 

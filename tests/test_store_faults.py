@@ -23,12 +23,11 @@ import pytest
 import requests
 import vowpalwabbit
 
-from ranker import models
 from ranker.app import create_app
-from ranker.schemas import RankRequest
-from ranker.service import Service
-from ranker.settings import load_settings
-from ranker.store import Store, write_turn
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
+from ranker.serving.service import Service
+from ranker.store import Store, models, write_turn
 
 ACTIONS = [{"id": f"action-{i}", "features": [{"kind": f"k{i % 3}", "weight": i / 10}]} for i in range(5)]
 DB_FILES = ("ranker.db", "ranker.db-wal", "ranker.db-shm")

@@ -42,7 +42,7 @@ def imports() -> dict[str, set[str]]:
 
 def test_no_import_cycle_inside_the_package():
     graph = imports()
-    assert "ranker.evaluation.jobs" in graph["ranker.trainer"]  # the walk sees relative imports
+    assert "ranker.evaluation.jobs" in graph["ranker.learning.trainer"]  # the walk sees relative imports
     state: dict[str, int] = {}  # 1 on the current path, 2 done
 
     def visit(name: str, path: list[str]) -> None:
@@ -62,7 +62,7 @@ def test_no_import_cycle_inside_the_package():
 
 def test_the_learning_process_does_not_load_the_web_stack():
     """The trainer runs as `python -m ranker train`: the CLI, the supervisor, the trainer and the job runner."""
-    probe = "import sys, ranker.cli, ranker.supervisor; print(sorted(m for m in sys.modules if m == 'flask'))"
+    probe = "import sys, ranker.cli, ranker.learning.supervisor; print(sorted(m for m in sys.modules if m == 'flask'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 import vowpalwabbit
 
-from ranker import dsjson, models
-from ranker.engine import Engine, vw_arguments
-from ranker.join import aggregate
-from ranker.loopconfig import apprentice_metrics
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import Settings, load_settings
-from ranker.supervisor import Supervisor
-from ranker.trainer import APPRENTICE_WINDOW, Trainer
+from ranker.core import dsjson
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import Settings, load_settings
+from ranker.learning.supervisor import Supervisor
+from ranker.learning.trainer import APPRENTICE_WINDOW, Trainer
+from ranker.logdata.join import aggregate
+from ranker.serving.engine import Engine, vw_arguments
+from ranker.serving.loopconfig import apprentice_metrics
+from ranker.serving.service import Service, timestamp
+from ranker.store import models
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # every decision made at T0 is due by then

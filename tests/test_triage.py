@@ -570,7 +570,7 @@ def test_no_input_gets_a_500(app, service, operation, item, body, query):
 
 
 def test_the_drafter_must_be_an_http_url(tmp_path):
-    from ranker.settings import SettingsError
+    from ranker.core.settings import SettingsError
 
     config = CONFIG.replace('schedule = "PT1H"', 'schedule = "PT1H"\ndrafter = { url = "file:///etc/passwd" }')
     with pytest.raises(SettingsError, match="must be an http:// or https:// URL"):

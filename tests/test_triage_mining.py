@@ -18,8 +18,8 @@ from signals_config import FEATURES
 
 from ranker.app import create_app
 from ranker.cli import cli
-from ranker.rules import Condition
-from ranker.settings import load_settings
+from ranker.core.rules import Condition
+from ranker.core.settings import load_settings
 from ranker.signals.service import Signals
 from ranker.store import Store, open_database
 from ranker.triage import demo

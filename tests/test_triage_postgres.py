@@ -14,9 +14,9 @@ from triage_config import FLAGGED, NOW, REVIEW_KEY, load_accounts, make_app
 
 from ranker.cli import cli
 from ranker.harness import wait_for
+from ranker.learning.trainer import Trainer
 from ranker.outbox.delivery import Sender
 from ranker.store import patterns, timestamp
-from ranker.trainer import Trainer
 from ranker.triage import items
 from ranker.triage.flagging import run_pass
 

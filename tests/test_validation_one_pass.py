@@ -1,4 +1,5 @@
-"""Rank, multi-slot Rank and Reward validate their body in one pass (``ranker.schemas.validate_json``): whatever the
+"""Rank, multi-slot Rank and Reward validate their body in one pass (``ranker.core.schemas.validate_json``): whatever
+the
 body, the outcome is the checked path's (``parse_json`` then ``validate``): the same request, or the same 400."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ranker.errors import ApiError
-from ranker.schemas import (
+from ranker.core.errors import ApiError
+from ranker.core.schemas import (
     MultiSlotRankRequest,
     MultiSlotRewardRequest,
     RankRequest,

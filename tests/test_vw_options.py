@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_admin import ADMIN, V1, keyed, rank  # noqa: F401  (keyed is a fixture)
 
-from ranker import dsjson, vwoptions
 from ranker.cli import cli
-from ranker.engine import vw_arguments
+from ranker.core import dsjson, vwoptions
+from ranker.core.settings import Policy, load_settings
 from ranker.evaluation.replay import Candidate
-from ranker.settings import Policy, load_settings
+from ranker.serving.engine import vw_arguments
 
 
 @pytest.mark.parametrize(

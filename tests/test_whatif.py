@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from ranker.cli import cli
+from ranker.core.schemas import RankRequest
+from ranker.core.settings import load_settings
 from ranker.evaluation import weight_bound
 from ranker.evaluation.replay import BUILT_INS, DsjsonFile, LoopLog, replay
 from ranker.evaluation.whatif import joined_interval, load_rules, what_if
-from ranker.export import export
-from ranker.schemas import RankRequest
-from ranker.service import Service, timestamp
-from ranker.settings import load_settings
+from ranker.logdata.export import export
+from ranker.serving.service import Service, timestamp
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 K, EVENTS = 4, 3000

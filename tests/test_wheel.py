@@ -24,7 +24,7 @@ def test_the_wheel_installs_and_serves_with_the_default_policy(tmp_path):
     python = str(tmp_path / "venv" / "bin" / "python")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True)
     where = subprocess.run(
-        [python, "-c", "import ranker, ranker.settings as s; print(ranker.__file__); print(s.PACKAGE_POLICIES)"],
+        [python, "-c", "import ranker, ranker.core.settings as s; print(ranker.__file__); print(s.PACKAGE_POLICIES)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import ADMIN_KEY, OTHER_KEY, RANK_KEY
 
 from ranker.app import create_app
-from ranker.settings import hash_key, load_settings
+from ranker.core.settings import hash_key, load_settings
 
 REVIEW_KEY = "review-key-0123456789"
 OTHER_REVIEW_KEY = "other-review-key-0123456789"

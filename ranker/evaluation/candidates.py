@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ranker import vwoptions
-from ranker.engine import IO_OPTIONS, drop_options, is_multislot
-from ranker.settings import Policy, Settings, policy_kind
+from ranker.core import vwoptions
+from ranker.core.settings import Policy, Settings, policy_kind
+from ranker.serving.engine import IO_OPTIONS, drop_options, is_multislot
 
 __all__ = ["BASELINE", "BUILT_INS", "ONLINE", "RANDOM", "Candidate", "policy_candidates"]
 

@@ -2,7 +2,7 @@
 
 :func:`run_pending` runs the oldest pending job (the trainer calls it between learning passes; any process
 holding the settings can); :func:`requeue_interrupted` queues again what a stopped process left Running. What
-the jobs compute, and how the HTTP API queues and reports them, is described in :mod:`ranker.evaluations`.
+the jobs compute, and how the HTTP API queues and reports them, is described in :mod:`ranker.server.evaluations`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from ranker.core.rules import Rules
+from ranker.core.settings import Settings
 from ranker.evaluation import whatif
 from ranker.evaluation.compare import BETTER
 from ranker.evaluation.importance import DEFAULT, importance, unscored
 from ranker.evaluation.replay import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, LoopLog, replay
 from ranker.evaluation.search import search
-from ranker.rules import Rules
-from ranker.settings import Settings
 from ranker.store import jobs as store_jobs
 from ranker.store import open_database, timestamp
 

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import vowpalwabbit
 
-from ranker import vwcalls
+from ranker.core import vwcalls
 
 # (multi-slot, the entries that learn from one parse: a workspace's VW arguments, or the index of the entry whose
 # regressor's scores it reports; see Learners)

@@ -91,6 +91,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ranker.core.settings import POLICY_KINDS
 from ranker.evaluation import passes, segments
 from ranker.evaluation.candidates import BASELINE, BUILT_INS, ONLINE, RANDOM, Candidate, policy_candidates
 from ranker.evaluation.compare import compare
@@ -98,7 +99,6 @@ from ranker.evaluation.estimators import LoggedData, evaluate, weight_bound
 from ranker.evaluation.learners import Output
 from ranker.evaluation.report import Report
 from ranker.evaluation.sources import DsjsonFile, Event, LoopLog, MultiSlotEvent, Skipped, source_is_multislot
-from ranker.settings import POLICY_KINDS
 
 __all__ = [
     "BASELINE",

@@ -12,9 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ranker import vwoptions
-from ranker.engine import OTHER_EXPLORATION, drop_options, is_multislot
+from ranker.core import vwoptions
 from ranker.evaluation.learners import Group
+from ranker.serving.engine import OTHER_EXPLORATION, drop_options, is_multislot
 
 # Options that change only how a workspace learns from a parsed example, not how VW parses and sets it up: single-
 # slot workspaces whose arguments differ in nothing else can learn from one parse (see Learners). Checked with

@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ranker.engine import is_multislot
+from ranker.core.settings import POLICY_KINDS
 from ranker.evaluation.candidates import BASELINE, ONLINE, Candidate
 from ranker.evaluation.compare import BETTER
 from ranker.evaluation.replay import replay
 from ranker.evaluation.sources import DsjsonFile, LoopLog, source_is_multislot
-from ranker.settings import POLICY_KINDS
+from ranker.serving.engine import is_multislot
 
 __all__ = ["PERSONALIZER_DEFAULT", "SearchResult", "graduation", "grid", "search"]
 

@@ -6,7 +6,7 @@ labeled line VW learns from, the logged action, its probability, the reward and 
 :class:`MultiSlotEvent` for a multi-slot one (the same per filled slot, :class:`SlotOutcome`), or a
 :class:`Skipped` with the reason it is left out: never activated (``"_skipLearn": true`` in a file),
 unlabeled, or not valid DSJSON (with its line number and what is wrong). A loop's log is read through the
-export's own join (:func:`ranker.export.decisions`), so every candidate sees exactly the line ``ranker
+export's own join (:func:`ranker.logdata.export.decisions`), so every candidate sees exactly the line ``ranker
 export`` writes; a file's lines are read as the export writes them, else as ``ranker import`` reads them.
 
 A source is multi-slot when its loop's policy uses ``--ccb_explore_adf`` (for a file: when its first line has
@@ -24,10 +24,11 @@ from typing import Any, NamedTuple
 
 import pydantic_core
 
-from ranker import dsjson, loopconfig
-from ranker.engine import is_multislot
-from ranker.export import MULTI_KEYS, check_dsjson_features, decisions, is_number, log_time, read_decision
-from ranker.settings import Settings
+from ranker.core import dsjson
+from ranker.core.settings import Settings
+from ranker.logdata.export import MULTI_KEYS, check_dsjson_features, decisions, is_number, log_time, read_decision
+from ranker.serving import loopconfig
+from ranker.serving.engine import is_multislot
 from ranker.store import log, open_database
 
 __all__ = ["DsjsonFile", "Event", "LoopLog", "MultiSlotEvent", "Skipped", "SlotOutcome", "source_is_multislot"]
@@ -128,7 +129,7 @@ class LoopLog:
 class DsjsonFile:
     """A DSJSON file of decisions (``ranker export`` writes them; Personalizer's logs and VW's are read as
     ``ranker import`` reads them). Single-slot lines in the export's shape (label, head, then ``c``) are replayed
-    as they are; others are rebuilt in ranker's record shape by :func:`ranker.export.read_decision`. Multi-slot
+    as they are; others are rebuilt in ranker's record shape by :func:`ranker.logdata.export.read_decision`. Multi-slot
     lines (with ``_outcomes``) are replayed with their ``_outcomes`` (``_a`` and ``_p`` as arrays) and ``_ba``
     put after ``c``, where VW reads them."""
 
@@ -188,7 +189,7 @@ def _file_event(number: int, line: str) -> Event | MultiSlotEvent | Skipped:
         head = None
     if type(head) is dict and "_label_cost" in head and "a" in head and "p" in head:
         try:
-            if not line.isascii():  # only a non-ASCII name can be one VW cannot read (see ranker.schemas)
+            if not line.isascii():  # only a non-ASCII name can be one VW cannot read (see ranker.core.schemas)
                 _check_c(json.loads(line).get("c"))
             return _exported_event(number, line, head)
         except (TypeError, ValueError, IndexError) as exc:

@@ -1,7 +1,7 @@
 """Rule what-ifs (``ranker evaluate --rules new-rules.toml``): what would the policies earn under other rules?
 
 The logged decisions of a single-slot source are replayed through the new rules (entitlements, availability,
-priority factors, discovery floors; :mod:`ranker.rules`), on top of each replayed policy:
+priority factors, discovery floors; :mod:`ranker.core.rules`), on top of each replayed policy:
 
 1. The policy's PMF over the event's eligible actions: a VW candidate's as replayed (it is scored without
    priority rules already), Baseline's and Random's; for Online, the logged PMF with the old rules' priority
@@ -15,7 +15,7 @@ priority factors, discovery floors; :mod:`ranker.rules`), on top of each replaye
 3. A newly admitted action has no score of the policy's: it gets the mean probability of the eligible ones
    (the policy is taken as indifferent about it). The new priority factors multiply, the PMF is renormalised,
    and the new discovery floors raise the matched actions while their share of the replayed decisions is
-   below ``max_share`` (:func:`ranker.discovery.floor`).
+   below ``max_share`` (:func:`ranker.serving.discovery.floor`).
 
 An action the old rules excluded, or one the logging policy gave probability 0, was never shown: the log says
 nothing about its reward. For each policy the report gives the **unsupported share** ū (the new policy's mean
@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from ranker import discovery, rules
-from ranker.engine import reweight
+from ranker.core import rules
 from ranker.evaluation.estimators import weight_bound
 from ranker.evaluation.intervals import cressie_read_interval
 from ranker.evaluation.report import Report
 from ranker.evaluation.sources import DsjsonFile, Event, LoopLog, source_is_multislot
+from ranker.serving import discovery
+from ranker.serving.engine import reweight
 from ranker.store import open_database
 
 __all__ = ["joined_interval", "load_rules", "what_if"]
@@ -185,7 +186,7 @@ def joined_interval(
 
 
 class _Shares:
-    """:class:`ranker.discovery.Exposures` over the replayed decisions: each action's share of them."""
+    """:class:`ranker.serving.discovery.Exposures` over the replayed decisions: each action's share of them."""
 
     def __init__(self, shares: dict[str, float]):
         self._shares = shares

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from ..settings import SettingsError, load_settings
+from ..core.settings import SettingsError, load_settings
 from ..store import open_database, timestamp
 from ..store import outbox as store
 from .delivery import send_due

@@ -1,7 +1,7 @@
 """HTTP shell of signals: ``POST /v1/logs`` (OTLP/HTTP) and ``/entities/{type}/{id}``, at the server root.
 
 OTLP answers in its own shapes (``ExportLogsServiceResponse``, ``google.rpc.Status``) in the request's
-encoding; the entities API answers in the API's error shape (:class:`ranker.errors.ApiError`).
+encoding; the entities API answers in the API's error shape (:class:`ranker.core.errors.ApiError`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ..api import api_key, json_body, json_response, path_id
-from ..errors import ApiError, StoreUnavailable
+from ..core.errors import ApiError, StoreUnavailable
+from ..server.api import api_key, json_body, json_response, path_id
 from ..store import parse_time
 from ..store.signals import OutOfOrder
 from . import otlp

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from ..durations import parse_duration
-from ..rules import Condition
+from ..core.durations import parse_duration
+from ..core.rules import Condition
 
 ENTITY_TYPES = ("account", "user")
 EntityType = Literal["account", "user"]

@@ -17,7 +17,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from ..rules import lookup
+from ..core.rules import lookup
 from ..store import parse_time
 from ..store.signals import SignalStore
 from .definitions import SignalSettings

@@ -10,13 +10,13 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..schemas import ID_RULE, check_features, is_id
+from ..core.schemas import ID_RULE, check_features, is_id
 
 MAX_ATTRIBUTE_BYTES = 65_536
 
 
 def check_id(entity_id: Any, what: str = "an entity id") -> str:
-    """A ValueError unless the id is a string that meets the one id rule (:data:`ranker.schemas.Id`)."""
+    """A ValueError unless the id is a string that meets the one id rule (:data:`ranker.core.schemas.Id`)."""
     if type(entity_id) is not str:
         raise ValueError(f"{what} must be a string, not {type(entity_id).__name__}")
     if not is_id(entity_id):

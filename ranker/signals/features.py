@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..rules import MISSING, lookup
+from ..core.rules import MISSING, lookup
 from .definitions import Feature, SignalSettings
 
 DAY_NS = 86_400 * 10**9

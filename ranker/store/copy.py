@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import models as files
+from . import models as files
 from .decisions import timestamp
 from .pgsql import Connection
 from .postgres import PostgresDatabase

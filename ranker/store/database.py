@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import models as files
+from . import models as files
 from .sqlite import Store, connect, file_identity, migrate, open_log, write_turn
 
 log = logging.getLogger("ranker")
@@ -51,7 +51,8 @@ def open_database(settings: Any) -> Any:
 
 
 class FileModels:
-    """Published models as files: ``<data_dir>/models/<loop>/<version>.vw`` and ``CURRENT`` (:mod:`ranker.models`)."""
+    """Published models as files: ``<data_dir>/models/<loop>/<version>.vw`` and ``CURRENT``
+    (:mod:`ranker.store.models`)."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir

@@ -56,7 +56,7 @@ def decision_row(
     }
 
 
-# A loop's configuration set through the API (ranker.loopconfig combines it with the settings file).
+# A loop's configuration set through the API (ranker.serving.loopconfig combines it with the settings file).
 LOOP_CONFIG_SELECT = "SELECT service, policy, updated_at FROM loop_config WHERE loop = ?"
 LOOP_CONFIG_UPSERT = (
     "INSERT INTO loop_config (loop, service, policy, updated_at) VALUES (?, ?, ?, ?) "

@@ -49,7 +49,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 from .decisions import timestamp
 from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, TRIAGE, Connection, migrate, translate
 from .sqlite import BATCH_LIMIT, Store
@@ -291,7 +291,7 @@ class DatabaseModels:
             )
             if not data:
                 return None
-            from ..models import write_atomic
+            from .models import write_atomic
 
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, bytes(data[0]["model"]))
@@ -327,7 +327,7 @@ class PostgresDatabase:
     engine = "postgresql"
 
     def __init__(self, url: str, data_dir: Path):
-        from ..settings import mask_url
+        from ..core.settings import mask_url
 
         self.url = url
         self.name = mask_url(url)
@@ -466,6 +466,6 @@ class PostgresDatabase:
 
 def _reason(exc: BaseException) -> str:
     """An error's text without the connection string (psycopg does not quote it; a proxy's error may)."""
-    from ..settings import mask_url
+    from ..core.settings import mask_url
 
     return " ".join(mask_url(word) for word in str(exc).split())

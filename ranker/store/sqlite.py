@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 from .decisions import DecisionLog
 from .migrations import migrations
 

@@ -16,11 +16,11 @@ from typing import Literal
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..api import api_key, json_body, json_response, path_id, request_bytes
-from ..errors import ApiError
-from ..schemas import parse_json, validate
-from ..service import Service
-from ..settings import hash_key
+from ..core.errors import ApiError
+from ..core.schemas import parse_json, validate
+from ..core.settings import hash_key
+from ..server.api import api_key, json_body, json_response, path_id, request_bytes
+from ..serving.service import Service
 from . import items, patterns
 from .report import report
 

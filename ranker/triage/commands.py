@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..commandline import settings_or_fail
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 
 
 @click.group("triage")
@@ -20,7 +20,7 @@ def triage_group() -> None:
 
 
 def _triage_service(config: str | None):
-    from ..service import Service
+    from ..serving.service import Service
 
     settings = settings_or_fail(config)
     if settings.database_url is None and not settings.database_path.exists():

@@ -2,7 +2,7 @@
 are mined and flagged, the playbook of next best actions, the drafter, what a review decision teaches the
 loop, and the dismissal reasons. Checked when the settings load.
 
-A pattern is a conjunction of conditions in the rules' condition language (:class:`ranker.rules.Condition`),
+A pattern is a conjunction of conditions in the rules' condition language (:class:`ranker.core.rules.Condition`),
 tested on an account's *values* (:mod:`ranker.triage.values`): its attributes and its signal features as
 of one moment, shaped as Rank-time enrichment adds them to a context, so paths read like the rules' paths
 (``account.contract.plan``, ``account.reporting_api_trend``).
@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..durations import parse_duration
-from ..rules import Condition
+from ..core.durations import parse_duration
+from ..core.rules import Condition
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

@@ -315,7 +315,7 @@ def run(
     """Generate the company into a fresh ``data_dir``, send it through the service, mine the patterns, run the
     triage pass (when the workflow is there), and say where to look. Returns what it did and the keys."""
     from ..app import create_app
-    from ..settings import hash_key, load_settings
+    from ..core.settings import hash_key, load_settings
     from .demo_settings import settings_text
     from .mining import mine, table
     from .patterns import save_mined

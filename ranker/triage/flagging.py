@@ -33,11 +33,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..durations import parse_duration
-from ..errors import ApiError
-from ..rules import MISSING, lookup
-from ..schemas import RankRequest
-from ..service import Service
+from ..core.durations import parse_duration
+from ..core.errors import ApiError
+from ..core.rules import MISSING, lookup
+from ..core.schemas import RankRequest
+from ..serving.service import Service
 from ..store import parse_time, timestamp
 from ..store import triage as store_triage
 from .drafting import context_of, draft

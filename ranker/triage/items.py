@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..durations import parse_duration
-from ..errors import ApiError
+from ..core.durations import parse_duration
+from ..core.errors import ApiError
 from ..store import timestamp
 from ..store import triage as store_triage
 from ..store.sqlite import Store

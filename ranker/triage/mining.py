@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..durations import parse_duration
-from ..rules import MISSING, Condition, lookup
+from ..core.durations import parse_duration
+from ..core.rules import MISSING, Condition, lookup
 from ..store import parse_time
 from ..store.signals import SignalStore
 from .patterns import Pattern, describe, name_of

@@ -1,10 +1,10 @@
-"""OpenAPI description of the triage endpoints, for :func:`ranker.openapi.openapi`."""
+"""OpenAPI description of the triage endpoints, for :func:`ranker.server.openapi.openapi`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..schemas import ID_PATTERN, ID_RULE, MAX_ID
+from ..core.schemas import ID_PATTERN, ID_RULE, MAX_ID
 from .api import ApproveRequest, DismissRequest, ItemsQuery
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}

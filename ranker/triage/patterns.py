@@ -3,7 +3,7 @@ from past renewals (:mod:`ranker.triage.mining`, stored) or written by hand in t
 (``[[triage.patterns]]``). Any pattern can be disabled or enabled again by name; a switch outlives a new
 mining, so a pattern a reviewer disabled stays disabled when mining finds it again.
 
-Conditions use the rules' language (:class:`ranker.rules.Condition`) and the rules' paths:
+Conditions use the rules' language (:class:`ranker.core.rules.Condition`) and the rules' paths:
 ``{path = "account.industry", equals = "fintech"}``, ``{path = "account.reporting_api_trend", lte = -0.5}``.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ..rules import MISSING, Condition, lookup
+from ..core.rules import MISSING, Condition, lookup
 from ..store import Store, timestamp
 from ..store import patterns as stored
 

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from ..durations import parse_duration
+from ..core.durations import parse_duration
 from ..store import parse_time, timestamp
 from ..store import triage as store_triage
 from ..store.sqlite import Store

@@ -13,8 +13,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from ..durations import parse_duration
-from ..settings import Settings
+from ..core.durations import parse_duration
+from ..core.settings import Settings
 
 log = logging.getLogger("ranker.triage")
 
@@ -43,7 +43,7 @@ class TriageSchedule:
         if not self.due(now):
             return None
         self.next_at = now + self.every
-        from ..service import Service  # the web-free service, made once, at the first pass
+        from ..serving.service import Service  # the web-free service, made once, at the first pass
         from .flagging import run_pass
 
         try:

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, redirect, request, url_for
 
-from ..errors import ApiError
-from ..settings import hash_key
+from ..core.errors import ApiError
+from ..core.settings import hash_key
 from ..store import review as review_store
 from ..store import timestamp
 from . import base

@@ -20,9 +20,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 
-from ..durations import parse_duration
-from ..errors import ApiError, StoreUnavailable
-from ..service import Service
+from ..core.durations import parse_duration
+from ..core.errors import ApiError, StoreUnavailable
+from ..serving.service import Service
 from ..store import review as review_store
 from ..store import timestamp
 

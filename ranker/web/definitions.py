@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..durations import parse_duration
+from ..core.durations import parse_duration
 
 
 class ReviewSettings(BaseModel):

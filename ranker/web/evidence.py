@@ -9,7 +9,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..service import Service
+from ..serving.service import Service
 from ..signals.definitions import Feature
 from ..triage.patterns import describe
 from .charts import line_chart

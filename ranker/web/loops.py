@@ -1,5 +1,5 @@
 """The loop view: for every loop, what it decided lately and why, its reward over time, and its latest
-evaluation: the "is it working" page. Reads through the decision lookup (:func:`ranker.events.lookup`)."""
+evaluation: the "is it working" page. Reads through the decision lookup (:func:`ranker.server.events.lookup`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ApiError
+from ..core.errors import ApiError
 from ..evaluation.jobs import EVALUATION
-from ..events import lookup
-from ..loopconfig import effective
+from ..server.events import lookup
+from ..serving.loopconfig import effective
 from ..store import review as review_store
 from ..store import timestamp
 from . import base

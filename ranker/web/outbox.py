@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, redirect, request, url_for
 
-from ..errors import ApiError
+from ..core.errors import ApiError
 from ..store import outbox as outbox_store
 from ..store import timestamp
 from . import base

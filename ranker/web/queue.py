@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from flask import Blueprint, Response, redirect, request, url_for
 
-from ..errors import ApiError
+from ..core.errors import ApiError
 from ..store import review as review_store
 from ..store import timestamp
 from ..triage import items

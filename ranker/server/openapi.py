@@ -5,9 +5,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from . import __version__
-from .loopconfig import ServiceConfiguration
-from .schemas import (
+from .. import __version__
+from ..core.schemas import (
     ID_PATTERN,
     ID_RULE,
     MAX_ID,
@@ -22,9 +21,10 @@ from .schemas import (
     RankResponse,
     RewardRequest,
 )
-from .settings import Policy
-from .signals.openapi import signals_paths
-from .triage.openapi import triage_paths, triage_schemas
+from ..core.settings import Policy
+from ..serving.loopconfig import ServiceConfiguration
+from ..signals.openapi import signals_paths
+from ..triage.openapi import triage_paths, triage_schemas
 
 ERROR = {
     "type": "object",

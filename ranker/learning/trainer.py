@@ -12,7 +12,7 @@ What a due decision becomes (:class:`RewardJoin`, which ``ranker export`` and th
   within its window: skipped (kept in the log, not learned);
 - otherwise its rewards received within the window are aggregated by ``rewardAggregation`` (see
   :func:`aggregate`), ``defaultReward`` when none arrived, and VW learns from exactly the logged record
-  with the label added (:func:`ranker.dsjson.labeled`);
+  with the label added (:func:`ranker.core.dsjson.labeled`);
 - logged in Apprentice mode: the model learns to imitate the served baseline (the record's chosen
   action) with the reward ``1 if action == baseline else 0``, revealed for two actions: the baseline
   gets 1 and, when the training model's greedy choice on the record is another action, that action gets
@@ -34,7 +34,7 @@ reward). When they change, the model is reset and retrained from the decisions s
 Personalizer did.
 
 Publishing: at most once per ``modelExportFrequency``, and only when something was learned since the last
-publication, the checkpointed model becomes a new version in the model store (:mod:`ranker.models`).
+publication, the checkpointed model becomes a new version in the model store (:mod:`ranker.store.models`).
 """
 
 from __future__ import annotations
@@ -56,14 +56,16 @@ from typing import Any
 
 import vowpalwabbit
 
-from . import apprentice, dsjson, loopconfig, vwcalls
-from .engine import is_multislot
-from .errors import StoreUnavailable
-from .evaluation import jobs
-from .join import BATCH, COMMIT_GRACE, RewardJoin, joined
-from .settings import LoopSettings, Settings, parse_duration
-from .store import learning, open_database, parse_time, timestamp, transaction
-from .triage.schedule import TriageSchedule
+from ..core import dsjson, vwcalls
+from ..core.errors import StoreUnavailable
+from ..core.settings import LoopSettings, Settings, parse_duration
+from ..evaluation import jobs
+from ..logdata.join import BATCH, COMMIT_GRACE, RewardJoin, joined
+from ..serving import loopconfig
+from ..serving.engine import is_multislot
+from ..store import learning, open_database, parse_time, timestamp, transaction
+from ..triage.schedule import TriageSchedule
+from . import apprentice
 
 log = logging.getLogger("ranker.trainer")
 
@@ -427,7 +429,7 @@ class Trainer:
             version = self.database.models.publish(loop.name, loop.model, self._conn)
             learning.record_publication(self._conn, loop.name, version, loop.learned, timestamp(now))
         loop.published_learned, loop.published_at = loop.learned, now
-        # versions that served recent decisions stay, so those decisions can be explained (ranker.events)
+        # versions that served recent decisions stay, so those decisions can be explained (ranker.server.events)
         since = timestamp(now - parse_duration(self.settings.explanation_retention))
         served = learning.served_versions(self._conn, loop.name, since)
         self.database.models.prune(loop.name, self.keep_versions, served, self._conn)

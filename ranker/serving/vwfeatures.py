@@ -5,7 +5,7 @@ VW merges the shared features into each action (the action's own first) and gene
 is every pair of namespaces present, in namespace order; a namespace with itself pairs each feature with itself
 and the ones after it); an interaction's index is ``(16777619 × i) ^ j``, masked by the weight table; a
 multi-slot policy adds the slot's features and VW's slot index feature (``_ccb_slot_index^index<k>``) with the
-interactions VW adds for it. :mod:`ranker.explain` turns these into each action's weight × value terms;
+interactions VW adds for it. :mod:`ranker.serving.explain` turns these into each action's weight × value terms;
 tests/test_explain.py checks names, indices and values against VW's audit output.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import vwcalls, vwoptions
+from ..core import vwcalls, vwoptions
 
 FNV_PRIME = np.uint64(16777619)
 CONSTANT_HASH = 11650396

@@ -1,6 +1,6 @@
 """The trainer's process: ``ranker train`` runs it, and ``ranker serve`` keeps one running beside gunicorn.
 
-:func:`run` runs a :class:`~ranker.trainer.Trainer` in this process until SIGTERM or SIGINT (or its parent
+:func:`run` runs a :class:`~ranker.learning.trainer.Trainer` in this process until SIGTERM or SIGINT (or its parent
 process is gone); :class:`Supervisor` starts ``python -m ranker train`` and starts it again when it exits.
 """
 
@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
-from .outbox.delivery import Sender
-from .settings import Settings
+from ..core.settings import Settings
+from ..outbox.delivery import Sender
 from .trainer import Trainer
 
 log = logging.getLogger("ranker.trainer")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import vowpalwabbit
 
-from . import vwcalls, vwoptions
-from .dsjson import predict_line
-from .settings import POLICY_KINDS
+from ..core import vwcalls, vwoptions
+from ..core.dsjson import predict_line
+from ..core.settings import POLICY_KINDS
 
 # Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
 OTHER_EXPLORATION = {
@@ -92,7 +92,7 @@ def reweight(pmf: list[float], factors: list[float]) -> list[float]:
 
 
 def pmf_of(vw: vowpalwabbit.Workspace, line: str) -> list[float]:
-    """VW's PMF for one DSJSON line (prediction only), in ``_multi`` order (:func:`ranker.vwcalls.pmf`)."""
+    """VW's PMF for one DSJSON line (prediction only), in ``_multi`` order (:func:`ranker.core.vwcalls.pmf`)."""
     return vwcalls.pmf(vw, line)
 
 
@@ -126,7 +126,7 @@ class Engine:
 
     @property
     def workspace(self) -> vowpalwabbit.Workspace:
-        """The VW workspace; use it holding :attr:`lock` (ranker.explain reads parsed examples with it)."""
+        """The VW workspace; use it holding :attr:`lock` (ranker.serving.explain reads parsed examples with it)."""
         return self._vw
 
     @property

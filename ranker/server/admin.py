@@ -1,6 +1,6 @@
 """Personalizer's administration operations over HTTP: service configuration, policy, model and logs.
 
-They need the loop's admin key. Each is a thin shell over :mod:`ranker.administration`, where the
+They need the loop's admin key. Each is a thin shell over :mod:`ranker.serving.administration`, where the
 operations and their rules live (the CLI uses the same functions).
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from . import administration, loopconfig
+from ..core.schemas import validate
+from ..core.settings import Policy
+from ..serving import administration, loopconfig
 from .api import caller, json_body, json_response, request_bytes, service
-from .schemas import validate
-from .settings import Policy
 
 bp = Blueprint("admin", __name__)
 

@@ -1,4 +1,4 @@
-"""Request framing for :mod:`ranker.http_worker`: a chunked body decoded as it arrives, and the API's error
+"""Request framing for :mod:`ranker.server.http_worker`: a chunked body decoded as it arrives, and the API's error
 answers for what a client got wrong (gunicorn's parse errors, deadlines, sizes), written as whole HTTP/1.1
 answers by the poller itself."""
 
@@ -13,7 +13,7 @@ from gunicorn.http.body import CHUNK_EXT_RE
 from gunicorn.http.message import Request
 from werkzeug.exceptions import default_exceptions
 
-from .errors import ApiError
+from ..core.errors import ApiError
 
 BARE_LF = re.compile(rb"(?<!\r)\n")
 

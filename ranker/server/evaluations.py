@@ -51,15 +51,8 @@ from urllib.parse import quote
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
 
-from . import administration, loopconfig
-from .api import caller, json_body, json_response, path_id, service
-from .engine import is_multislot
-from .errors import ApiError
-from .evaluation import jobs
-from .evaluation.candidates import BASELINE, ONLINE, RANDOM, Candidate
-from .evaluation.jobs import EVALUATION, IMPORTANCE, PENDING, SOURCES, SUCCEEDED
-from .export import log_time
-from .schemas import (
+from ..core.errors import ApiError
+from ..core.schemas import (
     ID_RULE,
     ApplyFromEvaluationRequest,
     EvaluationRequest,
@@ -68,8 +61,15 @@ from .schemas import (
     is_id,
     validate,
 )
-from .settings import POLICY_KINDS, Policy
-from .store import jobs as store_jobs
+from ..core.settings import POLICY_KINDS, Policy
+from ..evaluation import jobs
+from ..evaluation.candidates import BASELINE, ONLINE, RANDOM, Candidate
+from ..evaluation.jobs import EVALUATION, IMPORTANCE, PENDING, SOURCES, SUCCEEDED
+from ..logdata.export import log_time
+from ..serving import administration, loopconfig
+from ..serving.engine import is_multislot
+from ..store import jobs as store_jobs
+from .api import caller, json_body, json_response, path_id, service
 
 log = logging.getLogger("ranker.evaluations")
 

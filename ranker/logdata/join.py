@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from . import dsjson
-from .settings import LoopSettings, parse_duration
-from .store import log, parse_time
+from ..core import dsjson
+from ..core.settings import LoopSettings, parse_duration
+from ..store import log, parse_time
 
 COMMIT_GRACE = 1.0  # seconds a reward stamped inside its window may take to be committed
 BATCH = 1000  # decisions read per query

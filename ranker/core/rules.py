@@ -185,10 +185,10 @@ class Discovery(BaseModel):
     """Give each matched action at least ``min_probability`` while it was chosen in less than ``max_share`` of
     the loop's decisions over the last ``window`` (ISO 8601 duration), when ``when`` holds.
 
-    The floor is mixed into the final distribution before the draw (:func:`ranker.discovery.floor`), so the
+    The floor is mixed into the final distribution before the draw (:func:`ranker.serving.discovery.floor`), so the
     probability logged is the one the action was drawn with. Entitlements and availability come first: an
     excluded action gets no floor. Multi-slot Rank mixes it into each slot's distribution (see
-    :mod:`ranker.discovery`)."""
+    :mod:`ranker.serving.discovery`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)

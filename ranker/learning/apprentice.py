@@ -1,7 +1,7 @@
 """Apprentice mode's learning: imitate the served baseline, and graduate to Online once a replay shows the
 model beats it (``apprenticeGraduationEvents``).
 
-The trainer (:mod:`ranker.trainer`) learns each Apprentice decision with :func:`imitate` and asks
+The trainer (:mod:`ranker.learning.trainer`) learns each Apprentice decision with :func:`imitate` and asks
 :func:`graduate` at most every minute.
 """
 
@@ -14,12 +14,12 @@ from datetime import datetime
 
 import vowpalwabbit
 
-from . import dsjson, vwcalls
-from .engine import pmf_of, slot_scores_of
-from .evaluation.search import graduation
-from .evaluation.sources import LoopLog
-from .settings import Settings
-from .store import learning, loop_config_row, timestamp
+from ..core import dsjson, vwcalls
+from ..core.settings import Settings
+from ..evaluation.search import graduation
+from ..evaluation.sources import LoopLog
+from ..serving.engine import pmf_of, slot_scores_of
+from ..store import learning, loop_config_row, timestamp
 
 log = logging.getLogger("ranker.trainer")
 

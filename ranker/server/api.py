@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 from werkzeug.routing import PathConverter
 
-from .errors import ApiError
-from .schemas import (
+from ..core.errors import ApiError
+from ..core.schemas import (
     ID_RULE,
     MultiSlotRankRequest,
     MultiSlotRewardRequest,
@@ -22,7 +22,7 @@ from .schemas import (
     parse_json,
     validate_json,
 )
-from .service import Loop, Service
+from ..serving.service import Loop, Service
 
 bp = Blueprint("api", __name__)
 
@@ -44,8 +44,10 @@ def api_key() -> str | None:
 
 def caller(admin: bool = False) -> Loop:
     ranker = service()
-    loop = ranker.authenticate(api_key() if ranker.settings.auth else None, admin=admin)  # keys off: no header read
-    g.loop = loop.name  # the request's loop, for its metrics (ranker.metrics)
+    loop = ranker.authenticate(
+        api_key() if ranker.core.settings.auth else None, admin=admin
+    )  # keys off: no header read
+    g.loop = loop.name  # the request's loop, for its metrics (ranker.server.metrics)
     return loop
 
 
@@ -67,7 +69,7 @@ def json_body() -> Any:
 
 def validated_body(model: type[BaseModel], code: str) -> Any:
     """The JSON body as ``model``: what :func:`json_body` then :func:`validate` give, errors included, in one
-    pass where it can (:func:`ranker.schemas.validate_json`)."""
+    pass where it can (:func:`ranker.core.schemas.validate_json`)."""
     if request.mimetype != "application/json":
         raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
     return validate_json(model, request_bytes(), code)
@@ -106,7 +108,7 @@ class EventIdConverter(IdConverter):
 
 
 def path_id(value: str, code: str, target: str) -> str:
-    """An id taken from the path, checked with the one id rule (:data:`ranker.schemas.Id`); 400 ``code``
+    """An id taken from the path, checked with the one id rule (:data:`ranker.core.schemas.Id`); 400 ``code``
     otherwise. werkzeug decodes percent-encoded bytes that are not UTF-8 to U+FFFD (so ``%FF%FE`` would name
     the event ``\ufffd\ufffd``): when one appears, the path as sent decides."""
     if not is_id(value):

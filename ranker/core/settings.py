@@ -30,13 +30,13 @@ from pydantic import (
 
 import ranker
 
+from ..outbox.definitions import OutboxSettings
+from ..signals.definitions import ENTITY_TYPES, SignalSettings
+from ..triage.definitions import TriageSettings
+from ..web.definitions import ReviewSettings
 from . import vwoptions
-from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.settings' name)
-from .outbox.definitions import OutboxSettings
+from .durations import MAX_DURATION, parse_duration  # noqa: F401 (parse_duration: ranker.core.settings' name)
 from .rules import Rules
-from .signals.definitions import ENTITY_TYPES, SignalSettings
-from .triage.definitions import TriageSettings
-from .web.definitions import ReviewSettings
 
 # The shipped policy files: beside the modules in an installed package (the wheel maps the project's
 # policies/ folder to ranker/policies), in the project's policies/ folder in a checkout.
@@ -90,7 +90,7 @@ class Policy(BaseModel):
     @field_validator("arguments")
     @classmethod
     def _contextual_bandit(cls, value: str) -> str:
-        """The arguments as VW gets them, holding only options a policy may use (:mod:`ranker.vwoptions`)."""
+        """The arguments as VW gets them, holding only options a policy may use (:mod:`ranker.core.vwoptions`)."""
         words = vwoptions.split(value)
         policy_kind(words)
         vwoptions.check(words)

@@ -6,7 +6,7 @@ is mixed into the final distribution (after the model and the priority factors, 
 probability logged is the one the action was drawn with and offline evaluation stays unbiased.
 
 A multi-slot Rank mixes each slot's floors into that slot's distribution over the actions left to it
-(:func:`ranker.slots.choose_slots`), and an action's share is that of the decisions that gave it a slot.
+(:func:`ranker.serving.slots.choose_slots`), and an action's share is that of the decisions that gave it a slot.
 
 The shares come from the decision log, read by each worker at most every ``discovery_refresh_seconds`` per
 loop and window (one grouped query), never on every Rank.
@@ -19,9 +19,9 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from .rules import Verdict
-from .settings import parse_duration
-from .store import Store, timestamp
+from ..core.rules import Verdict
+from ..core.settings import parse_duration
+from ..store import Store, timestamp
 
 
 def floor(pmf: list[float], floors: dict[int, float]) -> tuple[list[float], set[int]]:

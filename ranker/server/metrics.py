@@ -15,7 +15,7 @@ the number of series stays bounded.
 
 Under gunicorn the workers share these counts through prometheus_client's multiprocess mode: each worker
 writes memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``, a folder the gunicorn master names and empties
-before it forks (``ranker/gunicorn_config.py``), and a scrape, whichever worker answers it, adds up the files
+before it forks (``ranker/server/gunicorn_config.py``), and a scrape, whichever worker answers it, adds up the files
 of all the server's workers, exited ones included, so a worker killed and replaced loses no counts.
 prometheus_client chooses its mode when it is first imported, so the variable must be set before that;
 :class:`Metrics` refuses to start when the variable and the mode disagree. Without the variable
@@ -42,11 +42,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from . import loopconfig
+from ..core.errors import StoreUnavailable
+from ..logdata.join import RewardJoin
+from ..serving import loopconfig
+from ..serving.service import Service
 from .api import api_key
-from .errors import StoreUnavailable
-from .join import RewardJoin
-from .service import Service
 
 log = logging.getLogger("ranker")
 

@@ -1,6 +1,6 @@
 """A loop's administration as a library: configuration, policy, model and log, for the API and the CLI alike.
 
-Each operation takes the :class:`~ranker.service.Service` and the loop; the admin blueprint and ``ranker
+Each operation takes the :class:`~ranker.serving.service.Service` and the loop; the admin blueprint and ``ranker
 evaluate --apply`` are thin shells over these functions. A change to the policy or to the reward settings resets
 the model: the trainer notices the new learning settings and retrains from the decisions still in the log, and
 a fresh model is published at once so the workers stop serving the old one. Refusals are :class:`ApiError`.
@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import loopconfig, vwoptions
+from ..core import vwoptions
+from ..core.errors import ApiError
+from ..core.settings import POLICY_KINDS, LoopSettings, Policy
+from . import loopconfig
 from .engine import fresh_model, is_multislot
-from .errors import ApiError
 from .service import Loop, Service, timestamp
-from .settings import POLICY_KINDS, LoopSettings, Policy
 
 
 def effective(service: Service, loop: Loop) -> tuple[LoopSettings, Policy, str | None]:
@@ -171,7 +172,7 @@ def check_vw(data_dir: Path, arguments: str, model: bytes | None, code: str, tar
     """Have VW load these arguments (and model) in a separate process: VW may abort on what it cannot
     read, which must not take a worker down. A refusal is a 400 with ``code`` (and ``target``).
 
-    A model's header options must have passed :func:`ranker.vwoptions.check_model` before: VW acts on them.
+    A model's header options must have passed :func:`ranker.core.vwoptions.check_model` before: VW acts on them.
     """
     with tempfile.TemporaryDirectory(dir=data_dir) as folder:
         path = os.path.join(folder, "import.vw")

@@ -4,7 +4,7 @@ It answers the loop's rank or admin key with the decision's time, its context as
 the eligible actions with their probabilities and features, the excluded ones with the rules that excluded
 them, the chosen action and its probability, the model version, whether the action was explored, the
 rewards received so far and the activation state. With ``?explain=true`` it computes the feature
-contributions (:mod:`ranker.explain`) with the model version that served the decision, while that version is
+contributions (:mod:`ranker.serving.explain`) with the model version that served the decision, while that version is
 stored (the trainer keeps the versions that served decisions within ``explanation_retention``).
 """
 
@@ -17,12 +17,13 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from . import dsjson, explain, vwfeatures, vwoptions
+from ..core import dsjson, vwoptions
+from ..core.errors import ApiError
+from ..core.settings import Settings
+from ..serving import explain, vwfeatures
+from ..serving.engine import Engine
+from ..store import Store, open_database
 from .api import caller, json_response, path_id, service
-from .engine import Engine
-from .errors import ApiError
-from .settings import Settings
-from .store import Store, open_database
 
 bp = Blueprint("events", __name__)
 
@@ -71,7 +72,7 @@ def _features(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def lookup(store: Store, settings: Settings, loop: str, event_id: str, explain_it: bool) -> dict[str, Any] | None:
-    """The decision ``event_id`` of ``loop`` as :mod:`ranker.events` describes it; None when there is none."""
+    """The decision ``event_id`` of ``loop`` as :mod:`ranker.server.events` describes it; None when there is none."""
     row = store.decision(loop, event_id)
     if row is None:
         return None

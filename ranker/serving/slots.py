@@ -1,6 +1,6 @@
 """Multi-slot Rank's filling: which actions each slot may take once its rules have spoken, and the slots
 filled in order, each with a different action, each predicted with the slots above it pinned (VW's CCB).
-:meth:`ranker.service.Service.rank_multislot` uses it; a simulation calls it with its own VW workspace to
+:meth:`ranker.serving.service.Service.rank_multislot` uses it; a simulation calls it with its own VW workspace to
 choose exactly as the service does."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import discovery, dsjson, rules
+from ..core import dsjson, rules
+from . import discovery
 from .engine import reweight, sample
 
 
@@ -63,8 +64,8 @@ def choose_slots(
     None serves every slot its baseline (Apprentice). Per slot: the actions allowed minus those earlier slots
     took; VW's scores for the slot with the earlier slots pinned to their actions (``_inc``), reweighted by
     the priority factors, then the slot's discovery ``floors`` (per slot, ``_multi`` index -> ``{"rule",
-    "floor", "share"}``: :func:`ranker.discovery.slot_floors`) mixed in over the actions left
-    (:func:`ranker.discovery.floor`), so the probability logged for the slot is the one its action was drawn
+    "floor", "share"}``: :func:`ranker.serving.discovery.slot_floors`) mixed in over the actions left
+    (:func:`ranker.serving.discovery.floor`), so the probability logged for the slot is the one its action was drawn
     with; the draw uses the number of ``"{event id}\n{k}"``. Apprentice serves the baseline where it is left
     (no floors), else the first action left; ``_ba`` logs the baselineAction wherever the rules allow it
     (taken or not: the Baseline of offline evaluation), else the first action left.

@@ -8,7 +8,7 @@ of it, de-chunked. Only a complete request goes to the thread pool, as a body of
 thread never waits for a client to send. A worker holds at most ``max_connections`` connections
 (gunicorn's ``worker_connections``); more wait in the kernel's accept queue.
 
-Every error the worker answers itself is the API's error body (``ranker.errors.ApiError``) with its
+Every error the worker answers itself is the API's error body (``ranker.core.errors.ApiError``) with its
 ``x-ms-error-code`` header: malformed requests 400, deadlines 408, bodies over the limit 413, a request
 line over gunicorn's limit 414, headers over the limit 431.
 """
@@ -28,9 +28,9 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import ThreadWorker
 
-from .errors import ApiError
+from ..core.errors import ApiError
+from ..core.settings import load_settings
 from .http_framing import BARE_LF, ChunkedBody, client_error, error_bytes, http_error
-from .settings import load_settings
 
 # A connection closed after an answer still reads (and drops) what the client sends for this long, so
 # the client gets the answer instead of a reset for unread bytes (a "lingering close", RFC 9112 9.6).

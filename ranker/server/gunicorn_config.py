@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from ranker.settings import LOOPBACK, load_settings
+from ranker.core.settings import LOOPBACK, load_settings
 from ranker.store import open_database
 
 _settings = load_settings()
@@ -17,8 +17,8 @@ bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_
 workers = _settings.workers
 # Threads let concurrent requests of one worker share a group commit of the decision log. The worker is
 # gthread's, but its poller reads each request whole (under header_timeout and body_timeout) before a
-# thread serves it, so clients that send slowly do not hold the threads (ranker/http_worker.py).
-worker_class = "ranker.http_worker.BufferingWorker"
+# thread serves it, so clients that send slowly do not hold the threads (ranker/server/http_worker.py).
+worker_class = "ranker.server.http_worker.BufferingWorker"
 threads = _settings.threads
 worker_connections = _settings.max_connections
 # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over them.
@@ -52,13 +52,13 @@ def on_starting(server) -> None:
     # The workers share their request metrics through files in a folder of this server's (prometheus_client's
     # multiprocess mode). prometheus_client reads the variable when it is first imported: set it before.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.data_dir.resolve() / "metrics" / str(os.getpid()))
-    from ranker.metrics import prepare_multiprocess_dir
+    from ranker.server.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir()
 
 
 def child_exit(server, worker) -> None:
-    from ranker.metrics import worker_exited
+    from ranker.server.metrics import worker_exited
 
     worker_exited(worker.pid)
 

@@ -2,9 +2,9 @@
 
 Export writes a loop's decisions as VW's DSJSON lines for contextual bandits, in id order (the order they
 were committed in, which is the trainer's): the logged record exactly, with the label the trainer learns, the
-reward joined by the trainer's own :class:`~ranker.join.RewardJoin`. A single-slot record gets the CB label in
-front of it (:func:`ranker.dsjson.labeled`); a multi-slot (CCB) record gets a cost on each slot's outcome
-(:func:`ranker.dsjson.labeled_slots`, each slot's own reward, joined per slot). So ``vw --cb_explore_adf
+reward joined by the trainer's own :class:`~ranker.logdata.join.RewardJoin`. A single-slot record gets the CB label in
+front of it (:func:`ranker.core.dsjson.labeled`); a multi-slot (CCB) record gets a cost on each slot's outcome
+(:func:`ranker.core.dsjson.labeled_slots`, each slot's own reward, joined per slot). So ``vw --cb_explore_adf
 --dsjson -d export.json`` (``--ccb_explore_adf`` for a multi-slot loop) with the loop's arguments trains the
 model the trainer trained. What each decision becomes:
 
@@ -52,12 +52,13 @@ from typing import Any, NamedTuple, TextIO
 
 import vowpalwabbit
 
-from . import dsjson, loopconfig, vwcalls
-from .engine import is_multislot
+from ..core import dsjson, vwcalls
+from ..core.schemas import check_features
+from ..core.settings import Settings
+from ..serving import loopconfig
+from ..serving.engine import is_multislot
+from ..store import decision_row, log, open_database, parse_time, timestamp
 from .join import Joined, Outcome, RewardJoin, joined
-from .schemas import check_features
-from .settings import Settings
-from .store import decision_row, log, open_database, parse_time, timestamp
 
 IMPORT_BATCH = 500  # lines per import transaction
 EXPLANATION = json.dumps({"excluded": {}, "reweighted": {}})

@@ -14,11 +14,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .durations import _DURATION, parse_duration
+from ..core.durations import _DURATION, parse_duration
+from ..core.schemas import validate
+from ..core.settings import LoopSettings, Policy, Settings
+from ..store import loop_config_row
 from .engine import vw_arguments
-from .schemas import validate
-from .settings import LoopSettings, Policy, Settings
-from .store import loop_config_row
 
 # The service configuration fields the API shows and may change (Personalizer's names).
 SERVICE_FIELDS = (

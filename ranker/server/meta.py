@@ -6,9 +6,9 @@ import json
 
 from flask import Blueprint, Response, current_app
 
+from ..core.schemas import parse_json
 from .api import request_bytes
 from .openapi import openapi
-from .schemas import parse_json
 
 bp = Blueprint("meta", __name__)
 

@@ -8,7 +8,7 @@ the action (VW's cost is −reward). An action's terms plus its constant add up 
 raw score for it (−cost), which VW itself computed for the same request.
 
 The terms are rebuilt from what VW parsed, not from its audit printout (which goes to the process's
-stdout, shared by every thread of a serving worker): :mod:`ranker.vwfeatures` rebuilds VW's feature space
+stdout, shared by every thread of a serving worker): :mod:`ranker.serving.vwfeatures` rebuilds VW's feature space
 (hashing, merging, interactions, the weight table, read once per served model); this module multiplies out
 the terms, keeps the largest and says what Rank answers. tests/test_explain.py checks the sums against VW's
 raw scores.
@@ -334,7 +334,7 @@ def explored(model_pmf: list[float], chosen: int) -> bool:
 
 
 def action_entry(action_id: str, features: dict[str, Any], id_feature: bool) -> dict[str, Any]:
-    """The action's ``_multi`` object as :func:`ranker.dsjson.context_json` writes it (for names)."""
+    """The action's ``_multi`` object as :func:`ranker.core.dsjson.context_json` writes it (for names)."""
     if id_feature and "id" not in features:
         return {"_id": action_id, "id": action_id, **features}
     return {"_id": action_id, **features}

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import discovery, dsjson, explain, loopconfig, rules, vwfeatures
+from ..core import dsjson, rules
+from ..core.errors import ApiError, StoreUnavailable
+from ..core.schemas import MultiSlotRankRequest, RankRequest
+from ..core.settings import LoopSettings, Policy, Settings, hash_key
+from ..signals.service import Signals
+from ..store import decision_row, open_database, timestamp
+from . import discovery, explain, loopconfig, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
-from .errors import ApiError, StoreUnavailable
-from .schemas import MultiSlotRankRequest, RankRequest
-from .settings import LoopSettings, Policy, Settings, hash_key
-from .signals.service import Signals
 from .slots import choose_slots, slot_options
-from .store import decision_row, open_database, timestamp
 
 log = logging.getLogger("ranker")
 
