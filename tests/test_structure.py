@@ -1,8 +1,10 @@
-"""The package's structure: no import cycle, and the learning process does not load the web stack."""
+"""The package's structure: its layers, no import cycle, SQL only in the store, and the learning process does not
+load the web stack."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 import subprocess
 import sys
@@ -32,7 +34,9 @@ def imports() -> dict[str, set[str]]:
                 if node.level:
                     anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                     base = f"{anchor}.{base}" if base else anchor
-                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+                targets = [f"{base}.{alias.name}" for alias in node.names]
+                if not all(target in modules for target in targets):  # a name of the module itself, not a submodule
+                    targets.append(base)
             else:
                 continue
             found.update(target for target in targets if target in modules and target != name)
@@ -58,6 +62,63 @@ def test_no_import_cycle_inside_the_package():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# The layers, lowest first: a module imports only from its own layer and those below it. Each folder of the
+# package is in one layer, ranker/ itself (app, cli, ...) in the highest; a feature package's settings
+# (definitions), HTTP blueprint and OpenAPI part (api, openapi) and commands sit in the layer of their kind,
+# whatever their folder. README's "Architecture" gives the same order.
+LAYERS = {
+    "core": ["ranker.core"],  # and ranker/__init__.py, which holds only the version
+    "store": ["ranker.store"],
+    "signals": ["ranker.signals"],
+    "serving": ["ranker.serving"],
+    "logdata": ["ranker.logdata"],
+    "evaluation": ["ranker.evaluation"],
+    "features": ["ranker.triage", "ranker.outbox"],
+    "learning": ["ranker.learning"],
+    "server": ["ranker.server"],
+    "web": ["ranker.web"],
+    "entry": [],  # the modules of ranker/ itself
+}
+ROLES = {
+    "ranker.*.definitions": "core",
+    "ranker.*.api": "server",
+    "ranker.*.openapi": "server",
+    "ranker.*.commands": "entry",
+    "ranker.triage.demo": "entry",
+}
+ORDER = list(LAYERS)
+
+
+def layer(module: str) -> str:
+    """The module's layer: its role's, else its folder's."""
+    for pattern, name in ROLES.items():
+        if fnmatch.fnmatchcase(module, pattern):
+            return name
+    if module == "ranker":
+        return "core"
+    for name, packages in LAYERS.items():
+        if any(module == package or module.startswith(package + ".") for package in packages):
+            return name
+    assert module.count(".") == 1, f"{module}: its folder is in no layer; add it to LAYERS"
+    return "entry"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    graph = imports()
+    assert [layer(m) for m in ("ranker.triage.definitions", "ranker.serving.service", "ranker.signals.api")] == [
+        "core",
+        "serving",
+        "server",
+    ]
+    upward = [
+        f"{module} ({layer(module)}) imports {target} ({layer(target)})"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if ORDER.index(layer(target)) > ORDER.index(layer(module))
+    ]
+    assert upward == []
 
 
 def test_the_learning_process_does_not_load_the_web_stack():
