@@ -1,6 +1,9 @@
 """Rank, Reward and Activate as library calls: rules, record, model, sampling, log.
 
 The HTTP blueprint and the scripts are thin shells over ``Service``.
+
+About 500 lines: Rank's two paths, Reward, Activate and the loops' model refresh stay beside the one ``Call``
+they share; the multi-slot filling (:mod:`.slots`) and the rules already live apart.
 """
 
 from __future__ import annotations
