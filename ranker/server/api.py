@@ -43,10 +43,8 @@ def api_key() -> str | None:
 
 
 def caller(admin: bool = False) -> Loop:
-    ranker = service()
-    loop = ranker.authenticate(
-        api_key() if ranker.core.settings.auth else None, admin=admin
-    )  # keys off: no header read
+    current = service()
+    loop = current.authenticate(api_key() if current.settings.auth else None, admin=admin)  # keys off: no header read
     g.loop = loop.name  # the request's loop, for its metrics (ranker.server.metrics)
     return loop
 
