@@ -229,35 +229,44 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
         hashed = (pair_hash * FNV_PRIME) ^ slot_index[:, None, None]
         slot_value = value[np.arange(n), slot_at][:, None, None]
         parts.append(np.where(allowed3, -(model.weights(hashed) * (pair_value * slot_value)), 0).reshape(n, -1))
-    scores = np.concatenate(parts, axis=1).astype(np.float64)
+    scores = np.concatenate(parts, axis=1)  # float32, as VW multiplies
     constants = np.where(ns == CONSTANT_NAMESPACE, -(model.weights(index) * value), 0).sum(axis=1, dtype=np.float64)
     # each action's largest terms, largest first (ties in argpartition's order), all actions at once
     k, rows = min(top, scores.shape[1]), np.arange(n)[:, None]
+    magnitude = np.abs(scores)
     if k < scores.shape[1]:
-        best = np.argpartition(np.abs(scores), -k, axis=1)[:, -k:]
+        best = np.argpartition(magnitude, -k, axis=1)[:, -k:]
     else:
         best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    largest = scores[rows, best]
-    ranks = np.argsort(-np.abs(largest), axis=1, kind="stable")
-    best, largest = best[rows, ranks].tolist(), largest[rows, ranks].tolist()
-    sums, counts = scores.sum(axis=1).tolist(), np.count_nonzero(scores, axis=1).tolist()
-    slots, constants, mm = slot_at.tolist(), constants.tolist(), m + m * m
+    best = best[rows, np.argsort(-magnitude[rows, best], axis=1, kind="stable")]
+    largest = scores[rows, best].astype(np.float64)
+    # each listed term's features, as positions in the action's features: first, second (pairs), slot (triples)
+    mm = m + m * m
+    offset = np.where(best >= mm, best - mm, best - m)
+    first = np.where(best >= m, offset // m, best).tolist()
+    second = (offset % m).tolist()
+    arity = ((best >= m).astype(np.int8) + (best >= mm)).tolist()
+    nonzero = (largest != 0).tolist()
+    largest = largest.tolist()
+    sums = scores.sum(axis=1, dtype=np.float64).tolist()
+    counts = np.count_nonzero(scores, axis=1).tolist()
+    slots, constants = slot_at.tolist(), constants.tolist()
     out = []
     for a, f in enumerate(feats):
         names = f.names
-        listed = []
-        for i, term in zip(best[a], largest[a], strict=True):
-            if term == 0:
-                continue
-            if i < m:
-                name = names[i]
-            elif i < mm:
-                first, second = divmod(i - m, m)
-                name = names[first] + "*" + names[second]
-            else:
-                first, second = divmod(i - mm, m)
-                name = names[first] + "*" + names[second] + "*" + names[slots[a]]
-            listed.append(Term(name, term))
+        slot_name = names[slots[a]]
+        listed = [  # (name, score): a Term's fields, without a Term's construction per term
+            (
+                names[i]
+                if r == 0
+                else names[i] + "*" + names[j]
+                if r == 1
+                else names[i] + "*" + names[j] + "*" + slot_name,
+                term,
+            )
+            for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
+            if keep
+        ]
         score = 0.0 - float(costs[a])
         constant = constants[a] + 0.0
         rest = score - constant - sums[a]
@@ -265,7 +274,7 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
         if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
             constant += rest  # VW adds in single precision: the constant carries the rounding
         else:
-            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t.score))[: max(top, 1)]
+            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t[1]))[: max(top, 1)]
             count += 1
         out.append(Explanation(score, constant, listed, count))
     return out
