@@ -184,6 +184,7 @@ class Model:
         self._hashes: dict[tuple[str, str], int] = {}
         self._space: dict[str, int] = {}
         self._actions: dict[str, ActionFeatures] = {}
+        self.layouts: dict = {}  # ranker.explain's, per namespaces of a batch of actions
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
