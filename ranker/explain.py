@@ -280,11 +280,26 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     ones); a model with interactions the grid does not cover takes :func:`explain_action`."""
     if not model.fast:
         return [explain_action(model, f, c, top) for f, c in zip(feats, costs, strict=True)]
-    n, m = len(feats), max(len(f.index) for f in feats)
+    m = max(len(f.index) for f in feats)
     ns = np.array([f.ns + [PAD] * (m - len(f.ns)) for f in feats], dtype=np.uint8)
     index = np.array([f.index + [0] * (m - len(f.ns)) for f in feats], dtype=np.uint64)
     value = np.array([f.value + [0.0] * (m - len(f.ns)) for f in feats], dtype=np.float32)
     index *= np.uint64(feats[0].multiplier)
+    return _explain_rows(model, ns, index, value, [f.names for f in feats], costs, top)
+
+
+def _explain_rows(
+    model: Model,
+    ns: np.ndarray,
+    index: np.ndarray,
+    value: np.ndarray,
+    names: list[list[str]],
+    costs: list[float],
+    top: int,
+) -> list[Explanation]:
+    """:func:`explain_batch` of actions given as rows (namespace, index times VW's multiplier, value; padded
+    with namespace ``PAD``) and each action's feature names."""
+    n, m = ns.shape
     grid = _layout(model, ns)
     a, i, j = grid.a, grid.i, grid.j
     # only the pairs that are interactions read the weight table (a random read each: the cost of the grid)
@@ -327,16 +342,15 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
     counts = np.count_nonzero(scores, axis=1).tolist()
     slots, constants = slot_at.tolist(), constants.tolist()
     out = []
-    for a, f in enumerate(feats):
-        names = f.names
-        slot_name = names[slots[a]]
+    for a, action_names in enumerate(names):
+        slot_name = action_names[slots[a]]
         listed = [  # (name, score): a Term's fields, without a Term's construction per term
             (
-                names[i]
+                action_names[i]
                 if r == 0
-                else names[i] + "*" + names[j]
+                else action_names[i] + "*" + action_names[j]
                 if r == 1
-                else names[i] + "*" + names[j] + "*" + slot_name,
+                else action_names[i] + "*" + action_names[j] + "*" + slot_name,
                 term,
             )
             for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
@@ -365,9 +379,34 @@ def explain_cb(
         if model.constant:
             s_ns, s_index = [*s_ns, CONSTANT_NAMESPACE], [*s_index, CONSTANT_HASH]
             s_value, s_names = [*s_value, 1.0], [*s_names, "Constant"]
+        own = [model.action_features(actions[i]) for i in which]
+        if len({len(o.flat[0]) for o in own}) == 1:  # as many features each: rows without padding, from arrays
+            n = len(own)
+            ns = np.concatenate(
+                [np.stack([o.arrays[0] for o in own]), np.broadcast_to(np.array(s_ns, dtype=np.uint8), (n, len(s_ns)))],
+                axis=1,
+            )
+            index = np.concatenate(
+                [
+                    np.stack([o.arrays[1] for o in own]),
+                    np.broadcast_to(np.array(s_index, dtype=np.uint64), (n, len(s_ns))),
+                ],
+                axis=1,
+            )
+            index *= np.uint64(parsed.multiplier)
+            value = np.concatenate(
+                [
+                    np.stack([o.arrays[2] for o in own]),
+                    np.broadcast_to(np.array(s_value, dtype=np.float32), (n, len(s_ns))),
+                ],
+                axis=1,
+            )
+            names = [o.flat[3] + s_names for o in own]
+            costs = [parsed.costs[i] for i in which]
+            return dict(zip(which, _explain_rows(model, ns, index, value, names, costs, top), strict=True))
         feats = []
-        for i in which:
-            ns, index, value, names = model.action_features(actions[i]).flat
+        for o in own:
+            ns, index, value, names = o.flat
             feats.append(_Features(ns + s_ns, index + s_index, value + s_value, names + s_names, parsed.multiplier))
     else:
         feats = [
