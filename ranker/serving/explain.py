@@ -199,65 +199,163 @@ def _later(m: int) -> np.ndarray:
     return later
 
 
+class _Layout(NamedTuple):
+    """What :func:`explain_batch` reads of its actions' namespaces alone (the same for every request whose
+    actions have the same namespaces in the same order): the pairs that are interactions (action, first,
+    second position) and each one's column among its action's pair terms, the linear and constant features,
+    the slot index feature, and, per column of the terms, its features' positions and its arity."""
+
+    a: np.ndarray
+    i: np.ndarray
+    j: np.ndarray
+    column: np.ndarray
+    width: int
+    dense: bool
+    linear: np.ndarray
+    constant: np.ndarray
+    slot_at: np.ndarray
+    allowed3: np.ndarray | None
+    first: np.ndarray
+    second: np.ndarray
+    arity: np.ndarray
+
+
+def _layout(model: Model, ns: np.ndarray) -> _Layout:
+    key = (ns.shape, ns.tobytes())
+    found = model.layouts.get(key)
+    if found is None:
+        if len(model.layouts) >= 1000:
+            model.layouts.clear()
+        found = model.layouts[key] = _new_layout(model, ns)
+    return found
+
+
+def _new_layout(model: Model, ns: np.ndarray) -> _Layout:
+    n, m = ns.shape
+    same = ns[:, :, None] == ns[:, None, :]
+    order_ok = ~same | _later(m)
+    a, i, j = np.nonzero(model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok)
+    per_action = np.bincount(a, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(per_action)[:-1]])
+    column = np.arange(len(a)) - starts[a]
+    width = int(per_action.max()) if n else 0
+    dense = bool((per_action == width).all())
+    slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
+    cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
+    allowed3 = model.triples[ns[:, :, None], ns[:, None, :]] & order_ok if cubic else None
+    # per term column: linear (m), pairs (width), triples (m * m when cubic)
+    first = [np.broadcast_to(np.arange(m), (n, m)), np.zeros((n, width), dtype=np.intp)]
+    second = [np.zeros((n, m), dtype=np.intp), np.zeros((n, width), dtype=np.intp)]
+    arity = [np.zeros((n, m), dtype=np.int8), np.ones((n, width), dtype=np.int8)]
+    first[1][a, column], second[1][a, column] = i, j
+    if cubic:
+        grid = np.arange(m * m)
+        first.append(np.broadcast_to(grid // m, (n, m * m)))
+        second.append(np.broadcast_to(grid % m, (n, m * m)))
+        arity.append(np.full((n, m * m), 2, dtype=np.int8))
+    layout = _Layout(
+        a,
+        i,
+        j,
+        column,
+        width,
+        dense,
+        model.linear[ns].astype(np.float32),
+        ns == CONSTANT_NAMESPACE,
+        slot_at,
+        allowed3,
+        np.concatenate(first, axis=1),
+        np.concatenate(second, axis=1),
+        np.concatenate(arity, axis=1),
+    )
+    for part in layout:
+        if isinstance(part, np.ndarray):
+            part.flags.writeable = False
+    return layout
+
+
 def explain_batch(model: Model, feats: list[_Features], costs: list[float], top: int) -> list[Explanation]:
     """:func:`explain_action` for several actions at once, with every interaction of every action in one grid
     of feature pairs (VW's pair order: a namespace with itself pairs each feature with itself and the later
     ones); a model with interactions the grid does not cover takes :func:`explain_action`."""
     if not model.fast:
         return [explain_action(model, f, c, top) for f, c in zip(feats, costs, strict=True)]
-    n, m = len(feats), max(len(f.index) for f in feats)
+    m = max(len(f.index) for f in feats)
     ns = np.array([f.ns + [PAD] * (m - len(f.ns)) for f in feats], dtype=np.uint8)
     index = np.array([f.index + [0] * (m - len(f.ns)) for f in feats], dtype=np.uint64)
     value = np.array([f.value + [0.0] * (m - len(f.ns)) for f in feats], dtype=np.float32)
     index *= np.uint64(feats[0].multiplier)
-    later = _later(m)
-    same = ns[:, :, None] == ns[:, None, :]
-    order_ok = ~same | later
+    return _explain_rows(model, ns, index, value, [f.names for f in feats], costs, top)
+
+
+def _explain_rows(
+    model: Model,
+    ns: np.ndarray,
+    index: np.ndarray,
+    value: np.ndarray,
+    names: list[list[str]],
+    costs: list[float],
+    top: int,
+) -> list[Explanation]:
+    """:func:`explain_batch` of actions given as rows (namespace, index times VW's multiplier, value; padded
+    with namespace ``PAD``) and each action's feature names."""
+    n, m = ns.shape
+    grid = _layout(model, ns)
+    a, i, j = grid.a, grid.i, grid.j
     # only the pairs that are interactions read the weight table (a random read each: the cost of the grid)
-    a, i, j = np.nonzero(model.pairs[ns[:, :, None], ns[:, None, :]] & order_ok)
-    pair_scores = np.zeros((n, m * m), dtype=np.float32)
     hashed = (index[a, i] * FNV_PRIME) ^ index[a, j]
-    pair_scores[a, i * m + j] = -(model.weights(hashed) * (value[a, i] * value[a, j]))
-    parts = [-(model.weights(index) * value) * model.linear[ns], pair_scores]
-    slot_at = np.argmax(ns == CCB_ID_NAMESPACE, axis=1)
-    cubic = model.multislot and bool((ns == CCB_ID_NAMESPACE).any())
-    if cubic:  # (a, b, slot index): VW's chain hash with the slot index feature last
+    pair_scores = -(model.weights(hashed) * (value[a, i] * value[a, j]))
+    if grid.dense:  # every action has as many pairs: one row each, in order
+        pair_scores = pair_scores.reshape(n, -1)
+    else:
+        padded = np.zeros((n, grid.width), dtype=np.float32)
+        padded[a, grid.column] = pair_scores
+        pair_scores = padded
+    weighted = -(model.weights(index) * value)
+    parts = [weighted * grid.linear, pair_scores]
+    slot_at = grid.slot_at
+    if grid.allowed3 is not None:  # (a, b, slot index): VW's chain hash with the slot index feature last
         pair_hash = (index[:, :, None] * FNV_PRIME) ^ index[:, None, :]
         pair_value = value[:, :, None] * value[:, None, :]
         slot_index = index[np.arange(n), slot_at]
-        allowed3 = model.triples[ns[:, :, None], ns[:, None, :]] & order_ok
         hashed = (pair_hash * FNV_PRIME) ^ slot_index[:, None, None]
         slot_value = value[np.arange(n), slot_at][:, None, None]
-        parts.append(np.where(allowed3, -(model.weights(hashed) * (pair_value * slot_value)), 0).reshape(n, -1))
-    scores = np.concatenate(parts, axis=1).astype(np.float64)
-    constants = np.where(ns == CONSTANT_NAMESPACE, -(model.weights(index) * value), 0).sum(axis=1, dtype=np.float64)
+        parts.append(np.where(grid.allowed3, -(model.weights(hashed) * (pair_value * slot_value)), 0).reshape(n, -1))
+    scores = np.concatenate(parts, axis=1)  # float32, as VW multiplies
+    constants = np.where(grid.constant, weighted, 0).sum(axis=1, dtype=np.float64)
     # each action's largest terms, largest first (ties in argpartition's order), all actions at once
     k, rows = min(top, scores.shape[1]), np.arange(n)[:, None]
+    magnitude = np.abs(scores)
     if k < scores.shape[1]:
-        best = np.argpartition(np.abs(scores), -k, axis=1)[:, -k:]
+        best = np.argpartition(magnitude, -k, axis=1)[:, -k:]
     else:
         best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    largest = scores[rows, best]
-    ranks = np.argsort(-np.abs(largest), axis=1, kind="stable")
-    best, largest = best[rows, ranks].tolist(), largest[rows, ranks].tolist()
-    sums, counts = scores.sum(axis=1).tolist(), np.count_nonzero(scores, axis=1).tolist()
-    slots, constants, mm = slot_at.tolist(), constants.tolist(), m + m * m
+    best = best[rows, np.argsort(-magnitude[rows, best], axis=1, kind="stable")]
+    largest = scores[rows, best].astype(np.float64)
+    # each listed term's features, as positions in the action's features: first, second (pairs), slot (triples)
+    first = grid.first[rows, best].tolist()
+    second = grid.second[rows, best].tolist()
+    arity = grid.arity[rows, best].tolist()
+    nonzero = (largest != 0).tolist()
+    largest = largest.tolist()
+    sums = scores.sum(axis=1, dtype=np.float64).tolist()
+    counts = np.count_nonzero(scores, axis=1).tolist()
+    slots, constants = slot_at.tolist(), constants.tolist()
     out = []
-    for a, f in enumerate(feats):
-        names = f.names
-        listed = []
-        for i, term in zip(best[a], largest[a], strict=True):
-            if term == 0:
-                continue
-            if i < m:
-                name = names[i]
-            elif i < mm:
-                first, second = divmod(i - m, m)
-                name = names[first] + "*" + names[second]
-            else:
-                first, second = divmod(i - mm, m)
-                name = names[first] + "*" + names[second] + "*" + names[slots[a]]
-            listed.append(Term(name, term))
+    for a, action_names in enumerate(names):
+        slot_name = action_names[slots[a]]
+        listed = [  # (name, score): a Term's fields, without a Term's construction per term
+            (
+                action_names[i]
+                if r == 0
+                else action_names[i] + "*" + action_names[j]
+                if r == 1
+                else action_names[i] + "*" + action_names[j] + "*" + slot_name,
+                term,
+            )
+            for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
+            if keep
+        ]
         score = 0.0 - float(costs[a])
         constant = constants[a] + 0.0
         rest = score - constant - sums[a]
@@ -265,7 +363,7 @@ def explain_batch(model: Model, feats: list[_Features], costs: list[float], top:
         if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
             constant += rest  # VW adds in single precision: the constant carries the rounding
         else:
-            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t.score))[: max(top, 1)]
+            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t[1]))[: max(top, 1)]
             count += 1
         out.append(Explanation(score, constant, listed, count))
     return out
@@ -281,9 +379,34 @@ def explain_cb(
         if model.constant:
             s_ns, s_index = [*s_ns, CONSTANT_NAMESPACE], [*s_index, CONSTANT_HASH]
             s_value, s_names = [*s_value, 1.0], [*s_names, "Constant"]
+        own = [model.action_features(actions[i]) for i in which]
+        if len({len(o.flat[0]) for o in own}) == 1:  # as many features each: rows without padding, from arrays
+            n = len(own)
+            ns = np.concatenate(
+                [np.stack([o.arrays[0] for o in own]), np.broadcast_to(np.array(s_ns, dtype=np.uint8), (n, len(s_ns)))],
+                axis=1,
+            )
+            index = np.concatenate(
+                [
+                    np.stack([o.arrays[1] for o in own]),
+                    np.broadcast_to(np.array(s_index, dtype=np.uint64), (n, len(s_ns))),
+                ],
+                axis=1,
+            )
+            index *= np.uint64(parsed.multiplier)
+            value = np.concatenate(
+                [
+                    np.stack([o.arrays[2] for o in own]),
+                    np.broadcast_to(np.array(s_value, dtype=np.float32), (n, len(s_ns))),
+                ],
+                axis=1,
+            )
+            names = [o.flat[3] + s_names for o in own]
+            costs = [parsed.costs[i] for i in which]
+            return dict(zip(which, _explain_rows(model, ns, index, value, names, costs, top), strict=True))
         feats = []
-        for i in which:
-            ns, index, value, names = model.action_features(actions[i]).flat
+        for o in own:
+            ns, index, value, names = o.flat
             feats.append(_Features(ns + s_ns, index + s_index, value + s_value, names + s_names, parsed.multiplier))
     else:
         feats = [

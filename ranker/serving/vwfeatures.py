@@ -164,6 +164,7 @@ def flat(groups: dict[int, tuple[list, list, list]]) -> tuple[list[int], list[in
 class ActionFeatures(NamedTuple):
     groups: dict[int, tuple[list, list, list]]  # per namespace: hashes, values, names
     flat: tuple[list[int], list[int], list[float], list[str]]  # :func:`flat` of them
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray]  # the flat namespaces, hashes and values as numpy arrays
 
 
 class Model:
@@ -184,6 +185,7 @@ class Model:
         self._hashes: dict[tuple[str, str], int] = {}
         self._space: dict[str, int] = {}
         self._actions: dict[str, ActionFeatures] = {}
+        self.layouts: dict = {}  # ranker.explain's, per namespaces of a batch of actions
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
@@ -227,7 +229,11 @@ class Model:
             if len(self._actions) >= 10_000:
                 self._actions.clear()
             groups = self.features(entry)
-            found = self._actions[key] = ActionFeatures(groups, flat(groups))
+            ns, hashes, values, names = flat(groups)
+            arrays = np.array(ns, dtype=np.uint8), np.array(hashes, dtype=np.uint64), np.array(values, dtype=np.float32)
+            for array in arrays:
+                array.flags.writeable = False
+            found = self._actions[key] = ActionFeatures(groups, (ns, hashes, values, names), arrays)
         return found
 
     def _walk(self, obj: dict[str, Any], ns: str, out: dict, index: int) -> None:
