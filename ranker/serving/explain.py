@@ -13,6 +13,9 @@ stdout, shared by every thread of a serving worker): :mod:`ranker.serving.vwfeat
 the terms, keeps the largest and says what Rank answers. tests/test_explain.py checks the sums against VW's
 raw scores.
 
+About 550 lines: the terms' vectorized path (per-model caches of what depends on the actions' namespaces
+alone, arrays per action) stays beside the exact path it must agree with, so both are read together.
+
 VW adds the terms in single precision, so its score differs from the exact sum of the terms by a rounding
 (about 1e-7 of the score, at most TOLERANCE): ``constant`` carries it, and the parts add up to VW's score.
 When a term cannot be rebuilt (an option this module does not model), a larger difference is reported as
