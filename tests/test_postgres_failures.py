@@ -67,8 +67,8 @@ class DroppingProxy:
                 upstream.sendall(data)
                 if dropping:
                     self.drop.clear()
+                    self.dropped.set()  # before the shutdown: the request may answer before this thread runs again
                     client.shutdown(socket.SHUT_RDWR)
-                    self.dropped.set()
                     time.sleep(2)  # the server finishes the query before it notices the client went
                     return
 
