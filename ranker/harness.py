@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time so far of the processes ``pids`` (Linux /proc); a process gone counts nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -142,14 +155,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of every process of the server (Linux /proc)."""
-        total = 0
-        for pid in self.descendants():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.descendants())
 
     def listens(self, pid: int) -> bool:
         """Whether process ``pid`` holds a socket listening on the server's port."""

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from bench_rank import NULL_PATH, RANK_PATH, EventIds, Phase, closed_loop, connect, rank_body_parts, start_server
 
+from ranker.harness import cpu_seconds
+
 REQUEST_PIECES = [
     "request body",
     "JSON parse",
@@ -55,17 +57,6 @@ WRITER_PIECES = ["writer: INSERT", "writer: BEGIN, COMMIT", "writer: file checks
 FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
 
 
-def cpu_of(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def snapshot(server, out: Path) -> dict:
     time.sleep(0.6)  # the workers write their totals every 0.5 s
     pids = server.worker_pids()
@@ -82,7 +73,7 @@ def snapshot(server, out: Path) -> dict:
         "outside": max(d["outside_ns"] for d in dumps) / 1e9,
         "main": sum(d["main_cpu"] for d in dumps),
         "writer": sum(d["writer_cpu"] for d in dumps),
-        "workers": cpu_of(pids),
+        "workers": cpu_seconds(pids),
         "server": server.cpu_seconds(),
         "at": time.monotonic(),
     }
