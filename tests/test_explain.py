@@ -172,6 +172,33 @@ def test_single_slot_contributions_add_up_to_vws_raw_score_with_its_audit_names(
     assert isinstance(answer["explored"], bool)
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        "--cb_explore_adf --epsilon 0.2 -q ka -q :u --ignore_linear a",  # a pair against namespace order; no linear
+        "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q :: --noconstant",
+    ],
+)
+def test_every_term_matches_vws_audit_for_other_interactions(tmp_path, arguments):
+    """Each action's terms (the context's, its own and the pairs across) are VW's, whatever the interactions."""
+    app = serving_app(tmp_path, arguments, trained_model(arguments, multislot=False))
+    answer = app.test_client().post(f"{V1}/rank", json=rank_body("o1")).json
+    path = models.current(tmp_path, "l")[1]
+    record = app.extensions["ranker"].store.decision("l", "o1")["record"]
+    line = dsjson.predict_line(record[record.index(',"c":') + 5 : -1], len(ACTIONS))
+    costs = dict(zip([i for i, _ in ACTIONS], raw_costs(path, line, False, len(ACTIONS)), strict=True))
+    blocks = audit(path, line, False)
+    for entry in answer["inferenceExplanation"]:
+        assert abs(entry["score"] + costs[entry["id"]]) <= 1e-6
+        assert abs(entry["constant"] + sum(t["score"] for t in entry["features"]) - entry["score"]) <= 1e-6
+        if "--noconstant" in arguments:  # no constant feature: the constant holds VW's single-precision rounding
+            assert abs(entry["constant"]) < 1e-6
+            entry = {**entry, "constant": 0.0}
+        assert matches_audit(entry, blocks), entry["id"]
+        sizes = [abs(t["score"]) for t in entry["features"]]
+        assert sizes == sorted(sizes, reverse=True)
+
+
 def test_top_contributions_are_the_largest_by_absolute_value(tmp_path, single_model):
     app = serving_app(tmp_path, SINGLE, single_model)
     app.extensions["ranker"].settings.explanation_features = 3

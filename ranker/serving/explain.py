@@ -10,8 +10,9 @@ raw score for it (−cost), which VW itself computed for the same request.
 The terms are rebuilt from what VW parsed, not from its audit printout (which goes to the process's
 stdout, shared by every thread of a serving worker): :mod:`ranker.serving.vwfeatures` rebuilds VW's feature space
 (hashing, merging, interactions, the weight table, read once per served model); this module multiplies out
-the terms, keeps the largest and says what Rank answers. tests/test_explain.py checks the sums against VW's
-raw scores.
+the terms, keeps the largest and says what Rank answers; single-slot Rank's terms come from
+:mod:`ranker.serving.rankterms` (the context's terms once per request, each action's own once per model), which
+lists the same terms as the grid here. tests/test_explain.py checks the sums against VW's raw scores.
 
 About 550 lines: the terms' vectorized path (per-model caches of what depends on the actions' namespaces
 alone, arrays per action) stays beside the exact path it must agree with, so both are read together.
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import rankterms
 from .vwfeatures import (
     CCB_ID_NAMESPACE,
     CONSTANT_HASH,
@@ -359,17 +361,23 @@ def _explain_rows(
             for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
             if keep
         ]
-        score = 0.0 - float(costs[a])
-        constant = constants[a] + 0.0
-        rest = score - constant - sums[a]
-        count = counts[a]
-        if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
-            constant += rest  # VW adds in single precision: the constant carries the rounding
-        else:
-            listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t[1]))[: max(top, 1)]
-            count += 1
-        out.append(Explanation(score, constant, listed, count))
+        out.append(_finished(costs[a], constants[a], listed, sums[a], counts[a], top))
     return out
+
+
+def _finished(cost: float, constant: float, listed: list, total: float, count: int, top: int) -> Explanation:
+    """An action's explanation from VW's ``cost``, the constant's part, its largest terms (name, score), the sum
+    and number of all its terms: the rounding between the terms' sum and VW's score goes to the constant, a
+    larger difference is listed as :data:`NOT_ATTRIBUTED`."""
+    score = 0.0 - float(cost)  # 0.0 - x: no negative zero
+    constant += 0.0
+    rest = score - constant - total
+    if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
+        constant += rest  # VW adds in single precision: the constant carries the rounding
+    else:
+        listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t[1]))[: max(top, 1)]
+        count += 1
+    return Explanation(score, constant, listed, count)
 
 
 def explain_cb(
@@ -377,39 +385,24 @@ def explain_cb(
 ) -> dict[int, Explanation]:
     """Explanations of the actions ``which`` (``_multi`` indices) of a single-slot prediction."""
     shared = model.features(context)
-    if model.fast:  # the grid: each action's own features, then the shared ones (VW's order in a namespace)
+    if model.fast:
+        # the context's terms once, each action's own terms once per model, the pairs across per action
+        found = rankterms.rank_terms(model, shared, actions, parsed.multiplier, top)
+        if found is not None:
+            per_action, constant = found
+            return {
+                i: _finished(parsed.costs[i], constant, *per_action[i], top)  # type: ignore[arg-type]
+                for i in which
+            }
+        # an action with more features than the terms' keys hold: the grid, each action's own features then the
+        # shared ones (VW's order in a namespace)
         s_ns, s_index, s_value, s_names = flat(shared)
         if model.constant:
             s_ns, s_index = [*s_ns, CONSTANT_NAMESPACE], [*s_index, CONSTANT_HASH]
             s_value, s_names = [*s_value, 1.0], [*s_names, "Constant"]
-        own = [model.action_features(actions[i]) for i in which]
-        if len({len(o.flat[0]) for o in own}) == 1:  # as many features each: rows without padding, from arrays
-            n = len(own)
-            ns = np.concatenate(
-                [np.stack([o.arrays[0] for o in own]), np.broadcast_to(np.array(s_ns, dtype=np.uint8), (n, len(s_ns)))],
-                axis=1,
-            )
-            index = np.concatenate(
-                [
-                    np.stack([o.arrays[1] for o in own]),
-                    np.broadcast_to(np.array(s_index, dtype=np.uint64), (n, len(s_ns))),
-                ],
-                axis=1,
-            )
-            index *= np.uint64(parsed.multiplier)
-            value = np.concatenate(
-                [
-                    np.stack([o.arrays[2] for o in own]),
-                    np.broadcast_to(np.array(s_value, dtype=np.float32), (n, len(s_ns))),
-                ],
-                axis=1,
-            )
-            names = [o.flat[3] + s_names for o in own]
-            costs = [parsed.costs[i] for i in which]
-            return dict(zip(which, _explain_rows(model, ns, index, value, names, costs, top), strict=True))
         feats = []
-        for o in own:
-            ns, index, value, names = o.flat
+        for i in which:
+            ns, index, value, names = model.action_features(actions[i]).flat
             feats.append(_Features(ns + s_ns, index + s_index, value + s_value, names + s_names, parsed.multiplier))
     else:
         feats = [

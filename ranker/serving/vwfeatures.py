@@ -185,7 +185,8 @@ class Model:
         self._hashes: dict[tuple[str, str], int] = {}
         self._space: dict[str, int] = {}
         self._actions: dict[str, ActionFeatures] = {}
-        self.layouts: dict = {}  # ranker.explain's, per namespaces of a batch of actions
+        self.layouts: dict = {}  # ranker.serving.explain's and rankterms', per namespaces of a batch of actions
+        self.terms: dict = {}  # ranker.serving.rankterms': each action's own terms, and batches of them
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
