@@ -91,7 +91,7 @@ def install() -> None:
 
     from ranker.core import dsjson, rules, schemas
     from ranker.server import api, http_worker, meta, metrics
-    from ranker.serving import engine, explain, service
+    from ranker.serving import engine, explain, service, vwfeatures
     from ranker.store import decisions, sqlite
 
     inside, outside = _calibrate()
@@ -114,6 +114,9 @@ def install() -> None:
     _patch(explain, "logged", "record building")
     _patch(engine.Engine, "predict", "VW predict")
     _patch(engine.Engine, "predict_slots", "VW predict")
+    _patch(vwfeatures, "predict_parsed", "VW predict")  # with explanations: VW's parsed examples kept and read
+    _patch(explain, "rank_explanation", "explanation (terms, names)")
+    _patch(explain, "slots_explanation", "explanation (terms, names)")
     for name in ("reweight", "sample"):
         _patch(service, name, "sampling")
     _patch(explain, "explored", "sampling")

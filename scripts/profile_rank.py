@@ -14,8 +14,12 @@ worker's other threads, from /proc. "framework beyond null" is Rank's framework 
 A wrapper's own cost (two reads of the thread clock) is measured in each worker and taken off its piece and its
 caller; the figures still run a few percent above an unprofiled server's, which the script also shows.
 
+With ``--explain`` it serves a trained model (as ``scripts/bench_rank.py --explain`` does) and profiles Rank with
+explanations off and on (``explained``), switched through ``PUT configurations/service`` between the phases.
+
 Example:
     python scripts/profile_rank.py --seconds 10 --rounds 2
+    python scripts/profile_rank.py --explain --seconds 6 --rounds 2
 """
 
 from __future__ import annotations
@@ -29,7 +33,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_rank import NULL_PATH, RANK_PATH, EventIds, Phase, closed_loop, connect, rank_body_parts, start_server
+from bench_rank import (
+    NULL_PATH,
+    RANK_PATH,
+    EventIds,
+    Phase,
+    closed_loop,
+    connect,
+    explanations,
+    rank_body_parts,
+    serve_trained_model,
+    start_server,
+)
 
 from ranker.harness import cpu_seconds
 
@@ -45,6 +60,7 @@ REQUEST_PIECES = [
     "record building",
     "VW predict",
     "sampling",
+    "explanation (terms, names)",
     "slot filling (predicts inside)",
     "Service.rank's own lines",
     "Service.reward's own lines",
@@ -129,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds per endpoint, alternated (default 1)")
     parser.add_argument("--concurrency", type=int, default=24, help="closed-loop connections (default 24)")
     parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="serve a trained model (as bench_rank --explain) and also profile Rank with explanations on",
+    )
     args = parser.parse_args(argv)
     parts = rank_body_parts()
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
@@ -144,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         data.mkdir()
         server = start_server(data, None, args.threads)
         try:
-            runs: dict[str, list] = {"null": [], "rank": []}
+            phases = [("null", NULL_PATH, None), ("rank", RANK_PATH, False)]
+            if args.explain:
+                serve_trained_model(server)
+                phases.append(("explained", RANK_PATH, True))
+            runs: dict[str, list] = {name: [] for name, _, _ in phases}
             for _ in range(args.rounds):
-                for name, path in (("null", NULL_PATH), ("rank", RANK_PATH)):
+                for name, path, explaining in phases:
+                    if explaining is not None and args.explain:
+                        explanations(server, explaining)
                     runs[name] += asyncio.run(load(server, path, parts, args.seconds, args.concurrency, out, 1))
         finally:
             server.stop()
@@ -156,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     for piece in ORDER + ["wrappers' own cost", "trainer and gunicorn master", "whole server"]:
         print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
     print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
-    for name in ("rank",):
+    for name in ("rank", "explained"):
         for (_, _, rank), (_, _, null) in zip(
             [c for c in columns if c[0] == name], [c for c in columns if c[0] == "null"], strict=False
         ):
             beyond = sum(rank.get(p, 0.0) for p in FRAMEWORK) - sum(null.get(p, 0.0) for p in FRAMEWORK)
-            print(f"framework beyond null: {beyond:.0f} µs per Rank")
+            print(f"framework beyond null ({name}): {beyond:.0f} µs per Rank")
     return 0
 
 

@@ -50,27 +50,18 @@ NOT_ATTRIBUTED = "(not attributed)"
 TOLERANCE = 1e-5
 
 
-class Term(NamedTuple):
-    name: str
-    score: float
-
-
 @dataclass
 class Explanation:
-    """One action's explanation: the model's score (−VW's cost), the constant's part, the largest terms."""
+    """One action's explanation: the model's score (−VW's cost), the constant's part, the largest terms (as Rank
+    answers them: ``{"name", "score"}``, largest first)."""
 
     score: float
     constant: float
-    features: list[Term]
+    features: list[dict[str, Any]]
     terms: int  # how many terms the score has (the listed ones are the largest)
 
     def body(self, action_id: str) -> dict[str, Any]:
-        return {
-            "id": action_id,
-            "score": self.score,
-            "constant": self.constant,
-            "features": [{"name": name, "score": score} for name, score in self.features],
-        }
+        return {"id": action_id, "score": self.score, "constant": self.constant, "features": self.features}
 
 
 # -- the terms -----------------------------------------------------------------------------------------
@@ -183,15 +174,15 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
         k = min(top, len(scores))
         best = np.argpartition(-np.abs(scores), k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         best = sorted((i for i in best.tolist() if scores[i] != 0), key=lambda i: -abs(scores[i]))
-        listed = [Term("*".join(f.names[p] for p in groups[i]), float(scores[i])) for i in best]
+        listed = [{"name": "*".join(f.names[p] for p in groups[i]), "score": float(scores[i])} for i in best]
     count = len(scores)
     if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
         # VW adds the terms in single precision; the constant carries that rounding, so the parts add up
         constant += rest
     else:
-        listed.append(Term(NOT_ATTRIBUTED, rest))
-        listed.sort(key=lambda t: -abs(t.score))
-        listed = listed[: max(top, 1)] if listed[0].name == NOT_ATTRIBUTED else listed[:top]
+        listed.append({"name": NOT_ATTRIBUTED, "score": rest})
+        listed.sort(key=lambda t: -abs(t["score"]))
+        listed = listed[: max(top, 1)] if listed[0]["name"] == NOT_ATTRIBUTED else listed[:top]
         count += 1
     return Explanation(score, constant, listed, count)
 
@@ -349,15 +340,15 @@ def _explain_rows(
     out = []
     for a, action_names in enumerate(names):
         slot_name = action_names[slots[a]]
-        listed = [  # (name, score): a Term's fields, without a Term's construction per term
-            (
-                action_names[i]
+        listed = [
+            {
+                "name": action_names[i]
                 if r == 0
                 else action_names[i] + "*" + action_names[j]
                 if r == 1
                 else action_names[i] + "*" + action_names[j] + "*" + slot_name,
-                term,
-            )
+                "score": term,
+            }
             for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
             if keep
         ]
@@ -366,7 +357,7 @@ def _explain_rows(
 
 
 def _finished(cost: float, constant: float, listed: list, total: float, count: int, top: int) -> Explanation:
-    """An action's explanation from VW's ``cost``, the constant's part, its largest terms (name, score), the sum
+    """An action's explanation from VW's ``cost``, the constant's part, its largest terms ({name, score}), the sum
     and number of all its terms: the rounding between the terms' sum and VW's score goes to the constant, a
     larger difference is listed as :data:`NOT_ATTRIBUTED`."""
     score = 0.0 - float(cost)  # 0.0 - x: no negative zero
@@ -375,7 +366,8 @@ def _finished(cost: float, constant: float, listed: list, total: float, count: i
     if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
         constant += rest  # VW adds in single precision: the constant carries the rounding
     else:
-        listed = sorted([*listed, Term(NOT_ATTRIBUTED, rest)], key=lambda t: -abs(t[1]))[: max(top, 1)]
+        listed = sorted([*listed, {"name": NOT_ATTRIBUTED, "score": rest}], key=lambda t: -abs(t["score"]))
+        listed = listed[: max(top, 1)]
         count += 1
     return Explanation(score, constant, listed, count)
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+from pydantic_core import to_json
 
 from .vwfeatures import CONSTANT_HASH, FNV_PRIME, PAD, Model, flat
 
 MAX_FEATURES = 1 << 16  # positions in a term's key take 16 bits; an action with more features takes the grid
+FNV = np.int64(int(FNV_PRIME))
 KEPT = 10_000  # own terms of this many actions (and batches of them) are kept per model
 LAYOUTS = 64  # layouts kept per batch of actions (one per shape of context)
 
@@ -59,17 +61,17 @@ class _Batch(NamedTuple):
 
 
 class _Layout(NamedTuple):
-    """What a request computes, for a batch of actions and a context's namespaces: the pairs (positions in the
-    batch's features followed by the context's and a feature of value 0), the context's linear features, and per
-    action row the terms' keys and features (own terms, cross pairs, the context's terms)."""
+    """What a request computes, for a batch of actions and a context's namespaces. The request's features are the
+    batch's (flat), then the context's, a feature of value 0 and the constant; its terms' pool holds the actions'
+    own terms (kept), then the context's linear ones and those two features' (value 0, the constant), then the
+    pairs computed per request: the context's, then the cross pairs (``first``, ``second``: their features). Per
+    action row, ``columns`` are its terms in the pool in the grid's order (padded with the value-0 term) and
+    ``features`` each one's (first, second or -1) feature, for its name."""
 
     first: np.ndarray
     second: np.ndarray
-    linear: np.ndarray
-    cross: int  # cross pairs per action (padded with pairs of the value-0 feature)
-    keys: np.ndarray
-    term_first: np.ndarray
-    term_second: np.ndarray
+    columns: np.ndarray
+    features: np.ndarray
 
 
 def _frozen(parts: tuple) -> None:
@@ -143,7 +145,9 @@ def _batch(model: Model, entries: list[dict[str, Any]], multiplier: int) -> _Bat
         scores[a, :count], keys[a, :count] = o.scores, o.keys
         first[a, :count] = o.first + a * widest
         second[a, :count] = np.where(o.second < 0, -1, o.second + a * widest)
-    batch = _Batch(ns, index.ravel(), value.ravel(), names, sizes, scores, keys, first, second, {})
+    # the hashes as signed integers (the same bits): VW's hash arithmetic wraps alike, and the weight table takes
+    # them as positions without a conversion
+    batch = _Batch(ns, index.ravel().view(np.int64), value.ravel(), names, sizes, scores, keys, first, second, {})
     _frozen(batch)
     return batch
 
@@ -151,44 +155,59 @@ def _batch(model: Model, entries: list[dict[str, Any]], multiplier: int) -> _Bat
 def _layout(model: Model, batch: _Batch, s_ns: np.ndarray) -> _Layout:
     """:class:`_Layout` of ``batch`` with a context whose features' namespaces are ``s_ns``."""
     n, widest = batch.ns.shape
-    s = len(s_ns)
-    base = n * widest  # the context's first feature in the request's features; the value-0 feature at base + s
-    # the context's pairs
+    own_terms, s = batch.scores.shape[1], len(s_ns)
+    base = n * widest  # the context's first feature; the value-0 feature at base + s, the constant after it
+    linear_at = n * own_terms  # the pool: own terms, the context's linear ones, value 0, the constant, the pairs
+    pairs_at = linear_at + s + 2
     p, q = _within(model, s_ns)
-    # the cross pairs: an action feature first when the pair is (its namespace, the context's), the context's first
-    # when it is the other way round
+    # the cross pairs: an action feature first when (its namespace, the context's) is an interaction, the
+    # context's first when it is the other way round
     own_ns, shared = batch.ns[:, :, None], s_ns[None, None, :]
     own_first = model.pairs[own_ns, shared]
-    valid = own_first | (model.pairs[shared, own_ns] & (own_ns != shared))
-    a, i, c = np.nonzero(valid)
+    a, i, c = np.nonzero(own_first | (model.pairs[shared, own_ns] & (own_ns != shared)))
     ahead = own_first[a, i, c]
-    per_action = np.bincount(a, minlength=n)
-    width = int(per_action.max()) if len(a) else 0
-    column = np.arange(len(a)) - np.concatenate([[0], np.cumsum(per_action)[:-1]])[a]
     mine, theirs = a * widest + i, base + c
-    cross_first = np.full((n, width), base + s)
-    cross_second = np.full((n, width), base + s)
-    cross_first[a, column] = np.where(ahead, mine, theirs)
-    cross_second[a, column] = np.where(ahead, theirs, mine)
-    # keys: positions in each action's row (its own features, then the context's)
-    sizes = np.array(batch.sizes, dtype=np.intp)
-    at_mine, at_theirs = i, sizes[a] + c
-    cross_keys = np.full((n, width), np.uint64(1 << 33))
-    cross_keys[a, column] = _keys(
-        np.zeros(0, dtype=np.intp), np.where(ahead, at_mine, at_theirs), np.where(ahead, at_theirs, at_mine)
-    )
-    at = np.arange(s)
-    context_keys = np.stack([_keys(size + at, size + p, size + q) for size in batch.sizes])
-    context_first = np.broadcast_to(np.concatenate([base + at, base + p]), (n, s + len(p)))
-    context_second = np.broadcast_to(np.concatenate([np.full(s, -1), base + q]), (n, s + len(p)))
+    cross_first, cross_second = np.where(ahead, mine, theirs), np.where(ahead, theirs, mine)
+    cross_at = pairs_at + len(p)
+    linear = np.nonzero(model.linear[s_ns])[0]
+    rows = []
+    for action, size in enumerate(batch.sizes):
+        count = int(np.count_nonzero(batch.keys[action] < np.uint64(1 << 33)))
+        mine_here = np.nonzero(a == action)[0]
+        here_ahead = ahead[mine_here]
+        at_mine, at_theirs = i[mine_here], size + c[mine_here]
+        keys = np.concatenate(
+            [
+                batch.keys[action, :count],
+                _keys(size + linear, size + p, size + q),
+                _keys(
+                    np.zeros(0, dtype=np.intp),
+                    *(np.where(here_ahead, x, y) for x, y in ((at_mine, at_theirs), (at_theirs, at_mine))),
+                ),
+            ]
+        )
+        columns = np.concatenate(
+            [
+                action * own_terms + np.arange(count),
+                linear_at + linear,
+                pairs_at + np.arange(len(p)),
+                cross_at + mine_here,
+            ]
+        )
+        firsts = np.concatenate([batch.first[action, :count], base + linear, base + p, cross_first[mine_here]])
+        seconds = np.concatenate(
+            [batch.second[action, :count], np.full(len(linear), -1), base + q, cross_second[mine_here]]
+        )
+        order = np.argsort(keys, kind="stable")
+        rows.append((columns[order], firsts[order], seconds[order]))
+    width = max(len(r[0]) for r in rows)
+    columns = np.full((n, width), linear_at + s)  # padding: the value-0 feature's term
+    features = np.zeros((n, width, 2), dtype=np.intp)
+    for action, (cols, firsts, seconds) in enumerate(rows):
+        columns[action, : len(cols)] = cols
+        features[action, : len(cols), 0], features[action, : len(cols), 1] = firsts, seconds
     layout = _Layout(
-        np.concatenate([base + p, cross_first.ravel()]),
-        np.concatenate([base + q, cross_second.ravel()]),
-        model.linear[s_ns].astype(np.float32),
-        width,
-        np.concatenate([batch.keys, cross_keys, context_keys], axis=1),
-        np.concatenate([batch.first, cross_first, context_first], axis=1),
-        np.concatenate([batch.second, np.where(cross_first == base + s, -1, cross_second), context_second], axis=1),
+        np.concatenate([base + p, cross_first]), np.concatenate([base + q, cross_second]), columns, features
     )
     _frozen(layout)
     return layout
@@ -196,12 +215,14 @@ def _layout(model: Model, batch: _Batch, s_ns: np.ndarray) -> _Layout:
 
 def rank_terms(
     model: Model, shared: dict[int, tuple[list, list, list]], entries: list[dict[str, Any]], multiplier: int, top: int
-) -> tuple[list[tuple[list[tuple[str, float]], float, int]], float] | None:
-    """Per action of ``entries`` (``_multi`` objects): its ``top`` largest terms as (name, score) without the
+) -> tuple[list[tuple[list[dict[str, Any]], float, int]], float] | None:
+    """Per action of ``entries`` (``_multi`` objects): its ``top`` largest terms as ``{name, score}`` without the
     zero ones, the sum of all its terms and how many are not zero; and the constant's score. ``shared``: the
     context's features (:meth:`Model.features`). None when an action has too many features for the keys (the
     caller takes the grid)."""
-    batch = _kept(model, (repr(entries), multiplier), lambda: _batch(model, entries, multiplier))
+    # the actions as JSON text: what VW reads of them (keys in order, numbers and booleans told apart)
+    key = to_json(entries, inf_nan_mode="constants")
+    batch = _kept(model, (key, multiplier), lambda: _batch(model, entries, multiplier))
     s_ns, s_hashes, s_values, s_names = flat(shared)
     if batch is None or batch.ns.shape[1] + len(s_ns) >= MAX_FEATURES:
         return None
@@ -212,41 +233,38 @@ def rank_terms(
             batch.layouts.clear()
         layout = batch.layouts[s_ns.tobytes()] = _layout(model, batch, s_ns)
     n, s = len(entries), len(s_ns)
-    # the request's features: the actions' (kept), the context's, a feature of value 0 (the cross pairs' padding)
-    s_index = np.array([*s_hashes, 0, CONSTANT_HASH], dtype=np.uint64) * np.uint64(multiplier)
-    index = np.concatenate([batch.index, s_index[:-1]])
-    value = np.concatenate([batch.value, np.array([*s_values, 0.0], dtype=np.float32)])
-    # every new term at once: the context's linear ones, its pairs, the cross pairs
+    # the request's features: the actions' (kept), the context's, a feature of value 0, the constant
+    s_index = np.array([*s_hashes, 0, CONSTANT_HASH], dtype=np.int64)
+    if multiplier != 1:
+        s_index *= multiplier
+    s_value = np.array([*s_values, 0.0, 1.0], dtype=np.float32)
+    index = np.concatenate([batch.index, s_index])
+    value = np.concatenate([batch.value, s_value])
+    # every new term at once: the context's linear ones (and the constant), its pairs, the cross pairs
     first, second = layout.first, layout.second
-    hashed = np.concatenate([s_index, (index[first] * FNV_PRIME) ^ index[second]])
-    weights = model.weights(hashed)
-    constant = float(-weights[s + 1]) if model.constant else 0.0
-    terms = -(weights[s + 2 :] * (value[first] * value[second]))  # VW's order: weight × (value × value)
-    context_linear = -(weights[:s] * value[len(batch.value) : len(batch.value) + s]) * layout.linear
-    pairs = len(first) - n * layout.cross
-    context = np.concatenate([context_linear, terms[:pairs]])
-    scores = np.concatenate(
-        [batch.scores, terms[pairs:].reshape(n, layout.cross), np.broadcast_to(context, (n, len(context)))], axis=1
-    )
-    # each action's largest terms: by size, equal sizes in the grid's order (sizes as float bits sort as the floats)
-    size = np.abs(scores).view(np.uint32).astype(np.uint64)
-    order = ((np.uint64(0x7FFFFFFF) - size) << np.uint64(33)) | layout.keys
-    k, rows = min(top, scores.shape[1]), np.arange(n)[:, None]
-    if k < scores.shape[1]:
-        best = np.argpartition(order, k - 1, axis=1)[:, :k]
-    else:
-        best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    best = best[rows, np.argsort(order[rows, best], axis=1)]
-    largest = scores[rows, best].astype(np.float64).tolist()
-    firsts, seconds = layout.term_first[rows, best].tolist(), layout.term_second[rows, best].tolist()
+    hashed = np.concatenate([s_index, (index[first] * FNV) ^ index[second]])
+    slots = hashed & np.int64(int(model.mask))
+    if model.shift:
+        slots >>= np.int64(int(model.shift))
+    # VW's order: weight × (value × value)
+    terms = -(model.table.take(slots) * np.concatenate([s_value, value[first] * value[second]]))
+    constant = float(terms[s + 1]) if model.constant else 0.0
+    scores = np.concatenate([batch.scores.ravel(), terms])[layout.columns]  # rows in the grid's order
+    # each action's largest terms: by size, equal sizes in the grid's order
+    best = np.argsort(-np.abs(scores), axis=1, kind="stable")
+    if top < scores.shape[1]:
+        best = best[:, :top]
+    rows = np.arange(n)[:, None]
+    largest = scores[rows, best].tolist()
+    features = layout.features[rows, best].tolist()
     totals = scores.sum(axis=1, dtype=np.float64).tolist()
     counts = np.count_nonzero(scores, axis=1).tolist()
     names = batch.names + s_names
     out = []
     for a in range(n):
         listed = [
-            (names[f] if g < 0 else names[f] + "*" + names[g], term)
-            for f, g, term in zip(firsts[a], seconds[a], largest[a], strict=True)
+            {"name": names[f] if g < 0 else names[f] + "*" + names[g], "score": term}
+            for (f, g), term in zip(features[a], largest[a], strict=True)
             if term
         ]
         out.append((listed, totals[a], counts[a]))
