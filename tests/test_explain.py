@@ -334,6 +334,27 @@ def test_lookup_shows_the_decision_as_served_and_explains_it_with_the_serving_mo
     assert client.get(f"{V1}/events/look/reward").status_code == 405
 
 
+TOURS_FIRST = {
+    "discovery": [{"name": "try-tours", "actions": {"ids": ["feature-tour"]}, "min_probability": 1.0, "max_share": 0.5}]
+}
+
+
+@pytest.mark.parametrize("multislot", [False, True], ids=["single-slot", "multi-slot"])
+def test_lookup_explanation_names_the_discovery_rule_that_raised_the_action(
+    tmp_path, single_model, multi_model, multislot
+):
+    """The lookup explains a decision as Rank did: the entry of an action a discovery floor raised names the rule."""
+    arguments, model = (MULTI, multi_model) if multislot else (SINGLE, single_model)
+    client = serving_app(tmp_path, arguments, model, rules=TOURS_FIRST).test_client()
+    path, body = (f"{V1}/multislot/rank", slots_body("d1")) if multislot else (f"{V1}/rank", rank_body("d1"))
+    served = client.post(path, json=body).json["inferenceExplanation"]
+    found = client.get(f"{V1}/events/d1?explain=true").json["inferenceExplanation"]
+    assert found == [{k: v for k, v in entry.items() if k != "explored"} for entry in served]
+    raised = [entry for entry in found if "discovery" in entry]
+    assert [entry["id"] for entry in raised] == ["feature-tour"]  # at its floor of 1: chosen (in the first slot)
+    assert raised[0]["discovery"] == {"rule": "try-tours", "floor": 1.0}
+
+
 def test_lookup_of_a_multi_slot_decision(tmp_path, multi_model):
     app = serving_app(tmp_path, MULTI, multi_model)
     client = app.test_client()

@@ -101,7 +101,7 @@ def lookup(store: Store, settings: Settings, loop: str, event_id: str, explain_i
     else:
         body.update(_multi(row, rules, record, multi))
     if explain_it:
-        body.update(_explained(settings, loop, row, record, context, multi))
+        body.update(_explained(settings, loop, row, rules, record, context, multi))
     return body
 
 
@@ -148,11 +148,13 @@ def _explained(
     settings: Settings,
     loop: str,
     row: dict[str, Any],
+    rules: dict[str, Any],
     record: Any,
     context: dict[str, Any],
     multi: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """``inferenceExplanation`` computed with the serving model version, or why it cannot be."""
+    """``inferenceExplanation`` computed with the serving model version, or why it cannot be; as Rank's, each
+    entry names the discovery rule that raised its action (``rules``: what the log kept of the rules)."""
     if record is None:
         return {"inferenceExplanationUnavailable": "no model chose: no action was eligible"}
     if row["model_version"] == "0":
@@ -170,7 +172,8 @@ def _explained(
         order = [a - 1 for a in record["a"]]
         _, parsed = vwfeatures.predict_parsed(engine, dsjson.predict_line(c_json, len(multi)), vwfeatures.read_cb)
         found = explain.explain_cb(model, parsed, context, multi, order, top)
-        return {"inferenceExplanation": [found[i].body(multi[i]["_id"]) for i in order]}
+        raised = rules.get("discovery", {})
+        return {"inferenceExplanation": [_raised(found[i].body(multi[i]["_id"]), raised) for i in order]}
     out = []
     slots = record["c"]["_slots"]
     chosen = dsjson.logged_actions(row["record"])
@@ -179,8 +182,17 @@ def _explained(
         line = dsjson.with_slots(c_json, pinned)
         _, parsed = vwfeatures.predict_parsed(engine, line, lambda e: vwfeatures.read_ccb(e, len(multi)))
         found = explain.explain_ccb(model, parsed, context, multi, slot, k, chosen[k], top)
-        out.append({"slotId": slot["_id"], **found.body(multi[chosen[k]]["_id"])})
+        raised = rules["slots"].get(slot["_id"], {}).get("discovery", {})
+        out.append(_raised({"slotId": slot["_id"], **found.body(multi[chosen[k]]["_id"])}, raised))
     return {"inferenceExplanation": out}
+
+
+def _raised(entry: dict[str, Any], raised: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An explanation's entry with ``discovery`` ({rule, floor}) when a discovery floor raised its action."""
+    why = raised.get(entry["id"])
+    if why is not None:
+        entry["discovery"] = {"rule": why["rule"], "floor": why["floor"]}
+    return entry
 
 
 def _flag(name: str) -> bool:
