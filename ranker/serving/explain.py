@@ -58,7 +58,6 @@ class Explanation:
     score: float
     constant: float
     features: list[dict[str, Any]]
-    terms: int  # how many terms the score has (the listed ones are the largest)
 
     def body(self, action_id: str) -> dict[str, Any]:
         return {"id": action_id, "score": self.score, "constant": self.constant, "features": self.features}
@@ -175,7 +174,6 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
         best = np.argpartition(-np.abs(scores), k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         best = sorted((i for i in best.tolist() if scores[i] != 0), key=lambda i: -abs(scores[i]))
         listed = [{"name": "*".join(f.names[p] for p in groups[i]), "score": float(scores[i])} for i in best]
-    count = len(scores)
     if abs(rest) <= TOLERANCE * max(1.0, abs(score)):
         # VW adds the terms in single precision; the constant carries that rounding, so the parts add up
         constant += rest
@@ -183,8 +181,7 @@ def explain_action(model: Model, f: _Features, cost: float, top: int) -> Explana
         listed.append({"name": NOT_ATTRIBUTED, "score": rest})
         listed.sort(key=lambda t: -abs(t["score"]))
         listed = listed[: max(top, 1)] if listed[0]["name"] == NOT_ATTRIBUTED else listed[:top]
-        count += 1
-    return Explanation(score, constant, listed, count)
+    return Explanation(score, constant, listed)
 
 
 @functools.lru_cache(maxsize=64)
@@ -335,7 +332,6 @@ def _explain_rows(
     nonzero = (largest != 0).tolist()
     largest = largest.tolist()
     sums = scores.sum(axis=1, dtype=np.float64).tolist()
-    counts = np.count_nonzero(scores, axis=1).tolist()
     slots, constants = slot_at.tolist(), constants.tolist()
     out = []
     for a, action_names in enumerate(names):
@@ -352,13 +348,13 @@ def _explain_rows(
             for i, j, r, term, keep in zip(first[a], second[a], arity[a], largest[a], nonzero[a], strict=True)
             if keep
         ]
-        out.append(_finished(costs[a], constants[a], listed, sums[a], counts[a], top))
+        out.append(_finished(costs[a], constants[a], listed, sums[a], top))
     return out
 
 
-def _finished(cost: float, constant: float, listed: list, total: float, count: int, top: int) -> Explanation:
-    """An action's explanation from VW's ``cost``, the constant's part, its largest terms ({name, score}), the sum
-    and number of all its terms: the rounding between the terms' sum and VW's score goes to the constant, a
+def _finished(cost: float, constant: float, listed: list, total: float, top: int) -> Explanation:
+    """An action's explanation from VW's ``cost``, the constant's part, its largest terms ({name, score}) and the
+    sum of all its terms: the rounding between the terms' sum and VW's score goes to the constant, a
     larger difference is listed as :data:`NOT_ATTRIBUTED`."""
     score = 0.0 - float(cost)  # 0.0 - x: no negative zero
     constant += 0.0
@@ -368,8 +364,7 @@ def _finished(cost: float, constant: float, listed: list, total: float, count: i
     else:
         listed = sorted([*listed, {"name": NOT_ATTRIBUTED, "score": rest}], key=lambda t: -abs(t["score"]))
         listed = listed[: max(top, 1)]
-        count += 1
-    return Explanation(score, constant, listed, count)
+    return Explanation(score, constant, listed)
 
 
 def explain_cb(

@@ -215,9 +215,9 @@ def _layout(model: Model, batch: _Batch, s_ns: np.ndarray) -> _Layout:
 
 def rank_terms(
     model: Model, shared: dict[int, tuple[list, list, list]], entries: list[dict[str, Any]], multiplier: int, top: int
-) -> tuple[list[tuple[list[dict[str, Any]], float, int]], float] | None:
+) -> tuple[list[tuple[list[dict[str, Any]], float]], float] | None:
     """Per action of ``entries`` (``_multi`` objects): its ``top`` largest terms as ``{name, score}`` without the
-    zero ones, the sum of all its terms and how many are not zero; and the constant's score. ``shared``: the
+    zero ones, and the sum of all its terms; and the constant's score. ``shared``: the
     context's features (:meth:`Model.features`). None when an action has too many features for the keys (the
     caller takes the grid)."""
     # the actions as JSON text: what VW reads of them (keys in order, numbers and booleans told apart)
@@ -250,15 +250,17 @@ def rank_terms(
     terms = -(model.table.take(slots) * np.concatenate([s_value, value[first] * value[second]]))
     constant = float(terms[s + 1]) if model.constant else 0.0
     scores = np.concatenate([batch.scores.ravel(), terms])[layout.columns]  # rows in the grid's order
-    # each action's largest terms: by size, equal sizes in the grid's order
-    best = np.argsort(-np.abs(scores), axis=1, kind="stable")
-    if top < scores.shape[1]:
-        best = best[:, :top]
+    # each action's largest terms: by size, equal sizes in the grid's order. Sizes as float bits (which sort as the
+    # floats) above each term's column: a sort of these numbers (several times faster than an argsort) orders the
+    # terms, and their low bits say which they are
+    width = scores.shape[1]
+    size = np.abs(scores).view(np.int32).astype(np.int64)
+    best = np.sort((np.int64(0x7FFFFFFF) - size) << np.int64(32) | np.arange(width), axis=1)
+    best = best[:, :top] & np.int64(0xFFFFFFFF) if top < width else best & np.int64(0xFFFFFFFF)
     rows = np.arange(n)[:, None]
     largest = scores[rows, best].tolist()
     features = layout.features[rows, best].tolist()
     totals = scores.sum(axis=1, dtype=np.float64).tolist()
-    counts = np.count_nonzero(scores, axis=1).tolist()
     names = batch.names + s_names
     out = []
     for a in range(n):
@@ -267,5 +269,5 @@ def rank_terms(
             for (f, g), term in zip(features[a], largest[a], strict=True)
             if term
         ]
-        out.append((listed, totals[a], counts[a]))
+        out.append((listed, totals[a]))
     return out, constant
