@@ -23,6 +23,7 @@ from ranker.app import create_app
 from ranker.cli import cli
 from ranker.core import dsjson
 from ranker.core.settings import hash_key
+from ranker.serving import rankterms
 from ranker.store import models
 
 SINGLE = "--cb_explore_adf --epsilon 0.2 --cb_type mtr -q ::"
@@ -197,6 +198,21 @@ def test_every_term_matches_vws_audit_for_other_interactions(tmp_path, arguments
         assert matches_audit(entry, blocks), entry["id"]
         sizes = [abs(t["score"]) for t in entry["features"]]
         assert sizes == sorted(sizes, reverse=True)
+
+
+def test_actions_with_more_features_than_the_kept_terms_hold_are_explained_alike(tmp_path, single_model, monkeypatch):
+    """Past the features a kept term's key can place, Rank explains its actions with the grid: the same terms."""
+    app = serving_app(tmp_path, SINGLE, single_model)
+    client = app.test_client()
+    kept = client.post(f"{V1}/rank", json=rank_body("k1")).json["inferenceExplanation"]
+    monkeypatch.setattr(rankterms, "MAX_FEATURES", 4)
+    grid = client.post(f"{V1}/rank", json=rank_body("k1-grid")).json["inferenceExplanation"]
+    by_id = {e["id"]: e for e in grid}
+    for entry in kept:
+        other = by_id[entry["id"]]
+        assert [t["name"] for t in entry["features"]] == [t["name"] for t in other["features"]]
+        assert [t["score"] for t in entry["features"]] == [t["score"] for t in other["features"]]
+        assert entry["score"] == other["score"] and abs(entry["constant"] - other["constant"]) <= 1e-12
 
 
 def test_top_contributions_are_the_largest_by_absolute_value(tmp_path, single_model):

@@ -26,8 +26,10 @@ from .vwfeatures import CONSTANT_HASH, FNV_PRIME, PAD, Model, flat
 
 MAX_FEATURES = 1 << 16  # positions in a term's key take 16 bits; an action with more features takes the grid
 FNV = np.int64(int(FNV_PRIME))
-KEPT = 10_000  # own terms of this many actions (and batches of them) are kept per model
-LAYOUTS = 64  # layouts kept per batch of actions (one per shape of context)
+KEPT = 10_000  # own terms of this many actions are kept per model
+BATCH_BYTES = 32 << 20  # batches of actions and their layouts kept per model, in bytes of arrays
+LAYOUTS = 8  # layouts kept per batch of actions (one per shape of context)
+_MISSING = object()
 
 
 class _Own(NamedTuple):
@@ -122,6 +124,16 @@ def _kept(model: Model, key: Any, make: Any) -> Any:
             model.terms.clear()
         found = model.terms[key] = make()
     return found
+
+
+def _count(model: Model, kept: Any) -> None:
+    """Count what is kept in the model's batches; past :data:`BATCH_BYTES`, forget them all (a loop whose requests
+    rarely repeat their actions keeps little; one whose requests do finds them again at once)."""
+    size = sum(part.nbytes for part in kept if isinstance(part, np.ndarray)) if kept is not None else 0
+    model.batch_bytes += size
+    if model.batch_bytes > BATCH_BYTES:
+        model.batches.clear()
+        model.batch_bytes = size
 
 
 def _batch(model: Model, entries: list[dict[str, Any]], multiplier: int) -> _Batch | None:
@@ -222,7 +234,11 @@ def rank_terms(
     caller takes the grid)."""
     # the actions as JSON text: what VW reads of them (keys in order, numbers and booleans told apart)
     key = to_json(entries, inf_nan_mode="constants")
-    batch = _kept(model, (key, multiplier), lambda: _batch(model, entries, multiplier))
+    batch = model.batches.get((key, multiplier), _MISSING)
+    if batch is _MISSING:
+        batch = _batch(model, entries, multiplier)
+        _count(model, batch)
+        model.batches[(key, multiplier)] = batch
     s_ns, s_hashes, s_values, s_names = flat(shared)
     if batch is None or batch.ns.shape[1] + len(s_ns) >= MAX_FEATURES:
         return None
@@ -232,6 +248,7 @@ def rank_terms(
         if len(batch.layouts) >= LAYOUTS:
             batch.layouts.clear()
         layout = batch.layouts[s_ns.tobytes()] = _layout(model, batch, s_ns)
+        _count(model, layout)
     n, s = len(entries), len(s_ns)
     # the request's features: the actions' (kept), the context's, a feature of value 0, the constant
     s_index = np.array([*s_hashes, 0, CONSTANT_HASH], dtype=np.int64)

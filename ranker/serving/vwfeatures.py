@@ -186,7 +186,9 @@ class Model:
         self._space: dict[str, int] = {}
         self._actions: dict[str, ActionFeatures] = {}
         self.layouts: dict = {}  # ranker.serving.explain's and rankterms', per namespaces of a batch of actions
-        self.terms: dict = {}  # ranker.serving.rankterms': each action's own terms, and batches of them
+        self.terms: dict = {}  # ranker.serving.rankterms': each action's own terms
+        self.batches: dict = {}  # ranker.serving.rankterms': requests' actions as batches, and their layouts
+        self.batch_bytes = 0  # the size of those batches' arrays
         self._lock = threading.Lock()
 
     def weights(self, index: np.ndarray) -> np.ndarray:
