@@ -392,20 +392,12 @@ def explanations(server: Server, on: bool) -> None:
     time.sleep(0.5)
 
 
-def serve_trained_model(server: Server) -> None:
-    """Import (``PUT model``) a model trained on the bench body's features with random rewards, so that Rank
-    with explanations lists real contributions: an untrained model's weights are all zero and its
-    explanations list none (less to sort, name and encode than a served model's)."""
+def trained_model(arguments: str) -> bytes:
+    """A model (VW's file) trained with ``arguments`` on the bench body's features with random rewards."""
     import vowpalwabbit
 
     from ranker.core import dsjson
-    from ranker.serving.engine import vw_arguments
 
-    def get(path: str) -> dict:
-        with urllib.request.urlopen(server.url + "/personalizer/v1.0/configurations/" + path, timeout=10) as answer:
-            return json.loads(answer.read())
-
-    arguments = vw_arguments(get("policy")["arguments"], get("service")["explorationPercentage"])
     head, tail = rank_body_parts()
     body = json.loads(head + b"train" + tail)
     context = dsjson.merge(body["contextFeatures"], "contextFeatures")
@@ -420,7 +412,20 @@ def serve_trained_model(server: Server) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws.save(f"{tmp}/model.vw")
         ws.finish()
-        data = Path(f"{tmp}/model.vw").read_bytes()
+        return Path(f"{tmp}/model.vw").read_bytes()
+
+
+def serve_trained_model(server: Server) -> None:
+    """Import (``PUT model``) a model trained on the bench body's features with random rewards, so that Rank
+    with explanations lists real contributions: an untrained model's weights are all zero and its
+    explanations list none (less to sort, name and encode than a served model's)."""
+    from ranker.serving.engine import vw_arguments
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(server.url + "/personalizer/v1.0/configurations/" + path, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    data = trained_model(vw_arguments(get("policy")["arguments"], get("service")["explorationPercentage"]))
     put = urllib.request.Request(server.url + "/personalizer/v1.0/model", data=data, method="PUT")
     with urllib.request.urlopen(put, timeout=60) as answer:
         assert answer.status == 204
