@@ -14,8 +14,9 @@ the terms, keeps the largest and says what Rank answers; single-slot Rank's term
 :mod:`ranker.serving.rankterms` (the context's terms once per request, each action's own once per model), which
 lists the same terms as the grid here. tests/test_explain.py checks the sums against VW's raw scores.
 
-About 550 lines: the terms' vectorized path (per-model caches of what depends on the actions' namespaces
-alone, arrays per action) stays beside the exact path it must agree with, so both are read together.
+About 530 lines: the grid (per-model caches of what depends on the actions' namespaces alone, arrays per action;
+multi-slot Rank's path, and single-slot's when an action has too many features for rankterms) stays beside the exact
+path it must agree with, so both are read together.
 
 VW adds the terms in single precision, so its score differs from the exact sum of the terms by a rounding
 (about 1e-7 of the score, at most TOLERANCE): ``constant`` carries it, and the parts add up to VW's score.
