@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -293,20 +292,22 @@ def _tables(specs: list[list[int]], multislot: bool) -> tuple[np.ndarray, np.nda
     return pairs, triples, fast
 
 
-_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _models_lock = threading.Lock()
 
 
 def model_of(engine: Any, arguments: str | None = None) -> Model:
-    """The engine's :class:`Model`, built on first use (reading its weights takes a few milliseconds);
-    ``arguments``: the VW options the model was trained with, when the engine was not given them all."""
-    with _models_lock:
-        model = _models.get(engine)
-        if model is None:
-            with engine.lock:  # VW reads its weights for json_weights; no prediction meanwhile
-                model = Model(engine.workspace, arguments or engine.arguments, engine.multislot)
-            _models[engine] = model
-        return model
+    """The engine's :class:`Model`, built on first use (reading its weights takes a few milliseconds) and kept
+    on the engine, where a Rank finds it without a lock; ``arguments``: the VW options the model was trained
+    with, when the engine was not given them all."""
+    model = getattr(engine, "explained_model", None)
+    if model is None:
+        with _models_lock:
+            model = getattr(engine, "explained_model", None)
+            if model is None:
+                with engine.lock:  # VW reads its weights for json_weights; no prediction meanwhile
+                    model = Model(engine.workspace, arguments or engine.arguments, engine.multislot)
+                engine.explained_model = model
+    return model
 
 
 def predict_parsed(engine: Any, line: str, read: Any) -> tuple[Any, Parsed]:
