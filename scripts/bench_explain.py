@@ -87,18 +87,20 @@ def cpu_per_call(fn, calls: int) -> float:
 
 
 def terms(variants: dict[str, ModuleType], model_file: Path, arguments: str, calls: int, blocks: int) -> None:
-    engine = Engine(arguments, str(model_file), "1")
-    model = vwfeatures.model_of(engine)
+    # an engine each: what a variant keeps per model stays its own
+    engines = {name: Engine(arguments, str(model_file), "1") for name in variants}
     head, tail = rank_body_parts()
     body = json.loads(head + b"x" + tail)
     context = dsjson.merge(body["contextFeatures"], "contextFeatures")
     actions = [(a["id"], dsjson.merge(a["features"], "features")) for a in body["actions"]]
     c_json = dsjson.context_json(context, actions, True)
-    pmf, parsed = vwfeatures.predict_parsed(engine, dsjson.predict_line(c_json, len(actions)), vwfeatures.read_cb)
+    line = dsjson.predict_line(c_json, len(actions))
+    pmf, parsed = vwfeatures.predict_parsed(next(iter(engines.values())), line, vwfeatures.read_cb)
     order = sorted(range(len(actions)), key=lambda i: -pmf[i])
 
     def explained(module: ModuleType, top: int) -> list[dict]:
-        return module.rank_explanation(model, parsed, context, actions, order, True, top, {})
+        engine = engines[next(name for name, m in variants.items() if m is module)]
+        return module.rank_explanation(vwfeatures.model_of(engine), parsed, context, actions, order, True, top, {})
 
     if len(variants) == 2:
         full = [explained(m, 1000) for m in variants.values()]
@@ -115,16 +117,19 @@ def terms(variants: dict[str, ModuleType], model_file: Path, arguments: str, cal
     answer = {"eventId": "x", "rewardActionId": "y", "inferenceExplanation": explained(explain, 10)}
     encode = statistics.median(cpu_per_call(lambda: to_json(answer), 500) for _ in range(5))
     print(f"the answer's explanation encoded by pydantic_core.to_json: {1e3 * encode:.3f} ms, {len(to_json(answer))} B")
-    engine.close()
+    for engine in engines.values():
+        engine.close()
 
 
 def rank_path(variants: dict[str, ModuleType], model: bytes, rounds: int, ranks: int) -> None:
     from ranker.app import create_app
 
-    data = Path(tempfile.mkdtemp(prefix="ranker-bench-explain-"))
-    models.publish(data, "l", model)
-    app = create_app({"data_dir": data, "loops": {"l": {"policy": {"name": "p", "arguments": POLICY}}}})
-    client, loop = app.test_client(), app.extensions["ranker"].settings.loops["l"]
+    clients = {}  # a server each (its own engine, so what a variant keeps per model stays its own); off: the last
+    for name in [*variants, "off"]:
+        data = Path(tempfile.mkdtemp(prefix="ranker-bench-explain-"))
+        models.publish(data, "l", model)
+        app = create_app({"data_dir": data, "loops": {"l": {"policy": {"name": "p", "arguments": POLICY}}}})
+        clients[name] = (app.test_client(), app.extensions["ranker"].settings.loops["l"])
     head, tail = rank_body_parts()
     inside = [0.0]
 
@@ -143,6 +148,7 @@ def rank_path(variants: dict[str, ModuleType], model: bytes, rounds: int, ranks:
     sent = [0]
 
     def run(name: str, n: int) -> tuple[float, float]:
+        client, loop = clients[name]
         loop.is_inference_explainability_enabled = functions[name] is not None
         if functions[name] is not None:
             explain.rank_explanation = functions[name]  # what the service calls

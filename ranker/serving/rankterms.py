@@ -64,14 +64,16 @@ class _Batch(NamedTuple):
 
 class _Layout(NamedTuple):
     """What a request computes, for a batch of actions and a context's namespaces. The request's features are the
-    batch's (flat), then the context's, a feature of value 0 and the constant; its terms' pool holds the actions'
-    own terms (kept), then the context's linear ones and those two features' (value 0, the constant), then the
-    pairs computed per request: the context's, then the cross pairs (``first``, ``second``: their features). Per
-    action row, ``columns`` are its terms in the pool in the grid's order (padded with the value-0 term) and
-    ``features`` each one's (first, second or -1) feature, for its name."""
+    batch's (flat), then the context's, a feature of value 0, the constant and "none" (hash 0, value 1); its terms'
+    pool holds the actions' own terms (kept), then the terms the request computes (``first``, ``second``: their
+    features, ``multiplier``: 1 or VW's FNV prime): the context's linear ones, value 0's and the constant's (each
+    with "none"), the context's pairs, the cross pairs. Per action row, ``columns`` are its terms in the pool in the
+    grid's order (padded with the value-0 term) and ``features`` each one's (first, second or -1) feature, for its
+    name."""
 
     first: np.ndarray
     second: np.ndarray
+    multiplier: np.ndarray
     columns: np.ndarray
     features: np.ndarray
 
@@ -218,8 +220,18 @@ def _layout(model: Model, batch: _Batch, s_ns: np.ndarray) -> _Layout:
     for action, (cols, firsts, seconds) in enumerate(rows):
         columns[action, : len(cols)] = cols
         features[action, : len(cols), 0], features[action, : len(cols), 1] = firsts, seconds
+    # every term a request computes, as (first feature × multiplier) ^ second: the context's own features, the value-0
+    # feature and the constant with the feature "none" (hash 0, value 1) second and 1 as multiplier (their own hash
+    # and value), the pairs with VW's FNV multiplier
+    none = base + s + 2
+    own = np.arange(base, base + s + 2)
+    pairs = len(p) + len(cross_first)
     layout = _Layout(
-        np.concatenate([base + p, cross_first]), np.concatenate([base + q, cross_second]), columns, features
+        np.concatenate([own, base + p, cross_first]),
+        np.concatenate([np.full(s + 2, none), base + q, cross_second]),
+        np.concatenate([np.ones(s + 2, dtype=np.int64), np.full(pairs, FNV, dtype=np.int64)]),
+        columns,
+        features,
     )
     _frozen(layout)
     return layout
@@ -250,21 +262,19 @@ def rank_terms(
         layout = batch.layouts[s_ns.tobytes()] = _layout(model, batch, s_ns)
         _count(model, layout)
     n, s = len(entries), len(s_ns)
-    # the request's features: the actions' (kept), the context's, a feature of value 0, the constant
-    s_index = np.array([*s_hashes, 0, CONSTANT_HASH], dtype=np.int64)
+    # the request's features: the actions' (kept), the context's, a feature of value 0, the constant, "none"
+    s_index = np.array([*s_hashes, 0, CONSTANT_HASH, 0], dtype=np.int64)
     if multiplier != 1:
         s_index *= multiplier
-    s_value = np.array([*s_values, 0.0, 1.0], dtype=np.float32)
     index = np.concatenate([batch.index, s_index])
-    value = np.concatenate([batch.value, s_value])
+    value = np.concatenate([batch.value, np.array([*s_values, 0.0, 1.0, 1.0], dtype=np.float32)])
     # every new term at once: the context's linear ones (and the constant), its pairs, the cross pairs
     first, second = layout.first, layout.second
-    hashed = np.concatenate([s_index, (index[first] * FNV) ^ index[second]])
-    slots = hashed & np.int64(int(model.mask))
+    slots = ((index[first] * layout.multiplier) ^ index[second]) & np.int64(int(model.mask))
     if model.shift:
         slots >>= np.int64(int(model.shift))
-    # VW's order: weight × (value × value)
-    terms = -(model.table.take(slots) * np.concatenate([s_value, value[first] * value[second]]))
+    # VW's order: weight × (value × value); a feature's own term: weight × (value × 1)
+    terms = -(model.table.take(slots) * (value[first] * value[second]))
     constant = float(terms[s + 1]) if model.constant else 0.0
     scores = np.concatenate([batch.scores.ravel(), terms])[layout.columns]  # rows in the grid's order
     # each action's largest terms: by size, equal sizes in the grid's order. Sizes as float bits (which sort as the
