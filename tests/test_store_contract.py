@@ -156,6 +156,20 @@ def test_a_loops_api_configuration_round_trips(db):
     }
 
 
+def test_a_workers_look_gives_the_loops_configuration_and_model_stamp_as_they_are_read_apart(db):
+    models = db.database.models
+    assert db.store.look("cards", models) == (None, None)
+    models.publish("cards", b"model 1")
+    assert db.store.look("cards", models) == (None, models.stamp("cards"))
+    db.store.save_loop_config("cards", None, '{"name": "p"}', T1)
+    stamp = models.stamp("cards")
+    assert db.store.look("cards", models) == (db.store.loop_config("cards"), stamp)
+    models.publish("cards", b"model 2")
+    config, newer = db.store.look("cards", models)
+    assert newer == models.stamp("cards") != stamp and config["policy"] == '{"name": "p"}'
+    assert db.store.look("other", models) == (None, None)
+
+
 def test_an_outbox_message_is_kept_once_per_key_claimed_once_and_settled_only_from_sending(db):
     from ranker.store import outbox
 

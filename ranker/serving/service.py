@@ -191,7 +191,7 @@ class Service:
         the refresher does, every REFRESH_SECONDS. Without it (the Flask test client, the trainer's copy of
         the service) a request looks at most every REFRESH_SECONDS per loop. ``now``: look at once, whatever
         the time (after this process changed the configuration or the model). A look is one query of
-        ``loop_config`` and one stat of the model pointer (on PostgreSQL, one read of ``model_current``).
+        ``loop_config`` and one stat of the model pointer (on PostgreSQL, one query of both).
         Requests go on with the model in hand while a new one loads.
         """
         if not now:
@@ -203,7 +203,7 @@ class Service:
     def _look(self, loop: Loop) -> None:
         """One look for the loop's new configuration and model (called holding ``loop.refreshing``)."""
         loop.checked_at = time.monotonic()
-        row = self.stored_config(loop.name)
+        row, stamp = self.store.look(loop.name, self.models)  # on PostgreSQL one round trip
         if (row and row["updated_at"]) != loop.config_stamp:
             try:
                 settings, policy, stamp = loopconfig.effective(self.settings, loop.name, row)
@@ -218,7 +218,6 @@ class Service:
                     loop.arguments, loop.engine, loop.model_stamp = arguments, engine, None
                     release_memory()
                 log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
-        stamp = self.models.stamp(loop.name)
         if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return
         threading.Thread(target=self._load_published, args=(loop, stamp), daemon=True).start()
