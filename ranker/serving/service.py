@@ -203,7 +203,7 @@ class Service:
     def _look(self, loop: Loop) -> None:
         """One look for the loop's new configuration and model (called holding ``loop.refreshing``)."""
         loop.checked_at = time.monotonic()
-        row, stamp = self.store.look(loop.name, self.models)  # on PostgreSQL one round trip
+        row, model_stamp = self.store.look(loop.name, self.models)  # on PostgreSQL one round trip
         if (row and row["updated_at"]) != loop.config_stamp:
             try:
                 settings, policy, stamp = loopconfig.effective(self.settings, loop.name, row)
@@ -218,13 +218,13 @@ class Service:
                     loop.arguments, loop.engine, loop.model_stamp = arguments, engine, None
                     release_memory()
                 log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
-        if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
+        if model_stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return
-        threading.Thread(target=self._load_published, args=(loop, stamp), daemon=True).start()
+        threading.Thread(target=self._load_published, args=(loop, model_stamp), daemon=True).start()
 
     def start_refresher(self) -> None:
         """Look for every loop's new configuration and model in a thread of this process, every REFRESH_SECONDS,
-        so that no request waits for the look (two round trips on PostgreSQL).
+        so that no request waits for the look (a round trip on PostgreSQL, a GIL hand-off at least).
 
         A serving worker starts it after gunicorn forked it (a thread does not survive a fork) and stops it
         when it exits (:meth:`stop_refresher`). Starting it twice starts one thread.
