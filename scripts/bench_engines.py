@@ -7,6 +7,9 @@ connections take from the one being measured. The closed-loop rounds alternate b
 flips each round), then each engine gets an open loop at half its own best rate. Each phase's line says what
 else used the CPU meanwhile: PostgreSQL's processes and all others (the figures only mean something when
 "others" is small).
+With ``--baseline DIR`` (a checkout of other code, e.g. ``git archive <commit> | tar -x -C DIR``) every phase
+also runs with that tree's servers (``PYTHONPATH=DIR``), on the same engines, so old and new code are compared in
+one run; a line per engine then gives baseline -> this tree.
 The figures for a capacity plan come from PostgreSQL's own statistics: commits (``pg_stat_database``), the
 CPU of its processes (/proc, from the checkpointer's parent, the postmaster, down) and the size of the
 ``decisions`` table with its indexes.
@@ -39,6 +42,8 @@ from bench_rank import (
 from ranker.core.settings import mask_url
 from ranker.harness import Server
 from ranker.store.pgsql import migrate
+
+BASELINE = "(baseline)"  # the phases' name suffix for the servers of ``--baseline``'s tree
 
 
 def postgres_cpu(url: str) -> float:
@@ -81,7 +86,7 @@ def line(name: str, phase: Phase) -> str:
     errors = tail.partition("  NON-201")[2]
     return (
         f"{head}, PostgreSQL {100 * phase.pg_cpu / max(phase.elapsed, 1e-9):3.0f}%"
-        + (f" = {1e3 * phase.pg_cpu / max(phase.done, 1):.2f} ms/req" if name == "postgresql" else "")
+        + (f" = {1e3 * phase.pg_cpu / max(phase.done, 1):.2f} ms/req" if name.startswith("postgresql") else "")
         + f", others {100 * others_cpu(phase):3.0f}% of a CPU"
         + (f"  NON-201{errors}" if errors else "")
     )
@@ -114,12 +119,12 @@ async def load(server: Server, name: str, url: str, args, phase: Phase, ids: Eve
     return phase
 
 
-def run(start, url: str, args) -> dict[str, list[Phase]]:
+def run(start, url: str, args, names: tuple[str, ...] = ("sqlite", "postgresql")) -> dict[str, list[Phase]]:
     """Closed-loop rounds alternating between the engines, then each engine's open loop at half its best rate;
     every phase on a server of its own, started for it and stopped after it, so only one ranker server runs at a
     time (the other engine's would poll the database and take CPU from the one being measured)."""
     ids = EventIds(f"bench-{os.urandom(4).hex()}")
-    phases: dict[str, list[Phase]] = {"sqlite": [], "postgresql": []}
+    phases: dict[str, list[Phase]] = {name: [] for name in names}
     order = list(phases)
     for r in range(1, args.rounds + 1):
         for name in order if r % 2 else order[::-1]:
@@ -141,13 +146,21 @@ def run(start, url: str, args) -> dict[str, list[Phase]]:
 
 def engines_main(args) -> int:
     url = args.database_url
+    baseline = getattr(args, "baseline", None)
     with tempfile.TemporaryDirectory(prefix="ranker-bench-") as tmp:
         settings = {"sqlite": {}, "postgresql": {"database_url": url}}
+        if baseline:  # the same phases with the servers of another source tree, on the same engines
+            settings.update({f"{name} {BASELINE}": more for name, more in list(settings.items())})
         for name in settings:
             (Path(tmp) / name).mkdir()
+        code = os.environ.get("PYTHONPATH", "")
 
         def start(name: str) -> Server:
-            return start_server(Path(tmp) / name, args.workers, args.threads, **settings[name])
+            os.environ["PYTHONPATH"] = str(Path(baseline).resolve()) if name.endswith(BASELINE) else code
+            try:
+                return start_server(Path(tmp) / name, args.workers, args.threads, **settings[name])
+            finally:
+                os.environ["PYTHONPATH"] = code
 
         print(
             f"Rank on SQLite and on PostgreSQL {mask_url(url)}, one server at a time, each started for its phase; "
@@ -156,15 +169,32 @@ def engines_main(args) -> int:
         )
         migrate(url)  # an empty database gets the schema, as the server would make it
         before = pg_stats(url)
-        phases = run(start, url, args)
+        phases = run(start, url, args, tuple(settings))
         after = pg_stats(url)
-        lite = sqlite3.connect(Path(tmp) / "sqlite" / "ranker.db")
-        lite_rows = lite.execute("SELECT count(*) FROM decisions").fetchone()[0]
-        lite.close()
+        counted = {}
+        for name in settings:
+            if name.startswith("sqlite"):
+                lite = sqlite3.connect(Path(tmp) / name / "ranker.db")
+                counted[name] = lite.execute("SELECT count(*) FROM decisions").fetchone()[0]
+                lite.close()
+        lite_rows, lite_all = counted["sqlite"], sum(counted.values())
         lite_bytes = (Path(tmp) / "sqlite" / "ranker.db").stat().st_size  # the file: almost only decisions
 
     best = {name: max(runs[:-1], key=lambda p: p.rate) for name, runs in phases.items()}
     acked = {name: sum(p.statuses.get(201, 0) + p.warm_ok for p in runs) for name, runs in phases.items()}
+    if baseline:
+        print()
+        print(f"this tree against {baseline} (each row: baseline -> this tree)")
+        for name in ("sqlite", "postgresql"):
+            old, new = phases[f"{name} {BASELINE}"], phases[name]
+            cpu = [sum(p.server_cpu for p in runs[:-1]) / sum(p.done for p in runs[:-1]) for runs in (old, new)]
+            p99 = [1e3 * percentile(sorted(runs[-1].latencies), 0.99) for runs in (old, new)]
+            print(
+                f"{name:<10} max {best[f'{name} {BASELINE}'].rate:.0f} -> {best[name].rate:.0f} req/s, ranker CPU "
+                f"{1e3 * cpu[0]:.2f} -> {1e3 * cpu[1]:.2f} ms/Rank, p99 at half rate {p99[0]:.1f} -> {p99[1]:.1f} ms"
+            )
+        acked["postgresql"] += acked.pop(f"postgresql {BASELINE}")  # one database: its rows are both trees'
+        acked["sqlite"] += acked.pop(f"sqlite {BASELINE}")
     ratio = best["postgresql"].rate / best["sqlite"].rate
     print()
     for name in ("sqlite", "postgresql"):
@@ -208,9 +238,9 @@ def engines_main(args) -> int:
         f"bytes per decision row  PostgreSQL {after['bytes'] / max(after['rows'], 1):.0f} (table + indexes), "
         f"SQLite {lite_bytes / max(lite_rows, 1):.0f}"
     )
-    consistent = rows == acked["postgresql"] and lite_rows == acked["sqlite"]
+    consistent = rows == acked["postgresql"] and lite_all == acked["sqlite"]
     print(
-        f"rows committed          PostgreSQL {rows} (201s {acked['postgresql']}), SQLite {lite_rows} "
+        f"rows committed          PostgreSQL {rows} (201s {acked['postgresql']}), SQLite {lite_all} "
         f"(201s {acked['sqlite']}): {'OK' if consistent else 'MISMATCH'}"
     )
     p99 = 1e3 * percentile(sorted(phases["postgresql"][-1].latencies), 0.99)

@@ -752,6 +752,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compare Rank on SQLite with Rank on this PostgreSQL database (instead of Rank against /null)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --database-url: also run every phase with the servers of this source tree, to compare code",
+    )
+    parser.add_argument(
         "--enrichment",
         action="store_true",
         help="compare Rank without enrichment, with 2 entities x 20 features added by the server, and with the "

@@ -5,7 +5,7 @@ forked gunicorn worker to wrap the functions of ``PIECES`` before it loads the a
 time spent in its function, less what nested wrapped functions took (exclusive time), to its piece, and counts the
 calls; the threads' CPU clock counts no time spent waiting (for the GIL, a lock, the disk). Every 0.5 s the worker
 writes its totals, and the CPU of its main thread (the poller that reads requests) and of its store writer thread
-(from /proc), to ``$PROFILE_RANK_OUT/<pid>.json``. Nothing here is part of ranker.
+(from /proc), and of its threads by name, to ``$PROFILE_RANK_OUT/<pid>.json``. Nothing here is part of ranker.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import threading
 import time
 
@@ -86,6 +87,16 @@ def _thread_cpu(tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _by_thread_name() -> dict[str, float]:
+    """CPU seconds of this process's Python threads, summed by name with the digits taken out."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.native_id is not None:
+            name = re.sub(r"\d+", "N", thread.name)
+            out[name] = out.get(name, 0.0) + _thread_cpu(thread.native_id)
+    return out
+
+
 def install() -> None:
     from gunicorn.workers import gthread
 
@@ -93,6 +104,11 @@ def install() -> None:
     from ranker.server import api, http_worker, meta, metrics
     from ranker.serving import engine, explain, service, vwfeatures
     from ranker.store import decisions, sqlite
+
+    try:
+        from ranker.store import postgres
+    except ImportError:  # psycopg not installed: SQLite only
+        postgres = None
 
     inside, outside = _calibrate()
     for module in (api, meta):
@@ -130,18 +146,25 @@ def install() -> None:
     _patch(sqlite, "_run_merged", "writer: INSERT")
     _patch(sqlite.Store, "_commit", "writer: BEGIN, COMMIT")
     _patch(sqlite.Store, "check", "writer: file checks (stat)")
+    if postgres is not None:
+        _patch(postgres.PostgresStore, "_commit_pipelined", "writer: BEGIN … COMMIT, one query (PostgreSQL)")
+        _patch(postgres.PostgresStore, "_read", "reads (pool)")
+        _patch(postgres.PostgresDatabase, "read", "reads (pool)")
     _patch(http_worker.BufferingWorker, "serve", "request thread's framework")
     _patch(gthread.ThreadWorker, "handle_request", "request thread's framework")
     for name in ("null",):
         _patch(meta, name, "null view's own lines")
 
-    write_loop = sqlite.Store._write_loop
+    def tracking(write_loop):
+        def tracked(self):
+            _writer_tids.add(threading.get_native_id())
+            return write_loop(self)
 
-    def tracked(self):
-        _writer_tids.add(threading.get_native_id())
-        return write_loop(self)
+        return tracked
 
-    sqlite.Store._write_loop = tracked
+    sqlite.Store._write_loop = tracking(sqlite.Store._write_loop)
+    if postgres is not None:
+        postgres.PostgresStore._write_loop = tracking(postgres.PostgresStore._write_loop)
     out = os.environ["PROFILE_RANK_OUT"]
     main_tid = threading.get_native_id()
 
@@ -154,6 +177,7 @@ def install() -> None:
                 "outside_ns": outside,
                 "main_cpu": _thread_cpu(main_tid),
                 "writer_cpu": sum(_thread_cpu(tid) for tid in list(_writer_tids)),
+                "threads": _by_thread_name(),
             }
             with open(path + ".tmp", "w") as f:
                 json.dump(body, f)

@@ -17,9 +17,13 @@ caller; the figures still run a few percent above an unprofiled server's, which 
 With ``--explain`` it serves a trained model (as ``scripts/bench_rank.py --explain`` does) and profiles Rank with
 explanations off and on (``explained``), switched through ``PUT configurations/service`` between the phases.
 
+The workers' threads are also listed by name ("thread ..."), each with all the CPU it used (on PostgreSQL:
+psycopg_pool's threads, the refresher that looks for new models).
+
 Example:
     python scripts/profile_rank.py --seconds 10 --rounds 2
     python scripts/profile_rank.py --explain --seconds 6 --rounds 2
+    python scripts/profile_rank.py --seconds 10 --database-url 'postgresql://postgres@/bench?host=/tmp/pg'
 """
 
 from __future__ import annotations
@@ -69,7 +73,12 @@ REQUEST_PIECES = [
     "hand-off to the writer (request thread)",
     "null view's own lines",
 ]
-WRITER_PIECES = ["writer: INSERT", "writer: BEGIN, COMMIT", "writer: file checks (stat)"]
+WRITER_PIECES = [
+    "writer: INSERT",
+    "writer: BEGIN, COMMIT",
+    "writer: file checks (stat)",
+    "writer: BEGIN … COMMIT, one query (PostgreSQL)",
+]
 FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
 
 
@@ -89,6 +98,7 @@ def snapshot(server, out: Path) -> dict:
         "outside": max(d["outside_ns"] for d in dumps) / 1e9,
         "main": sum(d["main_cpu"] for d in dumps),
         "writer": sum(d["writer_cpu"] for d in dumps),
+        "threads": {name: sum(d["threads"].get(name, 0.0) for d in dumps) for d in dumps for name in d["threads"]},
         "workers": cpu_seconds(pids),
         "server": server.cpu_seconds(),
         "at": time.monotonic(),
@@ -116,6 +126,8 @@ def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
     us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
     us["trainer and gunicorn master"] = per["server"] - per["workers"]
     us["whole server"] = per["server"]
+    for name, seconds in after["threads"].items():
+        us[f"thread {name}"] = 1e6 * (seconds - before["threads"].get(name, 0.0)) / requests
     us["workers"] = per["workers"]
     return us
 
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve a trained model (as bench_rank --explain) and also profile Rank with explanations on",
     )
+    parser.add_argument("--database-url", help="serve from this PostgreSQL database (default: SQLite)")
     args = parser.parse_args(argv)
     parts = rank_body_parts()
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
@@ -163,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROFILE_RANK_OUT"] = str(out)
         data = Path(tmp) / "data"
         data.mkdir()
-        server = start_server(data, None, args.threads)
+        more = {"database_url": args.database_url} if args.database_url else {}
+        server = start_server(data, None, args.threads, **more)
         try:
             phases = [("null", NULL_PATH, None), ("rank", RANK_PATH, False)]
             if args.explain:
@@ -180,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f}; µs of CPU per request (each round)")
     columns = [(name, phase, us) for name in runs for phase, us in runs[name]]
     print(f"{'piece':<42}" + "".join(f"{name:>9}" for name, _, _ in columns))
-    for piece in ORDER + ["wrappers' own cost", "trainer and gunicorn master", "whole server"]:
+    threads = sorted({piece for _, _, us in columns for piece in us if piece.startswith("thread ")})
+    for piece in (
+        ORDER + ["reads (pool)", "wrappers' own cost", "trainer and gunicorn master", "whole server"] + threads
+    ):
         print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
     print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
     for name in ("rank", "explained"):

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,27 @@ def test_an_event_id_is_logged_once_per_loop_and_rewards_need_its_decision(db):
     assert db.store.add_reward("cards", "e1", 1.0, T1)
     assert not db.store.add_reward("cards", "nope", 1.0, T1)  # the API's 404
     assert db.store.counts() == {"decisions": 2, "rewards": 1}
+
+
+TRICKY_TEXT = ["it's", "back\\slash", "E'\\x41'", "$$ dollar $$", "naïve – 日本 🙂", "%s %(x)s ?", "", "NULL", "a\nb\t"]
+TRICKY_NUMBERS = [0.1, 1e-05, -0.25, 1 / 3, 5e-324, 1.7976931348623157e308, 1e16]
+
+
+def test_decisions_written_at_once_keep_every_character_and_number_exactly(db):
+    """Concurrent writes share a commit (the batch's values written into one statement on PostgreSQL)."""
+    rows = []
+    for n, (text, number) in enumerate(zip(TRICKY_TEXT * 2, TRICKY_NUMBERS * 3, strict=False)):
+        row = decision(f"t{n}-{text}")
+        row.update(record=json.dumps({"c": {"x": text}}), reward_action_id=text, probability=number)
+        row.update(explanation=text, model_version=None, deferred=n % 2)
+        rows.append(row)
+    rows.append(dict(rows[0]))  # the same event id twice: one goes in
+    with ThreadPoolExecutor(8) as pool:
+        went_in = list(pool.map(db.store.record_decision, rows))
+    assert sum(went_in) == len(rows) - 1
+    for row in rows:
+        stored = db.store.decision("cards", row["event_id"])
+        assert {k: stored[k] for k in row} == row
 
 
 def test_decisions_are_read_in_commit_order_with_their_rewards_in_the_order_received(db):
@@ -154,6 +176,20 @@ def test_a_loops_api_configuration_round_trips(db):
         "policy": None,
         "updated_at": T1,
     }
+
+
+def test_a_workers_look_gives_the_loops_configuration_and_model_stamp_as_they_are_read_apart(db):
+    models = db.database.models
+    assert db.store.look("cards", models) == (None, None)
+    models.publish("cards", b"model 1")
+    assert db.store.look("cards", models) == (None, models.stamp("cards"))
+    db.store.save_loop_config("cards", None, '{"name": "p"}', T1)
+    stamp = models.stamp("cards")
+    assert db.store.look("cards", models) == (db.store.loop_config("cards"), stamp)
+    models.publish("cards", b"model 2")
+    config, newer = db.store.look("cards", models)
+    assert newer == models.stamp("cards") != stamp and config["policy"] == '{"name": "p"}'
+    assert db.store.look("other", models) == (None, None)
 
 
 def test_an_outbox_message_is_kept_once_per_key_claimed_once_and_settled_only_from_sending(db):

@@ -134,6 +134,55 @@ def ccb_line(head: dict[str, Any], c: str | dict[str, Any], tail: dict[str, Any]
     return front + '"c":' + (c if isinstance(c, str) else _dumps(c)) + "," + _dumps(tail)[1:]
 
 
+def record_problem(line: Any) -> str | None:
+    """Why a logged record cannot be learned as the server writes records, or None when it can.
+
+    The server never writes such a record; a bad copy or a manual edit of the log can. Checked: the whole line
+    is one JSON object with ``c`` and its non-empty ``_multi``; single-slot: ``a`` orders every action once
+    (1-based) and ``p`` has a probability in [0, 1] for each, the chosen one above 0; multi-slot: ``c`` has
+    ``_slots``, and each ``_outcomes`` entry names its slot and orders actions of ``_multi`` (0-based) with a
+    probability for each, the chosen one above 0.
+    """
+    if not isinstance(line, str):
+        return f"the record is {type(line).__name__}, not JSON text"
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    if not isinstance(record, dict) or not isinstance(record.get("c"), dict):
+        return "no context object c"
+    multi = record["c"].get("_multi")
+    if not isinstance(multi, list) or not multi or not all(isinstance(action, dict) for action in multi):
+        return "no actions in c._multi"
+    n = len(multi)
+
+    def ranking(actions: Any, probabilities: Any, first: int, what: str) -> str | None:
+        if not isinstance(actions, list) or not actions or not all(type(i) is int for i in actions):
+            return f"{what}: the actions are not a list of indices"
+        if len(set(actions)) != len(actions) or not all(first <= i < n + first for i in actions):
+            return f"{what}: the actions {actions} are not distinct indices of the {n} actions"
+        if not isinstance(probabilities, list) or len(probabilities) != len(actions):
+            return f"{what}: not one probability per action"
+        if not all(type(q) in (int, float) and 0 <= q <= 1 for q in probabilities) or probabilities[0] <= 0:
+            return f"{what}: the probabilities {probabilities} are not in [0, 1] with the chosen one above 0"
+        return None
+
+    if "_outcomes" not in record:
+        if len(record.get("a") or ()) != n:
+            return f"a does not order the {n} actions"
+        return ranking(record.get("a"), record.get("p"), 1, "a, p")
+    outcomes, slots = record["_outcomes"], record["c"].get("_slots")
+    if not isinstance(outcomes, list) or not outcomes or not isinstance(slots, list) or len(slots) != len(outcomes):
+        return "the slots (c._slots) and their _outcomes do not match"
+    for k, outcome in enumerate(outcomes):
+        if not isinstance(outcome, dict) or not isinstance(outcome.get("_id"), str):
+            return f"_outcomes[{k}] names no slot"
+        problem = ranking(outcome.get("_a"), outcome.get("_p"), 0, f"_outcomes[{k}]")
+        if problem:
+            return problem
+    return None
+
+
 def is_multislot(line: str) -> bool:
     """Whether a record is multi-slot (CCB). Feature names never start with '_', so the key is ours."""
     return '"_outcomes":[' in line

@@ -152,9 +152,9 @@ class Trainer:
     def run_once(self, now: datetime | None = None) -> dict[str, Any]:
         """Learn every decision due at ``now`` in every loop, checkpoint, publish what is due.
 
-        Returns ``{"learned": n, "skipped": n, "loops": {loop: {"learned", "skipped",
-        "last_decision_id", "published"}}}`` with the counts of this call (``published``: the version
-        published by this call, or None).
+        Returns ``{"learned": n, "skipped": n, "malformed": n, "loops": {loop: {"learned", "skipped", "malformed",
+        "last_decision_id", "published"}}}`` with the counts of this call (``malformed``: the skipped decisions
+        whose record cannot be read; ``published``: the version published by this call, or None).
         """
         started = time.monotonic()
         now = now or datetime.now(UTC)
@@ -164,7 +164,7 @@ class Trainer:
         def clock() -> datetime:
             return now + timedelta(seconds=time.monotonic() - started)
 
-        report = {name: {"learned": 0, "skipped": 0, "published": None} for name in self.settings.loops}
+        report = {name: {"learned": 0, "skipped": 0, "malformed": 0, "published": None} for name in self.settings.loops}
         pending = list(self.settings.loops)
         while pending:
             more = []
@@ -196,6 +196,7 @@ class Trainer:
         return {
             "learned": sum(r["learned"] for r in report.values()),
             "skipped": sum(r["skipped"] for r in report.values()),
+            "malformed": sum(r["malformed"] for r in report.values()),
             "loops": report,
         }
 
@@ -309,6 +310,18 @@ class Trainer:
             label = outcome.reward if outcome is not None and outcome.learn else None
             if label is not None and (outcome.slots is not None) != loop.multislot:
                 label = None  # logged under a policy of the other kind (single- or multi-slot): not learnable
+            problem = outcome.malformed if outcome is not None else None
+            if label is not None and problem is None:
+                problem = dsjson.record_problem(record)
+            if problem is not None:  # never written by the server: a bad copy or edit; skipped, left in the log
+                log.error(
+                    "loop %s: decision %d skipped, not learned: its record is malformed: %s",
+                    loop.name,
+                    decision_id,
+                    problem,
+                )
+                report["malformed"] += 1
+                label = None
             if label is not None:
                 try:
                     if mode == "Apprentice":
@@ -319,7 +332,7 @@ class Trainer:
                         vwcalls.learn(ws, dsjson.labeled_slots(record, list(outcome.slots)))
                     else:
                         vwcalls.learn(ws, dsjson.labeled(record, label))
-                except RuntimeError as exc:  # VW refused the record: learning it can never succeed
+                except (RuntimeError, ValueError, LookupError, TypeError) as exc:  # it never can be: skipped
                     log.error("loop %s: decision %d cannot be learned: %s", loop.name, decision_id, exc)
                     label = None
                 else:

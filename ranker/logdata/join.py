@@ -53,6 +53,8 @@ class Outcome(NamedTuple):
     # multi-slot: each filled slot's reward, in the record's ``_outcomes`` order, found as ``reward`` is for a
     # single slot; ``reward`` is then their mean. None for a single-slot decision.
     slots: tuple[float, ...] | None = None
+    # why the record cannot be read (a bad copy or a manual edit of the log): then nothing is learned from it
+    malformed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,16 @@ class RewardJoin:
         learn = shown and mode != "LoggingOnly"
         if not dsjson.is_multislot(record):
             return Outcome(self._combine([value for value, _ in counted]), shown, learn)
-        slots = tuple(
-            self._combine([value for value, slot in counted if slot == outcome["_id"]])
-            for outcome in dsjson.split_multislot(record)[1]["_outcomes"]
-        )
-        return Outcome(sum(slots) / len(slots), shown, learn, slots)
+        try:
+            outcomes = dsjson.split_multislot(record)[1]["_outcomes"]
+            slots = tuple(
+                self._combine([value for value, slot in counted if slot == outcome["_id"]]) for outcome in outcomes
+            )
+            reward = sum(slots) / len(slots)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            problem = f"its slots cannot be read ({type(exc).__name__}: {exc})"
+            return Outcome(self.default_reward, shown, False, (), problem)
+        return Outcome(reward, shown, learn, slots)
 
     def _combine(self, values: list[float]) -> float:
         return aggregate(values, self.aggregation) if values else self.default_reward

@@ -57,6 +57,21 @@ def on_starting(server) -> None:
     prepare_multiprocess_dir()
 
 
+def post_worker_init(worker) -> None:
+    """In each worker, once forked and its app loaded: look for new models and configuration in a thread of its
+    own, never inside a request (a thread started before the fork would not exist in the worker)."""
+    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("ranker")
+    if service is not None:
+        service.start_refresher()
+
+
+def worker_exit(server, worker) -> None:
+    """In the worker, once it stopped serving (SIGTERM, a reload, max requests): stop its refresher."""
+    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("ranker")
+    if service is not None:
+        service.stop_refresher()
+
+
 def child_exit(server, worker) -> None:
     from ranker.server.metrics import worker_exited
 

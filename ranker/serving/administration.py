@@ -80,8 +80,7 @@ def _change_config(service: Service, loop: Loop, change) -> None:
         if after != before:
             # Serve a fresh model now; the trainer sees the new fingerprint and retrains from the retained log.
             service.models.publish(loop.name, fresh_model(arguments))
-    loop.checked_at = 0.0  # this worker applies it now; the others within REFRESH_SECONDS
-    service.refresh(loop)
+    service.refresh(loop, now=True)  # this worker applies it now; the others within REFRESH_SECONDS
 
 
 def export_model(service: Service, loop: Loop) -> bytes:
@@ -127,8 +126,7 @@ def _replace_model(service: Service, loop: Loop, model: bytes, fingerprint: str)
     version = service.store.reset_learning(  # publish() runs in the store's writer thread, in its transaction
         loop.name, fingerprint, model, lambda conn: service.models.publish(loop.name, model, conn)
     )
-    loop.checked_at = 0.0
-    service.refresh(loop)
+    service.refresh(loop, now=True)
     return version
 
 

@@ -33,7 +33,7 @@ from .slots import choose_slots, slot_options
 log = logging.getLogger("ranker")
 
 _NO_RULES = json.dumps(explain.logged(rules.Verdict([], [], {}, {}), {}))  # a decision no rule touched
-REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat)
+REFRESH_SECONDS = 0.1  # how often a loop looks for new configuration (one query) and models (one stat or query)
 RELEASE_WAIT_SECONDS = 0.5  # how long a model load waits for requests to let go of the replaced model
 
 
@@ -79,6 +79,7 @@ class Loop:
     model_stamp: tuple[int, int] | None = None
     checked_at: float = 0.0
     loading: threading.Lock = field(default_factory=threading.Lock)
+    refreshing: threading.Lock = field(default_factory=threading.Lock)  # one look for changes at a time
 
 
 @dataclass(slots=True)
@@ -143,6 +144,8 @@ class Service:
         self._keys = [
             (bytes.fromhex(key.sha256), name, key.role) for name, loop in settings.loops.items() for key in loop.keys
         ]
+        self._refresher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -181,18 +184,26 @@ class Service:
     def stored_config(self, name: str) -> dict[str, Any] | None:
         return self.store.loop_config(name)
 
-    def refresh(self, loop: Loop) -> None:
+    def refresh(self, loop: Loop, now: bool = False) -> None:
         """Apply configuration changed through the API, and start loading a newly published model.
 
-        At most every REFRESH_SECONDS per loop: one query of ``loop_config`` and one stat of the model
-        pointer (on PostgreSQL, one read of ``model_current``). Requests go on with the model in hand while a
-        new one loads.
+        With the process's refresher running (:meth:`start_refresher`, a serving worker) requests never look:
+        the refresher does, every REFRESH_SECONDS. Without it (the Flask test client, the trainer's copy of
+        the service) a request looks at most every REFRESH_SECONDS per loop. ``now``: look at once, whatever
+        the time (after this process changed the configuration or the model). A look is one query of
+        ``loop_config`` and one stat of the model pointer (on PostgreSQL, one query of both).
+        Requests go on with the model in hand while a new one loads.
         """
-        now = time.monotonic()
-        if now - loop.checked_at < REFRESH_SECONDS:
-            return
-        loop.checked_at = now
-        row = self.stored_config(loop.name)
+        if not now:
+            if self._refresher is not None or time.monotonic() - loop.checked_at < REFRESH_SECONDS:
+                return
+        with loop.refreshing:
+            self._look(loop)
+
+    def _look(self, loop: Loop) -> None:
+        """One look for the loop's new configuration and model (called holding ``loop.refreshing``)."""
+        loop.checked_at = time.monotonic()
+        row, model_stamp = self.store.look(loop.name, self.models)  # on PostgreSQL one round trip
         if (row and row["updated_at"]) != loop.config_stamp:
             try:
                 settings, policy, stamp = loopconfig.effective(self.settings, loop.name, row)
@@ -207,10 +218,47 @@ class Service:
                     loop.arguments, loop.engine, loop.model_stamp = arguments, engine, None
                     release_memory()
                 log.info("loop %s: configuration of %s applied", loop.name, loop.config_stamp)
-        stamp = self.models.stamp(loop.name)
-        if stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
+        if model_stamp == loop.model_stamp or not loop.loading.acquire(blocking=False):
             return
-        threading.Thread(target=self._load_published, args=(loop, stamp), daemon=True).start()
+        threading.Thread(target=self._load_published, args=(loop, model_stamp), daemon=True).start()
+
+    def start_refresher(self) -> None:
+        """Look for every loop's new configuration and model in a thread of this process, every REFRESH_SECONDS,
+        so that no request waits for the look (a round trip on PostgreSQL, a GIL hand-off at least).
+
+        A serving worker starts it after gunicorn forked it (a thread does not survive a fork) and stops it
+        when it exits (:meth:`stop_refresher`). Starting it twice starts one thread.
+        """
+        if self._refresher is not None:
+            return
+        self._stopping.clear()
+        self._refresher = threading.Thread(target=self._refresh_forever, name="ranker-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop_refresher(self, timeout: float = 2.0) -> None:
+        """Stop the refresher (a look in progress ends first); requests then look for themselves again."""
+        thread = self._refresher
+        if thread is None:
+            return
+        self._stopping.set()
+        thread.join(timeout)
+        self._refresher = None
+
+    def _refresh_forever(self) -> None:
+        failing: set[str] = set()  # loops whose last look failed: one log line per outage, not ten a second
+        while not self._stopping.wait(REFRESH_SECONDS):
+            for loop in self.loops.values():
+                try:
+                    with loop.refreshing:
+                        self._look(loop)
+                except Exception as exc:  # the refresher outlives any one look (the store may be unavailable)
+                    if loop.name not in failing:
+                        failing.add(loop.name)
+                        log.error("loop %s: cannot look for a new configuration or model: %s", loop.name, exc)
+                else:
+                    if loop.name in failing:
+                        failing.discard(loop.name)
+                        log.info("loop %s: looking for a new configuration and model again", loop.name)
 
     def _load_published(self, loop: Loop, stamp: tuple[int, int] | None) -> None:
         """Swap in the published model the pointer names (called holding ``loop.loading``)."""

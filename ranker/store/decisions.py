@@ -178,6 +178,11 @@ class DecisionLog:
         rows = self.read(LOOP_CONFIG_SELECT, (loop,))
         return rows[0] if rows else None
 
+    def look(self, loop: str, models: Any) -> tuple[dict[str, Any] | None, Any]:
+        """What a serving worker looks at for changes (every 0.1 s): the loop's configuration set through the
+        API (:meth:`loop_config`) and the stamp of its model pointer (``models.stamp``)."""
+        return self.loop_config(loop), models.stamp(loop)
+
     def save_loop_config(self, loop: str, service: str | None, policy: str | None, updated_at: str) -> None:
         """Store the loop's configuration set through the API (JSON texts; None for none)."""
         self.write(lambda conn: save_loop_config(conn, loop, service, policy, updated_at))

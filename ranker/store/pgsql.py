@@ -8,12 +8,13 @@ differs, so callers never branch on the engine.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import Escaping, TransactionStatus
 
 from .decisions import timestamp
 
@@ -346,3 +347,31 @@ def migrate(url: str) -> list[str]:
                     (name, timestamp(datetime.now(UTC))),
                 )
     return [name for name, _ in pending]
+
+
+def literals(rows: list[tuple], escaping: Escaping, encoding: str) -> str | None:
+    """``rows`` as SQL ``(literal, ...), (...)``; None when a value is not text, a whole number, a finite
+    float or None, or is text PostgreSQL cannot hold (a NUL) or the connection's encoding cannot write: the
+    statement-by-statement path then binds it and answers as it always did."""
+    out = []
+    for row in rows:
+        words = []
+        for value in row:
+            kind = type(value)
+            if kind is str:
+                if "\x00" in value:
+                    return None
+                try:
+                    words.append(escaping.escape_literal(value.encode(encoding)).decode(encoding))
+                except (UnicodeError, psycopg.Error):
+                    return None
+            elif value is None:
+                words.append("NULL")
+            elif kind is int:
+                words.append(str(value))
+            elif kind is float and math.isfinite(value):
+                words.append(repr(value))  # the shortest text that reads back as the same double
+            else:
+                return None
+        out.append("(" + ", ".join(words) + ")")
+    return ", ".join(out)
