@@ -4,16 +4,25 @@ A loop's ``entities`` setting says where each entity id sits in the context (``{
 the entity's values are merged into the object holding the id, what the caller sent winning. The merged
 context is what the rules test, what VW sees and what the decision record logs.
 
-Cost on the Rank path: one indexed query for the entities of the request (their version), and, only when an
-entity changed since this worker last computed it (a new event, an attribute update, a rebuild) or a UTC day
-boundary passed (windows move by days), a read of its attributes and buckets. Feature values then come from the worker's
-cache; they are exact, not stale, because every change they depend on raises the version.
+Cost on the Rank path: the entity's version (raised by every change its values depend on: a new event, an
+attribute update, a rebuild), read in one indexed query for the entities of the request, and only when this
+worker has not read it within ``signals.recheck_seconds`` (at most 1 s); and, only when the version moved or a
+UTC day boundary passed (windows move by days), a read of its attributes and buckets. Feature values then come
+from the worker's cache. Any SQL on the Rank path costs tens of microseconds, most of it because SQLite drops a
+connection's page cache whenever another connection committed, which the decision log does at every Rank.
+
+What a Rank can miss: a change made through another worker or process in the last ``recheck_seconds``. A change
+made through this worker (ingestion, PUT/PATCH/DELETE of an entity, an import, a rebuild) drops the versions it
+touched, so this worker's next Rank reads them again; a version read while such a change was being made is not
+kept.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +42,49 @@ class Enricher:
         days = [f.days(settings.retention_days) for f in settings.features if f.from_events]
         self.days = max(days, default=0)
         self._cache: dict[tuple[str, str], tuple[int, int, dict[str, Any], dict[str, float]]] = {}
+        # versions as read (None: unknown entity) and the monotonic time their read began
+        self._checked: dict[tuple[str, str], tuple[int | None, float]] = {}
+        self._changes = 0  # changes made through this worker so far (see versions)
         self._lock = threading.Lock()
+
+    def versions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+        """The entities' versions (None: unknown): those this worker read within ``recheck_seconds`` as read,
+        the others in one query."""
+        recheck = self.settings.recheck_seconds
+        since = time.monotonic() - recheck
+        versions: dict[tuple[str, str], int | None] = {}
+        unread = []
+        for key in keys:
+            checked = self._checked.get(key)
+            if checked is not None and checked[1] > since:
+                versions[key] = checked[0]
+            else:
+                unread.append(key)
+        if not unread:
+            return versions
+        started, changes = time.monotonic(), self._changes
+        read = self.store.versions(unread)
+        fresh = {key: read.get(key) for key in unread}
+        versions.update(fresh)
+        if recheck and self.settings.cache_entities:
+            with self._lock:
+                if self._changes == changes:  # else a change through this worker may have come after the read
+                    if len(self._checked) + len(fresh) > self.settings.cache_entities:
+                        self._checked.clear()
+                    for key, version in fresh.items():
+                        self._checked[key] = (version, started)
+        return versions
+
+    def changed(self, keys: Iterable[tuple[str, str]] | None = None) -> None:
+        """Entities just changed through this worker (every entity when None): the next Rank naming one reads
+        its version again. Call it once the change is committed (or failed)."""
+        with self._lock:
+            self._changes += 1
+            if keys is None:
+                self._checked.clear()
+            else:
+                for key in keys:
+                    self._checked.pop(key, None)
 
     def values(self, entity: str, entity_id: str, version: int, now_ns: int, row: dict[str, Any] | None = None):
         """(values, times) of an entity at ``version``: attributes and features, and the epoch seconds of the
@@ -72,8 +123,8 @@ class Enricher:
                 wanted.append((entity, entity_id, path.rpartition(".")[0]))
         if not wanted:
             return context, None
-        versions = self.store.versions([(e, i) for e, i, _ in wanted])
-        if not versions:
+        versions = self.versions([(e, i) for e, i, _ in wanted])
+        if not any(version is not None for version in versions.values()):
             return context, None
         now_s = now.timestamp()
         now_ns = int(now_s * 1e9)
