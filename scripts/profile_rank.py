@@ -14,8 +14,13 @@ worker's other threads, from /proc. "framework beyond null" is Rank's framework 
 A wrapper's own cost (two reads of the thread clock) is measured in each worker and taken off its piece and its
 caller; the figures still run a few percent above an unprofiled server's, which the script also shows.
 
+With ``--enrichment`` it loads instead the three variants of ``bench_rank.py --enrichment`` in turn (plain,
+enriched, inline: see there) on a server with its enrichment settings; the piece "enrichment" is the merge of the
+entities' values (``Enricher.enrich``).
+
 Example:
     python scripts/profile_rank.py --seconds 10 --rounds 2
+    python scripts/profile_rank.py --enrichment --seconds 5 --rounds 2
 """
 
 from __future__ import annotations
@@ -29,7 +34,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_rank import NULL_PATH, RANK_PATH, EventIds, Phase, closed_loop, connect, rank_body_parts, start_server
+from bench_rank import (
+    NULL_PATH,
+    RANK_PATH,
+    EventIds,
+    Phase,
+    closed_loop,
+    connect,
+    enrichment_config,
+    enrichment_variants,
+    http_call,
+    rank_body_parts,
+    start_server,
+)
 
 from ranker.harness import cpu_seconds
 
@@ -41,6 +58,7 @@ REQUEST_PIECES = [
     "feature checks",
     "auth (key, loop)",
     "candidates, ids, timestamp",
+    "enrichment",
     "rules",
     "record building",
     "VW predict",
@@ -129,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds per endpoint, alternated (default 1)")
     parser.add_argument("--concurrency", type=int, default=24, help="closed-loop connections (default 24)")
     parser.add_argument("--threads", type=int, help="RANKER_THREADS for the server (default: the setting's)")
+    parser.add_argument(
+        "--enrichment",
+        action="store_true",
+        help="profile bench_rank's --enrichment variants (plain, enriched, inline) instead of null and Rank",
+    )
     args = parser.parse_args(argv)
-    parts = rank_body_parts()
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
         site = Path(tmp) / "site"
         site.mkdir()
@@ -142,11 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROFILE_RANK_OUT"] = str(out)
         data = Path(tmp) / "data"
         data.mkdir()
-        server = start_server(data, None, args.threads)
+        server = start_server(data, None, args.threads, enrichment_config() if args.enrichment else None)
         try:
-            runs: dict[str, list] = {"null": [], "rank": []}
+            if args.enrichment:
+                loads = [(name, RANK_PATH, parts) for name, parts in enrichment_variants(http_call(server)).items()]
+            else:
+                loads = [("null", NULL_PATH, rank_body_parts()), ("rank", RANK_PATH, rank_body_parts())]
+            runs: dict[str, list] = {name: [] for name, _, _ in loads}
             for _ in range(args.rounds):
-                for name, path in (("null", NULL_PATH), ("rank", RANK_PATH)):
+                for name, path, parts in loads:
                     runs[name] += asyncio.run(load(server, path, parts, args.seconds, args.concurrency, out, 1))
         finally:
             server.stop()
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     for piece in ORDER + ["wrappers' own cost", "trainer and gunicorn master", "whole server"]:
         print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
     print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
-    for name in ("rank",):
+    for name in ("rank",) if "null" in runs else ():
         for (_, _, rank), (_, _, null) in zip(
             [c for c in columns if c[0] == name], [c for c in columns if c[0] == "null"], strict=False
         ):
