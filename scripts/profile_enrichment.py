@@ -11,7 +11,9 @@ writer thread's INSERT and COMMIT):
 
 - plain: the bench body on the loop without enrichment;
 - enriched: ids only, on the loop that adds the entities' attributes and features;
-- enriched, recheck 0: the same with ``signals.recheck_seconds = 0``, the versions read at every Rank;
+- enriched, recheck 0: the same with ``signals.recheck_seconds = 0``, the versions read at every Rank (left out
+  when the code measured has no such setting: run the script against an earlier tree, ``PYTHONPATH=<tree>``, to
+  compare with it);
 - inline: the plain loop with the merged context sent by the caller.
 
 Then, in tight loops: the enrichment alone (``Enricher.enrich``), VW's parse and predict and the record's JSON
@@ -38,7 +40,7 @@ from ranker.core import dsjson, vwcalls
 from ranker.core.schemas import RankRequest
 from ranker.core.settings import load_settings
 
-VARIANTS = ("plain", "enriched", "enriched, recheck 0", "inline")
+ALL_VARIANTS = ("plain", "enriched", "enriched, recheck 0", "inline")
 
 
 def per_call(fn, n: int) -> float:
@@ -60,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     client = app.test_client()
     service = app.extensions["ranker"]
     signals = service.signals
-    recheck = signals.settings.recheck_seconds
+    recheck = getattr(signals.settings, "recheck_seconds", None)
+    variants = [name for name in ALL_VARIANTS if recheck is not None or "recheck" not in name]
+
+    def set_recheck(seconds: float | None) -> None:
+        if recheck is not None:
+            signals.settings.recheck_seconds = seconds
 
     def call(method: str, path: str, body: dict | None = None):
         answer = client.open(path, method=method, json=body, headers={"Ocp-Apim-Subscription-Key": SIGNALS_KEY})
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         """One Rank of a variant: nanoseconds of this thread's CPU and of the process's."""
         nonlocal counter
         loop, (head, tail, _key), seconds = runs[name]
-        signals.settings.recheck_seconds = seconds
+        set_recheck(seconds)
         counter += 1
         body = head + f"profile-{counter}".encode() + tail
         thread, process = time.thread_time_ns(), time.process_time_ns()
@@ -89,18 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         return time.thread_time_ns() - thread, time.process_time_ns() - process
 
     for _ in range(max(args.requests // 4, 20)):  # warm-up
-        for name in VARIANTS:
+        for name in variants:
             rank(name)
-    measured: dict[str, list[tuple[int, int]]] = {name: [] for name in VARIANTS}
+    measured: dict[str, list[tuple[int, int]]] = {name: [] for name in variants}
     for i in range(args.requests):
-        for name in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
+        for name in variants if i % 2 == 0 else reversed(variants):
             measured[name].append(rank(name))
-    signals.settings.recheck_seconds = recheck
+    set_recheck(recheck)
 
     print(f"µs of CPU per Rank over {args.requests} Ranks of each variant, one of each in turn")
     print("  variant                 thread median  process median  thread mean  process mean")
     stats = {}
-    for name in VARIANTS:
+    for name in variants:
         thread, process = ([m[k] / 1000 for m in measured[name]] for k in (0, 1))
         stats[name] = (statistics.median(thread), statistics.median(process))
         print(
@@ -108,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.mean(process):12.1f}"
         )
     plain = stats["plain"]
-    for a, b in (("enriched", "plain"), ("enriched, recheck 0", "plain"), ("enriched", "inline"), ("inline", "plain")):
+    pairs = [("enriched", "plain"), ("enriched, recheck 0", "plain"), ("enriched", "inline"), ("inline", "plain")]
+    for a, b in (pair for pair in pairs if pair[0] in variants):
         thread, process = (stats[a][k] - stats[b][k] for k in (0, 1))
         print(
             f"  {a} - {b}: {thread:+6.1f} µs thread ({100 * thread / plain[0]:+.1f} % of plain), "
@@ -121,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now(UTC)
     enricher = signals.enricher
     print("tight loops, µs of CPU per call")
-    for seconds in (recheck, 0.0):
-        signals.settings.recheck_seconds = seconds
+    for seconds in (recheck, 0.0) if recheck is not None else (None,):
+        set_recheck(seconds)
         cost = per_call(lambda: enricher.enrich(loop.settings.entities, context, now, False), 2000)
-        print(f"  Enricher.enrich, 2 entities, recheck_seconds = {seconds:g}: {cost:.1f}")
-    signals.settings.recheck_seconds = recheck
+        setting = "" if seconds is None else f", recheck_seconds = {seconds:g}"
+        print(f"  Enricher.enrich, 2 entities{setting}: {cost:.1f}")
+    set_recheck(recheck)
     merged, _ = enricher.enrich(loop.settings.entities, context, now, False)
     plain_request = RankRequest.model_validate_json(bodies["plain"][0] + b"x" + bodies["plain"][1])
     plain_context = dsjson.merge(plain_request.contextFeatures, "contextFeatures")
