@@ -46,8 +46,9 @@ class Enricher:
         # versions as read (None: unknown entity) and the monotonic time their read began
         self._checked: dict[tuple[str, str], tuple[int | None, float]] = {}
         self._changes = 0  # changes made through this worker so far (see versions)
-        # the cached values' signal times with their paths under a namespace (see _prefixed)
+        # loops' entity paths, split (see _paths)
         self._splits: dict[int, tuple[dict[str, str], list[tuple[str, str, tuple[str, ...], str]]]] = {}
+        # the cached values' signal times with their paths under a namespace (see _prefixed)
         self._prefixes: dict[tuple[str, int], tuple[dict[str, float], dict[str, float]]] = {}
         self._lock = threading.Lock()
 
