@@ -617,17 +617,23 @@ def enrichment_config() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _post(url: str, data: bytes, content_type: str, method: str = "POST") -> None:
-    request = urllib.request.Request(
-        url, data, {"Content-Type": content_type, "Ocp-Apim-Subscription-Key": SIGNALS_KEY}, method=method
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        response.read()
+def http_call(server: Server):
+    """``call(method, path, body)`` over HTTP with the signals key: the answer's JSON (None when empty)."""
+
+    def call(method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Ocp-Apim-Subscription-Key": SIGNALS_KEY}
+        request = urllib.request.Request(server.url + path, data, headers, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = response.read()
+        return json.loads(answer) if answer else None
+
+    return call
 
 
-def seed(server: Server, account: str, user: str, events: int = 600) -> dict:
-    """Attributes and 30 days of events for the entities the enriched Rank names; the context the
-    server then builds (what the inline variant sends itself)."""
+def seed(call, account: str, user: str, events: int = 600) -> dict:
+    """Attributes and 30 days of events for the entities the enriched Rank names, sent with ``call(method,
+    path, body)`` (see http_call); the context the server then builds (what the inline variant sends itself)."""
     now = time.time_ns()
     rng = random.Random(7)
     records = []
@@ -641,45 +647,28 @@ def seed(server: Server, account: str, user: str, events: int = 600) -> dict:
                 + [{"key": "rows", "value": {"intValue": str(rng.randrange(1, 1000))}}],
             }
         )
-    body = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
-    _post(server.url + "/v1/logs", json.dumps(body).encode(), "application/json")
+    call("POST", "/v1/logs", {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]})
     attributes = {
         "plan": "enterprise",
         "segment": "fintech",
         "csm": "ana",
         "contract": {"renewalDate": "2027-06-30", "startDate": "2023-07-01"},
     }
-    _post(
-        server.url + f"/entities/account/{account}",
-        json.dumps({"attributes": attributes}).encode(),
-        "application/json",
-        "PUT",
-    )
+    call("PUT", f"/entities/account/{account}", {"attributes": attributes})
     user_attributes = {"role": "admin", "contract": {"renewalDate": "2027-06-30", "startDate": "2024-01-01"}}
-    _post(
-        server.url + f"/entities/user/{user}",
-        json.dumps({"attributes": user_attributes}).encode(),
-        "application/json",
-        "PUT",
-    )
+    call("PUT", f"/entities/user/{user}", {"attributes": user_attributes})
     merged = {}
     for entity, entity_id in (("account", account), ("user", user)):
-        request = urllib.request.Request(
-            server.url + f"/entities/{entity}/{entity_id}", headers={"Ocp-Apim-Subscription-Key": SIGNALS_KEY}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            view = json.loads(response.read())
+        view = call("GET", f"/entities/{entity}/{entity_id}")
         values = {name: f["value"] for name, f in view["features"].items() if f["value"] is not None}
         merged[entity] = {**view["attributes"], **values}
     return merged
 
 
-async def enrichment_benchmark(server: Server, args) -> tuple[dict[str, list[Phase]], int]:
-    """Rank on the plain loop, on the enriched loop (ids only, the server adds 2 x 20 features and the
-    attributes) and on the plain loop with the same merged context sent inline, interleaved round by round.
-    Returns the phases by variant and the 201s of the warm-up."""
-    account, user = "acct-bench", "user-bench"
-    merged = seed(server, account, user)
+def enrichment_variants(call, account: str = "acct-bench", user: str = "user-bench") -> dict[str, tuple]:
+    """Seed the entities; the three variants' ``(body head, body tail, key)``: plain, enriched (ids only, the
+    server adds 2 x 20 features and the attributes) and inline (the plain loop, the merged context sent)."""
+    merged = seed(call, account, user)
     base = CONTEXT[0]
     enriched_context = [{**base, "account": {**base["account"], "id": account}, "user": {"id": user}}]
     inline_context = [
@@ -689,11 +678,18 @@ async def enrichment_benchmark(server: Server, args) -> tuple[dict[str, list[Pha
             "user": {**merged["user"], "id": user},
         }
     ]
-    variants = {
+    return {
         "plain": (*rank_body_parts(), PLAIN_KEY),
         "enriched": (*rank_body_parts(enriched_context), ENRICHED_KEY),
         "inline": (*rank_body_parts(inline_context), PLAIN_KEY),
     }
+
+
+async def enrichment_benchmark(server: Server, args) -> tuple[dict[str, list[Phase]], int]:
+    """Rank on the plain loop, on the enriched loop and on the plain loop with the same merged context sent
+    inline (see enrichment_variants), interleaved round by round. Returns the phases by variant and the 201s
+    of the warm-up."""
+    variants = enrichment_variants(http_call(server))
     run_id = os.urandom(4).hex()
     ids = EventIds(f"bench-{run_id}")
     port, n, s = server.port, args.requests, args.duration

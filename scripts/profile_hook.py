@@ -103,6 +103,7 @@ def install() -> None:
     from ranker.core import dsjson, rules, schemas
     from ranker.server import api, http_worker, meta, metrics
     from ranker.serving import engine, explain, service, vwfeatures
+    from ranker.signals import enrich
     from ranker.store import decisions, sqlite
 
     try:
@@ -123,6 +124,7 @@ def install() -> None:
     _patch(service.Service, "rank", "Service.rank's own lines")
     _patch(service.Service, "rank_multislot", "Service.rank's own lines")
     _patch(service.Service, "reward", "Service.reward's own lines")
+    _patch(enrich.Enricher, "enrich", "enrichment")
     _patch(rules, "apply", "rules")
     for name in ("context_json", "decision_line", "multislot_line", "with_slots"):
         _patch(dsjson, name, "record building")

@@ -17,12 +17,17 @@ caller; the figures still run a few percent above an unprofiled server's, which 
 With ``--explain`` it serves a trained model (as ``scripts/bench_rank.py --explain`` does) and profiles Rank with
 explanations off and on (``explained``), switched through ``PUT configurations/service`` between the phases.
 
+With ``--enrichment`` it loads instead the three variants of ``bench_rank.py --enrichment`` in turn (plain,
+enriched, inline: see there) on a server with its enrichment settings; the piece "enrichment" is the merge of the
+entities' values (``Enricher.enrich``).
+
 The workers' threads are also listed by name ("thread ..."), each with all the CPU it used (on PostgreSQL:
 psycopg_pool's threads, the refresher that looks for new models).
 
 Example:
     python scripts/profile_rank.py --seconds 10 --rounds 2
     python scripts/profile_rank.py --explain --seconds 6 --rounds 2
+    python scripts/profile_rank.py --enrichment --seconds 5 --rounds 2
     python scripts/profile_rank.py --seconds 10 --database-url 'postgresql://postgres@/bench?host=/tmp/pg'
 """
 
@@ -44,7 +49,10 @@ from bench_rank import (
     Phase,
     closed_loop,
     connect,
+    enrichment_config,
+    enrichment_variants,
     explanations,
+    http_call,
     rank_body_parts,
     serve_trained_model,
     start_server,
@@ -60,6 +68,7 @@ REQUEST_PIECES = [
     "feature checks",
     "auth (key, loop)",
     "candidates, ids, timestamp",
+    "enrichment",
     "rules",
     "record building",
     "VW predict",
@@ -162,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve a trained model (as bench_rank --explain) and also profile Rank with explanations on",
     )
+    parser.add_argument(
+        "--enrichment",
+        action="store_true",
+        help="profile bench_rank's --enrichment variants (plain, enriched, inline) instead of null and Rank",
+    )
     parser.add_argument("--database-url", help="serve from this PostgreSQL database (default: SQLite)")
     args = parser.parse_args(argv)
-    parts = rank_body_parts()
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
         site = Path(tmp) / "site"
         site.mkdir()
@@ -177,15 +190,20 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         data.mkdir()
         more = {"database_url": args.database_url} if args.database_url else {}
-        server = start_server(data, None, args.threads, **more)
+        server = start_server(data, None, args.threads, enrichment_config() if args.enrichment else None, **more)
         try:
-            phases = [("null", NULL_PATH, None), ("rank", RANK_PATH, False)]
-            if args.explain:
-                serve_trained_model(server)
-                phases.append(("explained", RANK_PATH, True))
-            runs: dict[str, list] = {name: [] for name, _, _ in phases}
+            if args.enrichment:
+                loads = [
+                    (name, RANK_PATH, parts, None) for name, parts in enrichment_variants(http_call(server)).items()
+                ]
+            else:
+                loads = [("null", NULL_PATH, rank_body_parts(), None), ("rank", RANK_PATH, rank_body_parts(), False)]
+                if args.explain:
+                    serve_trained_model(server)
+                    loads.append(("explained", RANK_PATH, rank_body_parts(), True))
+            runs: dict[str, list] = {name: [] for name, _, _, _ in loads}
             for _ in range(args.rounds):
-                for name, path, explaining in phases:
+                for name, path, parts, explaining in loads:
                     if explaining is not None and args.explain:
                         explanations(server, explaining)
                     runs[name] += asyncio.run(load(server, path, parts, args.seconds, args.concurrency, out, 1))
@@ -200,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
     print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
-    for name in ("rank", "explained"):
+    for name in ("rank", "explained") if "null" in runs else ():
         for (_, _, rank), (_, _, null) in zip(
             [c for c in columns if c[0] == name], [c for c in columns if c[0] == "null"], strict=False
         ):

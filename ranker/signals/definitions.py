@@ -115,6 +115,14 @@ class SignalSettings(BaseModel):
     cache_entities: int = Field(
         10_000, ge=0, description="Entities whose computed features each worker keeps between Ranks (0: none)."
     )
+    recheck_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="How long a worker serves an entity's cached values before it reads the entity's version "
+        "again (0: at every Rank); a change made through another process shows within this time, one made "
+        "through the same worker at once.",
+    )
     features: list[Feature] = Field(default_factory=list, description="Feature definitions ([[signals.features]]).")
 
     @model_validator(mode="after")

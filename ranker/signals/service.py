@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..store import Store, parse_time, timestamp
-from ..store.signals import OutOfOrder, SignalStore
+from ..store.signals import EventRow, OutOfOrder, SignalStore
 from .definitions import ENTITY_TYPES, SignalSettings
 from .enrich import Enricher
 from .entities import check_attributes, check_id, import_rows, merge_patch, replace
@@ -52,7 +52,12 @@ class Signals:
     def ingest(self, request: Any, now: datetime) -> Ingested:
         """Keep the events of an ``ExportLogsServiceRequest``, committed before this returns."""
         batch = extract(request, self.settings, self.definitions, ns(now))
-        new = self.store.record_events(batch.rows, batch.fold(self.kinds)) if batch.rows else 0
+        if not batch.rows:
+            return Ingested(batch.records, 0, batch.rejected, batch.message())
+        try:
+            new = self.store.record_events(batch.rows, batch.fold(self.kinds))
+        finally:
+            self.enricher.changed(_named(batch.rows))
         return Ingested(batch.records, new, batch.rejected, batch.message())
 
     # -- entities -------------------------------------------------------------------------------
@@ -65,7 +70,11 @@ class Signals:
         self.check_type(entity)
         check_id(entity_id)
         when = self.dated(at, now)
-        self.store.upsert_entity(entity, entity_id, replace(check_attributes(attributes), when), when, at is not None)
+        change = replace(check_attributes(attributes), when)
+        try:
+            self.store.upsert_entity(entity, entity_id, change, when, at is not None)
+        finally:
+            self.enricher.changed([(entity, entity_id)])
         return self.view(entity, entity_id, now)
 
     def patch(
@@ -76,7 +85,10 @@ class Signals:
         check_id(entity_id)
         when = self.dated(at, now)
         change = merge_patch(check_attributes(patch, patch=True), when)
-        self.store.upsert_entity(entity, entity_id, change, when, at is not None)
+        try:
+            self.store.upsert_entity(entity, entity_id, change, when, at is not None)
+        finally:
+            self.enricher.changed([(entity, entity_id)])
         return self.view(entity, entity_id, now)
 
     @staticmethod
@@ -94,7 +106,10 @@ class Signals:
 
     def delete(self, entity: str, entity_id: str) -> bool:
         self.check_type(entity)
-        return self.store.delete_entity(entity, entity_id)
+        try:
+            return self.store.delete_entity(entity, entity_id)
+        finally:
+            self.enricher.changed([(entity, entity_id)])
 
     def view(self, entity: str, entity_id: str, now: datetime, at: datetime | None = None) -> dict[str, Any] | None:
         """The entity's attributes and computed features now (as a Rank would add them) or as of ``at`` (from
@@ -143,25 +158,31 @@ class Signals:
         self.check_type(entity)
         stamp = self.dated(at, now)
         report: dict[str, Any] = {"imported": 0, "unchanged": 0, "errors": []}
-        for line, entity_id, attributes, error in import_rows(text, kind):
-            if error is not None:
-                report["errors"].append({"line": line, "error": error})
-                continue
-            try:
-                _, _, changed = self.store.upsert_entity(
-                    entity, entity_id, _import_change(attributes, stamp), stamp, at is not None
-                )
-            except OutOfOrder as exc:
-                report["errors"].append({"line": line, "error": str(exc)})
-                continue
-            report["imported" if changed else "unchanged"] += 1
+        try:
+            for line, entity_id, attributes, error in import_rows(text, kind):
+                if error is not None:
+                    report["errors"].append({"line": line, "error": error})
+                    continue
+                try:
+                    _, _, changed = self.store.upsert_entity(
+                        entity, entity_id, _import_change(attributes, stamp), stamp, at is not None
+                    )
+                except OutOfOrder as exc:
+                    report["errors"].append({"line": line, "error": str(exc)})
+                    continue
+                report["imported" if changed else "unchanged"] += 1
+        finally:
+            self.enricher.changed()  # the rows' entities
         return report
 
     # -- maintenance ----------------------------------------------------------------------------
 
     def rebuild(self) -> int:
         """Recompute every feature's buckets from the raw events; the number of events read."""
-        return self.store.rebuild(fold_stored(self.definitions, self.kinds))
+        try:
+            return self.store.rebuild(fold_stored(self.definitions, self.kinds))
+        finally:
+            self.enricher.changed()
 
     def prune(self, now: datetime) -> dict[str, int]:
         before = ns(now) - self.settings.retention_days * DAY_NS
@@ -180,6 +201,13 @@ def _import_change(attributes: dict[str, Any], at: str):
         return merged, new_times
 
     return change
+
+
+def _named(rows: list[EventRow]) -> set[tuple[str, str]]:
+    """The entities events name."""
+    return {("account", row[3]) for row in rows if row[3] is not None} | {
+        ("user", row[4]) for row in rows if row[4] is not None
+    }
 
 
 def _iso(epoch: float | None) -> str | None:
