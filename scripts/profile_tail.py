@@ -13,9 +13,10 @@ overlaps a slow Rank against how often it overlaps any Rank (a kind that lines u
 them far more often than the others); the longest events of each kind; and the worst episodes (slow Ranks
 close together) with what ran during each.
 
-``--variant NAME:VAR=VALUE,...`` (repeatable) runs the server with those variables set (e.g. ``TAIL_GC_FREEZE=1``,
-see ``tail_hook.py``; ``TREE=/path`` serves another source tree); variants alternate round by round, all at the
-same rate (``--rate``, or half the first variant's maximum measured at the start).
+``--variant NAME:VAR=VALUE,...`` (repeatable) runs the server with those variables set (``TAIL_GC_FREEZE=1``
+and others, see ``tail_hook.py``; ``RANKER_THREADS=4``, a setting; ``TREE=/path`` serves another source tree);
+variants alternate round by round, all at the same rate (``--rate``, or half the first variant's maximum measured
+at the start).
 
 Example:
     python scripts/profile_tail.py --seconds 12
@@ -119,15 +120,16 @@ def run_server(variant: dict[str, str], args, tmp: Path, site: Path, out: Path, 
     saved = dict(os.environ)
     tree = variant.get("TREE")
     here = str(Path(__file__).resolve().parent)
-    os.environ.update({k: v for k, v in variant.items() if k != "TREE"})
+    os.environ.update({k: v for k, v in variant.items() if k != "TREE" and not k.startswith("RANKER_")})
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), here, tree or saved.get("PYTHONPATH")]))
     os.environ["PROFILE_TAIL_OUT"] = str(out)
     for old in [*out.glob("*.json"), out / "dump"]:
         old.unlink(missing_ok=True)
     data = Path(tempfile.mkdtemp(dir=tmp))
     more = {"database_url": args.database_url} if args.database_url else {}
+    more.update({k[7:].lower(): v for k, v in variant.items() if k.startswith("RANKER_")})  # the server's settings
     try:
-        server = start_server(data, None, args.threads, None, **more)
+        server = start_server(data, None, more.pop("threads", args.threads), None, **more)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -167,13 +169,13 @@ def analyse(name: str, results: list, timelines: list[dict], slow_ms: float) -> 
     slow = [(due, done) for due, done, _ in results if 1e3 * (done - due) > slow_ms]
     events = events_of(timelines)
     roles = {t["pid"]: t["role"] for t in timelines}
-    loaded = [e for t in timelines for e in t["events"] if e[0] == "loaded"]
+    loaded = [e for t in timelines for e in t["events"] if e[0] == "serving"]
     print(
         f"\n== {name}: {len(results)} Ranks, p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {latencies[-1]:.1f} ms, "
         f"{len(slow)} over {slow_ms:g} ms" + (f", {errors} not 201" if errors else "")
     )
     for e in loaded:
-        print(f"   worker loaded: frozen {e[3]} objects, tracked {e[4]}, thresholds {e[5]}")
+        print(f"   worker serving: frozen {e[3]} objects, tracked {e[4]}, thresholds {e[5]}")
     print(
         f"   {'event':<11}{'count':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'total ms/s':>11}"
         f"{'% of slow':>10}{'% of all':>9}"
@@ -263,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds of the open loop (default 12)")
     parser.add_argument("--rate", type=float, help="Ranks per second (default: half the maximum, measured first)")
     parser.add_argument("--max-seconds", type=float, default=5.0, help="seconds of the closed loop for the maximum")
+    parser.add_argument(
+        "--preload", type=float, default=0.0, help="seconds of closed loop at the maximum before each open loop"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants, alternated (default 1)")
     parser.add_argument("--variant", action="append", default=[], help="NAME:VAR=VALUE,... (repeatable)")
     parser.add_argument("--slow", type=float, default=20.0, help="a slow Rank takes more than this (ms, default 20)")
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 def run(server):
                     asyncio.run(warm(server.port, 2.0))
+                    if args.preload:  # as bench_rank's closed-loop rounds before its open loop
+                        asyncio.run(max_rate(server.port, args.preload))
                     return asyncio.run(open_loop(server.port, rate, args.seconds))
 
                 results, timelines = run_server(env, args, Path(tmp), site, out, run)

@@ -163,9 +163,15 @@ def _install_worker() -> None:
             gc.freeze()
         if os.environ.get("TAIL_SWITCH_INTERVAL"):
             sys.setswitchinterval(float(os.environ["TAIL_SWITCH_INTERVAL"]))
-        _record("loaded", _now(), _now(), gc.get_freeze_count(), len(gc.get_objects()), list(gc.get_threshold()))
 
     http_worker.BufferingWorker.load_wsgi = loading
+    run = http_worker.BufferingWorker.run
+
+    def running(self):  # after gunicorn's post_worker_init
+        _record("serving", _now(), _now(), gc.get_freeze_count(), len(gc.get_objects()), list(gc.get_threshold()))
+        return run(self)
+
+    http_worker.BufferingWorker.run = running
     threading.Thread(target=_dumper, args=("worker",), daemon=True, name="tail-dump").start()
 
 
