@@ -326,8 +326,10 @@ async def open_loop(
     rate: float,
     limit: int,
     seconds: float,
+    answers: list[tuple[float, float, int]] | None = None,
 ) -> None:
-    """Requests due every ``1/rate`` s, each on an idle connection; latency runs from when it was due."""
+    """Requests due every ``1/rate`` s, each on an idle connection; latency runs from when it was due.
+    ``answers``: also keep each request's (due, answered, status), on the event loop's clock."""
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for conn in conns:
         idle.put_nowait(conn)
@@ -345,8 +347,11 @@ async def open_loop(
             status = await conn.request(data)
         except OSError:
             status = 0
-        phase.latencies.append(loop.time() - due)
+        answered = loop.time()
+        phase.latencies.append(answered - due)
         phase.count(status)
+        if answers is not None:
+            answers.append((due, answered, status))
         idle.put_nowait(conn)
 
     start = loop.time() + 0.05

@@ -44,47 +44,19 @@ from bench_rank import (
     connect,
     percentile,
     rank_body_parts,
-    request_bytes,
     start_server,
 )
+from bench_rank import open_loop as bench_open_loop
 
 
 async def open_loop(port: int, rate: float, seconds: float, connections: int = 64) -> list[tuple[float, float, int]]:
-    """bench_rank's open loop, keeping (due, answered, status) of each Rank."""
-    parts = rank_body_parts()
-    ids = EventIds(f"tail-{os.urandom(4).hex()}")
+    """bench_rank's open loop of Ranks, keeping (due, answered, status) of each."""
     conns = [await connect(port) for _ in range(connections)]
-    idle: asyncio.Queue = asyncio.Queue()
-    for conn in conns:
-        idle.put_nowait(conn)
-    loop = asyncio.get_running_loop()
-    results: list[tuple[float, float, int]] = []
-    tasks = set()
-
-    async def one(due: float, data: bytes) -> None:
-        conn = await idle.get()
-        try:
-            if conn.closed:
-                conn = await connect(port)
-            status = await conn.request(data)
-        except OSError:
-            status = 0
-        results.append((due, loop.time(), status))
-        idle.put_nowait(conn)
-
-    start = loop.time() + 0.05
-    for i in range(int(rate * seconds)):
-        due = start + i / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(one(due, request_bytes(RANK_PATH, port, parts[0], ids(), parts[1])))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    while not idle.empty():
-        idle.get_nowait().close()
-    return results
+    ids = EventIds(f"tail-{os.urandom(4).hex()}")
+    answers: list[tuple[float, float, int]] = []
+    phase = Phase("open")
+    await bench_open_loop(port, conns, RANK_PATH, rank_body_parts(), ids, phase, rate, 10**9, seconds, answers)
+    return answers
 
 
 async def max_rate(port: int, seconds: float) -> float:
