@@ -145,6 +145,7 @@ class Trainer:
         self._scratch = self.data_dir / ".trainer"
         self._scratch.mkdir(parents=True, exist_ok=True)
         self._loops: dict[str, _Loop] = {}
+        self._read: dict[str, LoopSettings] = {}  # each loop's settings as the current pass read them
         self._stop: threading.Event | None = None
 
     # -- public -------------------------------------------------------------------------------
@@ -165,6 +166,9 @@ class Trainer:
             return now + timedelta(seconds=time.monotonic() - started)
 
         report = {name: {"learned": 0, "skipped": 0, "malformed": 0, "published": None} for name in self.settings.loops}
+        # What this pass read of each loop (its checkpoint's stamp and effective settings, in _loop): the same
+        # loop read again after nothing was learned would be the same, so an idle pass reads each once.
+        self._read = {}
         pending = list(self.settings.loops)
         while pending:
             more = []
@@ -180,7 +184,10 @@ class Trainer:
                     raise
             pending = more
         for name in self.settings.loops:
-            loop = self._loop(name)
+            untouched = (
+                name in self._read and name in self._loops and not (report[name]["learned"] or report[name]["skipped"])
+            )
+            loop = self._loops[name] if untouched else self._loop(name)
             try:
                 if loop.pending:
                     self._checkpoint(loop)
@@ -192,7 +199,7 @@ class Trainer:
                 report[name]["published"] = version
             report[name]["last_decision_id"] = loop.last_id
             self._retain(loop, now)
-            self._maybe_graduate(loop, now)
+            self._maybe_graduate(loop, now, self._read.get(name) if untouched else None)
         return {
             "learned": sum(r["learned"] for r in report.values()),
             "skipped": sum(r["skipped"] for r in report.values()),
@@ -391,6 +398,7 @@ class Trainer:
         """The loop's effective settings (file + API), VW arguments and learning-settings fingerprint."""
         settings, policy, _ = loopconfig.read(self._conn, self.settings, name)
         arguments, fingerprint = loopconfig.learning_fingerprint(settings, policy)
+        self._read[name] = settings
         return settings, arguments, fingerprint
 
     def _workspace(self, arguments: str, model: bytes | None) -> vowpalwabbit.Workspace:
@@ -430,11 +438,11 @@ class Trainer:
     def _maybe_publish(self, loop: _Loop, now: datetime) -> str | None:
         if loop.model is None or loop.learned <= loop.published_learned:
             return None
-        if self._learning(loop.name)[2] != loop.fingerprint:
-            return None  # the learning settings changed: this model is about to be retrained
         # A clock that went back does not hold publications up.
         if loop.published_at is not None and timedelta(0) <= now - loop.published_at < loop.export:
             return None
+        if self._learning(loop.name)[2] != loop.fingerprint:
+            return None  # the learning settings changed: this model is about to be retrained
         # In the log's write turn, as a model import or reset is: neither publishes over the other.
         with self.database.write_turn(), transaction(self._conn):
             if learning.generation(self._conn, loop.name) != loop.generation:
@@ -460,13 +468,15 @@ class Trainer:
         if deleted:
             log.info("loop %s: deleted %d decisions older than %d days", loop.name, deleted, days)
 
-    def _maybe_graduate(self, loop: _Loop, now: datetime) -> None:
+    def _maybe_graduate(self, loop: _Loop, now: datetime, settings: LoopSettings | None = None) -> None:
         """Apprentice -> Online once the replayed model's lower bound beats the baseline (apprenticeGraduationEvents).
 
         At most every GRADUATION_EVERY. The switch is stored as the API would store it (``loop_config``), so
-        workers apply it within 0.1 s, and recorded with its evidence in ``mode_switches``.
+        workers apply it within 0.1 s, and recorded with its evidence in ``mode_switches``. ``settings``: the
+        loop's effective settings as this pass read them, when nothing was learned since (else read here).
         """
-        settings, _, _ = loopconfig.read(self._conn, self.settings, loop.name)
+        if settings is None:
+            settings, _, _ = loopconfig.read(self._conn, self.settings, loop.name)
         needed = settings.apprentice_graduation_events
         if settings.learning_mode != "Apprentice" or needed <= 0 or loop.learned < needed:
             return
