@@ -21,6 +21,7 @@ the request threads and the other worker.
 Example:
     python scripts/bench_ingest.py --duration 15
     python scripts/bench_ingest.py --breakdown --per-commit 4
+    python scripts/bench_ingest.py --database-url postgresql://postgres@/bench?host=/tmp/pg --duration 8
 """
 
 from __future__ import annotations
@@ -196,12 +197,116 @@ async def send_all(port: int, payloads: list[bytes], phase: Phase, concurrency: 
     return ok
 
 
-def stored_events(data_dir: Path) -> int:
+def stored_events(data_dir: Path, url: str | None = None) -> int:
+    """The event rows in the server's log: its SQLite file, or the PostgreSQL database ``url`` names."""
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as pg:
+            return pg.execute("SELECT count(*) FROM signal_events").fetchone()[0]
     conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
     try:
         return conn.execute("SELECT count(*) FROM signal_events").fetchone()[0]
     finally:
         conn.close()
+
+
+def ingest_phase(server, requests: list[bytes], args, name: str, url: str | None = None) -> tuple[Phase, int, int]:
+    """Warm the server up with the first batches, then send the rest for ``--duration`` seconds, measuring the
+    server's, this client's, the machine's and (``url``) PostgreSQL's CPU. Returns the phase and the batches
+    answered 200 in the warm-up and in the phase."""
+    from bench_engines import postgres_cpu
+
+    warm = int(args.warmup * args.rate_guess / args.batch)
+    warm_ok = asyncio.run(send_all(server.port, requests[:warm], Phase("warm-up"), args.concurrency, args.warmup))
+    phase = Phase(name)
+    cpu_client, cpu_server, cpu_machine = time.process_time(), server.cpu_seconds(), machine_busy_seconds()
+    cpu_pg = postgres_cpu(url) if url else 0.0
+    ok = asyncio.run(send_all(server.port, requests[warm:], phase, args.concurrency, args.duration))
+    phase.client_cpu = time.process_time() - cpu_client
+    phase.server_cpu = server.cpu_seconds() - cpu_server
+    phase.machine_cpu = machine_busy_seconds() - cpu_machine
+    phase.pg_cpu = postgres_cpu(url) - cpu_pg if url else 0.0
+    return phase, warm_ok, ok
+
+
+def phase_line(phase: Phase, ok: int, batch: int) -> str:
+    records = max(ok * batch, 1)
+    lat = sorted(phase.latencies)
+    others = max(0.0, phase.machine_cpu - phase.server_cpu - phase.client_cpu - phase.pg_cpu) / phase.elapsed
+    pg = (
+        f", PostgreSQL {1e6 * phase.pg_cpu / records:5.1f} µs ({phase.pg_cpu / phase.elapsed:.2f} CPUs)"
+        if phase.pg_cpu
+        else ""
+    )
+    bad = phase.done - ok
+    return (
+        f"{phase.name:<16} {ok * batch / phase.elapsed:7.0f} records/s, "
+        f"ranker {1e6 * phase.server_cpu / records:5.1f} µs/record ({phase.server_cpu / phase.elapsed:.2f} CPUs){pg}, "
+        f"p50/p99 {1e3 * percentile(lat, 0.5):.0f}/"
+        f"{1e3 * percentile(lat, 0.99):.0f} ms, client {100 * phase.client_cpu / phase.elapsed:.0f} %, "
+        f"others {100 * others:.0f} % of a CPU" + (f"  {bad} batches not 200: {phase.statuses}" if bad else "")
+    )
+
+
+def compare(args) -> int:
+    """SQLite against PostgreSQL, alternated round by round (see the module's docstring)."""
+    from bench_engines import migrate
+
+    url = args.database_url
+    per_phase = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
+    started = time.process_time()
+    payloads = batches(per_phase * args.rounds, args.batch, args.accounts, args.users, args.spread_days)
+    print(
+        f"prepared {len(payloads)} batches of {args.batch} records in {time.process_time() - started:.1f} s of CPU; "
+        f"{args.rounds} rounds of SQLite and PostgreSQL, the same batches to each",
+        flush=True,
+    )
+    migrate(url)
+    phases: dict[str, list[tuple[Phase, int, int]]] = {"sqlite": [], "postgresql": []}
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
+        dirs = {name: Path(tmp) / name for name in phases}
+        for folder in dirs.values():
+            folder.mkdir()
+        for r in range(args.rounds):
+            mine = payloads[r * per_phase : (r + 1) * per_phase]
+            for name in list(phases) if r % 2 == 0 else list(phases)[::-1]:
+                more = {"database_url": url} if name == "postgresql" else {}
+                server = start_server(dirs[name], args.workers, args.threads, CONFIG, **more)
+                try:
+                    requests = [request_bytes(server.port, p) for p in mine]
+                    result = ingest_phase(
+                        server, requests, args, f"{name} #{r + 1}", url if name == "postgresql" else None
+                    )
+                finally:
+                    server.stop()
+                phases[name].append(result)
+                print(phase_line(result[0], result[2], args.batch), flush=True)
+        stored = {"sqlite": stored_events(dirs["sqlite"]), "postgresql": stored_events(dirs["postgresql"], url)}
+    print()
+    consistent = True
+    rates = {}
+    for name, runs in phases.items():
+        ok = sum(run[2] for run in runs)
+        records = ok * args.batch
+        seconds = sum(run[0].elapsed for run in runs)
+        ranker = sum(run[0].server_cpu for run in runs)
+        pg = sum(run[0].pg_cpu for run in runs)
+        rates[name] = records / seconds
+        acknowledged = sum(run[1] + run[2] for run in runs) * args.batch
+        consistent = consistent and stored[name] == acknowledged
+        print(
+            f"{name:<10} {rates[name]:7.0f} records/s over {len(runs)} phases (target >= 20,000), ranker "
+            f"{1e6 * ranker / records:.1f} µs/record"
+            + (f" + PostgreSQL {1e6 * pg / records:.1f} µs = {1e6 * (ranker + pg) / records:.1f} µs" if pg else "")
+            + f"; events stored {stored[name]}, records acknowledged {acknowledged}: "
+            + ("OK" if stored[name] == acknowledged else "MISMATCH")
+        )
+    pairs = [(p[2] / p[0].elapsed) / max(s[2] / s[0].elapsed, 1e-9) for s, p in zip(*phases.values(), strict=True)]
+    print(f"PostgreSQL / SQLite, round by round: {', '.join(f'{100 * x:.0f} %' for x in pairs)}")
+    if not consistent:
+        return 2
+    return 1 if args.check and rates["postgresql"] < 20_000 and rates["sqlite"] < 20_000 else 0
 
 
 class _Timed:
@@ -333,9 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-commit", type=int, default=4, help="--breakdown: batches per commit (default 4)")
     parser.add_argument("--stored", type=int, default=200, help="--breakdown: batches stored first (default 200)")
     parser.add_argument("--batches", type=int, default=100, help="--breakdown: batches measured (default 100)")
+    parser.add_argument(
+        "--database-url", help="compare SQLite with this PostgreSQL database (an empty or ranker-migrated one)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--database-url: rounds of both engines (default 2)")
     args = parser.parse_args(argv)
     if args.breakdown:
         return breakdown(args)
+    if args.database_url:
+        return compare(args)
 
     count = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
     started = time.process_time()
