@@ -310,17 +310,28 @@ def compare(args) -> int:
 
 
 class _Timed:
-    """The writer's connection, adding up the CPU each statement takes (by its first words)."""
+    """The writer's connection, adding up the CPU (and the wall time) each statement takes, by its first words."""
 
-    def __init__(self, conn: sqlite3.Connection, spent: dict[str, float]):
-        self.conn, self.spent = conn, spent
+    def __init__(self, conn, spent: dict[str, float], waited: dict[str, float]):
+        self.conn, self.spent, self.waited = conn, spent, waited
 
     def execute(self, sql: str, *params):
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.perf_counter()
         try:
             return self.conn.execute(sql, *params)
         finally:
-            self.spent[sql.split("(")[0].strip()[:40]] += time.thread_time() - started
+            name = sql.split("(")[0].strip()[:40]
+            self.spent[name] += time.thread_time() - started
+            self.waited[name] += time.perf_counter() - wall
+
+    def insert_literals(self, head: str, *rest):
+        started, wall = time.thread_time(), time.perf_counter()
+        try:
+            return self.conn.insert_literals(head, *rest)
+        finally:
+            name = head.split("(")[0].strip()[:40]
+            self.spent[name] += time.thread_time() - started
+            self.waited[name] += time.perf_counter() - wall
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)
@@ -328,18 +339,18 @@ class _Timed:
 
 class _OneWriter:
     """What SignalStore needs of a store, on one connection in this thread: ``per_commit`` writes per
-    transaction, then the commit and the checkpoint the writer runs after its write turn, each timed."""
+    transaction, then the commit and (SQLite) the checkpoint the writer runs after its write turn, each timed.
+    ``conn``: an ``sqlite3.Connection`` or a :class:`ranker.store.pgsql.Connection`."""
 
-    engine = "sqlite"
-
-    def __init__(self, conn: sqlite3.Connection, per_commit: int):
-        self.conn, self.per_commit, self.writes = conn, per_commit, 0
+    def __init__(self, conn, per_commit: int, engine: str = "sqlite"):
+        self.conn, self.per_commit, self.writes, self.engine = conn, per_commit, 0, engine
         self.spent: dict[str, float] = defaultdict(float)
+        self.waited: dict[str, float] = defaultdict(float)
 
     def write(self, fn):
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
-        result = fn(_Timed(self.conn, self.spent))
+        result = fn(_Timed(self.conn, self.spent, self.waited))
         self.writes += 1
         if self.writes % self.per_commit == 0:
             self.finish()
@@ -349,12 +360,15 @@ class _OneWriter:
         from ranker.store.sqlite import checkpoint
 
         if self.conn.in_transaction:
-            started = time.thread_time()
-            self.conn.execute("COMMIT")
-            self.spent["COMMIT (in the write turn)"] += time.thread_time() - started
-            started = time.thread_time()
-            checkpoint(self.conn)
-            self.spent["checkpoint (after the write turn)"] += time.thread_time() - started
+            _Timed(self.conn, self.spent, self.waited).execute("COMMIT")
+            if self.engine == "sqlite":
+                started = time.thread_time()
+                checkpoint(self.conn)
+                self.spent["checkpoint (after the write turn)"] += time.thread_time() - started
+
+    def clear(self) -> None:
+        self.spent.clear()
+        self.waited.clear()
 
 
 def breakdown(args) -> int:
@@ -371,9 +385,18 @@ def breakdown(args) -> int:
     payloads = batches(args.stored + args.batches, args.batch, args.accounts, args.users, args.spread_days)
     clock = time.thread_time
     with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
-        path = Path(tmp) / "ranker.db"
-        migrate(path)
-        writer = _OneWriter(writer_connection(path), args.per_commit)
+        if args.database_url:
+            import psycopg
+
+            from ranker.store import pgsql
+
+            pgsql.migrate(args.database_url)
+            conn = pgsql.Connection(psycopg.connect(args.database_url, autocommit=True))
+            writer = _OneWriter(conn, args.per_commit, "postgresql")
+        else:
+            path = Path(tmp) / "ranker.db"
+            migrate(path)
+            writer = _OneWriter(writer_connection(path), args.per_commit)
         store = SignalStore(writer)
         now = time.time_ns()
         for payload in payloads[: args.stored]:
@@ -382,7 +405,11 @@ def breakdown(args) -> int:
             )
             store.record_events(batch.rows, batch.fold(kinds))
         writer.finish()
-        writer.spent.clear()
+        writer.clear()
+        if args.database_url:
+            from bench_engines import postgres_cpu
+
+            pg_before = postgres_cpu(args.database_url)
         steps: dict[str, float] = defaultdict(float)
         for payload in payloads[args.stored :]:
             t0 = clock()
@@ -404,18 +431,24 @@ def breakdown(args) -> int:
             steps["feature matching"] += (t4 - t3) - (t3 - t2)
             steps["bucket fold"] += t5 - t4
         writer.finish()
+        pg = postgres_cpu(args.database_url) - pg_before if args.database_url else 0.0
     records = args.batches * args.batch
     print(
         f"CPU per record in one thread: {args.batches} batches of {args.batch} after {args.stored} stored, "
-        f"{args.per_commit} per commit"
+        f"{args.per_commit} per commit, on {writer.engine}"
+        + (" (SQL: this thread's CPU, then the wall time waiting for PostgreSQL too)" if args.database_url else "")
     )
     for name, seconds in steps.items():
         print(f"  {name:<44} {1e6 * seconds / records:6.1f} µs")
     for name, seconds in sorted(writer.spent.items(), key=lambda item: -item[1]):
-        print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs")
+        wall = f"  wall {1e6 * writer.waited[name] / records:6.1f} µs" if args.database_url else ""
+        print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs{wall}")
     turn = sum(v for k, v in writer.spent.items() if not k.startswith("checkpoint"))
-    print(f"  the write turn holds (SQL and COMMIT)          {1e6 * turn / records:6.1f} µs")
+    wall = f"  wall {1e6 * sum(writer.waited.values()) / records:6.1f} µs" if args.database_url else ""
+    print(f"  the write turn holds (SQL and COMMIT)          {1e6 * turn / records:6.1f} µs{wall}")
     print(f"  request thread (gunzip to fold)                {1e6 * sum(steps.values()) / records:6.1f} µs")
+    if args.database_url:
+        print(f"  PostgreSQL's own CPU meanwhile                 {1e6 * pg / records:6.1f} µs")
     return 0
 
 

@@ -308,6 +308,35 @@ def test_a_batch_of_events_counts_each_record_once_however_it_is_split_into_stat
     assert signals.versions([("account", "a3"), ("user", "u5")]) == {("account", "a3"): 2, ("user", "u5"): 2}
 
 
+def test_events_and_buckets_keep_every_character_and_number_exactly(db):
+    """A batch's rows go into one statement as literals on PostgreSQL: ids, names, attributes, the identity's
+    bytes, bucket numbers and last values read back as they were sent."""
+    from ranker.store.signals import SignalStore
+
+    signals = SignalStore(db.store)
+    day = 20_000
+    ns = day * 86_400 * 10**9
+    events = [
+        (bytes([n, 0, 39, 92, 255]) * 4, ns + n, text or "e", text, f"u-{text}", json.dumps({"x": text, "n": number}))
+        for n, (text, number) in enumerate(zip(TRICKY_TEXT, TRICKY_NUMBERS * 2, strict=False))
+    ]
+
+    def fold(rows):
+        buckets = [
+            ("account", row[3], "f", day, 1, number, number, -number, row[1], row[5])
+            for row, number in zip(rows, TRICKY_NUMBERS * 2, strict=False)
+        ]
+        return buckets, [("account", row[3], "d", day, row[5]) for row in rows]
+
+    assert signals.record_events(events, fold) == len(events)
+    assert signals.record_events(events[:3], fold) == 0  # the identities' bytes match what was stored
+    for event, number in zip(events, TRICKY_NUMBERS * 2, strict=False):
+        assert signals.events("account", event[3], ns, ns + 99) == [event]
+        rows, distinct = signals.buckets("account", event[3], day)
+        assert rows == [("f", day, 1, number, number, -number, event[1], event[5])]
+        assert distinct == [("d", day, event[5])]
+
+
 def test_mined_patterns_are_replaced_as_a_set_and_switches_stay(db):
     from ranker.store import patterns
 

@@ -64,8 +64,15 @@ def _statement(head: str, tail: str, rows: int, width: int, constant: str = "") 
 def insert_rows(conn, head: str, rows: Sequence[tuple], tail: str = "", constant: str = "") -> None:
     """Insert ``rows`` with a few multi-row statements instead of one per row: each statement lets the writer
     thread drop the GIL, and getting it back from busy request threads can take a switch interval (see
-    :func:`ranker.store.sqlite._run_merged`). ``constant``: SQL text appended to every row's values."""
+    :func:`ranker.store.sqlite._run_merged`). ``constant``: SQL text appended to every row's values.
+
+    On PostgreSQL all rows go in one statement, as literals (:meth:`ranker.store.pgsql.Connection.
+    insert_literals`): binding a thousand parameters cost the writer more CPU than the database spent on the
+    rows; a value with no literal there is bound as below."""
     if not rows:
+        return
+    literal = getattr(conn, "insert_literals", None)
+    if literal is not None and literal(head, rows, tail, constant) is not None:
         return
     width = len(rows[0])
     i, n = 0, len(rows)
