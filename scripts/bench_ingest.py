@@ -371,6 +371,12 @@ class _OneWriter:
         self.waited.clear()
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def breakdown(args) -> int:
     """CPU per record of each step of ingestion, in this thread (see the module's docstring)."""
     from ranker.signals import otlp
@@ -409,7 +415,7 @@ def breakdown(args) -> int:
         if args.database_url:
             from bench_engines import postgres_cpu
 
-            pg_before = postgres_cpu(args.database_url)
+            pg_before, backend_before = postgres_cpu(args.database_url), _process_cpu(conn.raw.info.backend_pid)
         steps: dict[str, float] = defaultdict(float)
         for payload in payloads[args.stored :]:
             t0 = clock()
@@ -431,7 +437,9 @@ def breakdown(args) -> int:
             steps["feature matching"] += (t4 - t3) - (t3 - t2)
             steps["bucket fold"] += t5 - t4
         writer.finish()
-        pg = postgres_cpu(args.database_url) - pg_before if args.database_url else 0.0
+        if args.database_url:
+            pg = postgres_cpu(args.database_url) - pg_before
+            backend = _process_cpu(conn.raw.info.backend_pid) - backend_before
     records = args.batches * args.batch
     print(
         f"CPU per record in one thread: {args.batches} batches of {args.batch} after {args.stored} stored, "
@@ -449,6 +457,7 @@ def breakdown(args) -> int:
     print(f"  request thread (gunzip to fold)                {1e6 * sum(steps.values()) / records:6.1f} µs")
     if args.database_url:
         print(f"  PostgreSQL's own CPU meanwhile                 {1e6 * pg / records:6.1f} µs")
+        print(f"    of which the writer's backend process        {1e6 * backend / records:6.1f} µs")
     return 0
 
 

@@ -386,6 +386,9 @@ def literals(rows: list[tuple], escaping: Escaping, encoding: str, constant: str
             if kind is str:
                 if "\x00" in value:
                     return None
+                if value.isascii() and "'" not in value and "\\" not in value:
+                    words.append(f"'{value}'")  # what libpq's quoting gives it, without the call
+                    continue
                 try:
                     words.append(escaping.escape_literal(value.encode(encoding)).decode(encoding))
                 except (UnicodeError, psycopg.Error):
