@@ -314,6 +314,8 @@ class _Timed:
 
     def __init__(self, conn, spent: dict[str, float], waited: dict[str, float]):
         self.conn, self.spent, self.waited = conn, spent, waited
+        if hasattr(conn, "insert_literals"):  # PostgreSQL's: see ranker.store.signals.insert_rows
+            self.insert_literals = self._insert_literals
 
     def execute(self, sql: str, *params):
         started, wall = time.thread_time(), time.perf_counter()
@@ -324,7 +326,7 @@ class _Timed:
             self.spent[name] += time.thread_time() - started
             self.waited[name] += time.perf_counter() - wall
 
-    def insert_literals(self, head: str, *rest):
+    def _insert_literals(self, head: str, *rest):
         started, wall = time.thread_time(), time.perf_counter()
         try:
             return self.conn.insert_literals(head, *rest)
@@ -347,7 +349,7 @@ class _OneWriter:
         self.spent: dict[str, float] = defaultdict(float)
         self.waited: dict[str, float] = defaultdict(float)
 
-    def write(self, fn):
+    def write(self, fn, concurrent: bool = False):
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         result = fn(_Timed(self.conn, self.spent, self.waited))
