@@ -455,7 +455,7 @@ def breakdown(args) -> int:
         print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs{wall}")
     turn = sum(v for k, v in writer.spent.items() if not k.startswith("checkpoint"))
     wall = f"  wall {1e6 * sum(writer.waited.values()) / records:6.1f} µs" if args.database_url else ""
-    print(f"  the write turn holds (SQL and COMMIT)          {1e6 * turn / records:6.1f} µs{wall}")
+    print(f"  the writer's SQL and COMMIT (SQLite: its turn)   {1e6 * turn / records:6.1f} µs{wall}")
     print(f"  request thread (gunzip to fold)                {1e6 * sum(steps.values()) / records:6.1f} µs")
     if args.database_url:
         print(f"  PostgreSQL's own CPU meanwhile                 {1e6 * pg / records:6.1f} µs")
