@@ -134,36 +134,29 @@ class PostgresStore(Store):
                 except queue.Empty:
                     break
             batch = [op for op in batch if op.claim()]  # an op whose request gave up is never written
-            if not batch:
-                continue
-            try:
-                if conn is None:
-                    conn = self.database.connect(create=False)
-                self._commit(conn, batch)
-            except Exception as exc:
-                if conn is not None and conn.raw.broken:  # the server may have committed before it went
-                    failure = StoreUnavailable(LOST_IN_COMMIT)
-                else:
-                    failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
-                for op in batch:
-                    op.result, op.error = None, failure
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    conn = None
-            for op in batch:
-                op.finish()
+            # Ops written ``concurrent`` (signal ingestion: see .signals) each in a transaction of its own,
+            # without the write turn, answered once it is committed; the rest as one batch in the turn.
+            rest = [op for op in batch if not op.concurrent]
+            for group in [[op] for op in batch if op.concurrent] + ([rest] if rest else []):
+                try:
+                    if conn is None:
+                        conn = self.database.connect(create=False)
+                    self._commit(conn, group)
+                except Exception as exc:
+                    if conn is not None and conn.raw.broken:  # the server may have committed before it went
+                        failure = StoreUnavailable(LOST_IN_COMMIT)
+                    else:
+                        failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
+                    for op in group:
+                        op.result, op.error = None, failure
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                for op in group:
+                    op.finish()
 
     def _commit(self, conn: Connection, batch: list) -> None:
-        """Ops written ``concurrent`` (signal ingestion: see :mod:`.signals`) each in a transaction of its own,
-        without the write turn; the rest as one batch in the turn."""
-        concurrent = [op for op in batch if op.concurrent]
-        if concurrent:
-            for op in concurrent:
-                super()._commit(conn, [op])
-            batch = [op for op in batch if not op.concurrent]
-            if not batch:
-                return
         if not self._commit_pipelined(conn, batch):
             super()._commit(conn, batch)
 
