@@ -55,7 +55,7 @@ _DISTINCT_HEAD = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, featur
 _TOUCH_HEAD = "INSERT INTO signal_versions (type, id, version) "
 _TOUCH_TAIL = " ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
 _TOUCH = _TOUCH_HEAD + "VALUES (?, ?, 1)" + _TOUCH_TAIL
-# PostgreSQL: ingestion commits without the write turn, concurrently (PostgresStore._commit), holding this
+# PostgreSQL: ingestion commits without the write turn, concurrently (PostgresStore._write_loop), holding this
 # advisory lock shared; every other write of these tables takes it exclusively before its first statement.
 SIGNALS_LOCK = 0x72616E6B65720006
 SIGNALS_SHARED = f"SELECT pg_advisory_xact_lock_shared({SIGNALS_LOCK})"
