@@ -21,6 +21,7 @@ the request threads and the other worker.
 Example:
     python scripts/bench_ingest.py --duration 15
     python scripts/bench_ingest.py --breakdown --per-commit 4
+    python scripts/bench_ingest.py --database-url postgresql://postgres@/bench?host=/tmp/pg --duration 8
 """
 
 from __future__ import annotations
@@ -196,7 +197,13 @@ async def send_all(port: int, payloads: list[bytes], phase: Phase, concurrency: 
     return ok
 
 
-def stored_events(data_dir: Path) -> int:
+def stored_events(data_dir: Path, url: str | None = None) -> int:
+    """The event rows in the server's log: its SQLite file, or the PostgreSQL database ``url`` names."""
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as pg:
+            return pg.execute("SELECT count(*) FROM signal_events").fetchone()[0]
     conn = sqlite3.connect(f"file:{data_dir / 'ranker.db'}?mode=ro", uri=True)
     try:
         return conn.execute("SELECT count(*) FROM signal_events").fetchone()[0]
@@ -204,18 +211,129 @@ def stored_events(data_dir: Path) -> int:
         conn.close()
 
 
-class _Timed:
-    """The writer's connection, adding up the CPU each statement takes (by its first words)."""
+def ingest_phase(server, requests: list[bytes], args, name: str, url: str | None = None) -> tuple[Phase, int, int]:
+    """Warm the server up with the first batches, then send the rest for ``--duration`` seconds, measuring the
+    server's, this client's, the machine's and (``url``) PostgreSQL's CPU. Returns the phase and the batches
+    answered 200 in the warm-up and in the phase."""
+    from bench_engines import postgres_cpu
 
-    def __init__(self, conn: sqlite3.Connection, spent: dict[str, float]):
-        self.conn, self.spent = conn, spent
+    warm = int(args.warmup * args.rate_guess / args.batch)
+    warm_ok = asyncio.run(send_all(server.port, requests[:warm], Phase("warm-up"), args.concurrency, args.warmup))
+    phase = Phase(name)
+    cpu_client, cpu_server, cpu_machine = time.process_time(), server.cpu_seconds(), machine_busy_seconds()
+    cpu_pg = postgres_cpu(url) if url else 0.0
+    ok = asyncio.run(send_all(server.port, requests[warm:], phase, args.concurrency, args.duration))
+    phase.client_cpu = time.process_time() - cpu_client
+    phase.server_cpu = server.cpu_seconds() - cpu_server
+    phase.machine_cpu = machine_busy_seconds() - cpu_machine
+    phase.pg_cpu = postgres_cpu(url) - cpu_pg if url else 0.0
+    return phase, warm_ok, ok
+
+
+def phase_line(phase: Phase, ok: int, batch: int) -> str:
+    records = max(ok * batch, 1)
+    lat = sorted(phase.latencies)
+    others = max(0.0, phase.machine_cpu - phase.server_cpu - phase.client_cpu - phase.pg_cpu) / phase.elapsed
+    pg = (
+        f", PostgreSQL {1e6 * phase.pg_cpu / records:5.1f} µs ({phase.pg_cpu / phase.elapsed:.2f} CPUs)"
+        if phase.pg_cpu
+        else ""
+    )
+    bad = phase.done - ok
+    return (
+        f"{phase.name:<16} {ok * batch / phase.elapsed:7.0f} records/s, "
+        f"ranker {1e6 * phase.server_cpu / records:5.1f} µs/record ({phase.server_cpu / phase.elapsed:.2f} CPUs){pg}, "
+        f"p50/p99 {1e3 * percentile(lat, 0.5):.0f}/"
+        f"{1e3 * percentile(lat, 0.99):.0f} ms, client {100 * phase.client_cpu / phase.elapsed:.0f} %, "
+        f"others {100 * others:.0f} % of a CPU" + (f"  {bad} batches not 200: {phase.statuses}" if bad else "")
+    )
+
+
+def compare(args) -> int:
+    """SQLite against PostgreSQL, alternated round by round (see the module's docstring)."""
+    from bench_engines import migrate
+
+    url = args.database_url
+    per_phase = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
+    started = time.process_time()
+    payloads = batches(per_phase * args.rounds, args.batch, args.accounts, args.users, args.spread_days)
+    print(
+        f"prepared {len(payloads)} batches of {args.batch} records in {time.process_time() - started:.1f} s of CPU; "
+        f"{args.rounds} rounds of SQLite and PostgreSQL, the same batches to each",
+        flush=True,
+    )
+    migrate(url)
+    phases: dict[str, list[tuple[Phase, int, int]]] = {"sqlite": [], "postgresql": []}
+    with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
+        dirs = {name: Path(tmp) / name for name in phases}
+        for folder in dirs.values():
+            folder.mkdir()
+        for r in range(args.rounds):
+            mine = payloads[r * per_phase : (r + 1) * per_phase]
+            for name in list(phases) if r % 2 == 0 else list(phases)[::-1]:
+                more = {"database_url": url} if name == "postgresql" else {}
+                server = start_server(dirs[name], args.workers, args.threads, CONFIG, **more)
+                try:
+                    requests = [request_bytes(server.port, p) for p in mine]
+                    result = ingest_phase(
+                        server, requests, args, f"{name} #{r + 1}", url if name == "postgresql" else None
+                    )
+                finally:
+                    server.stop()
+                phases[name].append(result)
+                print(phase_line(result[0], result[2], args.batch), flush=True)
+        stored = {"sqlite": stored_events(dirs["sqlite"]), "postgresql": stored_events(dirs["postgresql"], url)}
+    print()
+    consistent = True
+    rates = {}
+    for name, runs in phases.items():
+        ok = sum(run[2] for run in runs)
+        records = ok * args.batch
+        seconds = sum(run[0].elapsed for run in runs)
+        ranker = sum(run[0].server_cpu for run in runs)
+        pg = sum(run[0].pg_cpu for run in runs)
+        rates[name] = records / seconds
+        acknowledged = sum(run[1] + run[2] for run in runs) * args.batch
+        consistent = consistent and stored[name] == acknowledged
+        print(
+            f"{name:<10} {rates[name]:7.0f} records/s over {len(runs)} phases (target >= 20,000), ranker "
+            f"{1e6 * ranker / records:.1f} µs/record"
+            + (f" + PostgreSQL {1e6 * pg / records:.1f} µs = {1e6 * (ranker + pg) / records:.1f} µs" if pg else "")
+            + f"; events stored {stored[name]}, records acknowledged {acknowledged}: "
+            + ("OK" if stored[name] == acknowledged else "MISMATCH")
+        )
+    pairs = [(p[2] / p[0].elapsed) / max(s[2] / s[0].elapsed, 1e-9) for s, p in zip(*phases.values(), strict=True)]
+    print(f"PostgreSQL / SQLite, round by round: {', '.join(f'{100 * x:.0f} %' for x in pairs)}")
+    if not consistent:
+        return 2
+    return 1 if args.check and rates["postgresql"] < 20_000 and rates["sqlite"] < 20_000 else 0
+
+
+class _Timed:
+    """The writer's connection, adding up the CPU (and the wall time) each statement takes, by its first words."""
+
+    def __init__(self, conn, spent: dict[str, float], waited: dict[str, float]):
+        self.conn, self.spent, self.waited = conn, spent, waited
+        if hasattr(conn, "insert_literals"):  # PostgreSQL's: see ranker.store.signals.insert_rows
+            self.insert_literals = self._insert_literals
 
     def execute(self, sql: str, *params):
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.perf_counter()
         try:
             return self.conn.execute(sql, *params)
         finally:
-            self.spent[sql.split("(")[0].strip()[:40]] += time.thread_time() - started
+            name = sql.split("(")[0].strip()[:40]
+            self.spent[name] += time.thread_time() - started
+            self.waited[name] += time.perf_counter() - wall
+
+    def _insert_literals(self, head: str, *rest):
+        started, wall = time.thread_time(), time.perf_counter()
+        try:
+            return self.conn.insert_literals(head, *rest)
+        finally:
+            name = head.split("(")[0].strip()[:40]
+            self.spent[name] += time.thread_time() - started
+            self.waited[name] += time.perf_counter() - wall
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)
@@ -223,18 +341,18 @@ class _Timed:
 
 class _OneWriter:
     """What SignalStore needs of a store, on one connection in this thread: ``per_commit`` writes per
-    transaction, then the commit and the checkpoint the writer runs after its write turn, each timed."""
+    transaction, then the commit and (SQLite) the checkpoint the writer runs after its write turn, each timed.
+    ``conn``: an ``sqlite3.Connection`` or a :class:`ranker.store.pgsql.Connection`."""
 
-    engine = "sqlite"
-
-    def __init__(self, conn: sqlite3.Connection, per_commit: int):
-        self.conn, self.per_commit, self.writes = conn, per_commit, 0
+    def __init__(self, conn, per_commit: int, engine: str = "sqlite"):
+        self.conn, self.per_commit, self.writes, self.engine = conn, per_commit, 0, engine
         self.spent: dict[str, float] = defaultdict(float)
+        self.waited: dict[str, float] = defaultdict(float)
 
-    def write(self, fn):
+    def write(self, fn, concurrent: bool = False):
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
-        result = fn(_Timed(self.conn, self.spent))
+        result = fn(_Timed(self.conn, self.spent, self.waited))
         self.writes += 1
         if self.writes % self.per_commit == 0:
             self.finish()
@@ -244,12 +362,21 @@ class _OneWriter:
         from ranker.store.sqlite import checkpoint
 
         if self.conn.in_transaction:
-            started = time.thread_time()
-            self.conn.execute("COMMIT")
-            self.spent["COMMIT (in the write turn)"] += time.thread_time() - started
-            started = time.thread_time()
-            checkpoint(self.conn)
-            self.spent["checkpoint (after the write turn)"] += time.thread_time() - started
+            _Timed(self.conn, self.spent, self.waited).execute("COMMIT")
+            if self.engine == "sqlite":
+                started = time.thread_time()
+                checkpoint(self.conn)
+                self.spent["checkpoint (after the write turn)"] += time.thread_time() - started
+
+    def clear(self) -> None:
+        self.spent.clear()
+        self.waited.clear()
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def breakdown(args) -> int:
@@ -266,9 +393,18 @@ def breakdown(args) -> int:
     payloads = batches(args.stored + args.batches, args.batch, args.accounts, args.users, args.spread_days)
     clock = time.thread_time
     with tempfile.TemporaryDirectory(prefix="ranker-bench-ingest-") as tmp:
-        path = Path(tmp) / "ranker.db"
-        migrate(path)
-        writer = _OneWriter(writer_connection(path), args.per_commit)
+        if args.database_url:
+            import psycopg
+
+            from ranker.store import pgsql
+
+            pgsql.migrate(args.database_url)
+            conn = pgsql.Connection(psycopg.connect(args.database_url, autocommit=True))
+            writer = _OneWriter(conn, args.per_commit, "postgresql")
+        else:
+            path = Path(tmp) / "ranker.db"
+            migrate(path)
+            writer = _OneWriter(writer_connection(path), args.per_commit)
         store = SignalStore(writer)
         now = time.time_ns()
         for payload in payloads[: args.stored]:
@@ -277,7 +413,11 @@ def breakdown(args) -> int:
             )
             store.record_events(batch.rows, batch.fold(kinds))
         writer.finish()
-        writer.spent.clear()
+        writer.clear()
+        if args.database_url:
+            from bench_engines import postgres_cpu
+
+            pg_before, backend_before = postgres_cpu(args.database_url), _process_cpu(conn.raw.info.backend_pid)
         steps: dict[str, float] = defaultdict(float)
         for payload in payloads[args.stored :]:
             t0 = clock()
@@ -299,18 +439,27 @@ def breakdown(args) -> int:
             steps["feature matching"] += (t4 - t3) - (t3 - t2)
             steps["bucket fold"] += t5 - t4
         writer.finish()
+        if args.database_url:
+            pg = postgres_cpu(args.database_url) - pg_before
+            backend = _process_cpu(conn.raw.info.backend_pid) - backend_before
     records = args.batches * args.batch
     print(
         f"CPU per record in one thread: {args.batches} batches of {args.batch} after {args.stored} stored, "
-        f"{args.per_commit} per commit"
+        f"{args.per_commit} per commit, on {writer.engine}"
+        + (" (SQL: this thread's CPU, then the wall time waiting for PostgreSQL too)" if args.database_url else "")
     )
     for name, seconds in steps.items():
         print(f"  {name:<44} {1e6 * seconds / records:6.1f} µs")
     for name, seconds in sorted(writer.spent.items(), key=lambda item: -item[1]):
-        print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs")
+        wall = f"  wall {1e6 * writer.waited[name] / records:6.1f} µs" if args.database_url else ""
+        print(f"  SQL: {name:<39} {1e6 * seconds / records:6.1f} µs{wall}")
     turn = sum(v for k, v in writer.spent.items() if not k.startswith("checkpoint"))
-    print(f"  the write turn holds (SQL and COMMIT)          {1e6 * turn / records:6.1f} µs")
+    wall = f"  wall {1e6 * sum(writer.waited.values()) / records:6.1f} µs" if args.database_url else ""
+    print(f"  the writer's SQL and COMMIT (SQLite: its turn)   {1e6 * turn / records:6.1f} µs{wall}")
     print(f"  request thread (gunzip to fold)                {1e6 * sum(steps.values()) / records:6.1f} µs")
+    if args.database_url:
+        print(f"  PostgreSQL's own CPU meanwhile                 {1e6 * pg / records:6.1f} µs")
+        print(f"    of which the writer's backend process        {1e6 * backend / records:6.1f} µs")
     return 0
 
 
@@ -333,9 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-commit", type=int, default=4, help="--breakdown: batches per commit (default 4)")
     parser.add_argument("--stored", type=int, default=200, help="--breakdown: batches stored first (default 200)")
     parser.add_argument("--batches", type=int, default=100, help="--breakdown: batches measured (default 100)")
+    parser.add_argument(
+        "--database-url", help="compare SQLite with this PostgreSQL database (an empty or ranker-migrated one)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--database-url: rounds of both engines (default 2)")
     args = parser.parse_args(argv)
     if args.breakdown:
         return breakdown(args)
+    if args.database_url:
+        return compare(args)
 
     count = int(args.rate_guess * (args.duration + args.warmup) / args.batch) + 4
     started = time.process_time()

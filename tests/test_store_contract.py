@@ -308,6 +308,79 @@ def test_a_batch_of_events_counts_each_record_once_however_it_is_split_into_stat
     assert signals.versions([("account", "a3"), ("user", "u5")]) == {("account", "a3"): 2, ("user", "u5"): 2}
 
 
+def test_events_and_buckets_keep_every_character_and_number_exactly(db):
+    """A batch's rows go into one statement as literals on PostgreSQL: ids, names, attributes, the identity's
+    bytes, bucket numbers and last values read back as they were sent."""
+    from ranker.store.signals import SignalStore
+
+    signals = SignalStore(db.store)
+    day = 20_000
+    ns = day * 86_400 * 10**9
+    events = [
+        (bytes([n, 0, 39, 92, 255]) * 4, ns + n, text or "e", text, f"u-{text}", json.dumps({"x": text, "n": number}))
+        for n, (text, number) in enumerate(zip(TRICKY_TEXT, TRICKY_NUMBERS * 2, strict=False))
+    ]
+
+    def fold(rows):
+        buckets = [
+            ("account", row[3], "f", day, 1, number, number, -number, row[1], row[5])
+            for row, number in zip(rows, TRICKY_NUMBERS * 2, strict=False)
+        ]
+        return buckets, [("account", row[3], "d", day, row[5]) for row in rows]
+
+    assert signals.record_events(events, fold) == len(events)
+    assert signals.record_events(events[:3], fold) == 0  # the identities' bytes match what was stored
+    for event, number in zip(events, TRICKY_NUMBERS * 2, strict=False):
+        assert signals.events("account", event[3], ns, ns + 99) == [event]
+        rows, distinct = signals.buckets("account", event[3], day)
+        assert rows == [("f", day, 1, number, number, -number, event[1], event[5])]
+        assert distinct == [("d", day, event[5])]
+
+
+def test_ingestion_by_several_writers_at_once_counts_each_record_once(db):
+    """Two stores (two workers' writers) ingest overlapping batches at once, among entity changes and a
+    deletion (which wait for ingestion on PostgreSQL, where it commits without the write turn): every record
+    counts once, in the numbers returned, the event rows and the buckets, and no writer fails."""
+    from collections import Counter
+
+    from ranker.store.signals import SignalStore
+
+    stores = [SignalStore(db.store), SignalStore(db.database.store(create=False))]
+    day = 20_000
+    ns = day * 86_400 * 10**9
+
+    def event(i: int) -> tuple:
+        return (i.to_bytes(8, "big"), ns + i, "api.call", f"a{i % 13}", f"u{i % 17}", "{}")
+
+    def fold(rows):
+        per_account = Counter(row[3] for row in rows)
+        return [("account", a, "calls", day, n, 0.0, None, None, ns, None) for a, n in per_account.items()], []
+
+    def ingest(n: int) -> int:
+        first = (n * 150) % 1000  # each batch overlaps the one before it by half
+        return stores[n % 2].record_events(
+            [event(i % 1000) for i in range(first, first + 300)][:: 1 if n % 3 else -1], fold
+        )
+
+    def change(n: int) -> bool:
+        put = lambda _a, _t: ({"n": n}, {"n": T0})  # noqa: E731
+        return stores[n % 2].upsert_entity("account", f"a{n % 13}", put, T0)[2]
+
+    with ThreadPoolExecutor(6) as pool:
+        new = pool.map(ingest, range(24))
+        changed = list(pool.map(change, range(12)))
+        assert stores[1].delete_entity("user", "u-none") is False
+        new = sum(new)
+    assert changed[0] and new == 1000 == signals_count(stores[0])
+    for account in ("a0", "a7"):
+        (row,), _ = stores[1].buckets("account", account, day)
+        assert row[2] == sum(1 for i in range(1000) if f"a{i % 13}" == account)
+
+
+def signals_count(signals) -> int:
+    return signals.counts()["events"]
+
+
 def test_mined_patterns_are_replaced_as_a_set_and_switches_stay(db):
     from ranker.store import patterns
 

@@ -67,6 +67,14 @@ def translate(sql: str, params: bool = True) -> str:
     return sql + " ON CONFLICT DO NOTHING" if ignore else sql
 
 
+_ROWS = "__ROWS__"  # where insert_literals puts the rows in a translated statement
+
+
+@functools.lru_cache(maxsize=64)
+def _with_rows(head: str, tail: str) -> str:
+    return translate(head + "VALUES " + _ROWS + tail, False)
+
+
 class Cursor:
     """The part of ``sqlite3.Cursor`` the store uses, over a psycopg cursor."""
 
@@ -112,6 +120,7 @@ class Connection:
     def __init__(self, raw: psycopg.Connection):
         self.raw = raw
         self.total_changes = 0  # rows changed by this connection's statements, as sqlite3 counts them
+        self._escaping: tuple[Escaping, str] | None = None
 
     def execute(self, sql: str, params: tuple | list | dict = ()) -> Cursor:
         cursor = self.raw.cursor()
@@ -128,6 +137,21 @@ class Connection:
             cursor = self.raw.cursor()
             cursor.executemany(translate(sql), rows)
             self.total_changes += max(cursor.rowcount, 0)
+
+    def insert_literals(self, head: str, rows: list[tuple], tail: str = "", constant: str = "") -> int | None:
+        """``head`` (``INSERT ... (columns) ``, the store's SQL), ``VALUES`` with every row as literals, then
+        ``tail``: one statement, sent as text (no placeholders to bind, one round trip, nothing to prepare).
+        Returns the rows it changed; None, with nothing sent, when a value has no literal here (see
+        :func:`literals`): the caller then binds them."""
+        if self._escaping is None:
+            self._escaping = (Escaping(self.raw.pgconn), self.raw.info.encoding)
+        values = literals(rows, *self._escaping, constant)
+        if values is None:
+            return None
+        cursor = self.raw.cursor()
+        cursor.execute(_with_rows(head, tail).replace(_ROWS, values, 1))
+        self.total_changes += max(cursor.rowcount, 0)
+        return cursor.rowcount
 
     def getlimit(self, _category: int) -> int:
         return 32767  # bind parameters per statement (PostgreSQL's limit is 65535)
@@ -349,10 +373,11 @@ def migrate(url: str) -> list[str]:
     return [name for name, _ in pending]
 
 
-def literals(rows: list[tuple], escaping: Escaping, encoding: str) -> str | None:
-    """``rows`` as SQL ``(literal, ...), (...)``; None when a value is not text, a whole number, a finite
-    float or None, or is text PostgreSQL cannot hold (a NUL) or the connection's encoding cannot write: the
-    statement-by-statement path then binds it and answers as it always did."""
+def literals(rows: list[tuple], escaping: Escaping, encoding: str, constant: str = "") -> str | None:
+    """``rows`` as SQL ``(literal, ...), (...)`` (``constant``: SQL text appended to every row's values); None
+    when a value is not text, bytes, a whole number, a finite float or None, or is text PostgreSQL cannot hold
+    (a NUL) or the connection's encoding cannot write: the statement-by-statement path then binds it and
+    answers as it always did."""
     out = []
     for row in rows:
         words = []
@@ -361,6 +386,9 @@ def literals(rows: list[tuple], escaping: Escaping, encoding: str) -> str | None
             if kind is str:
                 if "\x00" in value:
                     return None
+                if value.isascii() and "'" not in value and "\\" not in value:
+                    words.append(f"'{value}'")  # what libpq's quoting gives it, without the call
+                    continue
                 try:
                     words.append(escaping.escape_literal(value.encode(encoding)).decode(encoding))
                 except (UnicodeError, psycopg.Error):
@@ -371,7 +399,10 @@ def literals(rows: list[tuple], escaping: Escaping, encoding: str) -> str | None
                 words.append(str(value))
             elif kind is float and math.isfinite(value):
                 words.append(repr(value))  # the shortest text that reads back as the same double
+            elif kind is bytes:
+                # bytea's hex form; an E'' string reads the same whatever standard_conforming_strings says
+                words.append(f"E'\\\\x{value.hex()}'::bytea")
             else:
                 return None
-        out.append("(" + ", ".join(words) + ")")
+        out.append("(" + ", ".join(words) + constant + ")")
     return ", ".join(out)

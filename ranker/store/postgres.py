@@ -14,7 +14,8 @@ SQLite, and why:
   sequence gives them out at insert time, and two transactions can commit in the other order. Every write
   transaction therefore takes ``pg_advisory_xact_lock(WRITE_TURN)`` first (the group commit's batch, and
   :func:`ranker.store.sqlite.transaction`): ids are given out and committed inside the turn, as SQLite's
-  single writer does, and the lock is released only once the commit is visible. A batch carries every
+  single writer does, and the lock is released only once the commit is visible. Signal ingestion alone
+  commits without it, concurrently (:mod:`ranker.store.signals`). A batch carries every
   request its worker has queued, so the turn costs commits, not requests.
 - **Group commit as on SQLite.** A worker's threads hand their writes to one writer thread, whose connection
   runs each batch in one transaction; a 201/204 is sent after ``COMMIT`` returned (``synchronous_commit``
@@ -53,6 +54,7 @@ from psycopg.rows import dict_row
 from ..core.errors import StoreUnavailable
 from .decisions import timestamp
 from .pgsql import CONFIG, ERRORS, KEEPALIVES, TAKE_TURN, TRAINER, TRIAGE, Connection, literals, migrate, translate
+from .signals import SIGNALS_SHARED
 from .sqlite import BATCH_LIMIT, Store
 
 __all__ = ["TRAINER", "Connection", "DatabaseModels", "PostgresDatabase", "PostgresStore", "translate"]
@@ -132,25 +134,27 @@ class PostgresStore(Store):
                 except queue.Empty:
                     break
             batch = [op for op in batch if op.claim()]  # an op whose request gave up is never written
-            if not batch:
-                continue
-            try:
-                if conn is None:
-                    conn = self.database.connect(create=False)
-                self._commit(conn, batch)
-            except Exception as exc:
-                if conn is not None and conn.raw.broken:  # the server may have committed before it went
-                    failure = StoreUnavailable(LOST_IN_COMMIT)
-                else:
-                    failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
-                for op in batch:
-                    op.result, op.error = None, failure
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    conn = None
-            for op in batch:
-                op.finish()
+            # Ops written ``concurrent`` (signal ingestion: see .signals) each in a transaction of its own,
+            # without the write turn, answered once it is committed; the rest as one batch in the turn.
+            rest = [op for op in batch if not op.concurrent]
+            for group in [[op] for op in batch if op.concurrent] + ([rest] if rest else []):
+                try:
+                    if conn is None:
+                        conn = self.database.connect(create=False)
+                    self._commit(conn, group)
+                except Exception as exc:
+                    if conn is not None and conn.raw.broken:  # the server may have committed before it went
+                        failure = StoreUnavailable(LOST_IN_COMMIT)
+                    else:
+                        failure = StoreUnavailable(f"the decision log could not commit: {_reason(exc)}")
+                    for op in group:
+                        op.result, op.error = None, failure
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                for op in group:
+                    op.finish()
 
     def _commit(self, conn: Connection, batch: list) -> None:
         if not self._commit_pipelined(conn, batch):
@@ -220,13 +224,15 @@ class PostgresStore(Store):
             cached = self._cursor_of = (conn, psycopg.ClientCursor(raw), Escaping(raw.pgconn), raw.info.encoding)
         return cached[1], cached[2], cached[3]
 
-    def _begin(self, conn: Connection, deadline: float) -> bool:
-        """Start a transaction in the write turn, waiting for it until ``deadline``; False when it stayed taken."""
+    def _begin(self, conn: Connection, deadline: float, batch: list = ()) -> bool:
+        """Start a transaction in the write turn (for ops written ``concurrent``: holding the signals' lock
+        shared), waiting for it until ``deadline``; False when it stayed taken."""
         wait_ms = int((deadline - time.monotonic()) * 1000)
         if wait_ms <= 0:
             return False
+        turn = SIGNALS_SHARED if batch and all(op.concurrent for op in batch) else TAKE_TURN
         try:
-            conn.execute(f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; {TAKE_TURN}")
+            conn.execute(f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; {turn}")
         except psycopg.errors.LockNotAvailable:
             conn.execute("ROLLBACK")
             return False

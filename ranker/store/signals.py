@@ -7,6 +7,15 @@ each leaf's update time, a version raised by every change the entity's features 
 version per entity, raised by every change), ``signal_events`` (raw events, one row per log record naming its
 account and user, unique by the record's identity so redeliveries are ignored),
 ``signal_buckets`` and ``signal_distinct`` (see :mod:`ranker.signals.features`).
+
+On PostgreSQL an ingested batch commits without the write turn (which only orders decision ids), in a
+transaction of its own, so several processes' batches go in at once and the database uses more than one CPU
+(``Store.write(..., concurrent=True)``). What keeps that safe: ingestion holds an advisory lock shared
+(``SIGNALS_SHARED``) and every other write of these tables takes it exclusively before its first statement
+(``SIGNALS_EXCLUSIVE``: entity changes, deletion, rebuild, prune see no ingestion half done, and keep their
+read-then-write one at a time); and every ingestion takes its rows' locks in one order (events, buckets,
+distinct values, versions; each table's rows sorted), so no two writers wait on each other in a cycle. A
+record delivered twice at once is still stored once: the second insert waits for the first's commit.
 """
 
 from __future__ import annotations
@@ -46,6 +55,11 @@ _DISTINCT_HEAD = "INSERT OR IGNORE INTO signal_distinct (type, entity_id, featur
 _TOUCH_HEAD = "INSERT INTO signal_versions (type, id, version) "
 _TOUCH_TAIL = " ON CONFLICT (type, id) DO UPDATE SET version = signal_versions.version + 1"
 _TOUCH = _TOUCH_HEAD + "VALUES (?, ?, 1)" + _TOUCH_TAIL
+# PostgreSQL: ingestion commits without the write turn, concurrently (PostgresStore._write_loop), holding this
+# advisory lock shared; every other write of these tables takes it exclusively before its first statement.
+SIGNALS_LOCK = 0x72616E6B65720006
+SIGNALS_SHARED = f"SELECT pg_advisory_xact_lock_shared({SIGNALS_LOCK})"
+SIGNALS_EXCLUSIVE = {"sqlite": None, "postgresql": f"SELECT pg_advisory_xact_lock({SIGNALS_LOCK})"}
 # Rows per multi-row statement, largest first: a batch goes out in a few statements of these sizes, each
 # prepared once per connection (SQLite's statement cache) rather than one statement per row size.
 _CHUNKS = (256, 64, 16, 4, 1)
@@ -53,6 +67,10 @@ _CHUNKS = (256, 64, 16, 4, 1)
 
 def _bucket_order(row: tuple) -> tuple:
     return row[0], row[1], row[3], row[2]  # the primary key's order: type, entity_id, day, feature
+
+
+def _distinct_order(row: tuple) -> tuple:
+    return row[0], row[1], row[3], row[2], row[4]  # type, entity_id, day, feature, value
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,8 +82,15 @@ def _statement(head: str, tail: str, rows: int, width: int, constant: str = "") 
 def insert_rows(conn, head: str, rows: Sequence[tuple], tail: str = "", constant: str = "") -> None:
     """Insert ``rows`` with a few multi-row statements instead of one per row: each statement lets the writer
     thread drop the GIL, and getting it back from busy request threads can take a switch interval (see
-    :func:`ranker.store.sqlite._run_merged`). ``constant``: SQL text appended to every row's values."""
+    :func:`ranker.store.sqlite._run_merged`). ``constant``: SQL text appended to every row's values.
+
+    On PostgreSQL all rows go in one statement, as literals (:meth:`ranker.store.pgsql.Connection.
+    insert_literals`): binding a thousand parameters cost the writer more CPU than the database spent on the
+    rows; a value with no literal there is bound as below."""
     if not rows:
+        return
+    literal = getattr(conn, "insert_literals", None)
+    if literal is not None and literal(head, rows, tail, constant) is not None:
         return
     width = len(rows[0])
     i, n = 0, len(rows)
@@ -107,6 +132,13 @@ class SignalStore:
     def __init__(self, store: Store):
         self.store = store
 
+    def _exclusive(self, conn) -> None:
+        """Before a write of the signals' tables other than ingestion: wait for the ingestions committing
+        concurrently (PostgreSQL), and keep new ones out until this transaction ends."""
+        sql = SIGNALS_EXCLUSIVE[self.store.engine]
+        if sql:
+            conn.execute(sql)
+
     # -- entities -------------------------------------------------------------------------------
 
     def upsert_entity(
@@ -123,6 +155,7 @@ class SignalStore:
         ``at`` is before the entity's latest change (a dated change, importing history, must come in order)."""
 
         def run(conn: sqlite3.Connection):
+            self._exclusive(conn)
             row = conn.execute(
                 "SELECT attributes, times, updated_at FROM signal_entities WHERE type = ? AND id = ?",
                 (entity, entity_id),
@@ -285,6 +318,7 @@ class SignalStore:
         column = ID_COLUMN[entity]
 
         def run(conn: sqlite3.Connection) -> bool:
+            self._exclusive(conn)
             found = False
             for table, id_column in (
                 ("signal_versions", "id"),
@@ -315,7 +349,8 @@ class SignalStore:
         all_new = fold(events)
         # In index order, so consecutive rows mostly land on the page the last one did
         events = sorted(events)
-        all_new = (sorted(all_new[0], key=_bucket_order), all_new[1])
+        # (and each table's rows in one order: on PostgreSQL, concurrent ingestions lock rows in the same order)
+        all_new = (sorted(all_new[0], key=_bucket_order), sorted(all_new[1], key=_distinct_order))
 
         def run(conn: sqlite3.Connection) -> int:
             # Usually every event is new: one statement for all. When some were seen before, redo them one
@@ -331,14 +366,18 @@ class SignalStore:
             conn.execute("RELEASE events")
             if not new:
                 return 0
-            buckets, distinct = all_new if new is events else fold(new)
+            if new is events:
+                buckets, distinct = all_new
+            else:
+                buckets, distinct = fold(new)
+                buckets, distinct = sorted(buckets, key=_bucket_order), sorted(distinct, key=_distinct_order)
             insert_rows(conn, _BUCKET_HEAD, buckets, _BUCKET_TAIL)
             insert_rows(conn, _DISTINCT_HEAD, distinct)
             touched = {("account", e[3]) for e in new if e[3] is not None} | {("user", e[4]) for e in new if e[4]}
             insert_rows(conn, _TOUCH_HEAD, sorted(touched), _TOUCH_TAIL, ", 1")
             return len(new)
 
-        return self.store.write(run)
+        return self.store.write(run, concurrent=True)
 
     def buckets(self, entity: str, entity_id: str, first_day: int) -> tuple[list[tuple], list[tuple]]:
         """The entity's bucket rows ``(feature, day, count, total, low, high, newest, last_value)`` and distinct
@@ -375,6 +414,7 @@ class SignalStore:
         return the number of events read."""
 
         def run(conn: sqlite3.Connection) -> int:
+            self._exclusive(conn)
             conn.execute("DELETE FROM signal_buckets")
             conn.execute("DELETE FROM signal_distinct")
             cursor = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM signal_events")
@@ -395,6 +435,7 @@ class SignalStore:
         maintenance, and an index on their time would cost every ingestion."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
+            self._exclusive(conn)
             return {
                 "events": conn.execute("DELETE FROM signal_events WHERE at < ?", (before_ns,)).rowcount,
                 "buckets": conn.execute("DELETE FROM signal_buckets WHERE day < ?", (before_day,)).rowcount

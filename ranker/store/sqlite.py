@@ -60,13 +60,18 @@ log = logging.getLogger("ranker")
 class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
-    __slots__ = ("fn", "insert", "deadline", "result", "error", "_done", "_claim")
+    __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "_done", "_claim")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None, deadline: float
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        insert: tuple[str, tuple] | None,
+        deadline: float,
+        concurrent: bool = False,
     ) -> None:
         self.fn = fn
         self.insert = insert
+        self.concurrent = concurrent  # see Store.write
         self.deadline = deadline  # time.monotonic() by which it is committed, or its request answers 503
         self.result: Any = None
         self.error: BaseException | None = None
@@ -265,18 +270,23 @@ class Store(DecisionLog):
 
     # -- writes -------------------------------------------------------------------------------
 
-    def write(self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None = None) -> Any:
+    def write(
+        self, fn: Callable[[sqlite3.Connection], Any], insert: tuple[str, tuple] | None = None, concurrent: bool = False
+    ) -> Any:
         """Run ``fn(conn)`` inside the next group commit and return its result once committed.
 
         ``fn`` may run a second time after its batch was rolled back, so it must only run SQL on ``conn``.
         ``insert`` describes ``fn`` when it is a single-row ``INSERT OR IGNORE`` returning whether the row
         went in: the statement up to ``VALUES `` and the row's values. Such ops of one batch go out as
-        one multi-row statement. Raises ``StoreUnavailable`` when it is not committed within
-        ``commit_timeout`` seconds; it is then not written either.
+        one multi-row statement. ``concurrent``: ``fn`` needs no write turn and may commit while other
+        processes write (the PostgreSQL store commits it in a transaction of its own; SQLite has one
+        writer at a time anyway): see :meth:`ranker.store.postgres.PostgresStore._commit`. Raises
+        ``StoreUnavailable`` when it is not committed within ``commit_timeout`` seconds; it is then not
+        written either.
         """
         self._ensure_writer()
         deadline = time.monotonic() + self.commit_timeout
-        op = _Op(fn, insert, deadline)
+        op = _Op(fn, insert, deadline, concurrent)
         self._queue.put(op)
         if not op.wait(self.commit_timeout):
             if op.claim():  # the writer never took it, and now never will: nothing was written
@@ -363,7 +373,7 @@ class Store(DecisionLog):
         batch = list(batch)
         while batch:
             deadline = min(op.deadline for op in batch)
-            if self._begin(conn, deadline):
+            if self._begin(conn, deadline, batch):
                 try:
                     if _run_merged(conn, batch) or self._run_one_by_one(conn, batch, deadline):
                         if time.monotonic() < deadline:
@@ -381,8 +391,9 @@ class Store(DecisionLog):
                     op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
             batch = [op for op in batch if op.deadline > now]
 
-    def _begin(self, conn: sqlite3.Connection, deadline: float) -> bool:
-        """Start a write transaction, waiting for SQLite's lock until ``deadline``; False when it stayed taken."""
+    def _begin(self, conn: sqlite3.Connection, deadline: float, batch: list[_Op] = ()) -> bool:
+        """Start a write transaction for ``batch``, waiting for SQLite's lock until ``deadline``; False when it
+        stayed taken."""
         wait_ms = int((deadline - time.monotonic()) * 1000)
         if wait_ms <= 0:
             return False
@@ -404,7 +415,7 @@ class Store(DecisionLog):
         SQLite's lock could not be had again before ``deadline``."""
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if not self._begin(conn, deadline):
+        if not self._begin(conn, deadline, batch):
             return False
         for op in batch:
             op.result, op.error = None, None
