@@ -35,6 +35,9 @@ Personalizer did.
 
 Publishing: at most once per ``modelExportFrequency``, and only when something was learned since the last
 publication, the checkpointed model becomes a new version in the model store (:mod:`ranker.store.models`).
+
+About 530 lines: the pass, the checkpoint and the publication share one loop state and its compare-and-set;
+the reward join (:mod:`ranker.logdata.join`) and graduation (:mod:`.apprentice`) already live apart.
 """
 
 from __future__ import annotations
@@ -166,8 +169,8 @@ class Trainer:
             return now + timedelta(seconds=time.monotonic() - started)
 
         report = {name: {"learned": 0, "skipped": 0, "malformed": 0, "published": None} for name in self.settings.loops}
-        # What this pass read of each loop (its checkpoint's stamp and effective settings, in _loop): the same
-        # loop read again after nothing was learned would be the same, so an idle pass reads each once.
+        # What this pass read of each loop (its effective settings, in _loop): a loop that learned nothing since
+        # keeps them for the rest of the pass, once its checkpoint's stamp shows no change (a reset, an import).
         self._read = {}
         pending = list(self.settings.loops)
         while pending:
@@ -187,7 +190,15 @@ class Trainer:
             untouched = (
                 name in self._read and name in self._loops and not (report[name]["learned"] or report[name]["skipped"])
             )
-            loop = self._loops[name] if untouched else self._loop(name)
+            loop = self._loops[name] if untouched else None
+            if loop is not None and learning.stamp(self._conn, name) != (
+                loop.fingerprint,
+                loop.last_id,
+                loop.learned,
+                loop.generation,
+            ):  # a reset, an import or another trainer since the pass's first look: read the loop again
+                loop, untouched = None, False
+            loop = loop or self._loop(name)
             try:
                 if loop.pending:
                     self._checkpoint(loop)

@@ -148,8 +148,14 @@ class Connection:
         values = literals(rows, *self._escaping, constant)
         if values is None:
             return None
-        cursor = self.raw.cursor()
-        cursor.execute(_with_rows(head, tail).replace(_ROWS, values, 1))
+        # Each such statement is run once: psycopg would otherwise keep its text (up to its last 100) to count
+        # executions towards preparing it, megabytes for batches of this size.
+        raw, cursor = self.raw, self.raw.cursor()
+        threshold, raw.prepare_threshold = raw.prepare_threshold, None
+        try:
+            cursor.execute(_with_rows(head, tail).replace(_ROWS, values, 1))
+        finally:
+            raw.prepare_threshold = threshold
         self.total_changes += max(cursor.rowcount, 0)
         return cursor.rowcount
 

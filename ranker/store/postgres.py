@@ -14,12 +14,15 @@ SQLite, and why:
   sequence gives them out at insert time, and two transactions can commit in the other order. Every write
   transaction therefore takes ``pg_advisory_xact_lock(WRITE_TURN)`` first (the group commit's batch, and
   :func:`ranker.store.sqlite.transaction`): ids are given out and committed inside the turn, as SQLite's
-  single writer does, and the lock is released only once the commit is visible. Signal ingestion alone
-  commits without it, concurrently (:mod:`ranker.store.signals`). A batch carries every
+  single writer does, and the lock is released only once the commit is visible. A batch carries every
   request its worker has queued, so the turn costs commits, not requests.
 - **Group commit as on SQLite.** A worker's threads hand their writes to one writer thread, whose connection
   runs each batch in one transaction; a 201/204 is sent after ``COMMIT`` returned (``synchronous_commit``
-  on: the WAL is flushed). ``commit_timeout`` bounds the wait for the turn (``lock_timeout``).
+  on: the WAL is flushed). ``commit_timeout`` bounds the wait for the turn (``lock_timeout``). Signal
+  ingestion writes no ids: each of its batches commits after the turn's, in a transaction of its own without
+  the turn, concurrently with other processes' (:mod:`ranker.store.signals`).
+
+About 500 lines: the writer loop, its pipelined commit and the model store share the connection handling.
 - **Leadership by a session advisory lock.** The trainer holds ``pg_try_advisory_lock(TRAINER)`` on a
   connection of its own; when its process dies the server ends the session and the lock goes with it, and a
   standby's next try (every 0.2 s) wins. TCP keepalives on that session bound how long a vanished host keeps
@@ -134,10 +137,11 @@ class PostgresStore(Store):
                 except queue.Empty:
                     break
             batch = [op for op in batch if op.claim()]  # an op whose request gave up is never written
-            # Ops written ``concurrent`` (signal ingestion: see .signals) each in a transaction of its own,
-            # without the write turn, answered once it is committed; the rest as one batch in the turn.
+            # The batch in the write turn first (Ranks wait for no ingestion), then ops written ``concurrent``
+            # (signal ingestion: see .signals) each in a transaction of its own without the turn, answered once
+            # it is committed.
             rest = [op for op in batch if not op.concurrent]
-            for group in [[op] for op in batch if op.concurrent] + ([rest] if rest else []):
+            for group in ([rest] if rest else []) + [[op] for op in batch if op.concurrent]:
                 try:
                     if conn is None:
                         conn = self.database.connect(create=False)

@@ -169,7 +169,9 @@ def _run_merged(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
         if op.insert is None:
             try:
                 op.result = op.fn(conn)
-            except Exception:
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) == "40P01":  # PostgreSQL broke a deadlock: each writer is redone
+                    log.warning("a write was chosen to break a deadlock; it is redone: %s", exc)
                 return False
             i += 1
             continue
@@ -280,7 +282,7 @@ class Store(DecisionLog):
         went in: the statement up to ``VALUES `` and the row's values. Such ops of one batch go out as
         one multi-row statement. ``concurrent``: ``fn`` needs no write turn and may commit while other
         processes write (the PostgreSQL store commits it in a transaction of its own; SQLite has one
-        writer at a time anyway): see :meth:`ranker.store.postgres.PostgresStore._commit`. Raises
+        writer at a time anyway): see :meth:`ranker.store.postgres.PostgresStore._write_loop`. Raises
         ``StoreUnavailable`` when it is not committed within ``commit_timeout`` seconds; it is then not
         written either.
         """
