@@ -23,6 +23,7 @@ TRAINER = 0x72616E6B65720002  # pg_advisory_lock key of the trainer's leadership
 CONFIG = 0x72616E6B65720003  # pg_advisory_xact_lock key of configuration changes
 MIGRATE = 0x72616E6B65720004
 TRIAGE = 0x72616E6B65720005  # pg_advisory_lock key of the triage passes, one at a time
+# 0x72616E6B65720006: the signals' ingestion lock, ranker.store.signals.SIGNALS_LOCK (kept there: no psycopg)
 TAKE_TURN = f"SELECT pg_advisory_xact_lock({WRITE_TURN})"
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
 ERRORS = (psycopg.Error,)  # the engine's errors: the log failed, not the op

@@ -72,7 +72,8 @@ _MERGED_INSERT = re.compile(r"^INSERT OR IGNORE INTO (\w+) \(([^)]*)\) VALUES $"
 # (its event id: 409 when the first attempt went in) and an Activate, not for a Reward (kept twice).
 LOST_IN_COMMIT = (
     "the connection to the database was lost during the commit, which may or may not have been made; "
-    "retry with the same eventId (a Rank whose first attempt was committed then answers 409)"
+    "retry: a Rank retried with the same eventId answers 409 if its first attempt was committed, and a "
+    "record sent again is stored once"
 )
 # A worker's look for changes: the loop's configuration and its model pointer, in one round trip
 LOOK = (
