@@ -126,6 +126,29 @@ class OutOfOrder(ValueError):
     """A change dated before the entity's latest change: history is appended in time order."""
 
 
+def _inserted_all(conn, events: list[EventRow]) -> bool:
+    """Insert the events (ignoring the ones stored before); whether every one of them went in."""
+    before = conn.total_changes
+    insert_rows(conn, _EVENT_HEAD, events)
+    return conn.total_changes - before == len(events)
+
+
+def _unseen(conn, events: list[EventRow]) -> list[EventRow]:
+    """The events whose identity is not stored yet, each identity once, in their order."""
+    keys = [event[0] for event in events]
+    seen = set()
+    for i in range(0, len(keys), 500):
+        part = keys[i : i + 500]
+        sql = f"SELECT key FROM signal_events WHERE key IN ({', '.join('?' * len(part))})"
+        seen.update(bytes(row[0]) for row in conn.execute(sql, part).fetchall())
+    unseen = []
+    for event in events:
+        if event[0] not in seen:
+            seen.add(event[0])
+            unseen.append(event)
+    return unseen
+
+
 class SignalStore:
     """What ingestion, the entities API, enrichment and the ``ranker signals`` commands need of the database."""
 
@@ -353,16 +376,17 @@ class SignalStore:
         all_new = (sorted(all_new[0], key=_bucket_order), sorted(all_new[1], key=_distinct_order))
 
         def run(conn: sqlite3.Connection) -> int:
-            # Usually every event is new: one statement for all. When some were seen before, redo them one
-            # by one to learn which (only new ones count).
+            # Usually every event is new: one statement for all. When some were seen before (a redelivery),
+            # one read of which are stored and one insert of the others; one by one only when that insert did
+            # not take them all either (another writer stored some meanwhile).
             conn.execute("SAVEPOINT events")
-            before = conn.total_changes
-            insert_rows(conn, _EVENT_HEAD, events)
-            if conn.total_changes - before == len(events):
-                new = events
-            else:
+            new = events if _inserted_all(conn, events) else None
+            if new is None:
                 conn.execute("ROLLBACK TO events")
-                new = [event for event in events if conn.execute(_EVENT_INSERT, event).rowcount == 1]
+                new = _unseen(conn, events)
+                if not _inserted_all(conn, new):
+                    conn.execute("ROLLBACK TO events")
+                    new = [event for event in events if conn.execute(_EVENT_INSERT, event).rowcount == 1]
             conn.execute("RELEASE events")
             if not new:
                 return 0
