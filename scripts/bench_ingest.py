@@ -317,23 +317,20 @@ class _Timed:
         if hasattr(conn, "insert_literals"):  # PostgreSQL's: see ranker.store.signals.insert_rows
             self.insert_literals = self._insert_literals
 
-    def execute(self, sql: str, *params):
+    def _timed(self, call, sql: str, *rest):
         started, wall = time.thread_time(), time.perf_counter()
         try:
-            return self.conn.execute(sql, *params)
+            return call(sql, *rest)
         finally:
             name = sql.split("(")[0].strip()[:40]
             self.spent[name] += time.thread_time() - started
             self.waited[name] += time.perf_counter() - wall
 
+    def execute(self, sql: str, *params):
+        return self._timed(self.conn.execute, sql, *params)
+
     def _insert_literals(self, head: str, *rest):
-        started, wall = time.thread_time(), time.perf_counter()
-        try:
-            return self.conn.insert_literals(head, *rest)
-        finally:
-            name = head.split("(")[0].strip()[:40]
-            self.spent[name] += time.thread_time() - started
-            self.waited[name] += time.perf_counter() - wall
+        return self._timed(self.conn.insert_literals, head, *rest)
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)
