@@ -19,7 +19,7 @@ workers = _settings.workers
 # Threads let concurrent requests of one worker share a group commit of the decision log. The worker is
 # gthread's, but its poller reads each request whole (under header_timeout and body_timeout) before a
 # thread serves it, so clients that send slowly do not hold the threads (ranker/server/http_worker.py).
-worker_class = "ranker.server.http_worker.BufferingWorker"
+worker_class = "ranker.server.inline_worker.InlineWorker"  # prototype: Rank and /null served in the poller
 threads = _settings.threads
 worker_connections = _settings.max_connections
 # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over them.

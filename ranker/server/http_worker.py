@@ -173,6 +173,10 @@ class BufferingWorker(ThreadWorker):
             return
         self.unwatch(conn)
         req, conn.req = conn.req, None
+        self.dispatch(conn, req)
+
+    def dispatch(self, conn: Conn, req: Request) -> None:
+        """Hand a complete request to a thread; the poller gets the connection back after the answer."""
         future = self.tpool.submit(self.serve, conn, req)
         future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
@@ -384,8 +388,11 @@ class BufferingWorker(ThreadWorker):
         if not keep:
             self.linger(conn)
             return
-        if not self.nonblocking(conn):
-            return
+        if self.nonblocking(conn):
+            self.keep_alive(conn)
+
+    def keep_alive(self, conn: Conn) -> None:
+        """An answered connection (non-blocking again) that stays open: its next request, or idle."""
         if conn.buf:  # the client sent its next request already
             conn.deadline = time.monotonic() + self.header_timeout
             self.watch(conn, self.on_readable)

@@ -254,6 +254,10 @@ class Store(DecisionLog):
         self._read_lock = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._read_pid: int | None = None
+        # Set by a worker that serves a poll round in one thread: suspend(op) -> True once the op's batch
+        # was committed by that thread (commit_batch), False when the caller is not one of its requests.
+        self.suspend: Callable[[_Op], bool] | None = None
+        self._own: tuple[int, Any, sqlite3.Connection | None, float] | None = None  # pid, lock, conn, checkpointed
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
@@ -286,16 +290,19 @@ class Store(DecisionLog):
         ``StoreUnavailable`` when it is not committed within ``commit_timeout`` seconds; it is then not
         written either.
         """
-        self._ensure_writer()
         deadline = time.monotonic() + self.commit_timeout
         op = _Op(fn, insert, deadline, concurrent)
-        self._queue.put(op)
-        if not op.wait(self.commit_timeout):
-            if op.claim():  # the writer never took it, and now never will: nothing was written
-                raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
-            # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
-            # wait lasts at most as long as a COMMIT that started just before it.
-            op.wait(-1)
+        # A request that its worker serves in its poll round is suspended until the round's batch is
+        # committed (see commit_batch); any other goes through the writer thread.
+        if self.suspend is None or not self.suspend(op):
+            self._ensure_writer()
+            self._queue.put(op)
+            if not op.wait(self.commit_timeout):
+                if op.claim():  # the writer never took it, and now never will: nothing was written
+                    raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
+                # Inside a transaction already: the writer rolls it back once the deadline has passed, so
+                # this wait lasts at most as long as a COMMIT that started just before it.
+                op.wait(-1)
         if isinstance(op.error, self.errors):  # e.g. a full disk: the log is what failed, not the request
             raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
@@ -342,25 +349,7 @@ class Store(DecisionLog):
                 batch = [op for op in batch if op.claim()]
                 if not batch:
                     continue
-                try:
-                    # Never write into a file the server no longer serves, and never acknowledge a commit
-                    # that went into one: the file may go between the two checks, not after the second.
-                    self.check()
-                    if conn is None:
-                        conn = writer_connection(self.path, self.synchronous)
-                        self._busy_ms = 30000  # connect's busy timeout
-                    self._commit(conn, batch)
-                    self.check()
-                except Exception as exc:
-                    failure = exc if isinstance(exc, StoreUnavailable) else None
-                    failure = failure or StoreUnavailable(f"the decision log could not commit: {exc}")
-                    for op in batch:
-                        op.result, op.error = None, failure
-                    if conn is not None:  # open again next time: the file may be back, or a new one in place
-                        try:
-                            conn.close()
-                        finally:
-                            conn = None
+                conn = self._turn(conn, batch)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
             for op in batch:
@@ -368,6 +357,46 @@ class Store(DecisionLog):
             if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
                 checkpoint(conn)
                 checkpointed = time.monotonic()
+
+    def _turn(self, conn: sqlite3.Connection | None, batch: list[_Op]) -> sqlite3.Connection | None:
+        """Commit the claimed ``batch`` through ``conn`` (opened when None) while the write turn is held; the
+        connection to use next time (None after a failure, which every op of the batch carries)."""
+        try:
+            # Never write into a file the server no longer serves, and never acknowledge a commit
+            # that went into one: the file may go between the two checks, not after the second.
+            self.check()
+            if conn is None:
+                conn = writer_connection(self.path, self.synchronous)
+                self._busy_ms = 30000  # connect's busy timeout
+            self._commit(conn, batch)
+            self.check()
+        except Exception as exc:
+            failure = exc if isinstance(exc, StoreUnavailable) else None
+            failure = failure or StoreUnavailable(f"the decision log could not commit: {exc}")
+            for op in batch:
+                op.result, op.error = None, failure
+            if conn is not None:  # open again next time: the file may be back, or a new one in place
+                try:
+                    conn.close()
+                finally:
+                    conn = None
+        return conn
+
+    def commit_batch(self, batch: list[_Op]) -> None:
+        """Commit ``batch`` in the caller's thread, in one transaction under the write turn: what the writer
+        thread does for queued ops, for a worker that runs a poll round's requests in its one thread."""
+        if self._own is None or self._own[0] != os.getpid():
+            self._own = (os.getpid(), open(self.path.with_suffix(".lock"), "a"), None, time.monotonic())  # noqa: SIM115
+        pid, lock, conn, checkpointed = self._own
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            conn = self._turn(conn, [op for op in batch if op.claim()])
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
+            checkpoint(conn)
+            checkpointed = time.monotonic()
+        self._own = (pid, lock, conn, checkpointed)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
