@@ -233,6 +233,9 @@ class Store(DecisionLog):
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the engine's errors: the log failed, not the op
     engine = "sqlite"  # the switch of the few statements written per engine (e.g. ranker.store.signals)
+    # Set by a worker that serves a poll round in one thread: suspend(op) -> True once the op's batch was
+    # committed by that thread (commit_batch), False when the caller is not one of its requests.
+    suspend: Callable[[_Op], bool] | None = None
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
         self.path = Path(path)
@@ -254,9 +257,6 @@ class Store(DecisionLog):
         self._read_lock = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._read_pid: int | None = None
-        # Set by a worker that serves a poll round in one thread: suspend(op) -> True once the op's batch
-        # was committed by that thread (commit_batch), False when the caller is not one of its requests.
-        self.suspend: Callable[[_Op], bool] | None = None
         self._own: tuple[int, Any, sqlite3.Connection | None, float] | None = None  # pid, lock, conn, checkpointed
 
     def check(self) -> None:
