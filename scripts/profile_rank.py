@@ -87,6 +87,7 @@ WRITER_PIECES = [
     "writer: BEGIN, COMMIT",
     "writer: file checks (stat)",
     "writer: BEGIN … COMMIT, one query (PostgreSQL)",
+    "writer: commit_batch's own lines (inline)",
 ]
 FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
 
@@ -128,11 +129,20 @@ def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
     us["request thread's framework"] = framework
     us["wrappers' own cost"] = 1e6 * wrapped_calls * (inside + outside) / requests
     per = {k: 1e6 * (after[k] - before[k]) / requests for k in ("main", "writer", "workers", "server")}
-    us["poller (worker's main thread)"] = per["main"]
     writer = sum(us.get(p, 0.0) for p in WRITER_PIECES)
-    us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
     in_threads = sum(us.get(p, 0.0) for p in REQUEST_PIECES) + framework + us["wrappers' own cost"]
-    us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
+    inline = (
+        after["pieces"].get("writer: commit_batch's own lines (inline)", [0, 0])[1]
+        > before["pieces"].get("writer: commit_batch's own lines (inline)", [0, 0])[1]
+    )
+    if inline:  # requests and commits ran in the poller (ranker.server.inline_worker): its own is the rest
+        us["poller (worker's main thread)"] = per["main"] - in_threads - writer
+        us["writer: loop (queue, lock, wake-ups)"] = per["writer"]
+        us["worker's other threads"] = per["workers"] - per["main"] - per["writer"]
+    else:
+        us["poller (worker's main thread)"] = per["main"]
+        us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
+        us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
     us["trainer and gunicorn master"] = per["server"] - per["workers"]
     us["whole server"] = per["server"]
     for name, seconds in after["threads"].items():
