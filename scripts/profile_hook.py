@@ -183,7 +183,7 @@ def install() -> None:
         inline_worker = None
     if inline_worker is not None:
         _patch(inline_worker.InlineWorker, "serve_inline", "request thread's framework")
-        _patch(sqlite.Store, "commit_batch", "writer: commit_batch's own lines (inline)")
+        _patch(inline_worker.InlineWorker, "serve_round", "requests served in the poller")
     if _settrace is not None:
         _settrace(_trace)  # this thread's switches: the poller's, where the inline worker runs its requests
     _patch(gthread.ThreadWorker, "handle_request", "request thread's framework")

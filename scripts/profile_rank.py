@@ -87,8 +87,9 @@ WRITER_PIECES = [
     "writer: BEGIN, COMMIT",
     "writer: file checks (stat)",
     "writer: BEGIN … COMMIT, one query (PostgreSQL)",
-    "writer: commit_batch's own lines (inline)",
 ]
+# The inline worker's requests: gunicorn's request handling run in the poller thread (counted with the framework).
+INLINE = "requests served in the poller"
 FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
 
 
@@ -131,17 +132,13 @@ def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
     per = {k: 1e6 * (after[k] - before[k]) / requests for k in ("main", "writer", "workers", "server")}
     writer = sum(us.get(p, 0.0) for p in WRITER_PIECES)
     in_threads = sum(us.get(p, 0.0) for p in REQUEST_PIECES) + framework + us["wrappers' own cost"]
-    inline = (
-        after["pieces"].get("writer: commit_batch's own lines (inline)", [0, 0])[1]
-        > before["pieces"].get("writer: commit_batch's own lines (inline)", [0, 0])[1]
-    )
-    if inline:  # requests and commits ran in the poller (ranker.server.inline_worker): its own is the rest
-        us["poller (worker's main thread)"] = per["main"] - in_threads - writer
-        us["writer: loop (queue, lock, wake-ups)"] = per["writer"]
+    us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
+    if after["pieces"].get(INLINE, [0, 0])[1] > before["pieces"].get(INLINE, [0, 0])[1]:
+        # The requests ran in the poller (ranker.server.inline_worker): what they leave of its CPU is its own.
+        us["poller (worker's main thread)"] = per["main"] - in_threads
         us["worker's other threads"] = per["workers"] - per["main"] - per["writer"]
     else:
         us["poller (worker's main thread)"] = per["main"]
-        us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
         us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
     us["trainer and gunicorn master"] = per["server"] - per["workers"]
     us["whole server"] = per["server"]

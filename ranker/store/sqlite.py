@@ -60,7 +60,7 @@ log = logging.getLogger("ranker")
 class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
-    __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "_done", "_claim")
+    __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "notify", "_done", "_claim")
 
     def __init__(
         self,
@@ -75,6 +75,7 @@ class _Op:
         self.deadline = deadline  # time.monotonic() by which it is committed, or its request answers 503
         self.result: Any = None
         self.error: BaseException | None = None
+        self.notify: Callable[[_Op], None] | None = None  # called by the writer once the op is finished
         # A bare lock, held until the op is committed: cheaper to make, wait on and release than an Event.
         self._done = threading.Lock()
         self._done.acquire()
@@ -89,6 +90,8 @@ class _Op:
 
     def finish(self) -> None:
         self._done.release()
+        if self.notify is not None:
+            self.notify(self)
 
 
 def connect(path: Path, synchronous: str = "FULL", create: bool = True) -> sqlite3.Connection:
@@ -233,8 +236,9 @@ class Store(DecisionLog):
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the engine's errors: the log failed, not the op
     engine = "sqlite"  # the switch of the few statements written per engine (e.g. ranker.store.signals)
-    # Set by a worker that serves a poll round in one thread: suspend(op) -> True once the op's batch was
-    # committed by that thread (commit_batch), False when the caller is not one of its requests.
+    # Set by a worker that serves requests in greenlets of its poller thread (ranker.server.inline_worker):
+    # ``suspend(op)`` parks the calling request until the op is finished and returns True, or returns False
+    # at once when the caller is not one of those requests (it then waits in ``write`` as usual).
     suspend: Callable[[_Op], bool] | None = None
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
@@ -257,7 +261,6 @@ class Store(DecisionLog):
         self._read_lock = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._read_pid: int | None = None
-        self._own: tuple[int, Any, sqlite3.Connection | None, float] | None = None  # pid, lock, conn, checkpointed
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
@@ -292,22 +295,36 @@ class Store(DecisionLog):
         """
         deadline = time.monotonic() + self.commit_timeout
         op = _Op(fn, insert, deadline, concurrent)
-        # A request that its worker serves in its poll round is suspended until the round's batch is
-        # committed (see commit_batch); any other goes through the writer thread.
+        # A request served in its worker's poll round is parked with its op, which the worker queues with the
+        # round's others and resumes once the writer has finished it (or gives up on at its deadline).
         if self.suspend is None or not self.suspend(op):
             self._ensure_writer()
             self._queue.put(op)
             if not op.wait(self.commit_timeout):
-                if op.claim():  # the writer never took it, and now never will: nothing was written
-                    raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
-                # Inside a transaction already: the writer rolls it back once the deadline has passed, so
-                # this wait lasts at most as long as a COMMIT that started just before it.
+                if self.give_up(op):
+                    raise op.error
+                # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
+                # wait lasts at most as long as a COMMIT that started just before it.
                 op.wait(-1)
         if isinstance(op.error, self.errors):  # e.g. a full disk: the log is what failed, not the request
             raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
             raise op.error
         return op.result
+
+    def enqueue(self, ops: list[_Op]) -> None:
+        """Queue parked ops for the writer (see ``suspend``): each one's ``notify`` is called once it is finished."""
+        self._ensure_writer()
+        for op in ops:
+            self._queue.put(op)
+
+    def give_up(self, op: _Op) -> bool:
+        """Fail an op whose deadline has passed, unless the writer has taken it (it is then committed or rolled
+        back by that deadline); whether it was failed. A failed op is never written."""
+        if not op.claim():
+            return False
+        op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
+        return True
 
     def _ensure_writer(self) -> None:
         # The writer thread belongs to the process that started it; a forked worker starts its own.
@@ -349,7 +366,25 @@ class Store(DecisionLog):
                 batch = [op for op in batch if op.claim()]
                 if not batch:
                     continue
-                conn = self._turn(conn, batch)
+                try:
+                    # Never write into a file the server no longer serves, and never acknowledge a commit
+                    # that went into one: the file may go between the two checks, not after the second.
+                    self.check()
+                    if conn is None:
+                        conn = writer_connection(self.path, self.synchronous)
+                        self._busy_ms = 30000  # connect's busy timeout
+                    self._commit(conn, batch)
+                    self.check()
+                except Exception as exc:
+                    failure = exc if isinstance(exc, StoreUnavailable) else None
+                    failure = failure or StoreUnavailable(f"the decision log could not commit: {exc}")
+                    for op in batch:
+                        op.result, op.error = None, failure
+                    if conn is not None:  # open again next time: the file may be back, or a new one in place
+                        try:
+                            conn.close()
+                        finally:
+                            conn = None
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
             for op in batch:
@@ -357,46 +392,6 @@ class Store(DecisionLog):
             if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
                 checkpoint(conn)
                 checkpointed = time.monotonic()
-
-    def _turn(self, conn: sqlite3.Connection | None, batch: list[_Op]) -> sqlite3.Connection | None:
-        """Commit the claimed ``batch`` through ``conn`` (opened when None) while the write turn is held; the
-        connection to use next time (None after a failure, which every op of the batch carries)."""
-        try:
-            # Never write into a file the server no longer serves, and never acknowledge a commit
-            # that went into one: the file may go between the two checks, not after the second.
-            self.check()
-            if conn is None:
-                conn = writer_connection(self.path, self.synchronous)
-                self._busy_ms = 30000  # connect's busy timeout
-            self._commit(conn, batch)
-            self.check()
-        except Exception as exc:
-            failure = exc if isinstance(exc, StoreUnavailable) else None
-            failure = failure or StoreUnavailable(f"the decision log could not commit: {exc}")
-            for op in batch:
-                op.result, op.error = None, failure
-            if conn is not None:  # open again next time: the file may be back, or a new one in place
-                try:
-                    conn.close()
-                finally:
-                    conn = None
-        return conn
-
-    def commit_batch(self, batch: list[_Op]) -> None:
-        """Commit ``batch`` in the caller's thread, in one transaction under the write turn: what the writer
-        thread does for queued ops, for a worker that runs a poll round's requests in its one thread."""
-        if self._own is None or self._own[0] != os.getpid():
-            self._own = (os.getpid(), open(self.path.with_suffix(".lock"), "a"), None, time.monotonic())  # noqa: SIM115
-        pid, lock, conn, checkpointed = self._own
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            conn = self._turn(conn, [op for op in batch if op.claim()])
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-        if conn is not None and time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
-            checkpoint(conn)
-            checkpointed = time.monotonic()
-        self._own = (pid, lock, conn, checkpointed)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Commit the batch's ops, all but those whose deadline passes first: each of those gets a
