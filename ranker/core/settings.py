@@ -212,7 +212,7 @@ class Settings(BaseModel):
         8,
         ge=1,
         le=256,
-        description="Threads per worker, for every request but Rank, Reward and Activate (the worker's poller serves those).",
+        description="Threads per worker, for all requests but Rank, Reward and Activate (its poller serves those).",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413.")
     max_header_bytes: int = Field(
