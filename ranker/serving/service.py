@@ -28,7 +28,7 @@ from ..signals.service import Signals
 from ..store import decision_row, open_database, timestamp
 from . import discovery, explain, loopconfig, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
-from .slots import choose_slots, fill_slots, slot_options
+from .slots import choose_slots, fill_slots, record_line, slot_options
 
 log = logging.getLogger("ranker")
 
@@ -486,9 +486,7 @@ class Service:
         ]
         record = None
         if filling.slots:
-            record = dsjson.multislot_line(
-                event_id, stamp, dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines
-            )
+            record = record_line(event_id, stamp, c_json, filling)
         raised_by: dict[str, dict[str, Any]] = {}  # per slot, the actions a discovery floor raised
         explanation = {}
         for slot_id, verdict, up in zip(slot_ids, verdicts, filling.raised, strict=True):

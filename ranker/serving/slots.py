@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
+
 from ..core import dsjson, rules
 from ..core.errors import ApiError
 from . import discovery
@@ -106,7 +108,10 @@ def choose_slots(
                 pmf, up = discovery.floor(pmf, {at[m]: w["floor"] for m, w in floors[k].items() if m in at})
                 raised = {candidates[j]: floors[k][candidates[j]] for j in sorted(up)}
             chosen = sample(pmf, f"{event_id}\n{k}")
-        order = [chosen] + sorted((j for j in range(len(candidates)) if j != chosen), key=lambda j: -pmf[j])
+        # by probability, highest first, ties in candidate order (a reversed sort keeps equal keys in order)
+        others = list(range(len(candidates)))
+        del others[chosen]
+        order = [chosen] + sorted(others, key=pmf.__getitem__, reverse=True)
         filling.slots.append({"_id": slot_id, **features, "_inc": candidates})
         filling.outcomes.append({"_id": slot_id, "_a": [candidates[j] for j in order], "_p": [pmf[j] for j in order]})
         filling.baselines.append(served_baseline if baseline is None else baseline)
@@ -115,6 +120,29 @@ def choose_slots(
         taken.add(candidates[chosen])
         filled.append((k, candidates[chosen]))
     return filling
+
+
+_LOW, _HIGH = 1e-4, 1.0  # json and pydantic_core write a float in [1e-4, 1] alike (below: 1e-05 against 1e-5)
+
+
+def record_line(event_id: str, stamp: str, c_json: str, filling: Slots) -> str:
+    """The logged record of a multi-slot decision: ``dsjson.multislot_line(event_id, stamp,
+    dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines)``, the same text.
+
+    Its head and ``_outcomes`` are written by pydantic_core (a fifth of json's cost for 60 probabilities) when
+    every probability is in [1e-4, 1], where both write the same shortest form; otherwise, or when a text
+    cannot be written as UTF-8 (a lone surrogate), by ``multislot_line``."""
+    c = dsjson.with_slots(c_json, filling.slots)
+    outcomes = filling.outcomes
+    if all(all(map(_LOW.__le__, o["_p"])) and all(map(_HIGH.__ge__, o["_p"])) for o in outcomes):
+        try:
+            head = to_json({"Version": "1", "EventId": event_id, "Timestamp": stamp})
+            tail = to_json({"_outcomes": outcomes, "_ba": filling.baselines})
+        except PydanticSerializationError:
+            pass
+        else:
+            return head[:-1].decode() + ',"c":' + c + "," + tail[1:].decode()
+    return dsjson.multislot_line(event_id, stamp, c, outcomes, filling.baselines)
 
 
 def fill_slots(
