@@ -126,7 +126,7 @@ def install() -> None:
 
     from ranker.core import dsjson, rules, schemas
     from ranker.server import api, http_worker, meta, metrics
-    from ranker.serving import engine, explain, service, vwfeatures
+    from ranker.serving import engine, explain, service, slots, vwfeatures
     from ranker.signals import enrich
     from ranker.store import decisions, sqlite
 
@@ -163,6 +163,10 @@ def install() -> None:
         _patch(service, name, "sampling")
     _patch(explain, "explored", "sampling")
     _patch(service, "choose_slots", "slot filling (predicts inside)")
+    _patch(slots, "choose_slots", "slot filling (predicts inside)")  # multi-slot Rank's one-parse filling
+    if hasattr(engine, "SlotPredictor"):
+        for name in ("__init__", "scores", "close"):  # its parse, predictions and finish
+            _patch(engine.SlotPredictor, name, "VW predict")
     _patch(api, "json_response", "response encoding")
     _patch(api, "answer", "response encoding")
     _patch(metrics.Metrics, "started", "metrics")

@@ -28,7 +28,7 @@ from ..signals.service import Signals
 from ..store import decision_row, open_database, timestamp
 from . import discovery, explain, loopconfig, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
-from .slots import choose_slots, slot_options
+from .slots import choose_slots, fill_slots, record_line, slot_options
 
 log = logging.getLogger("ranker")
 
@@ -472,9 +472,12 @@ class Service:
                 raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
         floors = discovery.slot_floors(self.exposures, loop.name, verdicts, ids, offered, now)
-        filling = choose_slots(
-            event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict, floors
-        )
+        if settings.learning_mode == "Apprentice" or explaining:
+            filling = choose_slots(
+                event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict, floors
+            )
+        else:  # VW parses the context and the actions once for all the slots
+            filling = fill_slots(engine, event_id, c_json, slots, floors, predicted)
         answers = [
             {"id": slot.id, "rewardActionId": None, "probability": None}
             if chosen is None
@@ -483,9 +486,7 @@ class Service:
         ]
         record = None
         if filling.slots:
-            record = dsjson.multislot_line(
-                event_id, stamp, dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines
-            )
+            record = record_line(event_id, stamp, c_json, filling)
         raised_by: dict[str, dict[str, Any]] = {}  # per slot, the actions a discovery floor raised
         explanation = {}
         for slot_id, verdict, up in zip(slot_ids, verdicts, filling.raised, strict=True):
