@@ -340,11 +340,11 @@ class Service:
         parsed = was_explored = None
         raised_by: dict[str, dict[str, Any]] = {}
 
-        probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
         order: list[int] = []
+        ranking: list[dict[str, Any]] = []  # the answer's: eligible actions in ``order``, then excluded ones
         if verdict.eligible:
-            eligible = [actions[i] for i in verdict.eligible]
+            eligible = actions if len(verdict.eligible) == len(actions) else [actions[i] for i in verdict.eligible]
             c_json = dsjson.context_json(context, eligible, settings.action_id_feature)
             if settings.learning_mode == "Apprentice":
                 pmf = [1.0] + [0.0] * (len(eligible) - 1)  # the baseline: first eligible action
@@ -372,10 +372,9 @@ class Service:
             # by probability, highest first, ties in request order (a reversed sort keeps equal keys in order)
             others = [i for i in range(len(eligible)) if i != chosen]
             order = [chosen] + sorted(others, key=pmf.__getitem__, reverse=True)
-            for i, (action_id, _) in enumerate(eligible):
-                probabilities[action_id] = pmf[i]
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
             record = dsjson.decision_line(event_id, stamp, c_json, order, pmf)
+            ranking = [{"id": eligible[i][0], "probability": pmf[i]} for i in order]
 
         row = call.row(
             record=record,
@@ -388,13 +387,9 @@ class Service:
         )
         self._log(loop, row)
 
-        ranked = [ids[verdict.eligible[i]] for i in order]
-        ranked += [i for i in ids if i in verdict.excluded]
-        answer = {
-            "eventId": event_id,
-            "rewardActionId": chosen_id,
-            "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
-        }
+        if verdict.excluded:
+            ranking += [{"id": i, "probability": 0.0} for i in ids if i in verdict.excluded]
+        answer = {"eventId": event_id, "rewardActionId": chosen_id, "ranking": ranking}
         if explaining:
             answer.update(explain.logged(verdict, raised_by, was_explored, answer=True))
             if parsed is not None:
