@@ -365,6 +365,19 @@ def test_a_client_that_reads_no_answers_does_not_delay_rank(tmp_path: Path):
             assert answer.json()["eventId"] == f"unread-{n}"
         sender.join()
         assert decisions(server) == 300 + 100
+
+        # An answer of a request that closes the connection (Connection: close) arrives whole, then the end.
+        closing = socket.socket()
+        closing.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        closing.connect(("127.0.0.1", server.port))
+        closing.settimeout(30)
+        body = json.dumps({"eventId": "closing", "contextFeatures": [{"n": 1}], "actions": actions}).encode()
+        closing.sendall(head(Content_Length=str(len(body)), Connection="close") + body)
+        buf = bytearray()
+        answer = read_answer(closing, buf)
+        assert answer.status == 201 and len(answer.json()["ranking"]) == len(actions)
+        assert closing.recv(100) == b""
+        closing.close()
     finally:
         reader.close()
         server.stop()

@@ -48,7 +48,7 @@ class Conn:
 
     __slots__ = (
         "sock", "client", "server", "buf", "scanned", "deadline", "idle", "req", "length", "chunked", "requests",
-        "out", "closing",
+        "out", "closing", "keep",
     )  # fmt: skip
 
     def __init__(self, sock: socket.socket, client, server):
@@ -65,6 +65,7 @@ class Conn:
         self.requests = 0
         self.out = b""  # error answer still to send
         self.closing = False
+        self.keep = True  # while an answer is being sent: whether the connection stays open after it
 
     def close(self) -> None:
         try:
@@ -327,7 +328,7 @@ class BufferingWorker(ThreadWorker):
     def sweep(self, now: float) -> None:
         """Close connections whose deadline passed; a request begun gets 408."""
         for conn in [c for c in self.conns if c.deadline <= now]:
-            if conn.closing or conn.idle or (conn.req is None and not conn.buf):
+            if conn.closing or conn.idle or conn.out or (conn.req is None and not conn.buf):
                 self.drop(conn)
             else:
                 part = "body" if conn.req is not None else "headers"

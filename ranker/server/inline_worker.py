@@ -124,8 +124,7 @@ class InlineWorker(BufferingWorker):
             todo, self.round = self.round, []
             ops: list = []
             for conn, req in todo:
-                request = RoundRequest(self.serve_inline)
-                self.step(conn, request, request.switch(conn, req), ops)
+                self.run_request(conn, RoundRequest(self.serve_inline), ops, conn, req)
             if ops:
                 self.store.enqueue(ops)
 
@@ -163,9 +162,18 @@ class InlineWorker(BufferingWorker):
 
     def resume(self, op, ops: list) -> None:
         parked = self.parked.pop(op, None)
-        if parked is not None:
-            conn, request = parked
-            self.step(conn, request, request.switch(), ops)
+        if parked is None:
+            return
+        conn, request = parked
+        self.run_request(conn, request, ops)
+
+    def run_request(self, conn: Conn, request: RoundRequest, ops: list, *args) -> None:
+        """Run a request (or resume it) until it is answered or parks again."""
+        try:
+            self.step(conn, request, request.switch(*args), ops)
+        except Exception:  # one connection's fault, not the worker's (as in BufferingWorker's events)
+            self.log.exception("error on a client connection")
+            self.drop(conn)
 
     def sweep(self, now: float) -> None:
         """BufferingWorker's deadlines, and the parked requests whose op was not taken by its deadline: 503."""
@@ -190,10 +198,8 @@ class InlineWorker(BufferingWorker):
         return keep, bytes(sink.data)
 
     def send_answer(self, conn: Conn, keep: bool, data: bytes) -> None:
-        if not keep:
-            conn.out = data
-            self.linger(conn)
-            return
+        """Send an answer without blocking; what the client does not take yet is sent as it reads, under
+        ``body_timeout`` from its last progress. Then the connection waits for its next request, or closes."""
         try:
             sent = conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -201,12 +207,14 @@ class InlineWorker(BufferingWorker):
         except OSError:
             self.drop(conn)
             return
-        if sent == len(data):
+        if sent < len(data):
+            conn.out, conn.keep = data[sent:], keep
+            conn.deadline = time.monotonic() + self.body_timeout
+            self.watch(conn, self.on_sending, selectors.EVENT_WRITE)
+        elif keep:
             self.keep_alive(conn)
-            return
-        conn.out = data[sent:]
-        conn.deadline = time.monotonic() + self.body_timeout
-        self.watch(conn, self.on_sending, selectors.EVENT_WRITE)
+        else:
+            self.linger(conn)
 
     def on_sending(self, conn: Conn, _sock, _events: int = selectors.EVENT_WRITE) -> None:
         try:
@@ -217,6 +225,10 @@ class InlineWorker(BufferingWorker):
             self.drop(conn)
             return
         conn.out = conn.out[sent:]
+        conn.deadline = time.monotonic() + self.body_timeout
         if not conn.out:
             self.unwatch(conn)
-            self.keep_alive(conn)
+            if conn.keep:
+                self.keep_alive(conn)
+            else:
+                self.linger(conn)
