@@ -19,8 +19,27 @@ import time
 
 _clock = time.thread_time_ns
 _totals: dict[str, list[int]] = {}  # piece -> [exclusive ns, calls]
-_local = threading.local()
 _writer_tids: set[int] = set()
+# A request served in a greenlet (ranker.server.inline_worker) is switched out while its round commits and the
+# other requests run: its wrappers' stacks are the greenlet's, and its time switched out is not its own.
+try:
+    from greenlet import getcurrent as _current
+    from greenlet import settrace as _settrace
+except ImportError:
+    _current, _settrace = threading.get_ident, None
+_stacks: dict = {}  # greenlet (or thread) -> its wrappers' stack of nested ns
+_paused: dict = {}  # greenlet -> thread CPU ns spent while it was switched out
+_out_at: dict = {}
+
+
+def _trace(event: str, args) -> None:
+    if event in ("switch", "throw"):
+        origin, target = args
+        now = _clock()
+        _out_at[origin] = now
+        left = _out_at.pop(target, None)
+        if left is not None:
+            _paused[target] = _paused.get(target, 0) + now - left
 
 
 def _wrap(fn, piece: str):
@@ -28,20 +47,25 @@ def _wrap(fn, piece: str):
 
     @functools.wraps(fn)
     def timed(*args, **kwargs):
-        stack = getattr(_local, "stack", None)
+        me = _current()
+        stack = _stacks.get(me)
         if stack is None:
-            stack = _local.stack = []
+            stack = _stacks[me] = []
         stack.append(0)
+        paused = _paused.get(me, 0)
         start = _clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            elapsed = _clock() - start
+            elapsed = _clock() - start - (_paused.get(me, 0) - paused)
             nested = stack.pop()
             entry[0] += elapsed - nested
             entry[1] += 1
             if stack:
                 stack[-1] += elapsed
+            else:
+                del _stacks[me]
+                _paused.pop(me, None)
 
     return timed
 
@@ -102,7 +126,7 @@ def install() -> None:
 
     from ranker.core import dsjson, rules, schemas
     from ranker.server import api, http_worker, meta, metrics
-    from ranker.serving import engine, explain, service, vwfeatures
+    from ranker.serving import engine, explain, service, slots, vwfeatures
     from ranker.signals import enrich
     from ranker.store import decisions, sqlite
 
@@ -139,6 +163,10 @@ def install() -> None:
         _patch(service, name, "sampling")
     _patch(explain, "explored", "sampling")
     _patch(service, "choose_slots", "slot filling (predicts inside)")
+    _patch(slots, "choose_slots", "slot filling (predicts inside)")  # multi-slot Rank's one-parse filling
+    if hasattr(engine, "SlotPredictor"):
+        for name in ("__init__", "scores", "close"):  # its parse, predictions and finish
+            _patch(engine.SlotPredictor, name, "VW predict")
     _patch(api, "json_response", "response encoding")
     _patch(api, "answer", "response encoding")
     _patch(metrics.Metrics, "started", "metrics")
@@ -153,6 +181,15 @@ def install() -> None:
         _patch(postgres.PostgresStore, "_read", "reads (pool)")
         _patch(postgres.PostgresDatabase, "read", "reads (pool)")
     _patch(http_worker.BufferingWorker, "serve", "request thread's framework")
+    try:
+        from ranker.server import inline_worker
+    except ImportError:
+        inline_worker = None
+    if inline_worker is not None:
+        _patch(inline_worker.InlineWorker, "serve_inline", "request thread's framework")
+        _patch(inline_worker.InlineWorker, "serve_round", "requests served in the poller")
+    if _settrace is not None:
+        _settrace(_trace)  # this thread's switches: the poller's, where the inline worker runs its requests
     _patch(gthread.ThreadWorker, "handle_request", "request thread's framework")
     for name in ("null",):
         _patch(meta, name, "null view's own lines")

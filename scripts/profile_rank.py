@@ -17,6 +17,10 @@ caller; the figures still run a few percent above an unprofiled server's, which 
 With ``--explain`` it serves a trained model (as ``scripts/bench_rank.py --explain`` does) and profiles Rank with
 explanations off and on (``explained``), switched through ``PUT configurations/service`` between the phases.
 
+With ``--multislot`` it profiles multi-slot Rank (3 slots of 20 actions, ``bench_rank.py``'s body) against null on
+a server whose one loop is multi-slot; with ``--reward`` it also profiles Reward (each names an event the Rank
+rounds ranked, ``{"value": 1.0}``) on the single-slot server.
+
 With ``--enrichment`` it loads instead the three variants of ``bench_rank.py --enrichment`` in turn (plain,
 enriched, inline: see there) on a server with its enrichment settings; the piece "enrichment" is the merge of the
 entities' values (``Enricher.enrich``).
@@ -28,6 +32,8 @@ Example:
     python scripts/profile_rank.py --seconds 10 --rounds 2
     python scripts/profile_rank.py --explain --seconds 6 --rounds 2
     python scripts/profile_rank.py --enrichment --seconds 5 --rounds 2
+    python scripts/profile_rank.py --multislot --seconds 6 --rounds 2
+    python scripts/profile_rank.py --reward --seconds 6 --rounds 2
     python scripts/profile_rank.py --seconds 10 --database-url 'postgresql://postgres@/bench?host=/tmp/pg'
 """
 
@@ -43,16 +49,22 @@ import time
 from pathlib import Path
 
 from bench_rank import (
+    MULTISLOT_CONFIG,
+    MULTISLOT_PATH,
     NULL_PATH,
     RANK_PATH,
+    REWARD_PARTS,
+    REWARD_PATH,
     EventIds,
     Phase,
+    Ranked,
     closed_loop,
     connect,
     enrichment_config,
     enrichment_variants,
     explanations,
     http_call,
+    multislot_body_parts,
     rank_body_parts,
     serve_trained_model,
     start_server,
@@ -88,6 +100,8 @@ WRITER_PIECES = [
     "writer: file checks (stat)",
     "writer: BEGIN … COMMIT, one query (PostgreSQL)",
 ]
+# The inline worker's requests: gunicorn's request handling run in the poller thread (counted with the framework).
+INLINE = "requests served in the poller"
 FRAMEWORK = ["request thread's framework", "poller (worker's main thread)", "worker's other threads"]
 
 
@@ -128,11 +142,16 @@ def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
     us["request thread's framework"] = framework
     us["wrappers' own cost"] = 1e6 * wrapped_calls * (inside + outside) / requests
     per = {k: 1e6 * (after[k] - before[k]) / requests for k in ("main", "writer", "workers", "server")}
-    us["poller (worker's main thread)"] = per["main"]
     writer = sum(us.get(p, 0.0) for p in WRITER_PIECES)
-    us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
     in_threads = sum(us.get(p, 0.0) for p in REQUEST_PIECES) + framework + us["wrappers' own cost"]
-    us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
+    us["writer: loop (queue, lock, wake-ups)"] = per["writer"] - writer
+    if after["pieces"].get(INLINE, [0, 0])[1] > before["pieces"].get(INLINE, [0, 0])[1]:
+        # The requests ran in the poller (ranker.server.inline_worker): what they leave of its CPU is its own.
+        us["poller (worker's main thread)"] = per["main"] - in_threads
+        us["worker's other threads"] = per["workers"] - per["main"] - per["writer"]
+    else:
+        us["poller (worker's main thread)"] = per["main"]
+        us["worker's other threads"] = per["workers"] - per["main"] - per["writer"] - in_threads
     us["trainer and gunicorn master"] = per["server"] - per["workers"]
     us["whole server"] = per["server"]
     for name, seconds in after["threads"].items():
@@ -141,14 +160,16 @@ def breakdown(before: dict, after: dict, requests: int) -> dict[str, float]:
     return us
 
 
-async def load(server, path: str, parts: tuple, seconds: float, concurrency: int, out: Path, rounds: int):
+async def load(
+    server, path: str, parts: tuple, seconds: float, concurrency: int, out: Path, rounds: int, ids=None, ok=201
+):
     conns = [await connect(server.port) for _ in range(concurrency)]
-    ids = EventIds(f"{Path(path).name}-{os.urandom(3).hex()}")
-    await closed_loop(server.port, conns, path, parts, ids, Phase("warm-up"), 10**9, 2.0)
+    ids = ids or EventIds(f"{Path(path).name}-{os.urandom(3).hex()}")
+    await closed_loop(server.port, conns, path, parts, ids, Phase("warm-up", ok_status=ok), 10**9, 2.0)
     results = []
     for _ in range(rounds):
         before = snapshot(server, out)
-        phase = Phase(path)
+        phase = Phase(path, ok_status=ok)
         await closed_loop(server.port, conns, path, parts, ids, phase, 10**9, seconds)
         after = snapshot(server, out)
         results.append((phase, breakdown(before, after, phase.done)))
@@ -176,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="profile bench_rank's --enrichment variants (plain, enriched, inline) instead of null and Rank",
     )
+    parser.add_argument(
+        "--multislot",
+        action="store_true",
+        help="profile multi-slot Rank (3 slots of 20 actions) against null, on a server whose loop is multi-slot",
+    )
+    parser.add_argument(
+        "--reward", action="store_true", help="also profile Reward, each naming an event the Rank rounds ranked"
+    )
     parser.add_argument("--database-url", help="serve from this PostgreSQL database (default: SQLite)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ranker-profile-") as tmp:
@@ -190,14 +219,23 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         data.mkdir()
         more = {"database_url": args.database_url} if args.database_url else {}
-        server = start_server(data, None, args.threads, enrichment_config() if args.enrichment else None, **more)
+        config = enrichment_config() if args.enrichment else MULTISLOT_CONFIG if args.multislot else None
+        server = start_server(data, None, args.threads, config, **more)
+        ranked = EventIds(f"rank-{os.urandom(3).hex()}")
         try:
-            if args.enrichment:
+            if args.multislot:
+                loads = [
+                    ("null", NULL_PATH, rank_body_parts(), None),
+                    ("multislot", MULTISLOT_PATH, multislot_body_parts(), None),
+                ]
+            elif args.enrichment:
                 loads = [
                     (name, RANK_PATH, parts, None) for name, parts in enrichment_variants(http_call(server)).items()
                 ]
             else:
                 loads = [("null", NULL_PATH, rank_body_parts(), None), ("rank", RANK_PATH, rank_body_parts(), False)]
+                if args.reward:
+                    loads.append(("reward", REWARD_PATH, REWARD_PARTS, None))
                 if args.explain:
                     serve_trained_model(server)
                     loads.append(("explained", RANK_PATH, rank_body_parts(), True))
@@ -206,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, path, parts, explaining in loads:
                     if explaining is not None and args.explain:
                         explanations(server, explaining)
-                    runs[name] += asyncio.run(load(server, path, parts, args.seconds, args.concurrency, out, 1))
+                    ids, ok = (Ranked(ranked.prefix, ranked.next), 204) if path == REWARD_PATH else (None, 201)
+                    ids = ids or (ranked if path == RANK_PATH else None)
+                    run = load(server, path, parts, args.seconds, args.concurrency, out, 1, ids, ok)
+                    runs[name] += asyncio.run(run)
         finally:
             server.stop()
     print(f"load average {os.getloadavg()[0]:.1f}; µs of CPU per request (each round)")
@@ -218,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"{piece:<42}" + "".join(f"{us.get(piece, 0.0):9.0f}" for _, _, us in columns))
     print(f"{'req/s (profiled)':<42}" + "".join(f"{phase.rate:9.0f}" for _, phase, _ in columns))
-    for name in ("rank", "explained") if "null" in runs else ():
+    for name in ("rank", "explained", "multislot", "reward") if "null" in runs else ():
         for (_, _, rank), (_, _, null) in zip(
             [c for c in columns if c[0] == name], [c for c in columns if c[0] == "null"], strict=False
         ):
             beyond = sum(rank.get(p, 0.0) for p in FRAMEWORK) - sum(null.get(p, 0.0) for p in FRAMEWORK)
-            print(f"framework beyond null ({name}): {beyond:.0f} µs per Rank")
+            print(f"framework beyond null ({name}): {beyond:.0f} µs per request")
     return 0
 
 

@@ -320,3 +320,65 @@ def test_200_slow_clients_do_not_delay_rank(tmp_path: Path):
             sock.close()
         server.stop()
     assert_no_crash_logged(server)
+
+
+def test_a_client_that_reads_no_answers_does_not_delay_rank(tmp_path: Path):
+    """One connection sends 300 Ranks at once (pipelined, 400 actions each, about 5 MB of answers) and reads
+    nothing for a while: the worker stops at the answer the socket cannot take, and meanwhile another
+    client of the same worker Ranks back to back, answered at once. Then the first reads every answer, each the
+    201 of its own Rank, in order."""
+    server = Server(tmp_path, workers="1", body_timeout="60")
+    actions = [{"id": f"action-{i:04d}"} for i in range(400)]
+    pipelined = b"".join(
+        rank_request(json.dumps({"eventId": f"unread-{n}", "contextFeatures": [{"n": n}], "actions": actions}).encode())
+        for n in range(300)
+    )
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        reader.connect(("127.0.0.1", server.port))
+        reader.settimeout(30)
+        sender = threading.Thread(target=reader.sendall, args=(pipelined,))
+        sender.start()
+        deadline = time.monotonic() + 30
+        served = -1
+        while time.monotonic() < deadline:  # until the worker waits for the reader
+            time.sleep(0.5)
+            served, served_before = decisions(server), served
+            if served == served_before:
+                break
+        assert 0 < served < 300, served
+
+        latencies = []
+        with requests.Session() as session:
+            for _ in range(100):
+                started = time.monotonic()
+                response = session.post(server.url + RANK, data=BODY, timeout=5, headers=JSON)
+                latencies.append(time.monotonic() - started)
+                assert response.status_code == 201, response.text
+        assert percentile(latencies, 0.99) < 0.1, (percentile(latencies, 0.5), percentile(latencies, 0.99))
+
+        buf = bytearray()
+        for n in range(300):
+            answer = read_answer(reader, buf)
+            assert answer.status == 201, answer.body[:300]
+            assert answer.json()["eventId"] == f"unread-{n}"
+        sender.join()
+        assert decisions(server) == 300 + 100
+
+        # An answer of a request that closes the connection (Connection: close) arrives whole, then the end.
+        closing = socket.socket()
+        closing.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        closing.connect(("127.0.0.1", server.port))
+        closing.settimeout(30)
+        body = json.dumps({"eventId": "closing", "contextFeatures": [{"n": 1}], "actions": actions}).encode()
+        closing.sendall(head(Content_Length=str(len(body)), Connection="close") + body)
+        buf = bytearray()
+        answer = read_answer(closing, buf)
+        assert answer.status == 201 and len(answer.json()["ranking"]) == len(actions)
+        assert closing.recv(100) == b""
+        closing.close()
+    finally:
+        reader.close()
+        server.stop()
+    assert_no_crash_logged(server)

@@ -34,6 +34,9 @@ SEEDS = [
     b'{"value": 0.5}',
     b'{"reward": [{"slotId": "s1", "value": 1}]}',
     b'{"actions":[{"id":"a\\"b","features":[{"x\\\\":1,"n":[{"q":1}]}]}],"eventId":"e\\\\"}',
+    # colons in strings (the keys are then counted as '":'), a repeated key beside them, whitespace before a colon
+    b'{"actions":[{"id":"a:b","features":[{"at":"12:30","u":"https://x","x":1,"x":2}]}],"eventId":"e:1"}',
+    b'{"actions":[{"id":"a","features":[{"at":"12:30","n":{"q":[{"r":1}]}}]}],"eventId" :"e"}',
 ]
 # What tends to tell parsers apart: repeated keys, escapes, literals json refuses, whitespace before a colon.
 PIECES = [b'"x":1,', b'"value":2,', b'"id":"a",', b"\\", b'"', b'\\"', b"NaN", b"Infinity", b"\xff", b"\\u00e9"]
@@ -69,4 +72,15 @@ def test_one_pass_validation_answers_what_the_checked_path_answers(body, model):
 def test_a_repeated_key_is_refused_as_before():
     body = b'{"actions":[{"id":"a","features":[{"x":1,"x":2}]}]}'
     error = outcome(lambda: validate_json(RankRequest, body, "InvalidRankRequest"))
+    assert error[:3] == ("refused", 400, "BadRequest") and "'x' appears twice" in error[3]
+
+
+def test_colons_in_strings_and_a_repeated_key_beside_them():
+    body = b'{"actions":[{"id":"a:b","features":[{"at":"12:30","x":1}]}],"eventId":"e:1"}'
+    request = validate_json(RankRequest, body, "InvalidRankRequest")
+    assert request.model_dump() == validate(RankRequest, parse_json(body), "Invalid").model_dump()
+    assert request.actions[0].features == [{"at": "12:30", "x": 1}]
+    # one key fewer kept than the text holds, one colon more in the strings: refused, as the checked path does
+    repeated = b'{"actions":[{"id":"a","features":[{"at":"1:2","x":1,"x":2}]}]}'
+    error = outcome(lambda: validate_json(RankRequest, repeated, "InvalidRankRequest"))
     assert error[:3] == ("refused", 400, "BadRequest") and "'x' appears twice" in error[3]

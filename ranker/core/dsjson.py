@@ -25,6 +25,9 @@ from pydantic_core import to_json
 from .errors import ApiError
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+_string = json.encoder.encode_basestring  # what _dumps writes for a string (json's C function)
+_float = float.__repr__  # what _dumps writes for a finite float
+_PREDICT_HEADS: dict[int, str] = {}  # n_actions: the head of predict_line's text
 
 
 def merge(objects: list[dict[str, Any]], where: str) -> dict[str, Any]:
@@ -62,11 +65,27 @@ def context_json(context: dict[str, Any], actions: list[tuple[str, dict[str, Any
 
 def predict_line(c_json: str, n_actions: int) -> str:
     """What VW parses to predict. Its DSJSON parser needs a non-empty ``a``; the order does not matter."""
-    return '{"a":' + _dumps(list(range(1, n_actions + 1))) + ',"c":' + c_json + "}"
+    head = _PREDICT_HEADS.get(n_actions)
+    if head is None:
+        head = '{"a":' + _dumps(list(range(1, n_actions + 1))) + ',"c":'
+        if len(_PREDICT_HEADS) < 1024:  # one per number of eligible actions seen: a few in practice
+            _PREDICT_HEADS[n_actions] = head
+    return head + c_json + "}"
 
 
 def decision_line(event_id: str, timestamp: str, c_json: str, order: list[int], pmf: list[float], **extra: Any) -> str:
     """The logged record: ``order`` holds 0-based indices into ``_multi``, the chosen action first."""
+    if not extra:  # Rank's record: the text _dumps writes for the head below, written directly (a third less)
+        try:
+            p = ",".join([_float(pmf[i]) for i in order])
+        except TypeError:  # a probability that is not a float (an imported record's): _dumps writes it
+            p = "n"
+        if "n" not in p:  # not nan or inf either, which json spells otherwise
+            a = ",".join([str(i + 1) for i in order])
+            return (
+                f'{{"Version":"1","EventId":{_string(event_id)},"Timestamp":{_string(timestamp)},'
+                f'"a":[{a}],"p":[{p}],"c":{c_json}}}'
+            )
     head = {
         "Version": "1",
         "EventId": event_id,

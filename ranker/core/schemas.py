@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -99,18 +98,42 @@ def check_features(obj: dict[str, Any], where: str) -> None:
     _check_object(obj, where, 0)
 
 
-# The keys of the feature objects validated so far in this thread, while validate_json counts them (else None).
-_counted = threading.local()
-
-
 def _features(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = 0
     for i, obj in enumerate(items):
-        keys += _check_object(obj, f"[{i}]", 0)
-    counted = getattr(_counted, "keys", None)
-    if counted is not None:
-        _counted.keys = counted + keys
+        _check_object(obj, f"[{i}]", 0)
     return items
+
+
+class _Refused(ValueError):
+    """A feature check failed in :func:`_feature_keys` (which does not say where)."""
+
+
+def _feature_keys(items: list[dict[str, Any]]) -> int:
+    """The keys of feature objects that pass the checks of :data:`Features`, nested ones included; a ValueError
+    (without its place: :func:`validate_json` then takes the checked path, whose error says it) otherwise.
+    :func:`_check_object`'s first level, inlined: most feature objects are flat."""
+    keys = 0
+    for obj in items:
+        keys += len(obj)
+        for key, value in obj.items():
+            if not key or key[0] == "_":
+                raise _Refused
+            kind = type(value)
+            if kind is str or kind is bool or value is None:
+                continue
+            if kind is int or kind is float:
+                if not -MAX_NUMBER <= value <= MAX_NUMBER:
+                    raise _Refused
+                continue
+            if not key[0].isascii():
+                raise _Refused
+            if kind is dict:
+                keys += _check_object(value, "", 1)
+            elif kind is list:
+                keys += _check_array(value, "", 0)
+            else:
+                raise _Refused
+    return keys
 
 
 class Documented:
@@ -353,52 +376,106 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-# Bodies that go the checked way at once: NaN/Infinity literals, an escaped quote (the keys are then not counted
-# by '":' alone), whitespace between a key and its colon, and (below) surrogate escapes.
-_WS_COLON = re.compile(rb'"[ \t\r\n]+:')
+# What parse_json refuses and pydantic's parser takes: NaN/Infinity literals and escapes of unpaired surrogates.
 _SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _plain(raw: bytes) -> bool:
-    """Whether every key of ``raw`` is a quote and a colon side by side (``'":'`` counts the keys exactly: in a
-    string, a quote is always escaped) and nothing needs :func:`parse_json`'s own refusals."""
-    if b"NaN" in raw or b"Infinity" in raw or b'\\"' in raw:
+def _parsable(raw: bytes) -> bool:
+    """Whether ``raw`` holds nothing that :func:`parse_json` refuses by itself (its key counts aside)."""
+    if b"N" in raw and b"NaN" in raw or b"I" in raw and b"Infinity" in raw:  # one byte first: memchr's speed
         return False
-    if b"\\u" in raw and _SURROGATE_BYTES.search(raw):
-        return False
-    return _WS_COLON.search(raw) is None
+    return _SURROGATE_BYTES.search(raw) is None
 
 
-def _model_keys(model: BaseModel) -> int:
-    """The keys a validated model was given, its nested models' included (not their feature objects')."""
-    fields = model.model_fields_set
-    keys = len(fields)
-    for name in fields:
-        item = model.__dict__[name]
-        if type(item) is list and item and isinstance(item[0], BaseModel):
-            keys += sum(_model_keys(member) for member in item)
-        elif isinstance(item, BaseModel):
-            keys += _model_keys(item)
-    return keys
+def _quoted_keys(raw: bytes) -> int | None:
+    """The keys of ``raw`` counted as a quote and a colon side by side, or None where that count could be wrong:
+    an escaped quote (in a string, a quote is always escaped), whitespace before a colon."""
+    if b'\\"' in raw or b" :" in raw or b"\n:" in raw or b"\t:" in raw or b"\r:" in raw:
+        return None
+    return raw.count(b'":')
+
+
+# The one pass validates with these: the models' own fields, but feature lists unchecked by pydantic (a call of
+# Python per list), so that validate_json checks them all in one walk, which also counts their keys. Each has
+# ``_keys``: the keys the body gave it, its nested models' and feature objects' included (a ValueError when a
+# feature check fails).
+Unchecked = list[dict[str, Any]]
+
+
+class _UncheckedAction(RankableAction):
+    features: Unchecked = Field(default_factory=list)
+
+    def _keys(self) -> int:
+        return len(self.__pydantic_fields_set__) + _feature_keys(self.features)
+
+
+class _UncheckedRank(RankRequest):
+    contextFeatures: Unchecked = Field(default_factory=list)
+    actions: list[_UncheckedAction] = Field(min_length=1)
+
+    def _keys(self) -> int:
+        keys = len(self.__pydantic_fields_set__) + _feature_keys(self.contextFeatures)
+        for action in self.actions:  # _UncheckedAction._keys, inlined
+            keys += len(action.__pydantic_fields_set__) + _feature_keys(action.features)
+        return keys
+
+
+class _UncheckedSlot(SlotRequest):
+    features: Unchecked = Field(default_factory=list)
+
+    def _keys(self) -> int:
+        return len(self.__pydantic_fields_set__) + _feature_keys(self.features)
+
+
+class _UncheckedMultiSlotRank(MultiSlotRankRequest):
+    contextFeatures: Unchecked = Field(default_factory=list)
+    actions: list[_UncheckedAction] = Field(min_length=1)
+    slots: list[_UncheckedSlot] = Field(min_length=1, max_length=MAX_SLOTS)
+
+    def _keys(self) -> int:
+        keys = len(self.__pydantic_fields_set__) + _feature_keys(self.contextFeatures)
+        for member in (*self.actions, *self.slots):
+            keys += member._keys()
+        return keys
+
+
+class _UncheckedReward(RewardRequest):
+    def _keys(self) -> int:
+        return len(self.__pydantic_fields_set__)
+
+
+class _UncheckedMultiSlotReward(MultiSlotRewardRequest):
+    def _keys(self) -> int:
+        return len(self.__pydantic_fields_set__) + sum(len(r.__pydantic_fields_set__) for r in self.reward)
+
+
+_ONE_PASS: dict[type[BaseModel], type[BaseModel]] = {
+    RankRequest: _UncheckedRank,
+    MultiSlotRankRequest: _UncheckedMultiSlotRank,
+    RewardRequest: _UncheckedReward,
+    MultiSlotRewardRequest: _UncheckedMultiSlotReward,
+}
 
 
 def validate_json(model: type[BaseModel], raw: bytes, code: str) -> Any:
     """``validate(model, parse_json(raw), code)``, in one pass where it can: pydantic's parser on the raw bytes.
 
-    A body it accepts is taken only when the text holds as many keys as the result (no key repeated in an
-    object: pydantic's parser would keep the last) and nothing :func:`parse_json` refuses by itself; any other
-    body, and any failure, goes through :func:`parse_json` and :func:`validate`, so every error answer is theirs,
-    byte for byte.
+    A body it accepts (as an instance of a subclass of ``model``, the features checked after it) is taken only
+    when the text holds as many keys as the result (no key repeated in an object: pydantic's parser would keep
+    the last) and nothing :func:`parse_json` refuses by itself; any other body, any failure, and any model
+    without a one-pass form goes through :func:`parse_json` and :func:`validate`, so every error answer is
+    theirs, byte for byte.
     """
-    if _plain(raw):
-        _counted.keys = 0
+    unchecked = _ONE_PASS.get(model)
+    if unchecked is not None and _parsable(raw):
         try:
-            value = model.model_validate_json(raw)
+            value = unchecked.model_validate_json(raw)
+            keys = value._keys()  # type: ignore[attr-defined]
         except ValueError:  # ValidationError included
-            value = None
-        finally:
-            features, _counted.keys = _counted.keys, None
-        if value is not None and _model_keys(value) + features == raw.count(b'":'):
+            keys = -1
+        # Every key of the text is followed by a colon outside strings, so colons >= keys in the text >= keys
+        # kept; equal counts leave no key repeated. Colons in strings (times, addresses): keys counted as '":'.
+        if keys >= 0 and (keys == raw.count(b":") or keys == _quoted_keys(raw)):
             return value
     return validate(model, parse_json(raw), code)
 

@@ -208,7 +208,12 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=1, le=65535, description="Port to bind.")
     workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes (one per core is right).")
-    threads: int = Field(8, ge=1, le=256, description="Threads per worker; they share group commits.")
+    threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Threads per worker, for all requests but Rank, Reward and Activate (its poller serves those).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413.")
     max_header_bytes: int = Field(
         65536, ge=4096, le=1_048_576, description="Largest request line and headers together; larger ones get 431."

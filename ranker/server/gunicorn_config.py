@@ -16,10 +16,11 @@ _settings = load_settings()
 wsgi_app = "ranker.app:create_app(create_database=False)"
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# Threads let concurrent requests of one worker share a group commit of the decision log. The worker is
-# gthread's, but its poller reads each request whole (under header_timeout and body_timeout) before a
-# thread serves it, so clients that send slowly do not hold the threads (ranker/server/http_worker.py).
-worker_class = "ranker.server.http_worker.BufferingWorker"
+# The worker is gthread's, but its poller reads each request whole (under header_timeout and body_timeout), so
+# clients that send slowly hold no thread (ranker/server/http_worker.py); it serves Rank, Reward and Activate
+# itself, in greenlets, and their writes share the writer thread's group commits (ranker/server/inline_worker.py).
+# The threads serve every other request.
+worker_class = "ranker.server.inline_worker.InlineWorker"
 threads = _settings.threads
 worker_connections = _settings.max_connections
 # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over them.

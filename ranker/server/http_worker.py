@@ -48,7 +48,7 @@ class Conn:
 
     __slots__ = (
         "sock", "client", "server", "buf", "scanned", "deadline", "idle", "req", "length", "chunked", "requests",
-        "out", "closing",
+        "out", "closing", "keep",
     )  # fmt: skip
 
     def __init__(self, sock: socket.socket, client, server):
@@ -65,6 +65,7 @@ class Conn:
         self.requests = 0
         self.out = b""  # error answer still to send
         self.closing = False
+        self.keep = True  # while an answer is being sent: whether the connection stays open after it
 
     def close(self) -> None:
         try:
@@ -173,6 +174,10 @@ class BufferingWorker(ThreadWorker):
             return
         self.unwatch(conn)
         req, conn.req = conn.req, None
+        self.dispatch(conn, req)
+
+    def dispatch(self, conn: Conn, req: Request) -> None:
+        """Hand a complete request to a thread; the poller gets the connection back after the answer."""
         future = self.tpool.submit(self.serve, conn, req)
         future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
@@ -323,7 +328,7 @@ class BufferingWorker(ThreadWorker):
     def sweep(self, now: float) -> None:
         """Close connections whose deadline passed; a request begun gets 408."""
         for conn in [c for c in self.conns if c.deadline <= now]:
-            if conn.closing or conn.idle or (conn.req is None and not conn.buf):
+            if conn.closing or conn.idle or conn.out or (conn.req is None and not conn.buf):
                 self.drop(conn)
             else:
                 part = "body" if conn.req is not None else "headers"
@@ -384,8 +389,11 @@ class BufferingWorker(ThreadWorker):
         if not keep:
             self.linger(conn)
             return
-        if not self.nonblocking(conn):
-            return
+        if self.nonblocking(conn):
+            self.keep_alive(conn)
+
+    def keep_alive(self, conn: Conn) -> None:
+        """An answered connection (non-blocking again) that stays open: its next request, or idle."""
         if conn.buf:  # the client sent its next request already
             conn.deadline = time.monotonic() + self.header_timeout
             self.watch(conn, self.on_readable)

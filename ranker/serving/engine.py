@@ -12,11 +12,12 @@ import shlex
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import vowpalwabbit
 
 from ..core import vwcalls, vwoptions
-from ..core.dsjson import predict_line
+from ..core.dsjson import predict_line, with_slots
 from ..core.settings import POLICY_KINDS
 
 # Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
@@ -109,6 +110,66 @@ def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, floa
     return vwcalls.slot_scores(vw, line)
 
 
+_CCB_LABEL = vowpalwabbit.LabelType.CONDITIONAL_CONTEXTUAL_BANDIT.value
+
+
+class SlotPredictor:
+    """VW's scores for the slots of one multi-slot Rank, filled in turn, from one parse of its ``c`` object.
+
+    :func:`ranker.serving.slots.choose_slots` predicts each slot with the slots above it pinned to their actions:
+    ``_slots`` = the filled slots (``_inc`` their action) then the slot (``_inc`` the actions left). Parsing
+    that line per slot reads the context and every action again; here the line is parsed once and each
+    prediction lists the examples that line would have given: the shared and action examples, then slot
+    examples labelled with their ``_inc`` (VW's CCB text label ``ccb slot 3,4,5``). VW's label parser adds to
+    an example's include list instead of replacing it, so each slot example is labelled once: the line holds
+    every slot once for its own prediction and once more (all but the last) for the predictions it is pinned in.
+    VW adds each prediction's per-slot scores to the shared example's list, so a prediction reads the new ones.
+
+    Made by :meth:`Engine.slot_predictor`, which holds the workspace's lock until :meth:`close`.
+    """
+
+    def __init__(self, vw: vowpalwabbit.Workspace, lock: threading.Lock, c_json: str, slots: list[dict[str, Any]]):
+        """``slots``: per slot of the request, its ``_id`` and features (no ``_inc``), in request order. A
+        RuntimeError or ValueError when VW cannot read the line (the lock is then let go)."""
+        n = len(slots)
+        self._vw, self._lock = vw, lock
+        lock.acquire()
+        try:
+            self._examples = vwcalls.parse(vw, with_slots(c_json, slots + slots[:-1]))
+        except BaseException:
+            lock.release()
+            raise
+        self._head = len(self._examples) - (2 * n - 1)  # the shared example and the actions
+        self._open = self._examples[self._head : self._head + n]  # slot k, for its own prediction
+        self._pinned = self._examples[self._head + n :]  # slot k, pinned in later slots' predictions
+        self._seen = 0  # how many per-slot scores the shared example holds
+
+    def scores(self, pinned: list[tuple[int, int]], k: int, candidates: list[int]) -> list[dict[int, float]]:
+        """VW's scores per slot (as :meth:`Engine.predict_slots` gives them) for the ``c`` object whose ``_slots``
+        are the request's slots ``pinned`` (``(slot, its action)``, in order), then slot ``k`` with ``_inc`` =
+        ``candidates``."""
+        examples = self._examples[: self._head]
+        for slot, action in pinned:
+            example = self._pinned[slot]
+            if example.get_ccb_num_explicitly_included_actions() == 0:
+                example.set_label_string(self._vw, f"ccb slot {action}", _CCB_LABEL)
+            examples.append(example)
+        example = self._open[k]
+        example.set_label_string(self._vw, "ccb slot " + ",".join(map(str, candidates)), _CCB_LABEL)
+        examples.append(example)
+        vwcalls.predict_multi(self._vw, examples)
+        scores = self._examples[0].get_decision_scores()
+        new, self._seen = scores[self._seen :], len(scores)
+        return [dict(slot) for slot in new]
+
+    def close(self) -> None:
+        """Give the examples back to VW and let go of the workspace."""
+        try:
+            vwcalls.finish_multi(self._vw, self._examples)
+        finally:
+            self._lock.release()
+
+
 class Engine:
     """A predict-only VW workspace for one loop and model version; safe to share between threads."""
 
@@ -145,6 +206,11 @@ class Engine:
         """Per slot of a CCB ``c`` object (with ``_slots``), VW's probability of each ``_multi`` index."""
         with self._lock:
             return slot_scores_of(self._vw, c_json)
+
+    def slot_predictor(self, c_json: str, slots: list[dict[str, Any]]) -> SlotPredictor:
+        """A :class:`SlotPredictor` for the slots of one multi-slot Rank: it holds the workspace until its
+        ``close()``, which the caller must call (a RuntimeError or ValueError when VW cannot read the line)."""
+        return SlotPredictor(self._vw, self._lock, c_json, slots)
 
     def close(self) -> None:
         self._vw.finish()

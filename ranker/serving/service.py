@@ -28,7 +28,7 @@ from ..signals.service import Signals
 from ..store import decision_row, open_database, timestamp
 from . import discovery, explain, loopconfig, vwfeatures
 from .engine import Engine, reweight, sample, vw_arguments
-from .slots import choose_slots, slot_options
+from .slots import choose_slots, fill_slots, record_line, slot_options
 
 log = logging.getLogger("ranker")
 
@@ -340,11 +340,11 @@ class Service:
         parsed = was_explored = None
         raised_by: dict[str, dict[str, Any]] = {}
 
-        probabilities = dict.fromkeys(ids, 0.0)
         record = chosen_id = chosen_p = None
         order: list[int] = []
+        ranking: list[dict[str, Any]] = []  # the answer's: eligible actions in ``order``, then excluded ones
         if verdict.eligible:
-            eligible = [actions[i] for i in verdict.eligible]
+            eligible = actions if len(verdict.eligible) == len(actions) else [actions[i] for i in verdict.eligible]
             c_json = dsjson.context_json(context, eligible, settings.action_id_feature)
             if settings.learning_mode == "Apprentice":
                 pmf = [1.0] + [0.0] * (len(eligible) - 1)  # the baseline: first eligible action
@@ -372,10 +372,9 @@ class Service:
             # by probability, highest first, ties in request order (a reversed sort keeps equal keys in order)
             others = [i for i in range(len(eligible)) if i != chosen]
             order = [chosen] + sorted(others, key=pmf.__getitem__, reverse=True)
-            for i, (action_id, _) in enumerate(eligible):
-                probabilities[action_id] = pmf[i]
             chosen_id, chosen_p = eligible[chosen][0], pmf[chosen]
             record = dsjson.decision_line(event_id, stamp, c_json, order, pmf)
+            ranking = [{"id": eligible[i][0], "probability": pmf[i]} for i in order]
 
         row = call.row(
             record=record,
@@ -388,13 +387,9 @@ class Service:
         )
         self._log(loop, row)
 
-        ranked = [ids[verdict.eligible[i]] for i in order]
-        ranked += [i for i in ids if i in verdict.excluded]
-        answer = {
-            "eventId": event_id,
-            "rewardActionId": chosen_id,
-            "ranking": [{"id": i, "probability": probabilities[i]} for i in ranked],
-        }
+        if verdict.excluded:
+            ranking += [{"id": i, "probability": 0.0} for i in ids if i in verdict.excluded]
+        answer = {"eventId": event_id, "rewardActionId": chosen_id, "ranking": ranking}
         if explaining:
             answer.update(explain.logged(verdict, raised_by, was_explored, answer=True))
             if parsed is not None:
@@ -472,9 +467,12 @@ class Service:
                 raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
 
         floors = discovery.slot_floors(self.exposures, loop.name, verdicts, ids, offered, now)
-        filling = choose_slots(
-            event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict, floors
-        )
+        if settings.learning_mode == "Apprentice" or explaining:
+            filling = choose_slots(
+                event_id, c_json, slots, None if settings.learning_mode == "Apprentice" else predict, floors
+            )
+        else:  # VW parses the context and the actions once for all the slots
+            filling = fill_slots(engine, event_id, c_json, slots, floors, predicted)
         answers = [
             {"id": slot.id, "rewardActionId": None, "probability": None}
             if chosen is None
@@ -483,9 +481,7 @@ class Service:
         ]
         record = None
         if filling.slots:
-            record = dsjson.multislot_line(
-                event_id, stamp, dsjson.with_slots(c_json, filling.slots), filling.outcomes, filling.baselines
-            )
+            record = record_line(event_id, stamp, c_json, filling)
         raised_by: dict[str, dict[str, Any]] = {}  # per slot, the actions a discovery floor raised
         explanation = {}
         for slot_id, verdict, up in zip(slot_ids, verdicts, filling.raised, strict=True):

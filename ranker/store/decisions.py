@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+_ascii_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a string (json's C function)
+
 
 def timestamp(moment: datetime) -> str:
     """A time as the log writes it: ISO 8601 in UTC with microseconds, sorting as text in time order."""
@@ -46,7 +48,7 @@ def decision_row(
     return {
         "event_id": event_id,
         "created_at": created_at,
-        "action_ids": json.dumps(action_ids),
+        "action_ids": "[" + ", ".join(map(_ascii_string, action_ids)) + "]",  # json.dumps(action_ids), a third the cost
         "model_version": model_version,
         "policy": policy,
         "learning_mode": learning_mode,

@@ -60,7 +60,7 @@ log = logging.getLogger("ranker")
 class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
-    __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "_done", "_claim")
+    __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "notify", "_done", "_claim")
 
     def __init__(
         self,
@@ -75,6 +75,7 @@ class _Op:
         self.deadline = deadline  # time.monotonic() by which it is committed, or its request answers 503
         self.result: Any = None
         self.error: BaseException | None = None
+        self.notify: Callable[[_Op], None] | None = None  # called by the writer once the op is finished
         # A bare lock, held until the op is committed: cheaper to make, wait on and release than an Event.
         self._done = threading.Lock()
         self._done.acquire()
@@ -89,6 +90,8 @@ class _Op:
 
     def finish(self) -> None:
         self._done.release()
+        if self.notify is not None:
+            self.notify(self)
 
 
 def connect(path: Path, synchronous: str = "FULL", create: bool = True) -> sqlite3.Connection:
@@ -233,6 +236,10 @@ class Store(DecisionLog):
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the engine's errors: the log failed, not the op
     engine = "sqlite"  # the switch of the few statements written per engine (e.g. ranker.store.signals)
+    # Set by a worker that serves requests in greenlets of its poller thread (ranker.server.inline_worker):
+    # ``suspend(op)`` parks the calling request until the op is finished and returns True, or returns False
+    # at once when the caller is not one of those requests (it then waits in ``write`` as usual).
+    suspend: Callable[[_Op], bool] | None = None
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 10.0, create: bool = True):
         self.path = Path(path)
@@ -286,21 +293,38 @@ class Store(DecisionLog):
         ``StoreUnavailable`` when it is not committed within ``commit_timeout`` seconds; it is then not
         written either.
         """
-        self._ensure_writer()
         deadline = time.monotonic() + self.commit_timeout
         op = _Op(fn, insert, deadline, concurrent)
-        self._queue.put(op)
-        if not op.wait(self.commit_timeout):
-            if op.claim():  # the writer never took it, and now never will: nothing was written
-                raise StoreUnavailable(f"no commit within {self.commit_timeout} s")
-            # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
-            # wait lasts at most as long as a COMMIT that started just before it.
-            op.wait(-1)
+        # A request served in its worker's poll round is parked with its op, which the worker queues with the
+        # round's others and resumes once the writer has finished it (or gives up on at its deadline).
+        if self.suspend is None or not self.suspend(op):
+            self._ensure_writer()
+            self._queue.put(op)
+            if not op.wait(self.commit_timeout):
+                if self.give_up(op):
+                    raise op.error
+                # Inside a transaction already: the writer rolls it back once the deadline has passed, so this
+                # wait lasts at most as long as a COMMIT that started just before it.
+                op.wait(-1)
         if isinstance(op.error, self.errors):  # e.g. a full disk: the log is what failed, not the request
             raise StoreUnavailable(f"the decision log could not write: {op.error}") from op.error
         if op.error is not None:
             raise op.error
         return op.result
+
+    def enqueue(self, ops: list[_Op]) -> None:
+        """Queue parked ops for the writer (see ``suspend``): each one's ``notify`` is called once it is finished."""
+        self._ensure_writer()
+        for op in ops:
+            self._queue.put(op)
+
+    def give_up(self, op: _Op) -> bool:
+        """Fail an op whose deadline has passed, unless the writer has taken it (it is then committed or rolled
+        back by that deadline); whether it was failed. A failed op is never written."""
+        if not op.claim():
+            return False
+        op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
+        return True
 
     def _ensure_writer(self) -> None:
         # The writer thread belongs to the process that started it; a forked worker starts its own.
