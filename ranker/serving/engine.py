@@ -18,6 +18,7 @@ import vowpalwabbit
 
 from ..core import vwcalls, vwoptions
 from ..core.dsjson import predict_line, with_slots
+from ..core.errors import ApiError
 from ..core.settings import POLICY_KINDS
 
 # Exploration algorithms other than epsilon-greedy; their policies keep their own parameters.
@@ -108,6 +109,11 @@ def slot_scores_of(vw: vowpalwabbit.Workspace, line: str) -> list[dict[int, floa
     VW draws each slot's action itself and moves it first; the probabilities are what the caller needs.
     """
     return vwcalls.slot_scores(vw, line)
+
+
+def unreadable(exc: Exception) -> ApiError:
+    """The 400 of a Rank whose features VW refused to read (``exc``: VW's RuntimeError or ValueError)."""
+    return ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}")
 
 
 _CCB_LABEL = vowpalwabbit.LabelType.CONDITIONAL_CONTEXTUAL_BANDIT.value

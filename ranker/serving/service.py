@@ -27,7 +27,7 @@ from ..core.settings import LoopSettings, Policy, Settings, hash_key
 from ..signals.service import Signals
 from ..store import decision_row, open_database, timestamp
 from . import discovery, explain, loopconfig, vwfeatures
-from .engine import Engine, reweight, sample, vw_arguments
+from .engine import Engine, reweight, sample, unreadable, vw_arguments
 from .slots import choose_slots, fill_slots, record_line, slot_options
 
 log = logging.getLogger("ranker")
@@ -360,7 +360,7 @@ class Service:
                     else:
                         model_pmf = engine.predict(c_json, len(eligible))
                 except (RuntimeError, ValueError) as exc:  # VW refused the features
-                    raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
+                    raise unreadable(exc) from exc
                 pmf = reweight(model_pmf, verdict.factors)
                 if verdict.discovery:
                     ids_eligible = [action_id for action_id, _ in eligible]
@@ -453,18 +453,13 @@ class Service:
         explaining = settings.is_inference_explainability_enabled
         predicted: list[tuple[list[dict[int, float]], vwfeatures.Parsed | None]] = []  # per filled slot
 
-        def predict(c: str) -> list[dict[int, float]]:
+        def predict(c: str) -> list[dict[int, float]]:  # explaining: each slot's line, parsed for its terms
             try:
-                if not explaining:
-                    per_slot, parsed = engine.predict_slots(c), None
-                else:
-                    per_slot, parsed = vwfeatures.predict_parsed(
-                        engine, c, lambda e: vwfeatures.read_ccb(e, len(offered))
-                    )
-                predicted.append((per_slot, parsed))
-                return per_slot
+                per_slot, parsed = vwfeatures.predict_parsed(engine, c, lambda e: vwfeatures.read_ccb(e, len(offered)))
             except (RuntimeError, ValueError) as exc:  # VW refused the features
-                raise ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}") from exc
+                raise unreadable(exc) from exc
+            predicted.append((per_slot, parsed))
+            return per_slot
 
         floors = discovery.slot_floors(self.exposures, loop.name, verdicts, ids, offered, now)
         if settings.learning_mode == "Apprentice" or explaining:

@@ -12,9 +12,8 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from ..core import dsjson, rules
-from ..core.errors import ApiError
 from . import discovery
-from .engine import Engine, reweight, sample
+from .engine import Engine, reweight, sample, unreadable
 
 
 @dataclass
@@ -157,9 +156,6 @@ def fill_slots(
     (:meth:`ranker.serving.engine.Engine.slot_predictor`): the same slots, probabilities and record as a line per
     slot. Each prediction is added to ``predicted`` (its per-slot scores, None); 400 when VW cannot read the
     features."""
-
-    def unreadable(exc: Exception) -> ApiError:
-        return ApiError(400, "InvalidRankRequest", f"the features cannot be read: {exc}")
 
     try:
         predictor = engine.slot_predictor(c_json, [{"_id": slot_id, **features} for slot_id, features, _, _ in slots])
