@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
+import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +180,40 @@ def test_multi_slot_rules_that_exclude_an_action_beat_discovery_in_their_slot(tm
             assert logged[1]["exports"] == pytest.approx(0.5)
             floored += 1
     assert floored >= 1
+
+
+DISCOVERY_TOML = """
+[[loops.default.rules.discovery]]
+name = "try-exports"
+actions = { ids = ["exports"] }
+min_probability = 0.5
+max_share = 0.3
+window = "P7D"
+"""
+
+
+def test_served_ranks_refresh_the_shares_on_postgresql_without_holding_one_another(serve, pg_cluster) -> None:
+    """In a served worker the shares' read is parked like a decision's write (ranker.server.inline_worker), and
+    while one request refreshes them the others use the shares in hand: concurrent Ranks with a refresh due on
+    almost every one are all answered promptly, and the floor holds where the shares say so."""
+    server = serve(DISCOVERY_TOML, database_url=pg_cluster.database(), workers="1", discovery_refresh_seconds="0.005")
+    answers: list[tuple[int, float, float | None]] = []
+
+    def client(n: int) -> None:
+        with requests.Session() as session:
+            for t in range(25):
+                started = time.monotonic()
+                response = session.post(f"{server.url}{V1}/rank", json=body(f"c{n}-{t}"), timeout=30)
+                ranking = response.json().get("ranking", []) if response.status_code == 201 else []
+                exports = next((r["probability"] for r in ranking if r["id"] == "exports"), None)
+                answers.append((response.status_code, time.monotonic() - started, exports))
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    assert len(answers) == 200 and {status for status, _, _ in answers} == {201}
+    assert max(elapsed for _, elapsed, _ in answers) < 5.0
+    floored = sum(1 for _, _, p in answers if p == pytest.approx(0.5))
+    assert 0 < floored < 200, floored  # the floor applied while exports was under its share, not throughout

@@ -5,6 +5,7 @@ Rank retried with the same eventId finds its first attempt committed (409); a re
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import tempfile
@@ -12,13 +13,18 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
+import requests
+from conftest import RANK_KEY
 from postgres import log_rows
+from signals_config import ACTIONS, CONFIG, SIGNALS_KEY
 
 from ranker.app import create_app
 from ranker.core.settings import load_settings
 
 RANK = "/personalizer/v1.0/rank"
+RANK_HEADERS = {"Ocp-Apim-Subscription-Key": RANK_KEY}
 BODY = {
     "contextFeatures": [{"plan": "enterprise"}],
     "actions": [{"id": "a", "features": [{"kind": "guide"}]}, {"id": "b", "features": [{"kind": "call"}]}],
@@ -108,3 +114,59 @@ def test_a_connection_lost_during_commit_answers_503_and_a_retry_says_what_was_c
     assert client.post(reward, json={"value": 1.0}).status_code == 204
     rewards = "SELECT count(*) AS n FROM rewards r JOIN decisions d ON d.id = r.decision_id WHERE d.event_id = 'e1'"
     assert log_rows(tmp_path, url, rewards) == [{"n": 2}]  # a Reward is not idempotent: both attempts count
+
+
+def test_a_rank_waiting_on_a_read_holds_none_of_its_workers_other_ranks(serve, pg_cluster) -> None:
+    """Enriched Ranks whose read of an entity waits on a table lock held by another session: the worker's
+    other Ranks are answered meanwhile (the reads are parked, not waited for in the worker's poller); a read
+    no reader thread started by ``commit_timeout`` answers 503 and writes nothing; once the lock is gone the
+    others are answered, enriched."""
+    url = pg_cluster.database()
+    timeout = 3.0
+    server = serve(CONFIG, database_url=url, workers="1", commit_timeout=str(timeout))
+    keys = {"Ocp-Apim-Subscription-Key": SIGNALS_KEY}
+    rank_url = server.url + RANK
+    accounts = [f"acme-{i}" for i in range(5)]  # the pool and its reader threads: 4 per worker
+    for account in accounts:
+        put = requests.put(
+            f"{server.url}/entities/account/{account}", json={"attributes": {"plan": "enterprise"}}, headers=keys
+        )
+        assert put.status_code == 200, put.text
+
+    def body(event_id: str, account: str | None = None) -> dict:
+        context = [{"account": {"id": account}}] if account else [{"plan": "team"}]
+        return {"contextFeatures": context, "actions": ACTIONS, "eventId": event_id}
+
+    answers: dict[str, tuple[int, float]] = {}
+
+    def send(event_id: str, account: str) -> None:
+        started = time.monotonic()
+        response = requests.post(rank_url, json=body(event_id, account), headers=RANK_HEADERS, timeout=60)
+        answers[event_id] = (response.status_code, time.monotonic() - started)
+
+    with psycopg.connect(url, autocommit=True) as outside:
+        outside.execute("BEGIN")
+        outside.execute("LOCK TABLE signal_versions IN ACCESS EXCLUSIVE MODE")
+        senders = [threading.Thread(target=send, args=(f"enriched-{a}", a)) for a in accounts]
+        for sender in senders:
+            sender.start()
+            time.sleep(0.2)  # the first four reads are started, the fifth waits for a reader thread
+        last_sent = time.monotonic()
+        for n in range(20):
+            started = time.monotonic()
+            plain = requests.post(rank_url, json=body(f"plain-{n}"), headers=RANK_HEADERS, timeout=60)
+            assert plain.status_code == 201, plain.text
+            assert time.monotonic() - started < 1.0, "a Rank waited for another request's read"
+        time.sleep(max(0.0, last_sent + timeout + 1.5 - time.monotonic()))  # the fifth's deadline and a sweep
+        assert set(answers) == {f"enriched-{accounts[4]}"}, answers
+        outside.execute("COMMIT")
+    for sender in senders:
+        sender.join(30)
+    # the fifth read was never started: its Rank answered 503 at its deadline, and logged nothing
+    status, elapsed = answers.pop(f"enriched-{accounts[4]}")
+    assert status == 503 and timeout - 0.2 <= elapsed <= timeout + 1.0, (status, elapsed)
+    assert {status for status, _ in answers.values()} == {201}, answers
+    logged = log_rows(server.data_dir, url, "SELECT event_id, record FROM decisions WHERE event_id LIKE ?", ("enriched-%",))
+    contexts = {row["event_id"]: json.loads(row["record"])["c"] for row in logged}
+    assert set(contexts) == {f"enriched-{a}" for a in accounts[:4]}
+    assert all(c["account"]["plan"] == "enterprise" for c in contexts.values())

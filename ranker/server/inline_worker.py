@@ -7,7 +7,8 @@ than its validation (docs/performance.md, "Where a Rank's CPU goes"). This worke
 write one decision or reward, and the null request, in its poller thread instead, each in a greenlet:
 
 1. every such request that a poll round completed runs (gunicorn's request handling, Flask, the view) until
-   it is answered, or until it writes to the decision log: ``Store.write`` parks it there with its op;
+   it is answered, or until it writes to the decision log: ``Store.write`` parks it there with its op (on
+   PostgreSQL a read parks it too, and a reader thread runs it: see ``PostgresStore._read``);
 2. the round's ops go to the store's writer thread together, which commits them in its group commit
    (``synchronous`` as configured, under the write turn) while the poller goes on reading and serving;
 3. once the writer has finished an op it tells the poller (a byte on a pipe for any number of ops), which

@@ -53,6 +53,7 @@ class Exposures:
         self.refresh_seconds = refresh_seconds
         self._cache: dict[tuple[str, float, bool], tuple[float, dict[str, float]]] = {}
         self._lock = threading.Lock()
+        self._refreshing: set[tuple[str, float, bool]] = set()  # keys a reader is refreshing now
 
     def shares(self, loop: str, window: str, now: datetime, multislot: bool = False) -> dict[str, float]:
         """Each action's share of the loop's decisions over ``window``; ``multislot``: the share of decisions
@@ -63,14 +64,21 @@ class Exposures:
         clock = time.monotonic()
         if found is not None and clock - found[0] < self.refresh_seconds:
             return found[1]
-        with self._lock:  # one reader refreshes; the others wait for it rather than query too
-            found = self._cache.get(key)
-            if found is not None and time.monotonic() - found[0] < self.refresh_seconds:
+        # One reader refreshes; meanwhile the others answer the shares in hand. No lock is held over the read: a
+        # request served in the poller may be parked there (ranker.server.inline_worker), and another request
+        # of the same thread waiting for that lock would never let it resume.
+        with self._lock:
+            if found is not None and key in self._refreshing:
                 return found[1]
+            self._refreshing.add(key)
+        try:
             total, counts = self.store.exposures(loop, timestamp(now - timedelta(seconds=seconds)), multislot)
-            shares = {action: n / total for action, n in counts.items()} if total else {}
-            self._cache[key] = (time.monotonic(), shares)
-            return shares
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+        shares = {action: n / total for action, n in counts.items()} if total else {}
+        self._cache[key] = (time.monotonic(), shares)
+        return shares
 
     def clear(self) -> None:
         self._cache.clear()

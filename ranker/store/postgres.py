@@ -46,6 +46,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,25 @@ class PostgresStore(Store):
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reader_pid: int | None = None
 
     def check(self) -> None:
         """Nothing to check: there is no file to lose (a database that cannot be reached fails the reads)."""
 
     def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
+        # A request served in its worker's poll round (ranker.server.inline_worker) is parked with its read, as
+        # with a write: a round trip, or a wait for one of the pool's connections, would hold every other
+        # request of the worker. A reader thread runs it; the sweep gives up one not started by its deadline.
+        if self.suspend is not None:
+            op = _Read(self, sql, params, as_dicts, time.monotonic() + self.commit_timeout)
+            if self.suspend(op):
+                if op.error is not None:
+                    raise op.error
+                return op.result
+        return self._query(sql, params, as_dicts)
+
+    def _query(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
         try:
             with self.database.connection() as raw:
                 cursor = raw.cursor(row_factory=dict_row) if as_dicts else raw.cursor()
@@ -116,6 +131,26 @@ class PostgresStore(Store):
                 return cursor.fetchall()
         except psycopg.Error as exc:  # e.g. the server is gone, or a table this engine does not hold yet
             raise StoreUnavailable(f"the decision log could not be read: {_reason(exc)}") from None
+
+    def enqueue(self, ops: list) -> None:
+        """Queue parked ops: writes for the writer thread, reads for the reader threads."""
+        writes = []
+        for op in ops:
+            if type(op) is _Read:
+                self._readers().submit(op.run)
+            else:
+                writes.append(op)
+        if writes:
+            super().enqueue(writes)
+
+    def _readers(self) -> ThreadPoolExecutor:
+        # As the writer thread, the reader threads belong to the process that started them.
+        if self._reader_pid != os.getpid():
+            with self._start_lock:
+                if self._reader_pid != os.getpid():
+                    self._reader_pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="ranker-store-reader")
+                    self._reader_pid = os.getpid()
+        return self._reader_pool
 
     def look(self, loop: str, models: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
         """The loop's configuration and its model pointer's stamp (as :meth:`DatabaseModels.stamp`) in one read:
@@ -355,6 +390,36 @@ class DatabaseModels:
                 (loop, loop, keep, kept, loop),
             ).fetchall()
         return sorted(version for (version,) in rows)
+
+
+class _Read:
+    """A read of a request parked in its worker's poller (see ``PostgresStore._read``), run by a reader thread.
+
+    As a write's op: ``claim`` is taken once, by the reader thread about to run it or by the sweep giving up
+    on it at its deadline; ``notify`` is called once it has run."""
+
+    __slots__ = ("store", "query", "deadline", "result", "error", "notify", "_claim")
+    waits_for = "read"
+
+    def __init__(self, store: PostgresStore, sql: str, params: tuple | dict, as_dicts: bool, deadline: float):
+        self.store, self.query, self.deadline = store, (sql, params, as_dicts), deadline
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.notify: Callable[[_Read], None] | None = None
+        self._claim = threading.Lock()
+
+    def claim(self) -> bool:
+        return self._claim.acquire(blocking=False)
+
+    def run(self) -> None:
+        if not self.claim():  # given up: its request answered 503 already
+            return
+        try:
+            self.result = self.store._query(*self.query)
+        except BaseException as exc:  # the request raises it where it read
+            self.error = exc
+        if self.notify is not None:
+            self.notify(self)
 
 
 # -- the database -----------------------------------------------------------------------------------------

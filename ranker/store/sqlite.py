@@ -61,6 +61,7 @@ class _Op:
     """One write: ``fn`` to run, and for a plain single-row insert, its statement head and values."""
 
     __slots__ = ("fn", "insert", "deadline", "concurrent", "result", "error", "notify", "_done", "_claim")
+    waits_for = "commit"  # what a request given up on waited for (``Store.give_up``)
 
     def __init__(
         self,
@@ -258,9 +259,9 @@ class Store(DecisionLog):
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._read_conn: sqlite3.Connection | None = None
-        self._read_pid: int | None = None
+        # A read connection per thread: a request served in the poller (ranker.server.inline_worker) reads on
+        # its own, never behind a long read of a thread's request (WAL readers wait for no writer).
+        self._readers = threading.local()
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
@@ -323,7 +324,7 @@ class Store(DecisionLog):
         back by that deadline); whether it was failed. A failed op is never written."""
         if not op.claim():
             return False
-        op.result, op.error = None, StoreUnavailable(f"no commit within {self.commit_timeout} s")
+        op.result, op.error = None, StoreUnavailable(f"no {op.waits_for} within {self.commit_timeout} s")
         return True
 
     def _ensure_writer(self) -> None:
@@ -466,18 +467,18 @@ class Store(DecisionLog):
         return self._read(sql, params, False)
 
     def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
-        with self._read_lock:
-            try:
-                if self._read_conn is None or self._read_pid != os.getpid():
-                    self._read_conn = connect(self.path, self.synchronous, create=False)
-                    self._read_conn.row_factory = sqlite3.Row
-                    self._read_pid = os.getpid()
-                if as_dicts:
-                    return [dict(row) for row in self._read_conn.execute(sql, params)]
-                cursor = self._read_conn.cursor()
-                cursor.row_factory = None
-                return cursor.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
+        local = self._readers
+        try:
+            if getattr(local, "pid", None) != os.getpid():  # a thread's first read, or the first after a fork
+                local.conn = connect(self.path, self.synchronous, create=False)
+                local.conn.row_factory = sqlite3.Row
+                local.pid = os.getpid()
+            if as_dicts:
+                return [dict(row) for row in local.conn.execute(sql, params)]
+            cursor = local.conn.cursor()
+            cursor.row_factory = None
+            return cursor.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
 
     # -- the log's operations -----------------------------------------------------------------
