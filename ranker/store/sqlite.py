@@ -261,7 +261,7 @@ class Store(DecisionLog):
         self._start_lock = threading.Lock()
         # A read connection per thread: a request served in the poller (ranker.server.inline_worker) reads on
         # its own, never behind a long read of a thread's request (WAL readers wait for no writer).
-        self._readers = threading.local()
+        self._read_conns = threading.local()
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
@@ -467,7 +467,7 @@ class Store(DecisionLog):
         return self._read(sql, params, False)
 
     def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
-        local = self._readers
+        local = self._read_conns
         try:
             if getattr(local, "pid", None) != os.getpid():  # a thread's first read, or the first after a fork
                 local.conn = connect(self.path, self.synchronous, create=False)
