@@ -93,6 +93,30 @@ def test_decisions_written_at_once_keep_every_character_and_number_exactly(db):
         assert {k: stored[k] for k in row} == row
 
 
+def test_a_batch_with_event_ids_logged_before_and_twice_in_it_learns_which_of_its_rows_went_in(db):
+    """Decisions queued while the write turn is held go in together (one multi-row statement, redone row by row
+    on SQLite when it ignored some): an event id logged before, and the second of a pair in the batch, are
+    refused (the Rank's 409); every other row goes in, and the first of a pair is the one kept."""
+    db.store.record_decision(decision("taken-1"))
+    db.store.record_decision(decision("taken-2"))
+    ids = ["new-1", "taken-1", "new-2", "new-2", "taken-2", "new-3", "new-1", "new-4"]
+    rows = [{**decision(event_id), "explanation": f"attempt {n}"} for n, event_id in enumerate(ids)]
+    # SQLite's writer waits for the turn before it takes what is queued; PostgreSQL's waits for it in its commit
+    held = db.database.write_turn() if db.database.engine == "sqlite" else transaction(db.conn)
+    with ThreadPoolExecutor(len(rows)) as pool:
+        with held:
+            futures = []
+            for row in rows:
+                futures.append(pool.submit(db.store.record_decision, row))
+                time.sleep(0.05)  # queued in this order
+        went_in = [future.result(timeout=30) for future in futures]
+    assert went_in == [True, False, True, False, False, True, False, True]
+    for event_id, attempt in (("new-1", 0), ("new-2", 2), ("new-3", 5), ("new-4", 7), ("taken-1", None)):
+        stored = db.store.decision("cards", event_id)["explanation"]
+        assert stored == ("{}" if attempt is None else f"attempt {attempt}")
+    assert db.store.counts()["decisions"] == 6
+
+
 def test_decisions_are_read_in_commit_order_with_their_rewards_in_the_order_received(db):
     for n in range(5):
         db.store.record_decision(decision(f"e{n}", at=T0))

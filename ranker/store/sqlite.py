@@ -259,9 +259,12 @@ class Store(DecisionLog):
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
-        # A read connection per thread: a request served in the poller (ranker.server.inline_worker) reads on
-        # its own, never behind a long read of a thread's request (WAL readers wait for no writer).
-        self._read_conns = threading.local()
+        # Two read connections, each under its lock: one for the main thread and one for the others. A request
+        # served in the poller (ranker.server.inline_worker, the worker's main thread) then never waits behind
+        # a long read of a thread's request, e.g. /metrics counting the log (WAL readers wait for no writer).
+        self._read_conns: dict[bool, tuple[threading.Lock, list]] = {
+            main: (threading.Lock(), [None, None]) for main in (True, False)
+        }
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless the database path still names the file this store opened.
@@ -467,18 +470,19 @@ class Store(DecisionLog):
         return self._read(sql, params, False)
 
     def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
-        local = self._read_conns
-        try:
-            if getattr(local, "pid", None) != os.getpid():  # a thread's first read, or the first after a fork
-                local.conn = connect(self.path, self.synchronous, create=False)
-                local.conn.row_factory = sqlite3.Row
-                local.pid = os.getpid()
-            if as_dicts:
-                return [dict(row) for row in local.conn.execute(sql, params)]
-            cursor = local.conn.cursor()
-            cursor.row_factory = None
-            return cursor.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
+        lock, kept = self._read_conns[threading.current_thread() is threading.main_thread()]
+        with lock:
+            try:
+                if kept[1] != os.getpid():  # the first read, or the first after a fork
+                    kept[0] = connect(self.path, self.synchronous, create=False)
+                    kept[0].row_factory = sqlite3.Row
+                    kept[1] = os.getpid()
+                if as_dicts:
+                    return [dict(row) for row in kept[0].execute(sql, params)]
+                cursor = kept[0].cursor()
+                cursor.row_factory = None
+                return cursor.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"the decision log could not be read: {exc}") from exc
 
     # -- the log's operations -----------------------------------------------------------------
