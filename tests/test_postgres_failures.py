@@ -166,7 +166,9 @@ def test_a_rank_waiting_on_a_read_holds_none_of_its_workers_other_ranks(serve, p
     status, elapsed = answers.pop(f"enriched-{accounts[4]}")
     assert status == 503 and timeout - 0.2 <= elapsed <= timeout + 1.0, (status, elapsed)
     assert {status for status, _ in answers.values()} == {201}, answers
-    logged = log_rows(server.data_dir, url, "SELECT event_id, record FROM decisions WHERE event_id LIKE ?", ("enriched-%",))
+    logged = log_rows(
+        server.data_dir, url, "SELECT event_id, record FROM decisions WHERE event_id LIKE ?", ("enriched-%",)
+    )
     contexts = {row["event_id"]: json.loads(row["record"])["c"] for row in logged}
     assert set(contexts) == {f"enriched-{a}" for a in accounts[:4]}
     assert all(c["account"]["plan"] == "enterprise" for c in contexts.values())
