@@ -247,7 +247,8 @@ class Settings(BaseModel):
         10.0,
         gt=0,
         description="Seconds a request waits for its commit (the write turn, another program's lock, the commit "
-        "itself) before answering 503; a write so refused is never written.",
+        "itself) before answering 503; a write so refused is never written. On PostgreSQL a read that Rank, Reward "
+        "or Activate makes (e.g. enrichment's) is bounded the same way.",
     )
     policy_optimization_seconds: float = Field(
         30.0,

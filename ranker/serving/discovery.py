@@ -64,12 +64,13 @@ class Exposures:
         clock = time.monotonic()
         if found is not None and clock - found[0] < self.refresh_seconds:
             return found[1]
-        # One reader refreshes; meanwhile the others answer the shares in hand. No lock is held over the read: a
-        # request served in the poller may be parked there (ranker.server.inline_worker), and another request
-        # of the same thread waiting for that lock would never let it resume.
+        # One reader refreshes; meanwhile the others answer the shares in hand, or none before the first read (every
+        # action under its share: the floors apply, and the logged probability is the one drawn). No lock is held
+        # over the read: a request served in the poller may be parked there (ranker.server.inline_worker), and
+        # another request of the same thread waiting for that lock would never let it resume.
         with self._lock:
-            if found is not None and key in self._refreshing:
-                return found[1]
+            if key in self._refreshing:
+                return {} if found is None else found[1]
             self._refreshing.add(key)
         try:
             total, counts = self.store.exposures(loop, timestamp(now - timedelta(seconds=seconds)), multislot)

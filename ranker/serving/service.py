@@ -194,11 +194,19 @@ class Service:
         ``loop_config`` and one stat of the model pointer (on PostgreSQL, one query of both).
         Requests go on with the model in hand while a new one loads.
         """
-        if not now:
-            if self._refresher is not None or time.monotonic() - loop.checked_at < REFRESH_SECONDS:
-                return
-        with loop.refreshing:
-            self._look(loop)
+        if now:
+            with loop.refreshing:
+                self._look(loop)
+            return
+        if self._refresher is not None or time.monotonic() - loop.checked_at < REFRESH_SECONDS:
+            return
+        # A request that finds another looking goes on with what is in hand: it may be a request served in the
+        # poller (ranker.server.inline_worker), parked on the look's read while it holds the lock.
+        if loop.refreshing.acquire(blocking=False):
+            try:
+                self._look(loop)
+            finally:
+                loop.refreshing.release()
 
     def _look(self, loop: Loop) -> None:
         """One look for the loop's new configuration and model (called holding ``loop.refreshing``)."""

@@ -46,7 +46,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,7 +104,7 @@ class PostgresStore(Store):
         self._writer: threading.Thread | None = None
         self._writer_pid: int | None = None
         self._start_lock = threading.Lock()
-        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reads: queue.SimpleQueue = queue.SimpleQueue()  # parked reads, for the reader threads
         self._reader_pid: int | None = None
 
     def check(self) -> None:
@@ -114,7 +113,8 @@ class PostgresStore(Store):
     def _read(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
         # A request served in its worker's poll round (ranker.server.inline_worker) is parked with its read, as
         # with a write: a round trip, or a wait for one of the pool's connections, would hold every other
-        # request of the worker. A reader thread runs it; the sweep gives up one not started by its deadline.
+        # request of the worker. A reader thread runs it; the sweep gives up one not started by its deadline,
+        # and a started one is cancelled by the database at that deadline (503 either way, as for a write).
         if self.suspend is not None:
             op = _Read(self, sql, params, as_dicts, time.monotonic() + self.commit_timeout)
             if self.suspend(op):
@@ -123,13 +123,23 @@ class PostgresStore(Store):
                 return op.result
         return self._query(sql, params, as_dicts)
 
-    def _query(self, sql: str, params: tuple | dict, as_dicts: bool) -> list:
+    def _query(self, sql: str, params: tuple | dict, as_dicts: bool, deadline: float | None = None) -> list:
+        """The rows of a read on the pool; with ``deadline`` (``time.monotonic()``), the database cancels the
+        read when it has not ended by then (in a transaction of its own, with ``statement_timeout``)."""
         try:
             with self.database.connection() as raw:
                 cursor = raw.cursor(row_factory=dict_row) if as_dicts else raw.cursor()
-                cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
-                return cursor.fetchall()
-        except psycopg.Error as exc:  # e.g. the server is gone, or a table this engine does not hold yet
+                if deadline is None:
+                    cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
+                    return cursor.fetchall()
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise StoreUnavailable(f"no read within {self.commit_timeout} s")
+                with raw.transaction():
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
+                    cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
+                    return cursor.fetchall()
+        except psycopg.Error as exc:  # e.g. the server is gone, a table this engine does not hold yet, or late
             raise StoreUnavailable(f"the decision log could not be read: {_reason(exc)}") from None
 
     def enqueue(self, ops: list) -> None:
@@ -137,20 +147,29 @@ class PostgresStore(Store):
         writes = []
         for op in ops:
             if type(op) is _Read:
-                self._readers().submit(op.run)
+                self._start_readers()
+                self._reads.put(op)
             else:
                 writes.append(op)
         if writes:
             super().enqueue(writes)
 
-    def _readers(self) -> ThreadPoolExecutor:
-        # As the writer thread, the reader threads belong to the process that started them.
-        if self._reader_pid != os.getpid():
-            with self._start_lock:
-                if self._reader_pid != os.getpid():
-                    self._reader_pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="ranker-store-reader")
-                    self._reader_pid = os.getpid()
-        return self._reader_pool
+    def _start_readers(self) -> None:
+        # One reader thread per pool connection. As the writer thread, they belong to the process that started
+        # them, and are daemons: a worker exits without waiting for a read that the database holds up.
+        if self._reader_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._reader_pid != os.getpid():
+                self._reads = queue.SimpleQueue()
+                for n in range(POOL_SIZE):
+                    threading.Thread(target=self._read_loop, name=f"ranker-store-reader-{n}", daemon=True).start()
+                self._reader_pid = os.getpid()
+
+    def _read_loop(self) -> None:
+        reads = self._reads
+        while True:
+            reads.get().run()
 
     def look(self, loop: str, models: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
         """The loop's configuration and its model pointer's stamp (as :meth:`DatabaseModels.stamp`) in one read:
@@ -415,7 +434,7 @@ class _Read:
         if not self.claim():  # given up: its request answered 503 already
             return
         try:
-            self.result = self.store._query(*self.query)
+            self.result = self.store._query(*self.query, self.deadline)
         except BaseException as exc:  # the request raises it where it read
             self.error = exc
         if self.notify is not None:
