@@ -129,14 +129,12 @@ class PostgresStore(Store):
         try:
             with self.database.connection() as raw:
                 cursor = raw.cursor(row_factory=dict_row) if as_dicts else raw.cursor()
-                if deadline is None:
-                    cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
-                    return cursor.fetchall()
-                left_ms = int((deadline - time.monotonic()) * 1000)
-                if left_ms <= 0:
-                    raise StoreUnavailable(f"no read within {self.commit_timeout} s")
-                with raw.transaction():
-                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
+                with contextlib.nullcontext() if deadline is None else raw.transaction():
+                    if deadline is not None:
+                        left_ms = int((deadline - time.monotonic()) * 1000)
+                        if left_ms <= 0:
+                            raise StoreUnavailable(f"no read within {self.commit_timeout} s")
+                        cursor.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
                     cursor.execute(translate(sql), params) if params else cursor.execute(translate(sql, False))
                     return cursor.fetchall()
         except psycopg.Error as exc:  # e.g. the server is gone, a table this engine does not hold yet, or late
